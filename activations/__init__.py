@@ -1,0 +1,1 @@
+"""Subject models, hook points, corpora, and the HDF5 activation cache."""

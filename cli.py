@@ -1,0 +1,164 @@
+"""Command line: argument parsing only. Each subcommand calls one function.
+
+Imports happen inside the dispatch, so `python cli.py --help` stays instant
+and a missing optional dependency only affects the subcommand that needs it.
+Errors the user can fix are printed as one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+def _csv(value: str) -> list[str]:
+    return [v for v in (s.strip() for s in value.split(",")) if v]
+
+
+def _add_cache(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cache", help="run a model over a corpus and cache activations of many hooks to HDF5")
+    p.add_argument("--model", default="default", help="hub id, local folder, or 'default' (offline SmolLM2-135M-Instruct)")
+    p.add_argument("--corpus", default="default", help=".txt file, folder of .txt, .jsonl with 'text', or 'default' (Wikipedia leads)")
+    p.add_argument("--hooks", required=True, type=_csv, help="comma-separated hook names, e.g. blocks.1.hook_resid_post,blocks.3.hook_resid_post")
+    p.add_argument("--context-length", type=int, default=128)
+    p.add_argument("--max-tokens", type=int, default=1_000_000)
+    p.add_argument("--batch-size", type=int, default=32, help="contexts per forward pass")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="storage dtype of activations")
+    p.add_argument("--fragments", action="store_true", help="one context per document (the explanation set), not packed text")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file made with other settings")
+    p.set_defaults(_run="activations.commands:cache_command")
+
+
+def _add_hooks(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("hooks", help="list a model's hook points with their widths")
+    p.add_argument("--model", default="default")
+    p.set_defaults(_run="activations.commands:hooks_command")
+
+
+def _add_train_sae(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-sae", help="train L1 sparse autoencoders; all (ratio, l1) pairs in one pass")
+    p.add_argument("--cache", required=True)
+    p.add_argument("--hook", required=True)
+    p.add_argument("--ratio", type=float, nargs="+", default=[2.0], help="dictionary size / d_in")
+    p.add_argument("--l1", type=float, nargs="+", default=[1e-3], help="L1 coefficients alpha")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--tokens", type=int, default=1_000_000, help="activation vectors to train on")
+    tied = p.add_mutually_exclusive_group()
+    tied.add_argument("--tied", dest="tied", action="store_true", default=True)
+    tied.add_argument("--untied", dest="tied", action="store_false")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True)
+    p.set_defaults(_run="sae.commands:train_sae_command")
+
+
+def _add_baselines(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("baselines", help="fit neuron / PCA / ICA / random (and top-k controls) bases")
+    p.add_argument("--cache", required=True)
+    p.add_argument("--hook", required=True)
+    p.add_argument("--kinds", type=_csv, default=["neuron", "pca", "ica", "random"])
+    p.add_argument("--tokens", type=int, default=1_000_000)
+    p.add_argument("--topk-from", default=None, help="SAE folder whose mean L0 sets k for pca_topk / ica_topk")
+    p.add_argument("--k", type=int, default=None, help="k for the top-k controls (instead of --topk-from)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(_run="sae.commands:baselines_command")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="FVU, L0, dead features, MMCS, and KL/CE with the reconstruction spliced in")
+    p.add_argument("--cache", required=True)
+    p.add_argument("--dict", dest="dicts", nargs="+", required=True)
+    p.add_argument("--tokens", type=int, default=200_000)
+    p.add_argument("--mmcs-to", default=None)
+    p.add_argument("--model", default=None, help="subject model for KL/CE (default: the cache's model)")
+    p.add_argument("--no-model", action="store_true", help="skip the KL/CE metrics")
+    p.add_argument("--ce-contexts", type=int, default=64, help="contexts for the KL/CE metrics")
+    p.add_argument("--plot", default=None, help="PNG of the FVU-vs-L0 frontier")
+    p.set_defaults(_run="sae.commands:evaluate_command")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a dictionary in another library's layout")
+    p.add_argument("--dict", required=True)
+    p.add_argument("--format", choices=["saelens"], default="saelens")
+    p.add_argument("--out", required=True)
+    p.set_defaults(_run="sae.commands:export_command")
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="explain, simulate and score dictionary features")
+    p.add_argument("--cache", required=True, help="fragment cache (cache --fragments)")
+    p.add_argument("--dict", dest="dicts", nargs="+", required=True)
+    p.add_argument("--features", type=int, default=50, help="features per dictionary (random, seeded)")
+    p.add_argument("--feature-ids", type=int, nargs="+", default=None)
+    p.add_argument("--explainer", default="tokens", help="tokens | local:<hub id|folder|default> | openai:<model>")
+    p.add_argument("--simulator", default="tokens", help="tokens | local:<...> | openai:<model>")
+    p.add_argument("--format", choices=["highlight", "bills"], default="highlight")
+    p.add_argument("--k", type=int, default=1, help="best-of-k explanations")
+    p.add_argument("--random", choices=["nonzero", "any"], default="nonzero")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (vLLM, llama.cpp server, ...)")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(_run="explain.commands:explain_command")
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="mean explanation score per basis per layer with 95%% CIs")
+    p.add_argument("--explanations", nargs="+", required=True)
+    p.add_argument("--plot", default=None)
+    p.add_argument("--json", dest="json_path", default=None)
+    p.set_defaults(_run="explain.commands:compare_command")
+
+
+def _add_patch_ioi(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("patch-ioi", help="IOI feature patching: KL vs number of patched features")
+    p.add_argument("--model", default="default")
+    p.add_argument("--dict", dest="dicts", nargs="+", required=True)
+    p.add_argument("--n-prompts", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--plot", default=None)
+    p.set_defaults(_run="causal.commands:patch_ioi_command")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<subcommand>")
+    for add in (_add_cache, _add_hooks, _add_train_sae, _add_baselines, _add_evaluate, _add_export,
+                _add_explain, _add_compare, _add_patch_ioi):
+        add(sub)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types whose message is a complete, fixable one-line answer."""
+    from activations.errors import UserError
+
+    return (UserError,)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, func_name = args._run.split(":")
+    kwargs = {k: v for k, v in vars(args).items() if k not in ("_run", "command")}
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        func(**kwargs)
+    except _user_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Explain-simulate-score of dictionary features, and cheaper scorers."""

@@ -1,0 +1,1 @@
+"""Sparse dictionaries (SAEs and baselines) behind one `Dictionary` interface."""
