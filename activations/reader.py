@@ -1,0 +1,169 @@
+"""Read an activation cache without loading it into memory.
+
+Training wants i.i.d.-looking batches of token vectors; reading single
+tokens at random from HDF5 would be far too slow, so `iter_batches` does a
+block shuffle: random order of context blocks, a bounded buffer of blocks,
+tokens shuffled within the buffer. Every buffer's randomness is derived from
+(seed, epoch, buffer index) alone, so a resumed run can skip straight to any
+batch without replaying the data before it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+import torch
+
+from activations.errors import UserError
+
+_DEFAULT_BUFFER_BYTES = 256 << 20
+
+
+class ActivationCache:
+    """Read-only view of a cache file; use as a context manager or call close()."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise UserError(f"cache {str(self.path)!r} does not exist: create it with `python cli.py cache ... --out {self.path}`")
+        try:
+            self._file = h5py.File(self.path, "r")
+            attrs = dict(self._file.attrs)
+            self.n_contexts = int(attrs["n_contexts_done"])
+        except (OSError, KeyError) as err:
+            raise UserError(f"{self.path} is not an activation cache written by `cli.py cache`: check the path") from err
+        self.attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()}
+        self.model_id: str = str(attrs["model_id"])
+        self.hooks: list[str] = json.loads(attrs["hooks"])
+        self.context_length: int = int(attrs["context_length"])
+        self.bos_prepended: bool = bool(attrs["bos_prepended"])
+        self.fragments: bool = bool(attrs["fragments"])
+        self._widths: dict[str, int] = json.loads(attrs["widths"])
+        if self.n_contexts == 0:
+            raise UserError(f"{self.path} has no finished contexts yet: run (or resume) the cache command first")
+
+    # -- basics ---------------------------------------------------------
+    def __enter__(self) -> "ActivationCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    @property
+    def complete(self) -> bool:
+        return self.n_contexts >= int(self.attrs["n_contexts"])
+
+    def width(self, hook: str) -> int:
+        self._check_hook(hook)
+        return self._widths[hook]
+
+    def _check_hook(self, hook: str) -> None:
+        if hook not in self._widths:
+            raise UserError(f"hook {hook!r} is not in {self.path} (it has {', '.join(self.hooks)}): pass one of those")
+
+    def _dataset(self, hook: str) -> h5py.Dataset:
+        self._check_hook(hook)
+        return self._file["acts"][hook]
+
+    def n_tokens(self, skip_bos: bool = True) -> int:
+        per = self.context_length - (1 if (skip_bos and self.bos_prepended) else 0)
+        return self.n_contexts * per
+
+    # -- random access to contexts ---------------------------------------
+    def _read_rows(self, dataset: h5py.Dataset, indices) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_contexts):
+            raise IndexError(f"context index out of range 0..{self.n_contexts - 1}")
+        order = np.argsort(idx, kind="stable")
+        unique, inverse = np.unique(idx[order], return_inverse=True)
+        rows = dataset[unique] if unique.size else dataset[0:0]
+        out = np.empty((idx.size, *rows.shape[1:]), dtype=rows.dtype)
+        out[order] = rows[inverse]
+        return out
+
+    def tokens(self, indices=None) -> np.ndarray:
+        if indices is None:
+            return self._file["tokens"][: self.n_contexts]
+        return self._read_rows(self._file["tokens"], indices)
+
+    def acts(self, hook: str, indices) -> np.ndarray:
+        return self._read_rows(self._dataset(hook), indices).astype(np.float32, copy=False)
+
+    def iter_contexts(self, hook: str, batch_contexts: int = 64, limit: int | None = None
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
+        """Sequential (indices, tokens, activations) blocks, for exemplars and evaluation."""
+        dataset = self._dataset(hook)
+        end = self.n_contexts if limit is None else min(limit, self.n_contexts)
+        for start in range(0, end, batch_contexts):
+            stop = min(end, start + batch_contexts)
+            acts = torch.from_numpy(dataset[start:stop].astype(np.float32))
+            yield np.arange(start, stop), self._file["tokens"][start:stop], acts
+
+    # -- shuffled token batches for training -------------------------------
+    def iter_batches(self, hook: str, batch_size: int, n_tokens: int | None = None, seed: int = 0,
+                     start_batch: int = 0, skip_bos: bool = True,
+                     buffer_bytes: int = _DEFAULT_BUFFER_BYTES) -> Iterator[torch.Tensor]:
+        """Yield `n_tokens // batch_size` float32 batches [batch_size, d] (one epoch if n_tokens is None).
+
+        Each buffer drops its last partial batch rather than carrying it over,
+        which keeps buffers independent and so resumable; the loss is at most
+        batch_size - 1 tokens per buffer.
+        """
+        dataset = self._dataset(hook)
+        d = self._widths[hook]
+        first = 1 if (skip_bos and self.bos_prepended) else 0
+        per_context = self.context_length - first
+        block = int(dataset.chunks[0]) if dataset.chunks else 1
+        n_blocks = -(-self.n_contexts // block)
+        blocks_per_buffer = max(1, buffer_bytes // (block * per_context * d * 4))
+        blocks_per_buffer = min(blocks_per_buffer, n_blocks)
+
+        def block_len(b: int) -> int:
+            return (min(self.n_contexts, (b + 1) * block) - b * block) * per_context
+
+        epoch_batches = 0
+        n_buffers = -(-n_blocks // blocks_per_buffer)
+        plan_cache: dict[int, list[np.ndarray]] = {}
+
+        def epoch_plan(epoch: int) -> list[np.ndarray]:
+            if epoch not in plan_cache:
+                rng = np.random.default_rng([seed, epoch])
+                perm = rng.permutation(n_blocks)
+                plan_cache.clear()
+                plan_cache[epoch] = [perm[i * blocks_per_buffer:(i + 1) * blocks_per_buffer] for i in range(n_buffers)]
+            return plan_cache[epoch]
+
+        buffers = epoch_plan(0)
+        epoch_batches = sum(sum(block_len(b) for b in buf) // batch_size for buf in buffers)
+        if epoch_batches == 0:
+            raise UserError(f"{self.path} holds {self.n_tokens(skip_bos)} tokens, fewer than one batch of {batch_size}: lower --batch-size or cache more")
+        total = epoch_batches if n_tokens is None else max(1, n_tokens // batch_size)
+        produced = 0
+        position = 0  # global batch index of the next batch a buffer would produce
+        epoch = 0
+        while produced + start_batch < total:
+            for buf_index, buf in enumerate(epoch_plan(epoch)):
+                count = sum(block_len(b) for b in buf) // batch_size
+                if position + count <= start_batch:  # skip whole buffers without reading them
+                    position += count
+                    continue
+                data = np.concatenate([dataset[b * block:min(self.n_contexts, (b + 1) * block), first:]
+                                       .reshape(-1, d) for b in np.sort(buf)])
+                rng = np.random.default_rng([seed, epoch, buf_index])
+                order = rng.permutation(data.shape[0])
+                tensor = torch.from_numpy(data[order].astype(np.float32))
+                for i in range(count):
+                    if position >= start_batch:
+                        yield tensor[i * batch_size:(i + 1) * batch_size]
+                        produced += 1
+                        if produced + start_batch >= total:
+                            return
+                    position += 1
+            epoch += 1
