@@ -12,6 +12,7 @@ and so ends with the same bytes as an uninterrupted run.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,7 +88,10 @@ def _create_file(out: Path, settings: CacheSettings, loaded, tokens: np.ndarray,
     n, ctx = tokens.shape
     storage = np.float16 if settings.dtype == "float16" else np.float32
     out.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(out, "w") as f:
+    # Build the empty file under a temporary name and rename it into place, so
+    # a kill during creation never leaves a file that a rerun cannot resume.
+    partial = out.with_name(out.name + ".creating")
+    with h5py.File(partial, "w") as f:
         per_context = ctx * np.dtype(np.int32).itemsize
         f.create_dataset("tokens", shape=(n, ctx), maxshape=(None, ctx), dtype=np.int32,
                          chunks=(max(1, min(n, _TARGET_CHUNK_BYTES // per_context)), ctx), dcpl=_early_alloc_dcpl())
@@ -117,6 +121,7 @@ def _create_file(out: Path, settings: CacheSettings, loaded, tokens: np.ndarray,
             "n_contexts": n,
             "n_contexts_done": 0,
         })
+    os.replace(partial, out)
 
 
 def cache_activations(
