@@ -1,0 +1,152 @@
+"""Bases the SAE is compared against: neurons, PCA, ICA, random, and top-k controls.
+
+All of them keep only the positive part of each coefficient, as the paper
+does for the default basis and random directions: a feature is something
+that is *present* to some degree, and the explanation and patching stages
+treat every basis alike only if every basis obeys that. The sign of each
+PCA/ICA direction is therefore chosen so that the heavy tail (positive
+skew) of its coefficient is the part that survives; an arbitrary sign would
+throw away the informative tail and make the basis look worse than it is.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sae.dictionaries import ICABasis, ICATopK, LinearBasis, NeuronBasis, PCABasis, PCATopK, RandomBasis
+
+SAMPLE_BYTES = 64 << 20  # bound on the in-memory subsample used for orientation and ICA
+ICA_MAX_SAMPLES = 65_536  # FastICA is O(n d²) per iteration; more barely changes the components
+
+
+class StreamingMoments:
+    """Mean and covariance from a stream of batches in float64, without keeping the data."""
+
+    def __init__(self, d: int):
+        self.n = 0
+        self.sum = torch.zeros(d, dtype=torch.float64)
+        self.outer = torch.zeros(d, d, dtype=torch.float64)
+
+    def update(self, x: Tensor) -> None:
+        x64 = x.to(torch.float64)
+        self.n += x64.shape[0]
+        self.sum += x64.sum(0)
+        self.outer += x64.T @ x64
+
+    @property
+    def mean(self) -> Tensor:
+        return self.sum / self.n
+
+    def covariance(self) -> Tensor:
+        mu = self.mean
+        return (self.outer - self.n * torch.outer(mu, mu)) / max(1, self.n - 1)
+
+
+def collect(batches: Iterable[Tensor], d: int, max_sample: int, progress: bool = True,
+            desc: str = "reading") -> tuple[StreamingMoments, Tensor]:
+    """One pass: streaming moments of everything, plus the first `max_sample` rows kept as a subsample.
+
+    The batches come from the shuffled reader, so the first rows are a fair sample.
+    """
+    moments = StreamingMoments(d)
+    kept: list[Tensor] = []
+    n_kept = 0
+    for x in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+        moments.update(x)
+        if n_kept < max_sample:
+            take = x[: max_sample - n_kept].clone()
+            kept.append(take)
+            n_kept += take.shape[0]
+    sample = torch.cat(kept) if kept else torch.zeros(0, d)
+    return moments, sample
+
+
+def sample_limit(d: int, cap: int | None = None) -> int:
+    rows = max(1024, SAMPLE_BYTES // (4 * d))
+    return rows if cap is None else min(rows, cap)
+
+
+def orient_by_skew(rows: Tensor, sample: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
+    """Flip each row so that the projections of the centred sample have non-negative skew.
+
+    Returns (oriented rows, signs)."""
+    proj = (sample.to(torch.float64) - mean.to(torch.float64)) @ rows.to(torch.float64).T
+    skew = (proj ** 3).mean(0)
+    signs = torch.where(skew < 0, -1.0, 1.0).to(rows.dtype)
+    return rows * signs[:, None], signs
+
+
+def pca_from_moments(moments: StreamingMoments, sample: Tensor, config: dict) -> PCABasis:
+    """Principal directions (by descending variance), skew-oriented, as a PCABasis."""
+    eigvals, eigvecs = torch.linalg.eigh(moments.covariance())
+    order = torch.argsort(eigvals, descending=True)
+    components = eigvecs[:, order].T.contiguous()  # [d, d] rows = directions
+    mean = moments.mean
+    components, _ = orient_by_skew(components, sample, mean)
+    v = components.to(torch.float32)
+    mu = mean.to(torch.float32)
+    d = v.shape[1]
+    cfg = {**config, "d_in": d, "n_features": d, "n_tokens_fitted": int(moments.n),
+           "explained_variance_top10": [float(e) for e in eigvals[order][:10]]}
+    return PCABasis({"W_enc": v, "b_enc": -(v @ mu), "W_dec": v, "b_dec": mu}, cfg)
+
+
+def fit_ica(sample: Tensor, config: dict, seed: int = 0, max_iter: int = 400, tol: float = 1e-4) -> ICABasis:
+    """FastICA on a bounded subsample; directions are the normalised mixing columns.
+
+    The encoder row is scaled by the mixing column's norm so that decode
+    (Σ c_j f_j + mean) equals FastICA's own inverse transform.
+    """
+    from sklearn.decomposition import FastICA
+    from sklearn.exceptions import ConvergenceWarning
+
+    x = sample.to(torch.float64).numpy()
+    n, d = x.shape
+    ica = FastICA(n_components=d, whiten="unit-variance", random_state=seed, max_iter=max_iter, tol=tol)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        ica.fit(x)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    if not converged:
+        print(f"warning: FastICA did not converge in {max_iter} iterations on {n} samples; "
+              "the components are usable but approximate")
+    mixing = torch.from_numpy(ica.mixing_)  # [d, F]
+    unmixing = torch.from_numpy(ica.components_)  # [F, d]
+    mean = torch.from_numpy(ica.mean_)
+    norms = mixing.norm(dim=0).clamp_min(1e-12)
+    directions = (mixing / norms).T  # [F, d]
+    encoder = unmixing * norms[:, None]
+    encoder, signs = orient_by_skew(encoder, torch.from_numpy(x), mean)  # skew of the coefficients themselves
+    directions = directions * signs[:, None]
+    enc = encoder.to(torch.float32)
+    mu = mean.to(torch.float32)
+    cfg = {**config, "d_in": d, "n_features": d, "n_tokens_fitted": int(n), "ica_iterations": int(ica.n_iter_),
+           "ica_converged": converged}
+    return ICABasis({"W_enc": enc, "b_enc": -(enc @ mu), "W_dec": directions.to(torch.float32), "b_dec": mu}, cfg)
+
+
+def random_basis(d: int, config: dict, seed: int = 0) -> RandomBasis:
+    """A uniformly random rotation of the default basis (Q of a Gaussian QR)."""
+    g = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))[None, :]  # Haar-uniform and deterministic
+    rows = q.T.to(torch.float32).contiguous()
+    return RandomBasis({"W_enc": rows, "b_enc": torch.zeros(d), "W_dec": rows, "b_dec": torch.zeros(d)},
+                       {**config, "d_in": d, "n_features": d})
+
+
+def neuron_basis(d: int, config: dict) -> NeuronBasis:
+    return NeuronBasis({}, {**config, "d_in": d, "n_features": d})
+
+
+def topk_control(base: LinearBasis, k: int, config: dict) -> LinearBasis:
+    """The same basis with only the k largest coefficients kept (k = an SAE's mean L0)."""
+    cls = {"pca": PCATopK, "ica": ICATopK}[base.kind]
+    cfg = {**base.config, **config, "k": int(k), "base_kind": base.kind}
+    return cls(base.tensors(), cfg)
+

@@ -1,0 +1,107 @@
+"""`cli.py baselines`: fit every requested basis from one pass over the cache.
+
+PCA's moments and ICA's subsample come from the same streamed pass, so
+asking for pca, ica and both top-k controls reads the data once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from activations.errors import UserError
+from sae.baselines import (ICA_MAX_SAMPLES, collect, fit_ica, neuron_basis, pca_from_moments, random_basis,
+                           sample_limit, topk_control)
+from sae.data import BatchSource, CacheSource
+from sae.io import CONFIG_FILE, read_config, save_dictionary
+
+BASELINE_KINDS = ("neuron", "pca", "ica", "random", "pca_topk", "ica_topk")
+READ_BATCH = 4096
+
+
+def resolve_k(k: int | None, topk_from: str | None) -> int:
+    """k for the top-k controls: --k, or the mean L0 of the SAE named by --topk-from."""
+    if k is not None and topk_from is not None:
+        raise UserError("pass either --k or --topk-from, not both")
+    if k is not None:
+        if k < 1:
+            raise UserError(f"--k {k} must be at least 1")
+        return int(k)
+    if topk_from is None:
+        raise UserError("pca_topk / ica_topk need a sparsity: pass --topk-from SAE_FOLDER (its mean L0) or --k N")
+    config = read_config(topk_from)
+    l0 = config.get("metrics", {}).get("l0")
+    if l0 is None:
+        raise UserError(f"{topk_from} has no mean L0 in its config.json: run `cli.py evaluate --dict {topk_from}` "
+                        "first, or pass --k N")
+    return max(1, int(round(float(l0))))
+
+
+def _folder_name(kind: str, k: int | None) -> str:
+    return f"{kind}_k{k}" if kind.endswith("_topk") else kind
+
+
+def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | Path, tokens: int = 1_000_000,
+                  k: int | None = None, topk_from: str | None = None, seed: int = 0,
+                  progress: bool = True) -> list[Path]:
+    unknown = [x for x in kinds if x not in BASELINE_KINDS]
+    if unknown or not kinds:
+        raise UserError(f"unknown --kinds {unknown or kinds}: choose from {','.join(BASELINE_KINDS)}")
+    kinds = list(dict.fromkeys(kinds))
+    if tokens < 1:
+        raise UserError(f"--tokens {tokens} must be positive")
+    need_k = any(x.endswith("_topk") for x in kinds)
+    kk = resolve_k(k, topk_from) if need_k else None
+    d = source.d_in
+    if kk is not None and kk > d:
+        raise UserError(f"k={kk} is larger than the width {d} of {hook}: pass a smaller --k")
+    out = Path(out)
+    n_fit = min(tokens, source.n_tokens)
+    ident = {"hook": hook, "model_id": source.model_id, "d_in": d, "tokens": n_fit, "seed": seed, "k": kk,
+             "data_tokens": source.info.get("cache_tokens")}
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    targets = {kind: out / _folder_name(kind, kk) for kind in kinds}
+    todo = []
+    for kind, folder in targets.items():
+        if folder.exists():
+            if not (folder / CONFIG_FILE).exists() or read_config(folder).get("fit_identity") != digest:
+                raise UserError(f"{folder} exists from another run: delete it or choose another --out (nothing was overwritten)")
+            print(f"{folder} is already fitted with these settings; skipping")
+            continue
+        todo.append(kind)
+    base = {"hook": hook, "model_id": source.model_id, "data": dict(source.info), "fit_identity": digest,
+            "fit": {"tokens": n_fit, "seed": seed}}
+    fitted = {}
+    needs_data = {"pca", "ica", "pca_topk", "ica_topk"} & set(todo)
+    if needs_data:
+        batch = max(1, min(READ_BATCH, n_fit))
+        keep = sample_limit(d)
+        moments, sample = collect(source.batches(batch, n_fit, seed), d, keep, progress=progress,
+                                  desc=f"reading {n_fit} tokens")
+        if {"pca", "pca_topk"} & set(todo):
+            fitted["pca"] = pca_from_moments(moments, sample, {**base})
+        if {"ica", "ica_topk"} & set(todo):
+            n_ica = min(sample.shape[0], ICA_MAX_SAMPLES)
+            if n_ica < 2 * d:
+                raise UserError(f"ICA needs at least {2 * d} tokens for width {d}, got {n_ica}: raise --tokens or cache more")
+            if progress:
+                print(f"fitting FastICA on {n_ica} tokens x {d} dims...")
+            fitted["ica"] = fit_ica(sample[:n_ica], {**base}, seed=seed)
+    paths = []
+    for kind in todo:
+        if kind == "neuron":
+            dictionary = neuron_basis(d, base)
+        elif kind == "random":
+            dictionary = random_basis(d, {**base}, seed=seed)
+        elif kind in ("pca", "ica"):
+            dictionary = fitted[kind]
+        else:
+            dictionary = topk_control(fitted[kind.removesuffix("_topk")], kk, {"fit_identity": digest})
+        paths.append(save_dictionary(dictionary, targets[kind]))
+        print(f"wrote {targets[kind]}")
+    return [targets[kind] for kind in kinds]
+
+
+def fit_baselines_from_cache(cache: str | Path, hook: str, kinds: list[str], out: str | Path, **kwargs) -> list[Path]:
+    return fit_baselines(CacheSource(Path(cache), hook), hook, kinds, out, **kwargs)

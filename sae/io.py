@@ -1,0 +1,112 @@
+"""Dictionary folders on disk: `config.json` + `weights.safetensors`, never pickle.
+
+Writes go to a temporary sibling first and are renamed into place, so a
+killed run never leaves a folder that looks complete but is not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from sae.dictionaries import FORMAT_VERSION, KINDS, AffineDictionary
+from sae.errors import DictionaryError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_dictionary(dictionary: AffineDictionary, folder: str | Path) -> Path:
+    """Write the folder atomically (replacing an existing one); returns its path."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    config = {**dictionary.config, "kind": dictionary.kind, "name": folder.name,
+              "format_version": FORMAT_VERSION}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        tensors = {k: v.detach().cpu().clone() for k, v in dictionary.tensors().items()}  # clone: no shared storage
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"kind": dictionary.kind})
+        write_json_atomic(tmp / CONFIG_FILE, config)
+        if folder.exists():
+            trash = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, trash)
+            os.replace(tmp, folder)
+            shutil.rmtree(trash)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    dictionary.name = folder.name
+    dictionary.config = config
+    return folder
+
+
+def read_config(folder: str | Path) -> dict:
+    folder = _folder(folder)
+    path = folder / CONFIG_FILE
+    if not path.exists():
+        hint = " (it looks like a SAELens export, which this tool writes but does not read)" \
+            if (folder / "cfg.json").exists() else ""
+        raise DictionaryError(f"{folder} has no {CONFIG_FILE}{hint}: pass a folder made by `cli.py train-sae` or `cli.py baselines`")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DictionaryError(f"{path} is not valid JSON ({err.msg}): re-create the dictionary") from err
+
+
+def load(path: str | Path, device: str = "cpu") -> AffineDictionary:
+    """Load any dictionary folder; the class follows the `kind` in its config.json."""
+    folder = _folder(path)
+    config = read_config(folder)
+    kind = config.get("kind")
+    if kind not in KINDS:
+        raise DictionaryError(f"{folder}/{CONFIG_FILE} has kind {kind!r}, not one of {', '.join(sorted(KINDS))}: "
+                              "re-create the dictionary with this version of the tool")
+    weights = folder / WEIGHTS_FILE
+    if not weights.exists():
+        raise DictionaryError(f"{folder} has no {WEIGHTS_FILE}: the folder is incomplete; re-create it")
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise DictionaryError(f"{weights} cannot be read ({err}): the file is damaged; re-create the dictionary") from err
+    return KINDS[kind](tensors, config, name=folder.name).to(device)
+
+
+def update_metrics(folder: str | Path, metrics: dict) -> dict:
+    """Merge `metrics` into config.json's "metrics" (atomically); returns the new config."""
+    folder = _folder(folder)
+    config = read_config(folder)
+    config["metrics"] = {**config.get("metrics", {}), **metrics}
+    write_json_atomic(folder / CONFIG_FILE, config)
+    return config
+
+
+def _folder(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file() and p.name in (CONFIG_FILE, WEIGHTS_FILE):
+        p = p.parent
+    if not p.is_dir():
+        raise DictionaryError(f"no dictionary folder at {str(p)!r}: pass a folder made by `cli.py train-sae` or `cli.py baselines`")
+    return p

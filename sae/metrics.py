@@ -1,0 +1,126 @@
+"""How good a dictionary is: reconstruction, sparsity, dead features, similarity, and effect on the model.
+
+FVU follows the paper: mean((x − x̂)²) / mean((x − mean x)²), both over all
+evaluated tokens and dimensions, with mean x the per-dimension mean of those
+tokens. Accumulation is in float64 so millions of tokens do not lose digits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+
+@dataclass
+class _Accumulator:
+    d_in: int
+    n_features: int
+    n: int = 0
+    sq_err: float = 0.0
+    l0_sum: float = 0.0
+    fired: Tensor = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.fired = torch.zeros(self.n_features, dtype=torch.bool)
+
+
+@torch.no_grad()
+def reconstruction_metrics(dictionaries: Sequence, batches: Iterable[Tensor], device: str = "cpu",
+                           progress: bool = False, desc: str = "evaluating") -> list[dict]:
+    """FVU, MSE, mean L0, dead fraction and token count for each dictionary, in one pass over `batches`."""
+    accs = [_Accumulator(d.d_in, d.n_features) for d in dictionaries]
+    total_sum: Tensor | None = None
+    total_sq: Tensor | None = None
+    n = 0
+    for x in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+        x = x.to(device, torch.float32)
+        x64 = x.to(torch.float64)
+        total_sum = x64.sum(0) if total_sum is None else total_sum + x64.sum(0)
+        total_sq = (x64 ** 2).sum(0) if total_sq is None else total_sq + (x64 ** 2).sum(0)
+        n += x.shape[0]
+        for d, acc in zip(dictionaries, accs):
+            c = d.encode(x)
+            x_hat = d.decode(c)
+            acc.sq_err += float((x_hat.to(torch.float64) - x64).pow(2).sum())
+            active = c > 0
+            acc.l0_sum += float(active.sum())
+            acc.fired |= active.any(0).cpu()
+    if n == 0:
+        raise ValueError("no batches to evaluate on")
+    mean = total_sum / n
+    variance = float((total_sq / n - mean ** 2).clamp_min(0).sum())  # Σ_dims E[(x − mean)²]
+    out = []
+    for acc in accs:
+        mse = acc.sq_err / (n * acc.d_in)
+        per_elem_var = variance / acc.d_in
+        out.append({
+            "fvu": mse / per_elem_var if per_elem_var > 0 else math.inf,
+            "mse": mse,
+            "l0": acc.l0_sum / n,
+            "dead_fraction": float((~acc.fired).float().mean()),
+            "eval_tokens": n,
+        })
+    return out
+
+
+@torch.no_grad()
+def mmcs(a: Tensor, b: Tensor, chunk: int = 4096) -> float:
+    """Mean over a's directions of the max cosine similarity with any of b's directions."""
+    a = a.to(torch.float32)
+    b = b.to(torch.float32)
+    a = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    b = b / b.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    best = [(a[i:i + chunk] @ b.T).max(dim=1).values for i in range(0, a.shape[0], chunk)]
+    return float(torch.cat(best).mean())
+
+
+@torch.no_grad()
+def model_metrics(dictionaries: Sequence, model, tokens: Tensor, hook: str, batch_contexts: int = 8,
+                  keep_first: bool = False, device: str = "cpu", progress: bool = False) -> list[dict]:
+    """Next-token KL(clean ‖ spliced) and CE increase when x̂ replaces the activation at `hook`.
+
+    `keep_first` leaves position 0 untouched: when every context starts with
+    BOS, that position's activation is an outlier the dictionaries were not
+    trained on (the cache reader skips it), and splicing garbage there would
+    measure the BOS, not the dictionary.
+    """
+    from activations.hooks import logits_with_edits
+
+    n_ctx = tokens.shape[0]
+    kl_sum = [0.0] * len(dictionaries)
+    ce_sum = [0.0] * len(dictionaries)
+    ce_clean = 0.0
+    n_pred = 0
+    n_tok = 0
+    bar = tqdm(total=n_ctx * (1 + len(dictionaries)), desc="KL/CE", unit="ctx", disable=not progress)
+    for start in range(0, n_ctx, batch_contexts):
+        ids = tokens[start:start + batch_contexts].to(device)
+        clean = logits_with_edits(model, ids, {}).float()
+        logp_clean = torch.log_softmax(clean, dim=-1)
+        targets = ids[:, 1:]
+        ce_clean += float(-logp_clean[:, :-1].gather(-1, targets.unsqueeze(-1)).sum())
+        n_pred += targets.numel()
+        n_tok += ids.numel()
+        bar.update(ids.shape[0])
+        for i, d in enumerate(dictionaries):
+            def splice(x: Tensor, d=d) -> Tensor:
+                new = d.decode(d.encode(x.float())).to(x.dtype)
+                if keep_first:
+                    new = torch.cat([x[:, :1], new[:, 1:]], dim=1)
+                return new
+
+            logp = torch.log_softmax(logits_with_edits(model, ids, {hook: splice}).float(), dim=-1)
+            kl_sum[i] += float((logp_clean.exp() * (logp_clean - logp)).sum())
+            ce_sum[i] += float(-logp[:, :-1].gather(-1, targets.unsqueeze(-1)).sum())
+            bar.update(ids.shape[0])
+    bar.close()
+    base = ce_clean / n_pred
+    return [{"kl": kl_sum[i] / n_tok, "ce_clean": base, "ce_spliced": ce_sum[i] / n_pred,
+             "ce_increase": ce_sum[i] / n_pred - base, "ppl_clean": math.exp(base),
+             "ppl_spliced": math.exp(ce_sum[i] / n_pred), "ce_contexts": int(n_ctx)}
+            for i in range(len(dictionaries))]

@@ -1,0 +1,45 @@
+"""The FVU-vs-L0 frontier: one point per dictionary, sweeps joined by lines."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+_MARKERS = {"tied_sae": "o", "untied_sae": "s", "pca": "^", "ica": "v", "random": "x", "neuron": "D",
+            "pca_topk": "<", "ica_topk": ">"}
+
+
+def plot_frontier(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """rows: dicts with name, kind, hook, ratio (SAEs), fvu, l0. Writes a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    series: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        ratio = row.get("ratio")
+        label = f"{row['kind']} R={ratio:g}" if ratio is not None else row["kind"]
+        hooks = {r.get("hook") for r in rows}
+        if len(hooks) > 1:
+            label = f"{row.get('hook')}: {label}"
+        series[(label, row["kind"])].append(row)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for (label, kind), points in sorted(series.items()):
+        points = sorted(points, key=lambda r: r["l0"])
+        xs = [max(p["l0"], 1e-3) for p in points]
+        ys = [p["fvu"] for p in points]
+        style = "-" if len(points) > 1 else ""
+        ax.plot(xs, ys, style, marker=_MARKERS.get(kind, "o"), label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean L0 (active features per token)")
+    ax.set_ylabel("FVU (fraction of variance unexplained)")
+    ax.set_title(title or "Reconstruction vs sparsity")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,174 @@
+"""Every dictionary kind: the protocol, save/load round trips, PCA/ICA against scikit-learn, SAELens export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import sae
+from sae.base import Dictionary
+from sae.baselines import collect, fit_ica, neuron_basis, pca_from_moments, random_basis, topk_control
+from sae.dictionaries import KINDS, TiedSAE, UntiedSAE
+from sae.errors import DictionaryError
+from sae.export import export_saelens
+from tests.test_sae_support import sparse_data
+
+D = 12
+
+
+def _batches(x: torch.Tensor, size: int = 1000):
+    return [x[i:i + size] for i in range(0, len(x), size)]
+
+
+@pytest.fixture(scope="module")
+def data() -> torch.Tensor:
+    x, _ = sparse_data(d=D, n_true=20, n=6000, p=0.08, seed=3)
+    # add an offset and unequal scales so centring and ordering matter
+    return x * torch.linspace(0.5, 3.0, D) + torch.linspace(-1, 1, D)
+
+
+@pytest.fixture(scope="module")
+def every_kind(data) -> list:
+    g = torch.Generator().manual_seed(0)
+    base = {"hook": "blocks.0.hook_resid_post", "model_id": "m"}
+    moments, sample = collect(_batches(data), D, max_sample=len(data), progress=False)
+    pca = pca_from_moments(moments, sample, dict(base))
+    ica = fit_ica(sample, dict(base), seed=0)
+    tied = TiedSAE({"M": torch.randn(30, D, generator=g), "b": torch.randn(30, generator=g) * 0.1},
+                   {**base, "d_in": D, "n_features": 30})
+    untied = UntiedSAE({"W_e": torch.randn(30, D, generator=g), "b_e": torch.randn(30, generator=g) * 0.1,
+                        "W_d": torch.randn(30, D, generator=g), "b_d": torch.randn(D, generator=g)},
+                       {**base, "d_in": D, "n_features": 30})
+    kinds = [tied, untied, pca, ica, random_basis(D, dict(base), seed=1), neuron_basis(D, dict(base)),
+             topk_control(pca, 3, {}), topk_control(ica, 3, {})]
+    assert sorted(d.kind for d in kinds) == sorted(KINDS)
+    return kinds
+
+
+def test_every_kind_follows_the_protocol(every_kind, data):
+    x = data[:200]
+    for d in every_kind:
+        assert isinstance(d, Dictionary), d.kind
+        c = d.encode(x)
+        assert c.shape == (200, d.n_features) and (c >= 0).all(), d.kind
+        dirs = d.directions
+        assert dirs.shape == (d.n_features, d.d_in)
+        torch.testing.assert_close(dirs.norm(dim=1), torch.ones(d.n_features), rtol=1e-5, atol=1e-5)
+        # decode is Σ c_j f_j + constant, so feature patching x + (c̄ − c)·F equals swapping codes
+        c2 = d.encode(data[200:400])
+        torch.testing.assert_close(d.decode(c2) - d.decode(c), (c2 - c) @ dirs, rtol=1e-4, atol=1e-4)
+        if d.k is not None:
+            assert int((c > 0).sum(1).max()) <= d.k
+
+
+def test_every_kind_round_trips_through_save_and_load(every_kind, data, tmp_path):
+    x = data[:300]
+    for d in every_kind:
+        folder = d.save(tmp_path / d.kind)
+        assert sorted(p.name for p in folder.iterdir()) == ["config.json", "weights.safetensors"]
+        back = sae.load(folder)
+        assert type(back) is type(d) and back.kind == d.kind and back.name == d.kind
+        assert back.hook == "blocks.0.hook_resid_post" and back.config["model_id"] == "m"
+        assert torch.equal(back.encode(x), d.encode(x)), d.kind
+        assert torch.equal(back.decode(back.encode(x)), d.decode(d.encode(x))), d.kind
+        for key, value in d.tensors().items():
+            assert torch.equal(back.tensors()[key], value)
+
+
+def test_pca_matches_scikit_learn_up_to_sign(data):
+    from sklearn.decomposition import PCA
+
+    moments, sample = collect(_batches(data, 700), D, max_sample=2000, progress=False)
+    ours = pca_from_moments(moments, sample, {})
+    ref = PCA(n_components=D).fit(data.double().numpy())
+    cos = (ours.directions.double() @ torch.from_numpy(ref.components_).T).diagonal().abs()
+    assert cos.min() > 0.999
+    torch.testing.assert_close(ours.tensors()["b_dec"].double(), torch.from_numpy(ref.mean_), rtol=1e-5, atol=1e-5)
+    # with every coefficient kept, PCA's decode inverts its projection exactly (both signs)
+    w, b, dirs, b_dec = ours.effective()
+    proj = data @ w.T + b
+    torch.testing.assert_close(proj @ dirs + b_dec, data, rtol=1e-4, atol=1e-4)
+
+
+def test_pca_and_ica_orient_the_heavy_tail_positive(every_kind, data):
+    for d in every_kind:
+        if d.kind in ("pca", "ica"):
+            w, b, _, _ = d.effective()
+            proj = (data @ w.T + b).double()
+            proj = proj - proj.mean(0)
+            assert ((proj ** 3).mean(0) >= 0).all(), d.kind
+
+
+def test_ica_decode_equals_fastica_inverse_transform(data):
+    from sklearn.decomposition import FastICA
+
+    sample = data[:3000]
+    ours = fit_ica(sample, {}, seed=0)
+    ref = FastICA(n_components=D, whiten="unit-variance", random_state=0, max_iter=400, tol=1e-4)
+    sources = ref.fit_transform(sample.double().numpy())
+    w, b, dirs, b_dec = ours.effective()
+    ours_full = (data[:100] @ w.T + b) @ dirs + b_dec
+    torch.testing.assert_close(ours_full.double(), torch.from_numpy(ref.inverse_transform(ref.transform(
+        data[:100].double().numpy()))), rtol=1e-3, atol=1e-3)
+    # same components up to sign and scale
+    ours_src = (sample @ w.T + b).double()
+    corr = np.corrcoef(ours_src.T.numpy(), sources.T)[:D, D:]
+    assert np.abs(np.diag(corr)).min() > 0.999
+
+
+def test_random_basis_is_orthonormal_and_seeded():
+    a = random_basis(D, {}, seed=5)
+    torch.testing.assert_close(a.directions @ a.directions.T, torch.eye(D), rtol=1e-5, atol=1e-5)
+    assert torch.equal(a.directions, random_basis(D, {}, seed=5).directions)
+    assert not torch.equal(a.directions, random_basis(D, {}, seed=6).directions)
+
+
+def test_tied_sae_normalises_rows_inside_the_forward_pass():
+    m = torch.tensor([[3.0, 0.0], [0.0, 0.5]])
+    d = TiedSAE({"M": m, "b": torch.tensor([0.0, -0.1])}, {"d_in": 2, "n_features": 2})
+    c = d.encode(torch.tensor([[2.0, 1.0], [-1.0, 0.05]]))
+    torch.testing.assert_close(c, torch.tensor([[2.0, 0.9], [0.0, 0.0]]))
+    torch.testing.assert_close(d.decode(c), torch.tensor([[2.0, 0.9], [0.0, 0.0]]))
+
+
+def test_saelens_export_reproduces_encode_and_decode(every_kind, data, tmp_path):
+    x = data[:50]
+    for d in every_kind:
+        out = export_saelens(d, tmp_path / f"export_{d.kind}")
+        cfg = json.loads((out / "cfg.json").read_text())
+        w = load_file(str(out / "sae_weights.safetensors"))
+        assert sorted(w) == ["W_dec", "W_enc", "b_dec", "b_enc"]
+        assert w["W_enc"].shape == (D, d.n_features) and w["W_dec"].shape == (d.n_features, D)
+        assert cfg["d_in"] == D and cfg["d_sae"] == d.n_features and cfg["hook_name"] == d.hook
+        assert cfg["hook_layer"] == 0 and cfg["model_name"] == "m"
+        pre = (x - w["b_dec"] * cfg["apply_b_dec_to_input"]) @ w["W_enc"] + w["b_enc"]
+        c = torch.relu(pre)
+        if cfg["architecture"] == "topk":
+            c = torch.zeros_like(c).scatter(-1, c.topk(cfg["k"], dim=-1).indices, c.topk(cfg["k"], dim=-1).values)
+        torch.testing.assert_close(c, d.encode(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(c @ w["W_dec"] + w["b_dec"], d.decode(d.encode(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_loading_bad_folders_fails_clearly(tmp_path, every_kind):
+    with pytest.raises(DictionaryError, match="no dictionary folder"):
+        sae.load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DictionaryError, match="config.json"):
+        sae.load(tmp_path / "empty")
+    folder = every_kind[0].save(tmp_path / "tied")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "kind": "mystery"}))
+    with pytest.raises(DictionaryError, match="mystery"):
+        sae.load(folder)
+    (folder / "config.json").write_text(json.dumps({**cfg, "n_features": 31}))
+    with pytest.raises(DictionaryError, match="shape"):
+        sae.load(folder)
+
+
+def test_encode_rejects_vectors_of_the_wrong_width(every_kind):
+    with pytest.raises(DictionaryError, match="width 5"):
+        every_kind[0].encode(torch.zeros(3, 5))
