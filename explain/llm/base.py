@@ -1,0 +1,116 @@
+"""The interface every LLM backend offers, and what they share (caching, bounded concurrency).
+
+Two operations cover the explainer and the simulator:
+
+* ``generate(messages, n, temperature, max_tokens, seed) -> list[str]``:
+  chat completion. `messages` is ``[{"role", "content"}]``; when the last
+  message has role ``assistant`` its content is a prefix the answer
+  continues (priming). Returned strings are the continuation only.
+* ``digit_distributions(prompts) -> list[DigitReadout]``: for each
+  `SlotPrompt`, the distribution over the values 0..10 at every slot
+  (see `explain.llm.digits` for the value-10 rule), plus which mode read it.
+
+Both consult the `LLMCache` first and store only validated answers, so a
+rerun sends no request and a failure raises `LLMError` and is retried next
+time. `map_concurrent` runs independent requests with at most `concurrency`
+in flight; remote backends additionally bound in-flight HTTP requests with a
+semaphore so callers that add their own threads cannot exceed it.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, TypeVar
+
+import numpy as np
+
+from explain.llm.errors import LLMError
+from explain.llm_cache import LLMCache
+from explain.prompts import SlotPrompt
+
+T = TypeVar("T")
+R = TypeVar("R")
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class DigitReadout:
+    """Distributions over 0..10 at every slot of one prompt ([n_slots, 11], rows sum to 1)."""
+
+    distributions: np.ndarray
+    mode: str  # local-exact | completions-echo | chat-top-logprobs
+    ten: str  # single-token | two-step | unavailable
+    n_calls: int  # requests sent for this prompt (0 when all came from the cache)
+    n_cached: int  # requests answered by the cache
+    n_tokens: int = 0  # model tokens processed (local backend; 0 when unknown or cached)
+
+
+def check_messages(messages: Messages) -> None:
+    if not messages or any(set(m) != {"role", "content"} for m in messages):
+        raise LLMError("messages must be a non-empty list of {'role', 'content'} dicts")
+
+
+class LLMBackend:
+    """Base class: subclasses implement `_generate_uncached` and `digit_distributions`."""
+
+    name: str = "llm"
+    concurrency: int = 1
+
+    def __init__(self, cache: LLMCache | None = None):
+        self.cache = cache if cache is not None else LLMCache.disabled()
+        self.n_calls = 0  # requests actually sent by this backend object
+
+    # -- identity -------------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """What makes two requests to this backend the same request (model, endpoint; never a key)."""
+        raise NotImplementedError
+
+    # -- generation -----------------------------------------------------------------------
+    def generate(
+        self,
+        messages: Messages,
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        max_tokens: int = 60,
+        seed: int = 0,
+    ) -> list[str]:
+        """`n` completions of the chat `messages` (cached; raises LLMError on failure)."""
+        check_messages(messages)
+        request = {
+            "op": "generate", **self.identity(), "messages": messages, "n": int(n),
+            "temperature": float(temperature), "max_tokens": int(max_tokens), "seed": int(seed),
+        }
+        hit = self.cache.get(request)
+        if hit is not None:
+            return list(hit["texts"])
+        texts = self._generate_uncached(messages, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
+        if len(texts) != n or not all(isinstance(t, str) for t in texts):
+            raise LLMError(f"{self.name}: asked for {n} completions, got {len(texts)}")
+        self.cache.put(request, {"texts": texts})
+        return texts
+
+    def generate_many(self, requests: Sequence[dict[str, Any]]) -> list[list[str]]:
+        """`generate(**r)` for each request dict, up to `concurrency` at a time, in order."""
+        return self.map_concurrent(lambda r: self.generate(**r), requests)
+
+    def _generate_uncached(self, messages: Messages, *, n: int, temperature: float, max_tokens: int,
+                           seed: int) -> list[str]:
+        raise NotImplementedError
+
+    # -- simulation -----------------------------------------------------------------------
+    def digit_distributions(self, prompts: Sequence[SlotPrompt]) -> list[DigitReadout]:
+        raise NotImplementedError
+
+    # -- helpers --------------------------------------------------------------------------
+    def map_concurrent(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """Apply `fn` to every item with at most `concurrency` threads; the first error propagates."""
+        items = list(items)
+        if self.concurrency <= 1 or len(items) <= 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(fn, items))
+
+    def close(self) -> None:
+        """Release resources (HTTP client); the cache belongs to the caller."""

@@ -1,0 +1,328 @@
+"""An OpenAI-compatible endpoint as explainer and simulator (`openai:<model>` + optional base URL).
+
+Works with OpenAI, vLLM, llama.cpp server and others through the `openai`
+package. The API key comes from the environment variable OPENAI_API_KEY
+only; it is never logged, cached or written. A base URL on this machine
+(localhost, 127.0.0.1, ::1) with no key set gets a dummy key, since local
+servers usually ignore it.
+
+Reliability: the client's own retries are off; `_call` retries 429, 408,
+409, 5xx, timeouts and connection errors with exponential backoff
+(`backoff_base`·2^attempt seconds, capped, jittered, honouring Retry-After)
+up to `max_retries` times, then raises `LLMError`. Other errors (400, 401,
+404...) raise at once. A semaphore keeps at most `concurrency` requests in
+flight however many threads call in.
+
+Simulation modes (the readout's `mode` says which ran):
+
+* ``completions-echo``: one legacy completions request per prompt with
+  ``echo=True, logprobs=top_logprobs, max_tokens=1``; the prompt tokens'
+  top log-probabilities are read at the token that starts right after each
+  slot (where "unknown" begins). All slots of a prompt in one request.
+* ``chat-top-logprobs``: for servers without prompt log-probabilities. One
+  chat request per slot: the prompt cut right after the slot's TAB, followed
+  by a question asking for that token's value; the answer's first token's
+  ``top_logprobs`` are read. The model sees exactly the context the
+  all-at-once prompt gives that slot (everything before it), so the two
+  modes agree in meaning; it costs one request per token.
+* ``auto`` (default) tries echo on the first prompt and falls back to chat,
+  for the rest of the run, when the server refuses it (400/404/405/422/501)
+  or returns no prompt log-probabilities. Server errors (5xx after retries)
+  are failures, not a reason to switch.
+
+The value 10: read from a single "10" token when the server's tokenizer has
+one and lists it (`ten="single-token"`). When digits are split, the
+completions mode can take a second step (``ten_two_step=True``: one more
+request per slot, prompt + "1", reading the next-token digits; see
+`explain.llm.digits`); otherwise `ten="unavailable"` and p("1") all counts
+as the value 1.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import random
+import sys
+import threading
+import time
+from typing import Any, Callable, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from explain.llm.base import DigitReadout, LLMBackend, Messages
+from explain.llm.digits import combine_digit_probs, digits_from_top_logprobs
+from explain.llm.errors import BackendConfigError, LLMError
+from explain.llm_cache import LLMCache
+from explain.prompts import SlotPrompt
+
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+RETRY_STATUS = {408, 409, 429}
+UNSUPPORTED_STATUS = {400, 404, 405, 422, 501}
+CHAT_SIM_SYSTEM = "You predict neuron activations. Reply with a single integer from 0 to 10 and nothing else."
+CHAT_SIM_QUESTION = (
+    "\n\n(End of text.) What is the activation of the last token above, the one just before the final tab? "
+    "Reply with one integer from 0 to 10."
+)
+MODES = ("auto", "completions", "chat")
+
+
+class _EchoUnsupported(Exception):
+    """The server cannot return prompt log-probabilities (internal signal for `auto` mode)."""
+
+
+def _public_url(base_url: str | None) -> str | None:
+    """The base URL without any user:password part, safe to put in cache keys and records."""
+    if not base_url:
+        return None
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+class OpenAIBackend(LLMBackend):
+    """Explain and simulate through an OpenAI-compatible HTTP API."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        cache: LLMCache | None = None,
+        concurrency: int = 4,
+        max_retries: int = 5,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        timeout: float = 120.0,
+        top_logprobs: int = 20,
+        sim_mode: str = "auto",
+        ten_two_step: bool = False,
+        continue_final_message: bool = False,
+    ):
+        super().__init__(cache)
+        import openai
+
+        if sim_mode not in MODES:
+            raise BackendConfigError(f"simulation mode {sim_mode!r}: use one of {', '.join(MODES)}")
+        if concurrency < 1:
+            raise BackendConfigError(f"--concurrency {concurrency}: pass 1 or more")
+        key = os.environ.get("OPENAI_API_KEY")
+        if not key:
+            host = urlsplit(base_url).hostname if base_url else None
+            if host not in LOCAL_HOSTS:
+                raise BackendConfigError(
+                    "openai backend needs an API key: set the OPENAI_API_KEY environment variable "
+                    "(or use --base-url for a server on localhost)"
+                )
+            key = "sk-local-no-key"
+        self.model_name = model
+        self.name = f"openai:{model}"
+        self.base_url = _public_url(base_url)
+        self.concurrency = int(concurrency)
+        self.max_retries, self.backoff_base, self.backoff_max = int(max_retries), float(backoff_base), float(backoff_max)
+        self.top_logprobs = int(top_logprobs)
+        self.sim_mode = sim_mode
+        self.ten_two_step = bool(ten_two_step)
+        self.continue_final_message = bool(continue_final_message)
+        self._openai = openai
+        self._client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout)
+        self._sem = threading.BoundedSemaphore(self.concurrency)
+        self._mode_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": "openai", "model": self.model_name, "base_url": self.base_url}
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- HTTP with retries ----------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        err_cls = self._openai
+        last: Exception | None = None
+        for attempt in range(self.max_retries + 1):
+            try:
+                with self._sem:
+                    with self._count_lock:
+                        self.n_calls += 1
+                    return fn()
+            except err_cls.APIStatusError as err:
+                if err.status_code not in RETRY_STATUS and err.status_code < 500:
+                    if err.status_code in UNSUPPORTED_STATUS and what == "completions-echo":
+                        raise _EchoUnsupported(str(err)) from err
+                    raise LLMError(f"{self.name} {what}: HTTP {err.status_code}: {_short(err)}") from err
+                last = err
+                wait = _retry_after(err)
+            except (err_cls.APITimeoutError, err_cls.APIConnectionError) as err:
+                last, wait = err, None
+            if attempt < self.max_retries:
+                backoff = min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
+                time.sleep(min(self.backoff_max, wait) if wait is not None else backoff)
+        raise LLMError(f"{self.name} {what}: failed after {self.max_retries + 1} attempts: {_short(last)}")
+
+    def _cached(self, request: dict[str, Any], send: Callable[[], dict[str, Any]],
+                validate: Callable[[dict[str, Any]], Any]) -> tuple[Any, bool]:
+        """(validated value, from_cache). Only a response that validates is stored."""
+        hit = self.cache.get(request)
+        if hit is not None:
+            return validate(hit), True
+        response = send()
+        value = validate(response)
+        self.cache.put(request, response)
+        return value, False
+
+    # -- generation -----------------------------------------------------------------------
+    def _generate_uncached(self, messages: Messages, *, n: int, temperature: float, max_tokens: int,
+                           seed: int) -> list[str]:
+        extra: dict[str, Any] = {}
+        msgs = [dict(m) for m in messages]
+        if msgs[-1]["role"] == "assistant":
+            if self.continue_final_message:  # vLLM: continue the assistant prefix
+                extra["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+            else:  # plain chat APIs cannot continue a turn: ask for the completion instead
+                prime = msgs.pop()["content"]
+                msgs[-1]["content"] += f'\n\nAnswer with one sentence that completes: "{prime} ..."'
+        resp = self._call("generate", lambda: self._client.chat.completions.create(
+            model=self.model_name, messages=msgs, n=n, temperature=temperature, max_tokens=max_tokens,
+            seed=seed, **extra))
+        return [(c.message.content or "") for c in sorted(resp.choices, key=lambda c: c.index)]
+
+    # -- simulation -----------------------------------------------------------------------
+    def digit_distributions(self, prompts: Sequence[SlotPrompt]) -> list[DigitReadout]:
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        with self._mode_lock:
+            mode = self.sim_mode
+            first: DigitReadout | None = None
+            if mode == "auto":
+                try:
+                    first = self._echo_readout(prompts[0])
+                    mode = self.sim_mode = "completions"
+                except _EchoUnsupported as why:
+                    print(f"{self.name}: no prompt logprobs ({str(why)[:120]}); simulating with chat "
+                          "top_logprobs, one request per token", file=sys.stderr)
+                    mode = self.sim_mode = "chat"
+        if mode == "completions":
+            rest = prompts[1:] if first is not None else prompts
+            out = self.map_concurrent(self._echo_readout_strict, rest)
+            return ([first] if first is not None else []) + out
+        return [self._chat_readout(p) for p in prompts]
+
+    def _echo_readout_strict(self, prompt: SlotPrompt) -> DigitReadout:
+        try:
+            return self._echo_readout(prompt)
+        except _EchoUnsupported as err:
+            raise LLMError(f"{self.name}: completions with echo+logprobs refused: {err}") from err
+
+    def _echo_readout(self, prompt: SlotPrompt) -> DigitReadout:
+        text = prompt.text
+        request = {"op": "completions-echo", **self.identity(), "prompt": text, "logprobs": self.top_logprobs,
+                   "max_tokens": 1, "temperature": 0.0}
+
+        def send() -> dict[str, Any]:
+            resp = self._call("completions-echo", lambda: self._client.completions.create(
+                model=self.model_name, prompt=text, max_tokens=1, echo=True, logprobs=self.top_logprobs,
+                temperature=0.0))
+            lp = resp.choices[0].logprobs if resp.choices else None
+            if lp is None or not lp.tokens or lp.top_logprobs is None or lp.text_offset is None:
+                raise _EchoUnsupported("the response has no prompt logprobs")
+            return {"tokens": list(lp.tokens), "text_offset": list(lp.text_offset),
+                    "top_logprobs": [None if t is None else dict(t) for t in lp.top_logprobs]}
+
+        def validate(resp: dict[str, Any]) -> list[tuple[np.ndarray, float | None]]:
+            offsets, tops = resp["text_offset"], resp["top_logprobs"]
+            rows = []
+            for c in prompt.slot_offsets():
+                i = bisect.bisect_left(offsets, c)
+                if i >= len(offsets) or offsets[i] != c:
+                    raise LLMError(f"{self.name}: the server's tokens do not start at a slot (offset {c}); "
+                                   "use --simulator with chat mode or another model")
+                if tops[i] is None:
+                    raise _EchoUnsupported("no top logprobs at a prompt token")
+                p, ten = digits_from_top_logprobs(tops[i])
+                if p.sum() <= 0 and not ten:
+                    raise LLMError(f"{self.name}: no digit 0..10 among the top logprobs at a slot "
+                                   f"(got {sorted(tops[i])[:8]}); the model does not answer with values")
+                rows.append((p, ten))
+            return rows
+
+        rows, cached = self._cached(request, send, validate)
+        calls, hits = (0, 1) if cached else (1, 0)
+        afters: list[np.ndarray | None] = [None] * len(rows)
+        single = any(ten is not None for _, ten in rows)
+        if self.ten_two_step and not single:
+            results = self.map_concurrent(lambda c: self._after_one(text[:c]), prompt.slot_offsets())
+            afters = [a for a, _ in results]
+            hits += sum(h for _, h in results)
+            calls += sum(1 - h for _, h in results)
+        ten = "single-token" if single else ("two-step" if self.ten_two_step else "unavailable")
+        dists = np.stack([combine_digit_probs(p, t, a) for (p, t), a in zip(rows, afters)])
+        return DigitReadout(dists, "completions-echo", ten, n_calls=calls, n_cached=hits)
+
+    def _after_one(self, text_to_slot: str) -> tuple[np.ndarray, int]:
+        prompt = text_to_slot + "1"
+        request = {"op": "completions-next", **self.identity(), "prompt": prompt, "logprobs": self.top_logprobs,
+                   "max_tokens": 1, "temperature": 0.0}
+
+        def send() -> dict[str, Any]:
+            resp = self._call("completions", lambda: self._client.completions.create(
+                model=self.model_name, prompt=prompt, max_tokens=1, logprobs=self.top_logprobs, temperature=0.0))
+            lp = resp.choices[0].logprobs if resp.choices else None
+            if lp is None or not lp.top_logprobs or lp.top_logprobs[0] is None:
+                raise LLMError(f"{self.name}: completions returned no logprobs for the '10' step")
+            return {"top_logprobs": dict(lp.top_logprobs[0])}
+
+        (p, _), cached = self._cached(request, send, lambda r: digits_from_top_logprobs(r["top_logprobs"]))
+        return p, int(cached)
+
+    def _chat_readout(self, prompt: SlotPrompt) -> DigitReadout:
+        results = self.map_concurrent(lambda i: self._chat_slot(prompt, i), range(prompt.n_slots))
+        rows = [r for r, _ in results]
+        hits = sum(h for _, h in results)
+        single = any(ten is not None for _, ten in rows)
+        dists = np.stack([combine_digit_probs(p, t) for p, t in rows])
+        return DigitReadout(dists, "chat-top-logprobs", "single-token" if single else "unavailable",
+                            n_calls=len(rows) - hits, n_cached=hits)
+
+    def _chat_slot(self, prompt: SlotPrompt, i: int) -> tuple[tuple[np.ndarray, float | None], int]:
+        messages = [{"role": "system", "content": CHAT_SIM_SYSTEM},
+                    {"role": "user", "content": prompt.text_through_slot(i) + CHAT_SIM_QUESTION}]
+        k = min(self.top_logprobs, 20)
+        request = {"op": "chat-top-logprobs", **self.identity(), "messages": messages, "top_logprobs": k,
+                   "max_tokens": 1, "temperature": 0.0}
+
+        def send() -> dict[str, Any]:
+            resp = self._call("chat-top-logprobs", lambda: self._client.chat.completions.create(
+                model=self.model_name, messages=messages, max_tokens=1, temperature=0.0, logprobs=True,
+                top_logprobs=k))
+            content = resp.choices[0].logprobs.content if resp.choices and resp.choices[0].logprobs else None
+            if not content:
+                raise LLMError(f"{self.name}: chat completion returned no logprobs; the server must support "
+                               "logprobs=True with top_logprobs")
+            return {"top_logprobs": {t.token: t.logprob for t in content[0].top_logprobs}}
+
+        def validate(resp: dict[str, Any]) -> tuple[np.ndarray, float | None]:
+            p, ten = digits_from_top_logprobs(resp["top_logprobs"])
+            if p.sum() <= 0 and not ten:
+                raise LLMError(f"{self.name}: the answer's top_logprobs hold no digit 0..10 "
+                               f"(got {sorted(resp['top_logprobs'])[:8]}); the model did not answer with a number")
+            return p, ten
+
+        value, cached = self._cached(request, send, validate)
+        return value, int(cached)
+
+
+def _short(err: Exception | None) -> str:
+    return str(err).splitlines()[0][:300] if err is not None else "unknown error"
+
+
+def _retry_after(err: Any) -> float | None:
+    headers = getattr(getattr(err, "response", None), "headers", None) or {}
+    value = headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

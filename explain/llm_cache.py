@@ -1,0 +1,110 @@
+"""A SQLite cache of every LLM request and its (validated) response.
+
+Why: explanation runs are long and LLM calls cost money or minutes; a rerun
+must cost no calls and a killed run must resume where it stopped. Each entry
+is keyed by the SHA-256 of the canonical JSON of the *full* request (backend
+kind, model identity, endpoint, messages or prompt, every sampling parameter),
+so any change to a prompt or parameter is a miss, never a stale hit. API keys
+are never part of a request and are never stored.
+
+Only successes are written: backends validate a response (e.g. it carries
+digit log-probabilities) before `put`, and a failed call raises instead, so a
+failure is retried on the next run rather than replayed. WAL mode lets
+readers and one writer work at once (threads of one run, or a second process);
+one connection is shared under a lock, which is enough because the database
+work is tiny next to an LLM call.
+
+Use::
+
+    cache = LLMCache(path)                  # or LLMCache.disabled()
+    hit = cache.get(request)                 # dict | None
+    cache.put(request, response)             # both JSON-serialisable dicts
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from activations.errors import UserError
+
+
+def request_key(request: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a request (sorted keys, no whitespace)."""
+    blob = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class LLMCache:
+    """Thread-safe SQLite request→response store; `path=None` keeps nothing (no caching)."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = None if path is None else Path(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self.hits = 0
+        self.misses = 0
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, request TEXT NOT NULL, "
+                "response TEXT NOT NULL, created REAL NOT NULL)"
+            )
+            self._conn.commit()
+        except sqlite3.DatabaseError as err:
+            raise UserError(f"cannot open the LLM cache {self.path}: {err}; delete it or pass another path") from err
+
+    @classmethod
+    def disabled(cls) -> "LLMCache":
+        return cls(None)
+
+    @property
+    def enabled(self) -> bool:
+        return self._conn is not None
+
+    def get(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        if self._conn is None:
+            return None
+        key = request_key(request)
+        with self._lock:
+            row = self._conn.execute("SELECT response FROM calls WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+        return json.loads(row[0])
+
+    def put(self, request: dict[str, Any], response: dict[str, Any]) -> None:
+        if self._conn is None:
+            return
+        key = request_key(request)
+        req = json.dumps(request, sort_keys=True, ensure_ascii=False)
+        resp = json.dumps(response, ensure_ascii=False)
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO calls (key, request, response, created) VALUES (?, ?, ?, ?)",
+                (key, req, resp, time.time()),
+            )
+            self._conn.commit()
+
+    def __len__(self) -> int:
+        if self._conn is None:
+            return 0
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -1,0 +1,99 @@
+"""Plain data passed between exemplar selection, prompts, LLM backends and scoring.
+
+These types are the whole contract between the LLM side (prompts, backends,
+simulator, explainer) and the pipeline (exemplars, scoring, the `explain`
+command): the pipeline hands `ActivationRecord`s in and gets strings
+(explanations) and `SimulationResult`s back. Everything serialises to JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Any
+
+from activations.errors import UserError
+
+#: Activation values the LLM reads and writes (Bills et al.): integers 0..10.
+MAX_DISPLAY = 10
+N_VALUES = MAX_DISPLAY + 1
+
+
+@dataclass
+class ActivationRecord:
+    """One fragment: decoded token strings and the true feature activation of each (>= 0)."""
+
+    tokens: list[str]
+    activations: list[float]
+
+    def __post_init__(self) -> None:
+        if len(self.tokens) != len(self.activations):
+            raise UserError(
+                f"ActivationRecord has {len(self.tokens)} tokens but {len(self.activations)} activations: "
+                "pass one activation per token"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tokens": list(self.tokens), "activations": [float(a) for a in self.activations]}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "ActivationRecord":
+        return cls(tokens=[str(t) for t in obj["tokens"]], activations=[float(a) for a in obj["activations"]])
+
+
+@dataclass(frozen=True)
+class FewShotExample:
+    """A handwritten example feature with a known answer, shown once per prompt."""
+
+    id: str
+    explanation: str  # a phrase that completes "the main thing this neuron does is find ..."
+    records: tuple[ActivationRecord, ...]
+
+
+@dataclass
+class SimulationResult:
+    """Simulated activations of one explanation on a list of fragments.
+
+    `expected_values[r][t]` = Σ_k k·p_k over the values 0..10 at token t of
+    fragment r; `distributions[r][t]` is that renormalised distribution
+    (11 probabilities). `mode` names how the distributions were read
+    (`local-exact`, `completions-echo`, `chat-top-logprobs`) and
+    `ten` how the value 10 was obtained (`single-token`, `two-step`,
+    `unavailable`), so a record says which path produced its numbers.
+    """
+
+    explanation: str
+    expected_values: list[list[float]]
+    distributions: list[list[list[float]]]
+    mode: str
+    ten: str
+    backend: str
+    n_calls: int = 0  # LLM requests actually sent (cache hits excluded)
+    n_cached: int = 0  # requests answered from the LLM cache
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_fewshot(ids: list[str] | None = None) -> list[FewShotExample]:
+    """Return the handwritten few-shot features in `explain/fewshot/*.json`, sorted by id.
+
+    Stored as JSON in the repo (not generated) so the prompts are reviewable
+    and the answers are known; `ids` selects and orders a subset.
+    """
+    folder = resources.files("explain") / "fewshot"
+    examples: dict[str, FewShotExample] = {}
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not entry.name.endswith(".json"):
+            continue
+        obj = json.loads(entry.read_text(encoding="utf-8"))
+        records = tuple(ActivationRecord.from_json(r) for r in obj["records"])
+        examples[obj["id"]] = FewShotExample(id=obj["id"], explanation=obj["explanation"], records=records)
+    if ids is None:
+        return [examples[k] for k in sorted(examples)]
+    missing = [i for i in ids if i not in examples]
+    if missing:
+        raise UserError(f"unknown few-shot example(s) {missing}: choose from {sorted(examples)}")
+    return [examples[i] for i in ids]
