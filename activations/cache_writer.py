@@ -32,6 +32,17 @@ _TARGET_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
+class CacheResult:
+    path: Path
+    n_contexts: int
+    tokens_written: int  # by this call (0 if the file was already complete)
+    seconds: float  # the forward-and-write loop only, not model loading
+
+    def __fspath__(self) -> str:  # usable wherever a path is expected
+        return str(self.path)
+
+
+@dataclass(frozen=True)
 class CacheSettings:
     """Everything that decides the bytes of the file; a rerun must match it to resume."""
 
@@ -137,7 +148,7 @@ def cache_activations(
     fragments: bool = False,
     device: str = "cpu",
     progress: bool = True,
-) -> Path:
+) -> CacheResult:
     """Cache activations of `hooks` over `corpus`; resumes a killed run of the same settings."""
     out = Path(out)
     if dtype not in ("float16", "float32"):
@@ -156,7 +167,7 @@ def cache_activations(
             total = int(f.attrs["n_contexts"])
         if done >= total:
             print(f"{out} is already complete ({total} contexts); nothing to do.")
-            return out
+            return CacheResult(out, total, 0, 0.0)
 
     loaded = load_model(model, device=device)
     hook_points = validate_hooks(loaded.model, list(hooks))
@@ -170,6 +181,7 @@ def cache_activations(
 
     storage = np.float16 if dtype == "float16" else np.float32
     n = tokens.shape[0]
+    first = done
     bar = tqdm(total=n * context_length, initial=done * context_length, unit="tok", unit_scale=True,
                desc=f"cache {out.name}", disable=not progress, smoothing=0.1)
     started = time.perf_counter()
@@ -190,4 +202,4 @@ def cache_activations(
     elapsed = time.perf_counter() - started
     if progress:
         print(f"wrote {n} contexts x {context_length} tokens of {len(widths)} hooks to {out} in {elapsed:.1f}s")
-    return out
+    return CacheResult(out, n, (n - first) * context_length, elapsed)

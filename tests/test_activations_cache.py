@@ -42,7 +42,7 @@ def test_cached_values_equal_hidden_states(arch, tiny_model_dirs, text_corpus, t
 
     out = cache_activations(model=str(tiny_model_dirs[arch]), corpus=str(text_corpus), hooks=HOOKS,
                             context_length=16, max_tokens=16 * 20, batch_size=4, dtype="float32",
-                            out=tmp_path / "c.h5", progress=False)
+                            out=tmp_path / "c.h5", progress=False).path
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[arch]).eval()
     with ActivationCache(out) as cache:
         assert cache.n_contexts == 20 and cache.complete
@@ -62,7 +62,7 @@ def test_packed_contexts_follow_the_corpus_text(tiny_model_dirs, text_corpus, tm
     from transformers import AutoTokenizer
 
     out = cache_activations(model=str(tiny_model_dirs["gpt2"]), corpus=str(text_corpus), hooks=HOOKS[:1],
-                            context_length=32, max_tokens=32 * 5, batch_size=2, out=tmp_path / "c.h5", progress=False)
+                            context_length=32, max_tokens=32 * 5, batch_size=2, out=tmp_path / "c.h5", progress=False).path
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dirs["gpt2"])
     first_doc = json.loads(text_corpus.read_text().splitlines()[0])["text"]
     expected = tokenizer(first_doc, add_special_tokens=False)["input_ids"][:32]
@@ -81,7 +81,7 @@ def test_fragment_mode_takes_one_window_per_document(tiny_model_dirs, tmp_path):
     for i, text in enumerate(texts):
         (corpus / f"{i}.txt").write_text(text)
     out = cache_activations(model=str(tiny_model_dirs["llama"]), corpus=str(corpus), hooks=HOOKS[:1],
-                            context_length=12, max_tokens=10_000, fragments=True, out=tmp_path / "f.h5", progress=False)
+                            context_length=12, max_tokens=10_000, fragments=True, out=tmp_path / "f.h5", progress=False).path
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dirs["llama"])
     with ActivationCache(out) as cache:
         assert cache.n_contexts == 2 and cache.fragments  # the short document is skipped
@@ -98,7 +98,7 @@ def test_non_utf8_bytes_are_replaced_not_fatal(tiny_model_dirs, tmp_path):
     corpus = tmp_path / "bad.txt"
     corpus.write_bytes(b"Caf\xe9 au lait \xff\xfe is served here. " * 10)
     out = cache_activations(model=str(tiny_model_dirs["gpt2"]), corpus=str(corpus), hooks=HOOKS[:1],
-                            context_length=8, max_tokens=64, out=tmp_path / "u.h5", progress=False)
+                            context_length=8, max_tokens=64, out=tmp_path / "u.h5", progress=False).path
     with ActivationCache(out) as cache:
         assert cache.n_contexts == 8
 

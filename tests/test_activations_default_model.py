@@ -28,7 +28,7 @@ def test_default_model_is_real_smollm2(default_model):
 
 def test_default_model_and_corpus_cache_real_activations(default_model, tmp_path):
     out = cache_activations(model="default", corpus="default", hooks=["blocks.1.hook_resid_post", "blocks.2.mlp.hook_post"],
-                            context_length=32, max_tokens=32 * 8, batch_size=4, out=tmp_path / "d.h5", progress=False)
+                            context_length=32, max_tokens=32 * 8, batch_size=4, out=tmp_path / "d.h5", progress=False).path
     with ActivationCache(out) as cache:
         assert cache.n_contexts == 8 and cache.width("blocks.2.mlp.hook_post") == 1536
         text = default_model.tokenizer.decode(cache.tokens([0])[0])

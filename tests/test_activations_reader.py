@@ -24,7 +24,7 @@ def small_cache(tiny_model_dirs, tmp_path_factory):
     # llama's tokenizer prepends BOS, so skip_bos matters here.
     return cache_activations(model=str(tiny_model_dirs["llama"]), corpus=str(corpus), hooks=[HOOK],
                              context_length=16, max_tokens=16 * 300, batch_size=16, dtype="float32",
-                             out=tmp / "c.h5", progress=False)
+                             out=tmp / "c.h5", progress=False).path
 
 
 def _rows(x: torch.Tensor) -> Counter:
