@@ -47,6 +47,21 @@ from explain.prompts import SlotPrompt
 SIM_VERSION = "all-at-once-v1"  # bump when the reading rule changes, so cached readouts are not reused
 
 
+class _StopAfterFirstLine:
+    """Stop a sequence once its answer has a newline after some text (the parser keeps the first line).
+
+    Decoding a few dozen new tokens per step is cheaper than transformers'
+    `stop_strings`, which re-indexes the whole vocabulary on every call.
+    """
+
+    def __init__(self, tokenizer: Any, start: int):
+        self.tokenizer, self.start = tokenizer, start
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
+        return torch.tensor(["\n" in t.lstrip() for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
 @dataclass
 class _PrefixState:
     ids: list[int]
@@ -138,9 +153,12 @@ class LocalBackend(LLMBackend):
         self._check_length(int(ids.shape[1]) + int(max_tokens), what="an explainer prompt plus its answer",
                            custom_mask=False)
         sample = temperature > 0
+        from transformers import StoppingCriteriaList
+
         kwargs: dict[str, Any] = dict(max_new_tokens=int(max_tokens), num_return_sequences=int(n),
                                       do_sample=sample, pad_token_id=self.pad_id,
-                                      stop_strings=["\n"], tokenizer=self.tokenizer)
+                                      stopping_criteria=StoppingCriteriaList([_StopAfterFirstLine(self.tokenizer,
+                                                                                                   ids.shape[1])]))
         if sample:
             kwargs.update(temperature=float(temperature), top_p=1.0, top_k=0)
         elif n > 1:

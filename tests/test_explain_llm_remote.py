@@ -1,0 +1,252 @@
+"""The OpenAI-compatible backend against a fake server on 127.0.0.1 started by the test.
+
+The server plays a model whose digit distribution after "<word><TAB>" is fixed
+per word ("Paris" -> 9 with p=.6, 8 with p=.2; any other word -> 0 with p=.7,
+1 with p=.1; the rest on "unknown"), so the expected values are known by hand:
+Paris -> (8·.2 + 9·.6)/.8 = 8.75, other -> (1·.1)/.8 = 0.125.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from explain.backends import BackendConfigError, LLMError, make_backend
+from explain.explainer import ExplainerConfig, LLMExplainer
+from explain.llm_cache import LLMCache
+from explain.records import ActivationRecord
+from explain.simulator import AllAtOnceSimulator
+
+PARIS = {"9": math.log(0.6), "8": math.log(0.2), "unknown": math.log(0.2)}
+OTHER = {"0": math.log(0.7), "1": math.log(0.1), "unknown": math.log(0.2)}
+GARBAGE = {"unknown": math.log(0.7), "the": math.log(0.3)}
+FRAGS = [["We", " visited", " Paris"], [" Paris", " is", " big"]]
+EXPECTED = [[0.125, 0.125, 8.75], [8.75, 0.125, 0.125]]
+MAX_REQUESTS = 300
+
+
+def _dist(word: str, garbage: bool) -> dict[str, float]:
+    return GARBAGE if garbage else (PARIS if word == "Paris" else OTHER)
+
+
+class FakeServer:
+    def __init__(self):
+        self.requests: list[tuple[str, dict]] = []
+        self.script: list[int] = []  # HTTP statuses to answer with before behaving normally
+        self.echo = True
+        self.garbage = False
+        self.delay = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def count(self, path: str | None = None) -> int:
+        return sum(1 for p, _ in self.requests if path is None or p.endswith(path))
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def _send(self, status: int, obj: dict) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append((self.path, body))
+                    status = server.script.pop(0) if server.script else 200
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    over = len(server.requests) > MAX_REQUESTS
+                try:
+                    time.sleep(server.delay)
+                    if over:
+                        return self._send(418, {"error": {"message": "request budget exceeded"}})
+                    if status != 200:
+                        return self._send(status, {"error": {"message": f"scripted {status}"}})
+                    if self.path.endswith("/completions") and "chat" not in self.path:
+                        return self._completions(body)
+                    return self._chat(body)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def _completions(self, body):
+                if not server.echo and body.get("echo"):
+                    return self._send(400, {"error": {"message": "echo is not supported"}})
+                text = body["prompt"]
+                if not body.get("echo"):  # the "10" second step: what follows "<word>\t1"
+                    assert text.endswith("\t1")
+                    logprobs = {"tokens": ["0"], "token_logprobs": [-0.7], "text_offset": [len(text)],
+                                "top_logprobs": [{"0": math.log(0.5), "\n": math.log(0.5)}]}
+                    return self._send(200, {"id": "cmpl-2", "object": "text_completion", "created": 0,
+                                            "model": body["model"], "choices": [{"index": 0, "text": "0",
+                                            "finish_reason": "length", "logprobs": logprobs}]})
+                tokens = re.findall(r"[A-Za-z]+|\d|\s|.", text, flags=re.S)
+                offsets = np.cumsum([0] + [len(t) for t in tokens[:-1]]).tolist()
+                tops = [None]
+                for i in range(1, len(tokens)):
+                    if tokens[i - 1] == "\t":
+                        words = [t for t in tokens[:i] if t.isalpha()]
+                        tops.append(_dist(words[-1], server.garbage))
+                    else:
+                        tops.append({tokens[i]: -0.1})
+                logprobs = {"tokens": tokens, "token_logprobs": [None] + [-0.1] * (len(tokens) - 1),
+                            "top_logprobs": tops, "text_offset": offsets}
+                self._send(200, {"id": "cmpl-1", "object": "text_completion", "created": 0, "model": body["model"],
+                                 "choices": [{"index": 0, "text": text + "0", "finish_reason": "length",
+                                              "logprobs": logprobs}]})
+
+            def _chat(self, body):
+                choices = []
+                if body.get("logprobs"):
+                    user = body["messages"][-1]["content"]
+                    word = user.rsplit("\t", 1)[0].splitlines()[-1].strip()
+                    top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in _dist(word, server.garbage).items()]
+                    choices.append({"index": 0, "finish_reason": "length",
+                                    "message": {"role": "assistant", "content": top[0]["token"]},
+                                    "logprobs": {"content": [{"token": top[0]["token"], "logprob": top[0]["logprob"],
+                                                              "bytes": None, "top_logprobs": top}]}})
+                else:
+                    for i in range(body.get("n", 1)):
+                        choices.append({"index": i, "finish_reason": "stop",
+                                        "message": {"role": "assistant",
+                                                    "content": "the main thing this neuron does is find capital "
+                                                               "cities.\nExtra line."}})
+                self._send(200, {"id": "chat-1", "object": "chat.completion", "created": 0, "model": body["model"],
+                                 "choices": choices})
+
+        return Handler
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = FakeServer()
+    yield s
+    s.close()
+
+
+def _backend(server, tmp_path=None, **kw):
+    kw.setdefault("max_retries", 2)
+    kw.setdefault("backoff_base", 0.001)
+    cache = LLMCache(tmp_path / "llm.sqlite") if tmp_path is not None else None
+    return make_backend("openai:fake-model", base_url=server.url, cache=cache, **kw)
+
+
+def test_completions_echo_mode(server, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a localhost base URL works without a key
+    result = AllAtOnceSimulator(_backend(server)).simulate("capital cities", FRAGS)
+    assert result.mode == "completions-echo" and result.ten == "unavailable"
+    np.testing.assert_allclose(result.expected_values[0], EXPECTED[0], atol=1e-9)
+    np.testing.assert_allclose(result.expected_values[1], EXPECTED[1], atol=1e-9)
+    assert server.count("/v1/completions") == 2 and result.n_calls == 2  # one request per prompt
+
+
+def test_two_step_ten_in_completions_mode(server):
+    result = AllAtOnceSimulator(_backend(server, ten_two_step=True)).simulate("capital cities", FRAGS[:1])
+    assert result.ten == "two-step"
+    # other words: p("1")=.1 splits into 1 (.05, "1" then newline) and 10 (.05, "1","0"); /.8 -> EV .6875
+    np.testing.assert_allclose(result.expected_values[0], [0.6875, 0.6875, 8.75], atol=1e-9)
+    assert server.count("/v1/completions") == 1 + 3  # the echo request + one per slot
+
+
+def test_chat_top_logprobs_mode_when_echo_is_refused(server):
+    server.echo = False
+    result = AllAtOnceSimulator(_backend(server)).simulate("capital cities", FRAGS)
+    assert result.mode == "chat-top-logprobs"
+    np.testing.assert_allclose(np.concatenate(result.expected_values), np.concatenate(EXPECTED), atol=1e-9)
+    assert server.count("/chat/completions") == 6  # one per token
+    assert result.distributions[0][2][9] == pytest.approx(0.75)
+
+
+def test_forced_chat_mode_respects_concurrency(server):
+    server.delay = 0.05
+    backend = _backend(server, sim_mode="chat", concurrency=2)
+    AllAtOnceSimulator(backend).simulate("capital cities", [["a", " b", " c", " d", " e", " Paris"]])
+    assert server.count("/v1/completions") == 0 and server.count("/chat/completions") == 6
+    assert server.max_in_flight == 2
+
+
+def test_429_then_success_is_retried(server):
+    server.script = [429]
+    result = AllAtOnceSimulator(_backend(server)).simulate("capital cities", FRAGS[:1])
+    np.testing.assert_allclose(result.expected_values[0], EXPECTED[0], atol=1e-9)
+    assert server.count() == 2
+
+
+def test_500_exhausting_retries_raises_not_zero(server, tmp_path):
+    server.script = [500] * 3
+    backend = _backend(server, tmp_path, max_retries=2)
+    with pytest.raises(LLMError, match="failed after 3 attempts"):
+        AllAtOnceSimulator(backend).simulate("capital cities", FRAGS[:1])
+    assert server.count() == 3 and len(backend.cache) == 0  # nothing cached as a success
+    # the next run retries and succeeds
+    result = AllAtOnceSimulator(backend).simulate("capital cities", FRAGS[:1])
+    np.testing.assert_allclose(result.expected_values[0], EXPECTED[0], atol=1e-9)
+
+
+@pytest.mark.parametrize("echo", [True, False])
+def test_garbage_answer_is_a_clear_failure(server, tmp_path, echo):
+    server.garbage, server.echo = True, echo
+    backend = _backend(server, tmp_path)
+    with pytest.raises(LLMError, match="digit"):
+        AllAtOnceSimulator(backend).simulate("capital cities", FRAGS[:1])
+    assert len(backend.cache) == 0
+
+
+def test_cache_hit_on_rerun_sends_nothing(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-123")
+    first = AllAtOnceSimulator(_backend(server, tmp_path)).simulate("capital cities", FRAGS)
+    sent = server.count()
+    again = AllAtOnceSimulator(_backend(server, tmp_path)).simulate("capital cities", FRAGS)  # a fresh "run"
+    assert server.count() == sent and again.n_calls == 0 and again.n_cached == 2
+    assert again.expected_values == first.expected_values
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert b"sk-test-secret-123" not in raw  # the key is never stored
+
+
+def test_explainer_through_chat(server, tmp_path):
+    backend = _backend(server, tmp_path, concurrency=3)
+    train = [ActivationRecord([" in", f" City{i}"], [0.0, 1.0 + i]) for i in range(30)]
+    explainer = LLMExplainer(backend, ExplainerConfig(format="bills", k=4, seed=1))
+    cands = explainer.candidates(train, feature_seed=7)
+    assert [c.explanation for c in cands] == ["capital cities"] * 4
+    assert len({c.fewshot for c in cands}) == 4  # k <= 4 candidates never repeat a few-shot example
+    assert all(10 <= len(c.shown) <= 20 for c in cands) and len({tuple(c.shown) for c in cands}) == 4
+    sent = [body for path, body in server.requests if path.endswith("/chat/completions")]
+    assert len(sent) == 4 and all(b["messages"][-1]["role"] == "user" for b in sent)
+    assert all("the main thing this neuron does is find" in b["messages"][-1]["content"] for b in sent)
+    # same seeds -> same requests -> all from the cache
+    LLMExplainer(backend, ExplainerConfig(format="bills", k=4, seed=1)).candidates(train, feature_seed=7)
+    assert server.count() == 4
+
+
+def test_key_required_for_remote_url(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(BackendConfigError, match="OPENAI_API_KEY"):
+        make_backend("openai:gpt-4o-mini")
+    with pytest.raises(BackendConfigError, match="unknown LLM backend"):
+        make_backend("anthropic:x")
