@@ -157,7 +157,7 @@ def test_resume_after_kill_gives_identical_file(tiny_model_dirs, tmp_path):
 def test_rerun_with_other_settings_fails_and_leaves_file(tiny_model_dirs, text_corpus, tmp_path):
     args = dict(model=str(tiny_model_dirs["gpt2"]), corpus=str(text_corpus), hooks=HOOKS[:1],
                 context_length=16, max_tokens=16 * 6, batch_size=2, out=tmp_path / "c.h5", progress=False)
-    out = cache_activations(**args)
+    out = cache_activations(**args).path
     digest = _sha(out)
     with pytest.raises(UserError, match=r"context_length: file has 16, command asks 8.*--overwrite"):
         cache_activations(**{**args, "context_length": 8})
