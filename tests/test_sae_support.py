@@ -34,6 +34,7 @@ def tiny_cache(tiny_model_dirs, tmp_path_factory) -> Path:
     docs = [f"Document {i}: the quick brown fox {i} jumps over the lazy dog near Paris and Berlin. " * 4
             for i in range(12)]
     corpus.write_text("\n".join(json.dumps({"text": t}) for t in docs) + "\n", encoding="utf-8")
-    return cache_activations(model=str(tiny_model_dirs["gpt_neox"]), corpus=str(corpus),
-                             hooks=[HOOK, "blocks.0.mlp.hook_post"], context_length=16, max_tokens=16 * 64,
-                             batch_size=16, dtype="float32", out=root / "tiny.h5", progress=False)
+    cache_activations(model=str(tiny_model_dirs["gpt_neox"]), corpus=str(corpus),
+                      hooks=[HOOK, "blocks.0.mlp.hook_post"], context_length=16, max_tokens=16 * 64,
+                      batch_size=16, dtype="float32", out=root / "tiny.h5", progress=False)
+    return root / "tiny.h5"

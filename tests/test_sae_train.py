@@ -1,0 +1,134 @@
+"""Training: recovery of a known dictionary, sweep == separate runs, divergence handling, reruns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sae
+from activations.errors import UserError
+from sae.baselines import random_basis
+from sae.data import TensorSource
+from sae.errors import TrainingDiverged
+from sae.metrics import mmcs
+from sae.stacked import StackedSAE
+from sae.train import TrainSettings, train_sweep
+from tests.test_sae_support import sparse_data
+
+HOOK = "blocks.0.hook_resid_post"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny; on a shared 2-core machine a second thread only adds waiting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _settings(**kw) -> TrainSettings:
+    base = dict(hook=HOOK, ratios=[2.0], l1s=[1e-2], batch_size=128, tokens=128 * 60, lr=3e-3, seed=0,
+                checkpoint_every=10**6)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def test_tied_sae_recovers_a_known_sparse_dictionary(tmp_path):
+    x, truth = sparse_data(d=16, n_true=24, n=20_000, p=0.05, seed=0)
+    settings = _settings(ratios=[2.0], l1s=[1e-2, 1e-1], batch_size=512, tokens=300_000, lr=5e-3)
+    paths = train_sweep(TensorSource(x), settings, tmp_path, progress=False)
+    got = {p.name: sae.load(p) for p in paths}
+    good = got["tied_R2_l1_0.01"]
+    assert good.kind == "tied_sae" and good.n_features == 32
+    assert mmcs(truth, good.directions) >= 0.9
+    assert good.config["metrics"]["fvu"] < 0.2 and 1.0 < good.config["metrics"]["l0"] < 4.0
+    # controls: a random basis does not match the truth, and too large an α kills the code
+    assert mmcs(truth, random_basis(16, {}, seed=0).directions) < 0.8
+    assert got["tied_R2_l1_0.1"].config["metrics"]["l0"] < good.config["metrics"]["l0"]
+
+
+def test_stacked_forward_is_the_papers_loss():
+    torch.manual_seed(0)
+    model = StackedSAE(True, d_in=6, ratio=2, l1s=[0.0, 0.5], seed=0)
+    x = torch.randn(10, 6)
+    out = model(x)
+    for i, alpha in enumerate([0.0, 0.5]):
+        m = model.M[i] / model.M[i].norm(dim=1, keepdim=True)
+        c = torch.relu(x @ m.T + model.b[i])
+        x_hat = c @ m
+        loss = ((x - x_hat) ** 2).mean() + alpha * c.abs().sum(1).mean()
+        torch.testing.assert_close(out["loss"][i], loss)
+    # Xavier-uniform bound and zero bias at init
+    bound = (6 / (12 + 6)) ** 0.5
+    assert model.M.abs().max() <= bound and model.M.abs().max() > 0.8 * bound and model.b.abs().max() == 0
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_sweep_gives_the_same_weights_as_separate_runs(tmp_path, tied):
+    x, _ = sparse_data(d=8, n_true=12, n=4000, seed=1)
+    sweep = _settings(ratios=[1.0, 2.0], l1s=[1e-3, 1e-2, 3e-2], tied=tied)
+    paths = train_sweep(TensorSource(x), sweep, tmp_path / "sweep", progress=False)
+    assert len(paths) == 6
+    for ratio, alpha in [(2.0, 1e-2), (1.0, 3e-2)]:
+        alone = _settings(ratios=[ratio], l1s=[alpha], tied=tied)
+        [single] = train_sweep(TensorSource(x), alone, tmp_path / f"alone_{ratio}_{alpha}", progress=False)
+        a, b = sae.load(single), sae.load(tmp_path / "sweep" / single.name)
+        assert a.kind == ("tied_sae" if tied else "untied_sae")
+        for key, value in a.tensors().items():
+            assert torch.equal(value, b.tensors()[key]), (single.name, key)
+    # and the models really differ from each other (the test is not vacuous)
+    w = [sae.load(p).tensors() for p in paths]
+    first = "M" if tied else "W_e"
+    assert not torch.equal(w[0][first], w[1][first])
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
+    """Clean batches up to the first checkpoint, then NaN data (as from a float16 overflow in a cache)."""
+    x, _ = sparse_data(d=8, n_true=12, n=2048, seed=2)
+    clean_steps = 4
+    settings = _settings(batch_size=64, tokens=64 * 40, checkpoint_every=clean_steps)
+    data = torch.cat([x[:64 * clean_steps], torch.full((64 * 36, 8), float("nan"))])
+
+    class Sequential(TensorSource):
+        def batches(self, batch_size, n_tokens, seed, start_batch=0):
+            for i in range(start_batch, n_tokens // batch_size):
+                yield self.data[i * batch_size:(i + 1) * batch_size]
+
+    source = Sequential(data)
+    with pytest.raises(TrainingDiverged, match=r"NaN/inf .* step \d+ .*tied_R2_l1_0.01.*step 4.*--lr"):
+        train_sweep(source, settings, tmp_path, progress=False)
+    ckpts = list(tmp_path.glob(".train-*/state.json"))
+    assert len(ckpts) == 1
+    import json
+
+    state = json.loads(ckpts[0].read_text())
+    assert state["step"] == clean_steps
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(ckpts[0].parent / state["tensors"]))
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+    assert not (tmp_path / "tied_R2_l1_0.01").exists()
+
+
+def test_rerun_is_a_no_op_and_other_settings_do_not_overwrite(tmp_path, capsys):
+    x, _ = sparse_data(d=8, n_true=12, n=2000, seed=4)
+    settings = _settings(tokens=128 * 10)
+    [path] = train_sweep(TensorSource(x), settings, tmp_path, progress=False)
+    before = (path / "weights.safetensors").read_bytes()
+    train_sweep(TensorSource(x), settings, tmp_path, progress=False)
+    assert "nothing to do" in capsys.readouterr().out
+    with pytest.raises(UserError, match="other settings"):
+        train_sweep(TensorSource(x), _settings(tokens=128 * 10, lr=1e-2), tmp_path, progress=False)
+    assert (path / "weights.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(ratios=[0.0]), "--ratio"), (dict(l1s=[-1.0]), "--l1"), (dict(l1s=[1e-3, 1e-3]), "duplicates"),
+    (dict(tokens=10), "less than one batch"), (dict(lr=0.0), "positive"),
+])
+def test_bad_settings_fail_before_training(tmp_path, change, message):
+    x, _ = sparse_data(d=8, n_true=12, n=500, seed=5)
+    with pytest.raises(UserError, match=message):
+        train_sweep(TensorSource(x), _settings(**change), tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())
