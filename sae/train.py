@@ -26,6 +26,7 @@ from sae.errors import TrainingDiverged
 from sae.io import CONFIG_FILE, read_config, save_dictionary
 from sae.metrics import reconstruction_metrics
 from sae.stacked import StackedSAE
+from sae.step import Stepper, make_optimizer
 
 EVAL_TOKENS = 65_536  # tokens for the final metrics stored with each dictionary
 
@@ -99,15 +100,13 @@ def _existing(out: Path, names: list[str], digest: str) -> bool:
     return done == len(names)
 
 
-def _groups(settings: TrainSettings, d_in: int, device: str) -> list[StackedSAE]:
+def build_groups(settings: TrainSettings, d_in: int, device: str) -> list[StackedSAE]:
     return [StackedSAE(settings.tied, d_in, r, sorted(map(float, settings.l1s)), settings.seed).to(device)
             for r in sorted(map(float, settings.ratios))]
 
 
-def _optimizer(groups: list[StackedSAE], settings: TrainSettings, device: str) -> torch.optim.Adam:
-    params = [p for g in groups for p in g.parameters()]
-    fused = torch.device(device).type == "cuda"
-    return torch.optim.Adam(params, lr=settings.lr, betas=settings.betas, fused=fused or None)
+def build_optimizer(groups: list[StackedSAE], settings: TrainSettings, device: str) -> torch.optim.Adam:
+    return make_optimizer([p for g in groups for p in g.parameters()], settings.lr, settings.betas, device)
 
 
 def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, device: str = "cpu",
@@ -116,12 +115,12 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
     settings.validate()
     out = Path(out)
     ident, digest = _identity(settings, source)
-    groups = _groups(settings, source.d_in, device)
+    groups = build_groups(settings, source.d_in, device)
     names = [dictionary_name(settings.tied, g.ratio, a) for g in groups for a in g.l1s]
     if _existing(out, names, digest):
         print(f"{len(names)} dictionaries in {out} are already trained with these settings; nothing to do.")
         return [out / n for n in names]
-    optimizer = _optimizer(groups, settings, device)
+    optimizer = build_optimizer(groups, settings, device)
     ckpt = out / f".train-{digest}"
     start = 0
     if read_state(ckpt) is not None:
@@ -149,13 +148,11 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
                disable=not progress, smoothing=0.05)
     started = time.perf_counter()
     step = start
+    stepper = Stepper(groups, optimizer, device)
     batches = prefetch(lambda: source.batches(settings.batch_size, settings.tokens, settings.seed, start_batch=start))
     for x in batches:
         x = x.to(device, torch.float32, non_blocking=True)
-        results = [g(x) for g in groups]
-        torch.stack([r["loss"].sum() for r in results]).sum().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        results = stepper(x)
         for f, r in zip(flags, results):
             f |= ~torch.isfinite(r["loss"].detach())
         step += 1
