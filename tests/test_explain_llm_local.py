@@ -177,3 +177,25 @@ def test_real_default_model_simulates(default_model):
     assert np.all((evs >= 0) & (evs <= 10)) and np.ptp(evs) > 1e-3
     for frag in result.distributions:
         np.testing.assert_allclose(np.asarray(frag).sum(-1), 1.0, atol=1e-9)
+
+
+def test_render_continues_the_priming_with_the_chat_template(default_model):
+    from explain.prompts import build_explainer_messages
+
+    tok = default_model.tokenizer
+    backend = LocalBackend(default_model.model, tok, name="local:default")
+    rec = [ActivationRecord([" a", " dog"], [0.0, 2.0])]
+    bills = tok.decode(backend.render(build_explainer_messages(rec, "bills", FS)))
+    assert bills.endswith("<|im_start|>assistant\nthe main thing this neuron does is find")
+    assert bills.count("<|im_start|>assistant") == 2  # few-shot answer + the primed turn
+    highlight = tok.decode(backend.render(build_explainer_messages(rec, "highlight", FS)))
+    assert highlight.endswith("<|im_start|>assistant\n") and "{{dog}}" in highlight
+
+
+def test_render_without_chat_template_is_a_plain_transcript():
+    tok = make_tokenizer()
+    backend = LocalBackend(_random_model("llama", tok), tok, name="local:tiny")
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
+            {"role": "assistant", "content": "the main"}]
+    assert tok.decode(backend.render(msgs)) == "System: S\n\nUser: U\n\nAssistant: the main"
+    assert tok.decode(backend.render(msgs[:2])) == "System: S\n\nUser: U\n\nAssistant:"

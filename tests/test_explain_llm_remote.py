@@ -250,3 +250,14 @@ def test_key_required_for_remote_url(monkeypatch):
         make_backend("openai:gpt-4o-mini")
     with pytest.raises(BackendConfigError, match="unknown LLM backend"):
         make_backend("anthropic:x")
+
+
+def test_killed_run_resumes_from_the_cache(server, tmp_path):
+    server.script = [200, 500, 500, 500]  # the first prompt succeeds, the second fails every retry
+    backend = _backend(server, tmp_path, concurrency=1)
+    with pytest.raises(LLMError):
+        AllAtOnceSimulator(backend).simulate("capital cities", FRAGS)
+    assert server.count() == 4
+    result = AllAtOnceSimulator(_backend(server, tmp_path)).simulate("capital cities", FRAGS)
+    assert server.count() == 5 and result.n_cached == 1 and result.n_calls == 1  # only the missing prompt
+    np.testing.assert_allclose(np.concatenate(result.expected_values), np.concatenate(EXPECTED), atol=1e-9)

@@ -199,6 +199,9 @@ class LocalBackend(LLMBackend):
                     for (i, req, _, _), readout in zip(batch, readouts):
                         self.cache.put(req, {"distributions": readout.distributions.tolist(), "ten": readout.ten})
                         results[i] = readout
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            raise RuntimeError(f"internal error: no readout for prompts {missing}")
         return [r for r in results if r is not None]
 
     def _prefix_state(self, prefix: str) -> _PrefixState:

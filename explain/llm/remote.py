@@ -16,7 +16,9 @@ flight however many threads call in.
 Simulation modes (the readout's `mode` says which ran):
 
 * ``completions-echo``: one legacy completions request per prompt with
-  ``echo=True, logprobs=top_logprobs, max_tokens=1``; the prompt tokens'
+  ``echo=True, logprobs=top_logprobs, max_tokens=1`` (at most 5 logprobs
+  without a base URL, api.openai.com's limit; digits outside the top list
+  count as 0 before renormalising); the prompt tokens'
   top log-probabilities are read at the token that starts right after each
   slot (where "unknown" begins). All slots of a prompt in one request.
 * ``chat-top-logprobs``: for servers without prompt log-probabilities. One
@@ -123,6 +125,8 @@ class OpenAIBackend(LLMBackend):
         self.concurrency = int(concurrency)
         self.max_retries, self.backoff_base, self.backoff_max = int(max_retries), float(backoff_base), float(backoff_max)
         self.top_logprobs = int(top_logprobs)
+        # api.openai.com's legacy completions accept at most 5 logprobs; vLLM and others take more
+        self.echo_logprobs = min(self.top_logprobs, 5) if base_url is None else self.top_logprobs
         self.sim_mode = sim_mode
         self.ten_two_step = bool(ten_two_step)
         self.continue_final_message = bool(continue_final_message)
@@ -219,12 +223,12 @@ class OpenAIBackend(LLMBackend):
 
     def _echo_readout(self, prompt: SlotPrompt) -> DigitReadout:
         text = prompt.text
-        request = {"op": "completions-echo", **self.identity(), "prompt": text, "logprobs": self.top_logprobs,
+        request = {"op": "completions-echo", **self.identity(), "prompt": text, "logprobs": self.echo_logprobs,
                    "max_tokens": 1, "temperature": 0.0}
 
         def send() -> dict[str, Any]:
             resp = self._call("completions-echo", lambda: self._client.completions.create(
-                model=self.model_name, prompt=text, max_tokens=1, echo=True, logprobs=self.top_logprobs,
+                model=self.model_name, prompt=text, max_tokens=1, echo=True, logprobs=self.echo_logprobs,
                 temperature=0.0))
             lp = resp.choices[0].logprobs if resp.choices else None
             if lp is None or not lp.tokens or lp.top_logprobs is None or lp.text_offset is None:
@@ -264,12 +268,12 @@ class OpenAIBackend(LLMBackend):
 
     def _after_one(self, text_to_slot: str) -> tuple[np.ndarray, int]:
         prompt = text_to_slot + "1"
-        request = {"op": "completions-next", **self.identity(), "prompt": prompt, "logprobs": self.top_logprobs,
+        request = {"op": "completions-next", **self.identity(), "prompt": prompt, "logprobs": self.echo_logprobs,
                    "max_tokens": 1, "temperature": 0.0}
 
         def send() -> dict[str, Any]:
             resp = self._call("completions", lambda: self._client.completions.create(
-                model=self.model_name, prompt=prompt, max_tokens=1, logprobs=self.top_logprobs, temperature=0.0))
+                model=self.model_name, prompt=prompt, max_tokens=1, logprobs=self.echo_logprobs, temperature=0.0))
             lp = resp.choices[0].logprobs if resp.choices else None
             if lp is None or not lp.top_logprobs or lp.top_logprobs[0] is None:
                 raise LLMError(f"{self.name}: completions returned no logprobs for the '10' step")
