@@ -1,0 +1,38 @@
+"""Integrated-gradient attribution of each feature's patch: a cheap screen for the greedy.
+
+The exact greedy needs one forward pass per candidate feature and τ pass;
+on a CPU that is hours for thousands of features. `--candidates K` first
+ranks features by |IG_j|, the integrated gradient of the mean KL(patched ‖
+cf) along the straight path from no edit to every feature patched,
+
+    IG_j = Σ_{n,t} (c̄_j − c_j)[n,t] · (f_j · mean_α ∇_x KL(α·E_all)[n,t]),
+
+(midpoint rule over `steps` values of α; Σ_j IG_j ≈ KL(all) − KL(none)),
+and runs the exact greedy on the top K only. All α share one forward and
+one backward pass. The screen is an approximation of which features
+matter; the KL values on the curve are still measured exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from causal.patching import kl_rows
+from causal.selection import PatchProblem
+
+
+def attribution_scores(problem: PatchProblem, steps: int = 4) -> Tensor:
+    """IG_j for every feature [F] (negative: patching j moves the output towards the counterfactual)."""
+    full = problem.edit(torch.ones(problem.n_features, dtype=torch.bool, device=problem.delta.device))
+    alphas = (torch.arange(steps, dtype=full.dtype, device=full.device) + 0.5) / steps
+    edits = (alphas[:, None, None, None] * full[None]).detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = problem.runner.logits(edits)  # [steps, N, V]
+        kl = kl_rows(logits, problem.cf_logits[None]).mean()  # mean over α and prompts
+        (grad,) = torch.autograd.grad(kl, edits)
+    problem.evaluations += 3 * steps  # a backward pass costs about two forward passes
+    problem.forwards += 1
+    mean_grad = grad.sum(dim=0).detach()  # Σ_α ∂/∂E of mean_α(...) = mean over α of each gradient
+    projected = mean_grad @ problem.w.T  # [N, T, F]: f_j · ∇
+    return (problem.delta * projected).sum(dim=(0, 1)).float().cpu()

@@ -1,0 +1,199 @@
+"""`cli.py patch-ioi`: IOI feature patching, KL against number of patched features.
+
+Everything the user can get wrong (missing or mismatched dictionaries, a
+hook the model lacks, a tokenizer without one-token names) is checked
+before the model runs and before anything under OUT is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from activations.errors import UserError
+from causal.patching import (coefficient_delta, decoder_rows, last_logits, pad_token_id,
+                             pair_batch, task_check)
+from causal.prompts import IOIConfig, make_ioi_pairs
+from causal.selection import GreedyConfig, PatchProblem, default_taus, greedy_curve
+from causal.suffix import SuffixRunner
+
+RESULT_FILE = "ioi.json"
+CONFIG_FILE = "ioi_config.json"
+PROMPTS_FILE = "ioi_prompts.json"
+# Edited copies per forward pass are chosen so one pass holds about this many tokens on a GPU.
+GPU_TOKENS_PER_FORWARD = 65_536
+
+
+@dataclass
+class PatchIOIConfig:
+    model: str
+    dicts: list[str]
+    n_prompts: int = 50
+    seed: int = 0
+    device: str = "cpu"
+    candidates: int | None = None
+    names: list[str] | None = None
+    taus: list[float] = field(default_factory=default_taus)
+    rows_per_forward: int = 1
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_dictionaries(paths: list[str]) -> list:
+    """Load every dictionary and check they share one hook, before any model work."""
+    import sae
+
+    if not paths:
+        raise UserError("no dictionaries given: pass at least one folder with --dict DIR [DIR ...]")
+    dictionaries = []
+    for path in paths:
+        if not Path(path).is_dir():
+            raise UserError(f"dictionary folder {path!r} does not exist: pass folders made by `cli.py train-sae` or `cli.py baselines`")
+        dictionaries.append(sae.load(path))
+    hooks = {d.name: d.hook for d in dictionaries}
+    if len(set(hooks.values())) != 1:
+        listing = ", ".join(f"{name} at {hook or '(no hook)'}" for name, hook in hooks.items())
+        raise UserError(f"the dictionaries do not share one hook ({listing}): run patch-ioi once per hook, "
+                        "passing only the dictionaries trained at that hook")
+    names = [d.name for d in dictionaries]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UserError(f"several dictionaries are named {duplicates} (the folder name): give the folders distinct names")
+    return dictionaries
+
+
+def _check_against_model(model, dictionaries: list) -> str:
+    from activations.hooks import hook_width, validate_hooks
+
+    hook = validate_hooks(model, [dictionaries[0].hook])[0]
+    width = hook_width(model, hook)
+    for d in dictionaries:
+        if int(d.d_in) != width:
+            raise UserError(f"dictionary {d.name!r} has d_in {d.d_in} but {hook.name} of this model has width {width}: "
+                            "use dictionaries trained on this model's activations")
+    return hook.name
+
+
+def _rows_per_forward(device: str, n_prompts: int, max_len: int) -> int:
+    if not str(device).startswith("cuda"):
+        return 1  # on a CPU a wider batch costs proportionally more, so speculation would only waste work
+    return max(1, GPU_TOKENS_PER_FORWARD // (n_prompts * max_len))
+
+
+def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: int = 0, out: str = "",
+                      plot: str | None = None, device: str = "cpu", candidates: int | None = None,
+                      names: list[str] | None = None) -> dict:
+    """Run the whole IOI patching experiment and write OUT/ioi.json (and the plot)."""
+    from activations.hooks import run_with_cache
+    from activations.models import load_model
+
+    if not out:
+        raise UserError("no output folder: pass --out DIR")
+    if n_prompts < 1:
+        raise UserError(f"--n-prompts must be at least 1, got {n_prompts}")
+    if candidates is not None and candidates < 1:
+        raise UserError(f"--candidates must be at least 1, got {candidates}")
+    if plot is not None and not str(plot).lower().endswith(".png"):
+        raise UserError(f"--plot {plot!r} must name a .png file")
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out!r} is a file: pass a folder")
+    dictionaries = load_dictionaries(list(dicts))
+    loaded = load_model(model, device=device)
+    hook = _check_against_model(loaded.model, dictionaries)
+    decoders = {d.name: decoder_rows(d, device=device) for d in dictionaries}  # raises on a non-affine decoder
+    if plot is not None and not Path(plot).resolve().parent.is_dir():
+        raise UserError(f"the folder of --plot {plot!r} does not exist: create it or pass another path")
+    pairs = make_ioi_pairs(loaded.tokenizer, IOIConfig(n_prompts=n_prompts, seed=seed, names=names or None))
+
+    config = PatchIOIConfig(model=model, dicts=[str(d) for d in dicts], n_prompts=n_prompts, seed=seed,
+                            device=device, candidates=candidates, names=names or None)
+    batch = pair_batch(pairs, pad_token_id(loaded.tokenizer), device=device)
+    config.rows_per_forward = _rows_per_forward(device, batch.n, int(batch.clean_ids.shape[1]))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(out_dir / CONFIG_FILE, {**asdict(config), "model_source": loaded.source,
+                                                "model_revision": loaded.revision, "hook": hook})
+    _write_json_atomic(out_dir / PROMPTS_FILE, {"pairs": [asdict(p) for p in pairs]})
+
+    clean_logits = last_logits(loaded.model, batch.clean_ids, batch.lengths)
+    cf_logits = last_logits(loaded.model, batch.cf_ids, batch.lengths)
+    check = task_check(batch, clean_logits, cf_logits)
+    print(f"IOI on {batch.n} clean prompts: mean logit diff IO-S = {check.logit_diff:.3f}, "
+          f"accuracy (IO > S) = {check.accuracy:.2%}, IO top-1 = {check.top1_accuracy:.2%}, "
+          f"KL(clean || counterfactual) = {check.kl_clean_vs_cf:.4f}")
+    warning = None
+    if not check.does_ioi:
+        warning = (f"the model does not do the IOI task on these prompts (mean logit diff IO-S = {check.logit_diff:.3f} <= 0): "
+                   "the patching curves below do not measure where IOI information lives")
+        print(f"WARNING: {warning}")
+
+    result = {
+        "model": model,
+        "hook": hook,
+        "n_prompts": batch.n,
+        "clean_logit_diff": check.logit_diff,
+        "clean_accuracy": check.accuracy,
+        "clean_top1_accuracy": check.top1_accuracy,
+        "clean_io_prob": check.io_prob,
+        "counterfactual_logit_diff": check.cf_logit_diff,
+        "model_does_ioi": check.does_ioi,
+        "warning": warning,
+        "kl_clean_vs_counterfactual": check.kl_clean_vs_cf,
+        "taus": config.taus,
+        "dictionaries": {},
+    }
+    x_cf = run_with_cache(loaded.model, batch.cf_ids, [hook])[hook]
+    runner = SuffixRunner(loaded.model, hook, batch)
+    if not runner.suffix_only:
+        print("note: running full forward passes (this model's forward did not match a suffix-only run)")
+    greedy = GreedyConfig(taus=config.taus, rows=config.rows_per_forward)
+    for d in dictionaries:
+        w = decoders[d.name]
+        delta = coefficient_delta(d, runner.x_clean, x_cf, batch.differs, device)
+        problem = PatchProblem(runner, delta, w, cf_logits)
+        started = time.perf_counter()
+        screened = None
+        if candidates is not None and candidates < d.n_features:
+            from causal.attribution import attribution_scores
+
+            screened = attribution_scores(problem).abs().topk(candidates).indices.tolist()
+        res = greedy_curve(problem, greedy, desc=d.name, candidates=screened)
+        seconds = time.perf_counter() - started
+        result["dictionaries"][d.name] = {
+            "kind": d.kind,
+            "hook": d.hook,
+            "n_features": d.n_features,
+            "curve": [[p.n_features, p.kl, p.edit_norm] for p in res.curve],
+            "n_trivial_features": res.n_trivial,
+            "candidates": candidates if screened is not None else None,
+            "patched_final": res.patched_final,
+            "evaluations": res.evaluations,
+            "forward_passes": res.forwards,
+            "seconds": seconds,
+        }
+        best = min(p.kl for p in res.curve)
+        print(f"{d.name} ({d.kind}): {d.n_features} features, {res.n_trivial} never differ; "
+              f"min KL {best:.4g}; {res.evaluations} evaluations in {seconds:.1f} s")
+        _write_json_atomic(out_dir / RESULT_FILE, result)  # after each dictionary: a killed run keeps the finished ones
+    _write_json_atomic(out_dir / RESULT_FILE, result)
+    if plot:
+        from causal.plot import plot_curves
+
+        plot_curves(result, plot)
+    return result

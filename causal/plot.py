@@ -1,0 +1,32 @@
+"""KL(patched ‖ counterfactual) against the number of patched features, one line per dictionary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_curves(result: dict, path: str | Path) -> Path:
+    """Writes a PNG from an ioi.json result; the dashed line is KL(clean ‖ counterfactual) (nothing patched)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, entry in result["dictionaries"].items():
+        points = sorted((n, kl) for n, kl, _ in entry["curve"])
+        xs = [max(n, 0.8) for n, _ in points]  # log axis: draw "0 features" just left of 1
+        ax.plot(xs, [kl for _, kl in points], marker=".", label=f"{name} ({entry['kind']})")
+    ax.axhline(result["kl_clean_vs_counterfactual"], color="black", linestyle="--", linewidth=1,
+               label="KL(clean ‖ counterfactual)")
+    ax.set_xscale("log")
+    ax.set_xlabel("number of patched features")
+    ax.set_ylabel("KL(patched ‖ counterfactual), mean over prompts")
+    ax.set_title(f"IOI feature patching at {result.get('hook', '')}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
