@@ -24,7 +24,8 @@ def eager_step(groups: list, optimizer: torch.optim.Optimizer, x: Tensor) -> lis
     torch.stack([r["loss"].sum() for r in results]).sum().backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return results
+    # detached, so no caller keeps this step's autograd graph alive into the next step
+    return [{k: v.detach() for k, v in r.items()} for r in results]
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float],
