@@ -128,11 +128,28 @@ def _add_patch_ioi(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(_run="causal.commands:patch_ioi_command")
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write a static HTML dashboard (index.html) of a run folder")
+    p.add_argument("--run", required=True, help="run folder (from `demo`, or any folder of dictionaries, explanations, ioi.json)")
+    p.add_argument("--out", default=None, help="output folder for index.html and its PNGs (default: RUN/report)")
+    p.set_defaults(_run="report.commands:report_command")
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the whole pipeline offline, corpus to dashboard, in ~15 min on 2 CPU cores; resumable")
+    p.add_argument("--out", default="runs/demo", help="run folder (rerun the same command to resume)")
+    p.add_argument("--llm", default="local:default",
+                   help="explainer and simulator for the few LLM-scored features: local:<...>, openai:<model>, or none")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint for --llm openai:<model>")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(_run="report.commands:demo_command")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="<subcommand>")
     for add in (_add_cache, _add_hooks, _add_train_sae, _add_baselines, _add_evaluate, _add_export,
-                _add_explain, _add_compare, _add_patch_ioi):
+                _add_explain, _add_compare, _add_patch_ioi, _add_report, _add_demo):
         add(sub)
     return parser
 

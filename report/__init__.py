@@ -1,0 +1,16 @@
+"""The static HTML dashboard of a run (`cli.py report`) and the one-command demo (`cli.py demo`).
+
+Nothing heavy is imported here; see `report.build` and `report.demo`.
+"""
+
+from __future__ import annotations
+
+
+def build_report(run_dir, out_dir):
+    """Write OUT/index.html from a run folder; returns its path (see `report.build`)."""
+    from report.build import build_report as _build
+
+    return _build(run_dir, out_dir)
+
+
+__all__ = ["build_report"]

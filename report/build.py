@@ -1,0 +1,263 @@
+"""`build_report(run_dir, out_dir)`: one static, self-contained index.html for a run folder.
+
+Why static and self-contained: a newcomer opens it from disk, mails it, or
+serves it from anywhere, with no network and no server. Plots are PNGs
+written beside index.html *and* embedded as data: URIs (so index.html alone
+is complete); per-feature histograms are inline SVG; the only script is the
+page's own load check (see `report.html`). Sections whose inputs are missing
+say that the stage was not run, instead of failing: a partial run still
+gets a report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from activations.errors import UserError
+from report.cards import feature_card, skipped_table
+from report.html import esc, fmt, page, png_img, table
+from report.layout import RunContents, discover, read_json
+from report.plots import plot_comparison, plot_frontier_png, plot_ioi
+
+OFFLINE_NOTE = (
+    "Scores from the offline explainer and simulator <code>local:default</code> (SmolLM2-135M-Instruct, "
+    "the only instruction model that installs offline) mean little: a 135M-parameter model explains and "
+    "simulates features near chance, so its numbers only show that the pipeline runs end to end. "
+    "The <code>tokens</code> scorer is a deterministic token-list floor (no LLM). For scores that mean "
+    "something, run <code>explain</code> with <code>--explainer openai:gpt-4o-mini --simulator "
+    "openai:gpt-4o-mini</code>, or a local vLLM / llama.cpp server with <code>--base-url</code>.")
+
+
+class ReportError(UserError):
+    """The report cannot be written where asked; the message says where to write it instead."""
+
+
+def _is_offline_llm(spec: Any) -> bool:
+    s = str(spec or "")
+    return s.startswith("local:") and ("default" in s or "smollm2" in s.lower())
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write OUT/index.html (and its PNGs) from whatever stages of the run exist; returns the path."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {str(out)!r} is a file: pass a folder (index.html is written inside it)")
+    contents = discover(run_dir, skip=out)  # raises before anything is written
+    records = _load_records(contents)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = [
+        _header(contents, records),
+        _scores_section(records, out),
+        _dictionaries_section(contents, out),
+        _ioi_section(contents, out),
+        _features_section(records),
+        _run_section(contents),
+        _footer(),
+    ]
+    html_text = page(f"dictlens report: {contents.root.resolve().name}", "\n".join(sections))
+    index = out / "index.html"
+    tmp = out / ".index.html.tmp"
+    tmp.write_text(html_text, encoding="utf-8")
+    os.replace(tmp, index)
+    return index
+
+
+# -- data ---------------------------------------------------------------------------------------------
+
+def _load_records(contents: RunContents) -> list[dict[str, Any]]:
+    if not contents.explanation_runs:
+        return []
+    from explain.compare import load_all
+
+    return load_all(contents.explanation_runs)
+
+
+def _dictionary_rows(contents: RunContents) -> list[dict[str, Any]]:
+    rows = []
+    for folder in contents.dictionaries:
+        config = read_json(folder / "config.json")
+        if "kind" not in config:
+            continue  # a config.json of something else that happens to sit beside weights
+        rows.append({"folder": folder, "name": config.get("name") or folder.name, **config,
+                     "metrics": config.get("metrics") or {}})
+    rows.sort(key=lambda r: (str(r.get("hook")), str(r.get("kind")), float(r.get("l1") or 0), r["name"]))
+    return rows
+
+
+# -- sections -----------------------------------------------------------------------------------------
+
+def _header(contents: RunContents, records: list[dict[str, Any]]) -> str:
+    settings = contents.settings or {}
+    model = settings.get("model")
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime())
+    parts = [f"<h1>dictlens report</h1><p class=\"muted\">run folder <code>{esc(contents.root.resolve())}</code>"
+             + (f" · model <code>{esc(model)}</code>" if model else "") + f" · written {esc(when)}</p>",
+             '<nav><a href="#scores">Explanation scores</a><a href="#dictionaries">Dictionaries</a>'
+             '<a href="#ioi">IOI patching</a><a href="#features">Features</a><a href="#run">Run</a></nav>']
+    if any(_is_offline_llm(r.get("explainer")) or _is_offline_llm(r.get("simulator")) for r in records):
+        parts.append('<div class="banner"><b>Read the LLM scores with care:</b> this run has scores from the offline '
+                     '135M explainer <code>local:default</code>, which mean little (see '
+                     '<a href="#scores">Explanation scores</a>).</div>')
+    return "\n".join(parts)
+
+
+def _not_run(what: str, how: str) -> str:
+    return f'<p class="notrun">{esc(what)} was not run for this folder: {esc(how)}</p>'
+
+
+def _scores_section(records: list[dict[str, Any]], out: Path) -> str:
+    head = ('<h2 id="scores">Explanation scores by basis</h2>'
+            '<p class="muted small">Mean Pearson correlation between simulated and true activations on held-out '
+            'fragments (top-and-random, random-only, top-only), with 95% CIs (1.96·sd/√n), per scorer '
+            '(explainer/simulator), basis and layer. Failed and skipped features are counted, never scored as 0.</p>'
+            f'<p class="small">{OFFLINE_NOTE}</p>')
+    if not records:
+        return head + _not_run("Explanation (`cli.py explain`)", "run `cli.py explain ... --out RUN/explanations/NAME`")
+    from explain.compare import summarise
+
+    rows = summarise(records)
+
+    def ci(stats: dict[str, Any]) -> str:
+        if stats.get("mean") is None:
+            return "n/a"
+        return fmt(stats["mean"]) + ("" if stats.get("ci") is None else f" ± {fmt(stats['ci'])}")
+
+    body = [[esc(r["scorer"]), esc(r["site"]), "–" if r["layer"] is None else esc(r["layer"]), esc(r["kind"]),
+             fmt(r["n"], "d"), ci(r["top_and_random"]), ci(r["random"]), ci(r["top"]),
+             fmt(r["frac_skipped"], ".0%"), fmt(r["frac_failed"], ".0%")] for r in rows]
+    html_table = table(["scorer", "site", "layer", "basis", "n", "top+random", "random-only", "top-only",
+                        "skipped", "failed"], body, "scores")
+    png = plot_comparison(rows, out / "scores.png")
+    img = png_img(png, "mean explanation score by basis and layer") if png else ""
+    return head + html_table + img
+
+
+def _dictionaries_section(contents: RunContents, out: Path) -> str:
+    head = ('<h2 id="dictionaries">Dictionaries</h2><p class="muted small">FVU: fraction of variance unexplained; '
+            'L0: mean active features per token; dead: never active on the evaluation tokens; KL and ΔCE: next-token '
+            'KL divergence and cross-entropy increase with the reconstruction spliced in at the hook '
+            '(from <code>cli.py evaluate</code>; “–” where it was not computed).</p>')
+    rows = _dictionary_rows(contents)
+    if not rows:
+        return head + _not_run("Dictionary training (`cli.py train-sae` / `cli.py baselines`)",
+                               "put dictionary folders (config.json + weights.safetensors) under the run folder")
+    body = []
+    for r in rows:
+        m = r["metrics"]
+        body.append([esc(r["name"]), esc(r.get("kind")), esc(r.get("hook")), fmt(r.get("n_features"), "d"),
+                     fmt(r.get("ratio"), "g"), fmt(r.get("l1"), "g"), fmt(m.get("fvu"), ".4f"),
+                     fmt(m.get("l0"), ".1f"), fmt(m.get("dead_fraction"), ".1%"), fmt(m.get("kl"), ".4f"),
+                     fmt(m.get("ce_increase"), ".4f"), fmt(m.get("mmcs"), ".3f")])
+    html_table = table(["name", "kind", "hook", "features", "R", "α", "FVU", "L0", "dead", "KL", "ΔCE", "MMCS"],
+                       body, "dicts")
+    plotted = [{"name": r["name"], "kind": r.get("kind"), "hook": r.get("hook"), "ratio": r.get("ratio"),
+                "fvu": r["metrics"]["fvu"], "l0": r["metrics"]["l0"]} for r in rows
+               if isinstance(r["metrics"].get("fvu"), (int, float)) and isinstance(r["metrics"].get("l0"), (int, float))]
+    img = ""
+    if plotted:
+        img = png_img(plot_frontier_png(plotted, out / "frontier.png"), "FVU against mean L0 for every dictionary")
+    return head + html_table + img
+
+
+def _threshold_count(curve: list[list[float]], limit: float) -> int | None:
+    """Fewest patched features whose KL(patched ‖ counterfactual) is at most `limit` (None if never)."""
+    hits = [int(n) for n, kl, *_ in curve if kl is not None and kl <= limit]
+    return min(hits) if hits else None
+
+
+def _ioi_section(contents: RunContents, out: Path) -> str:
+    head = ('<h2 id="ioi">IOI feature patching</h2><p class="muted small">At the dictionary\'s hook, the features in F '
+            'take their counterfactual values (indirect object replaced by a third name), keeping the reconstruction '
+            'error; the curve is KL(patched ‖ counterfactual) at the last position against |F|, from greedy '
+            'un-patching over τ. Fewer features to reach a low KL = the IOI information is more localised.</p>')
+    if not contents.ioi_results:
+        return head + _not_run("IOI patching (`cli.py patch-ioi`)", "run `cli.py patch-ioi ... --out RUN/ioi`")
+    parts = [head]
+    for i, path in enumerate(contents.ioi_results):
+        result = read_json(path)
+        kl0 = result.get("kl_clean_vs_counterfactual")
+        parts.append(f"<h3>{esc(result.get('hook', ''))} <span class=\"muted small\">"
+                     f"({esc(path.relative_to(contents.root))}, {fmt(result.get('n_prompts'), 'd')} prompts)</span></h3>"
+                     f"<p>Before patching: mean logit difference IO − S <b>{fmt(result.get('clean_logit_diff'))}</b>, "
+                     f"accuracy (IO &gt; S) <b>{fmt(result.get('clean_accuracy'), '.1%')}</b>, "
+                     f"KL(clean ‖ counterfactual) <b>{fmt(kl0, '.4f')}</b>.</p>")
+        if result.get("warning"):
+            parts.append(f'<div class="banner">{esc(result["warning"])}</div>')
+        dictionaries = result.get("dictionaries") or {}
+        if not dictionaries:
+            parts.append('<p class="notrun">no dictionary curves in this file</p>')
+            continue
+        body = []
+        for name, entry in dictionaries.items():
+            curve = entry.get("curve") or []
+            kls = [c[1] for c in curve if c[1] is not None]
+            row = [esc(name), esc(entry.get("kind")), fmt(entry.get("n_features"), "d"),
+                   fmt(min(kls) if kls else None, ".4f")]
+            for frac in (0.25, 0.10):
+                row.append(fmt(_threshold_count(curve, frac * kl0), "d", "never")
+                           if isinstance(kl0, (int, float)) else "–")
+            body.append(row)
+        parts.append(table(["dictionary", "kind", "features", "min KL", "features for KL ≤ 25%",
+                            "features for KL ≤ 10%"], body, "ioi"))
+        png = plot_ioi(result, out / f"ioi_{i}.png")
+        if png:
+            parts.append(png_img(png, f"KL against number of patched features at {result.get('hook', '')}"))
+    return "\n".join(parts)
+
+
+def _features_section(records: list[dict[str, Any]]) -> str:
+    head = ('<h2 id="features">Features</h2><p class="muted small">One card per explained feature, best score first '
+            'within each basis. Token backgrounds: the feature\'s activation relative to its largest activation in '
+            'the shown fragments (hover a token for its value). Top fragments are ranked by maximum activation; '
+            '“train” ones were shown to the explainer, the others are held out. Random fragments are drawn '
+            'among fragments where the feature is active (or all fragments, with <code>--random any</code>).</p>')
+    if not records:
+        return head + _not_run("Explanation (`cli.py explain`)", "no explanations.jsonl under the run folder")
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        key = (f"{r.get('explainer')}/{r.get('simulator')}", str(r.get("hook")), str(r.get("kind")),
+               str(r.get("dictionary")))
+        groups.setdefault(key, []).append(r)
+    parts = [head]
+    for (scorer, hook, kind, name), rs in sorted(groups.items()):
+        shown = [r for r in rs if r.get("status") in ("ok", "failed")]
+        shown.sort(key=lambda r: (r.get("status") != "ok", -_score(r), int(r.get("feature", 0))))
+        skipped = [r for r in rs if r.get("status") == "skipped"]
+        parts.append(f"<h3>{esc(name)} <span class=\"muted small\">{esc(kind)} · {esc(hook)} · scorer "
+                     f"{esc(scorer)} · {len(shown)} card(s), {len(skipped)} skipped</span></h3>")
+        parts.append('<div class="cards">' + "".join(feature_card(r) for r in shown) + "</div>")
+        if skipped:
+            parts.append(skipped_table(skipped))
+    return "\n".join(parts)
+
+
+def _score(record: dict[str, Any]) -> float:
+    value = (record.get("scores") or {}).get("top_and_random")
+    return float(value) if isinstance(value, (int, float)) else float("-inf")
+
+
+def _run_section(contents: RunContents) -> str:
+    head = '<h2 id="run">Run</h2>'
+    parts = [head]
+    if contents.stages:
+        body = [[esc(s.get("stage")), fmt(s.get("seconds"), ".1f"), esc(s.get("finished_at", "")),
+                 esc(s.get("note", ""))] for s in contents.stages]
+        total = sum(float(s.get("seconds") or 0) for s in contents.stages)
+        parts.append(table(["stage", "wall time (s)", "finished", "note"], body, "stages"))
+        parts.append(f"<p class=\"small\">Total {total / 60:.1f} min (each stage's last completed invocation; "
+                     "a resumed stage counts only its final part).</p>")
+    else:
+        parts.append('<p class="muted small">No stage markers (this folder was not made by <code>cli.py demo</code>).</p>')
+    if contents.settings:
+        parts.append("<details><summary>demo settings</summary><pre>"
+                     + esc(json.dumps(contents.settings, indent=2)) + "</pre></details>")
+    return "\n".join(parts)
+
+
+def _footer() -> str:
+    return ('<p class="muted small" style="margin-top:40px">Written by <code>python cli.py report</code> '
+            '(dictlens). Self-contained: no network is needed to view this page.</p>')
