@@ -1,0 +1,155 @@
+"""The paper's comparison of bases (Cunningham et al., Fig. 2): mean score per basis per layer, 95% CIs.
+
+Groups are (scorer, kind, hook site, layer): the scorer is "explainer/simulator"
+from each record, so a `tokens` run and an LLM run over the same features stay
+apart instead of being averaged together. Means and CIs use `ok` records with
+a defined score (a null score is counted as `n_null`, never as 0); failed and
+skipped features are reported as fractions of all records of the group.
+CI half-width = 1.96 · sd / √n with the sample sd (ddof = 1).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from activations.errors import UserError
+from explain.pipeline import RESULTS_FILE, read_records
+from explain.scoring import mean_ci
+
+_HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+REPORTED = ("top_and_random", "random", "top")
+
+
+def parse_hook(hook: str) -> tuple[int | None, str]:
+    """(layer, site) of a TransformerLens hook name; (None, hook) when it has no layer."""
+    m = _HOOK.match(hook or "")
+    return (int(m.group(1)), m.group(2)) if m else (None, hook or "?")
+
+
+def _results_path(p: str | Path) -> Path:
+    p = Path(p)
+    path = p / RESULTS_FILE if p.is_dir() else p
+    if not path.exists():
+        raise UserError(f"no {RESULTS_FILE} at {p}: pass the --out folder of `cli.py explain`")
+    return path
+
+
+def load_all(paths: list[str | Path]) -> list[dict[str, Any]]:
+    """Records of every run; a feature present in two runs with the same scorer is counted once."""
+    seen: set[tuple] = set()
+    out = []
+    for p in paths:
+        for r in read_records(_results_path(p)):
+            key = (r.get("explainer"), r.get("simulator"), r.get("dictionary_path"), r.get("feature"))
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (scorer, kind, site, layer), sorted by scorer, site, kind, layer."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        layer, site = parse_hook(r.get("hook", ""))
+        scorer = f"{r.get('explainer')}/{r.get('simulator')}"
+        groups[(scorer, r.get("kind"), site, layer)].append(r)
+    rows = []
+    for (scorer, kind, site, layer), rs in groups.items():
+        n = len(rs)
+        status = {s: sum(r.get("status") == s for r in rs) for s in ("ok", "skipped", "failed")}
+        row: dict[str, Any] = {"scorer": scorer, "kind": kind, "site": site, "layer": layer, "n": n,
+                               "n_ok": status["ok"], "n_skipped": status["skipped"], "n_failed": status["failed"],
+                               "frac_skipped": status["skipped"] / n, "frac_failed": status["failed"] / n}
+        ok = [r for r in rs if r.get("status") == "ok"]
+        for kind_name in REPORTED:
+            values = [r["scores"].get(kind_name) for r in ok]
+            stats = mean_ci([v for v in values if v is not None])
+            stats["n_null"] = sum(v is None for v in values)
+            row[kind_name] = stats
+        rows.append(row)
+    rows.sort(key=lambda r: (r["scorer"], r["site"], r["kind"] or "", -1 if r["layer"] is None else r["layer"]))
+    return rows
+
+
+def _fmt(stats: dict[str, Any]) -> str:
+    if stats["mean"] is None:
+        return "n/a"
+    ci = "" if stats["ci"] is None else f" ± {stats['ci']:.3f}"
+    return f"{stats['mean']:.3f}{ci}"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = ["scorer", "site", "layer", "basis", "n", "top+random (95% CI)", "random-only (95% CI)",
+            "top-only (95% CI)", "skipped", "failed"]
+    body = [[r["scorer"], r["site"], "-" if r["layer"] is None else str(r["layer"]), str(r["kind"]), str(r["n"]),
+             _fmt(r["top_and_random"]), _fmt(r["random"]), _fmt(r["top"]),
+             f"{r['frac_skipped']:.0%}", f"{r['frac_failed']:.0%}"] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in [head] + body]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Two panels (top-and-random, random-only): x = layer, one line with error bars per basis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    scorers = {r["scorer"] for r in rows}
+    sites = {r["site"] for r in rows}
+    for r in rows:
+        if r["layer"] is None:
+            continue
+        label = str(r["kind"])
+        if len(sites) > 1:
+            label += f" ({r['site']})"
+        if len(scorers) > 1:
+            label += f" [{r['scorer']}]"
+        series[label].append(r)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, key, title in zip(axes, ("top_and_random", "random"), ("top-and-random", "random-only")):
+        for j, (label, rs) in enumerate(sorted(series.items())):
+            rs = [r for r in sorted(rs, key=lambda r: r["layer"]) if r[key]["mean"] is not None]
+            if not rs:
+                continue
+            offset = (j - (len(series) - 1) / 2) * 0.06  # spread markers so bars do not overlap
+            ax.errorbar([r["layer"] + offset for r in rs], [r[key]["mean"] for r in rs],
+                        yerr=[r[key]["ci"] or 0.0 for r in rs], marker="o", capsize=3, label=label)
+        ax.set_title(f"{title} correlation")
+        ax.set_xlabel("layer")
+        ax.axhline(0.0, color="0.7", lw=0.8)
+    axes[0].set_ylabel("mean explanation score (95% CI)")
+    axes[1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def compare(explanations: list[str | Path], plot_path: str | Path | None = None,
+            json_path: str | Path | None = None) -> list[dict[str, Any]]:
+    records = load_all(explanations)
+    if not records:
+        raise UserError(f"no records in {', '.join(map(str, explanations))}: run `cli.py explain` first")
+    rows = summarise(records)
+    print(format_table(rows))
+    if plot_path:
+        print(f"wrote {plot(rows, plot_path)}")
+    if json_path:
+        p = Path(json_path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps({"sources": [str(x) for x in explanations], "groups": rows}, indent=2) + "\n",
+                     encoding="utf-8")
+        print(f"wrote {p}")
+    return rows

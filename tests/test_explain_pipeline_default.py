@@ -1,0 +1,64 @@
+"""End to end on the real default model with the real `local:default` explainer and simulator (2 features).
+
+SmolLM2-135M's explanations are near chance, so this checks the plumbing,
+not quality: each feature ends `ok` with finite scores (or null with a
+reason), or `failed` with the error, and a rerun sends no LLM request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from activations.cache_writer import cache_activations
+from explain.exemplars import ExemplarConfig
+from explain.llm_cache import LLMCache
+from explain.pipeline import ExplainSettings, read_records, run_explain
+from sae.baselines import neuron_basis
+
+HOOK = "blocks.1.hook_resid_post"
+SENTENCES = [
+    "Paris is the capital and largest city of France.", "The river flows north into the sea.",
+    "In 1998 the company moved its offices to Berlin.", "She did not want to leave the small village.",
+    "The cat sat quietly on the warm stone wall.", "Prices rose sharply during the winter of 1973.",
+]
+
+
+def test_local_default_backends_explain_and_score_two_features(tmp_path):
+    docs = [f"{SENTENCES[i % 6]} {SENTENCES[(i * 5 + 1) % 6]}" for i in range(36)]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    cache = cache_activations(model="default", corpus=str(corpus), hooks=[HOOK], context_length=8,
+                              max_tokens=8 * 36, batch_size=36, dtype="float32", out=tmp_path / "frags.h5",
+                              fragments=True, progress=False).path
+    neuron = neuron_basis(576, {"hook": HOOK}).save(tmp_path / "neuron")
+    # Fewer, shorter exemplars than the paper's 20 + 20 keep two LLM features to seconds on a CPU.
+    settings = ExplainSettings(cache=str(cache), dicts=[str(neuron)], features=None, feature_ids=[0, 1],
+                               explainer="local:default", simulator="local:default", format="bills", k=1,
+                               exemplars=ExemplarConfig(n_top=8, n_random=4, random_scored=2, min_active=4))
+    out = tmp_path / "out"
+    run_explain(settings, out, progress=False)
+    records = read_records(out / "explanations.jsonl")
+    assert [r["feature"] for r in records] == [0, 1]
+    for r in records:
+        assert r["status"] in ("ok", "failed", "skipped"), r
+        if r["status"] == "failed":
+            assert r["error"] and r["scores"]["top_and_random"] is None
+            continue
+        if r["status"] == "ok":
+            assert r["explanation"] and r["simulation"]["mode"] == "local-exact"
+            for kind, value in r["scores"].items():
+                assert (value is not None and math.isfinite(value) and -1 <= value <= 1) or r["score_notes"][kind]
+    cache_db = LLMCache(out / "llm_cache.sqlite")
+    n_entries = len(cache_db)
+    cache_db.close()
+    assert n_entries > 0
+    # Deleting the records and rerunning answers every request from the LLM cache: same records.
+    (out / "explanations.jsonl").unlink()
+    run_explain(settings, out, progress=False)
+    assert read_records(out / "explanations.jsonl") == records
+    cache_db = LLMCache(out / "llm_cache.sqlite")
+    assert len(cache_db) == n_entries
+    cache_db.close()

@@ -1,0 +1,249 @@
+"""The `explain` and `compare` commands end to end on a tiny model's fragment cache (tokens backend).
+
+Dictionaries are built with the sae package's own classes and saved with its
+save function. Feature 0 of `single` is a tied-SAE row along the embedding
+of " dog" with a bias that lets only that token through, so it is a real
+single-token feature of the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sae
+from activations.cache_writer import cache_activations
+from activations.errors import UserError
+from activations.reader import ActivationCache
+from explain.commands import compare_command, explain_command
+from explain.pipeline import read_records
+from explain.token_scorer import parse_token_list
+from sae.baselines import StreamingMoments, neuron_basis, pca_from_moments
+from sae.dictionaries import TiedSAE
+
+REPO = Path(__file__).resolve().parents[1]
+EMBED = "blocks.0.hook_resid_pre"
+RESID = "blocks.1.hook_resid_post"
+WORDS = [" the", " dog", " fox", " capital", " jumps", " over", " lazy", " store", " Mary", " John",
+         " went", " to", " and", " of", " features", " models", " 42", ",", "."]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dirs, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("explain_run")
+    rng = np.random.default_rng(0)
+    docs = ["Once" + "".join(rng.choice(WORDS, size=40)) for _ in range(150)]
+    corpus = tmp / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    model_dir = tiny_model_dirs["llama"]  # its tokenizer prepends BOS
+    cache = cache_activations(model=str(model_dir), corpus=str(corpus), hooks=[EMBED, RESID], context_length=16,
+                              max_tokens=16 * 150, batch_size=64, dtype="float32", out=tmp / "frags.h5",
+                              fragments=True, progress=False).path
+    from transformers import AutoTokenizer
+
+    dog = AutoTokenizer.from_pretrained(model_dir).encode(" dog", add_special_tokens=False)
+    assert len(dog) == 1
+    with ActivationCache(cache) as c:
+        assert c.bos_prepended and c.fragments and c.n_contexts == 150
+        tokens = c.tokens()[:, 1:].reshape(-1)
+        emb = torch.from_numpy(c.acts(EMBED, range(c.n_contexts)))[:, 1:].reshape(-1, c.width(EMBED))
+        resid = torch.from_numpy(c.acts(RESID, range(c.n_contexts)))[:, 1:].reshape(-1, c.width(RESID))
+    is_dog = torch.from_numpy(tokens == dog[0])
+    direction = emb[is_dog][0] / emb[is_dog][0].norm()
+    proj = emb @ direction
+    lo, hi = float(proj[is_dog].min()), float(proj[~is_dog].max())
+    assert lo > hi  # the embedding separates " dog" from every other token
+    g = torch.Generator().manual_seed(0)
+    m = torch.cat([direction[None], torch.randn(3, direction.numel(), generator=g)])
+    single = TiedSAE({"M": m, "b": torch.tensor([-(lo + hi) / 2, 0.0, 0.0, -1e6])},  # feature 3 is dead
+                     {"hook": EMBED, "d_in": direction.numel(), "n_features": 4}).save(tmp / "dicts" / "single")
+    moments = StreamingMoments(resid.shape[1])
+    moments.update(resid)
+    pca = pca_from_moments(moments, resid, {"hook": RESID}).save(tmp / "dicts" / "pca")
+    neuron = neuron_basis(resid.shape[1], {"hook": RESID}).save(tmp / "dicts" / "neuron")
+    return {"tmp": tmp, "cache": cache, "single": single, "pca": pca, "neuron": neuron}
+
+
+def _args(s, out, **kw):
+    args = dict(cache=str(s["cache"]), dicts=[str(s["neuron"]), str(s["pca"])], features=5, out=str(out))
+    args.update(kw)
+    return args
+
+
+def test_single_token_feature_scores_one_through_the_whole_command(setup):
+    out = setup["tmp"] / "single_out"
+    explain_command(cache=str(setup["cache"]), dicts=[str(setup["single"])], feature_ids=[0, 3], out=str(out))
+    rec, dead = read_records(out / "explanations.jsonl")
+    assert dead["feature"] == 3 and dead["status"] == "skipped" and "never active" in dead["error"]
+    assert dead["scores"] == {"top_and_random": None, "top": None, "random": None}
+    assert rec["status"] == "ok" and rec["kind"] == "tied_sae" and rec["hook"] == EMBED
+    assert parse_token_list(rec["explanation"]) == {" dog": 10.0}
+    assert rec["scores"] == {"top_and_random": pytest.approx(1.0), "top": pytest.approx(1.0),
+                             "random": pytest.approx(1.0)}
+    for frag in rec["exemplars"]["top"] + rec["exemplars"]["random"]:
+        assert len(frag["tokens"]) == 15  # BOS dropped
+        assert all((a > 0) == (t == " dog") for t, a in zip(frag["tokens"], frag["acts"]))
+
+
+def test_exemplars_match_a_brute_force_pass_over_the_cache(setup):
+    out = setup["tmp"] / "run"
+    explain_command(**_args(setup, out))
+    records = read_records(out / "explanations.jsonl")
+    assert len(records) == 10 and {r["status"] for r in records} <= {"ok", "skipped"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["k"] == 1 and config["exemplars"]["random"] == "nonzero"
+    with ActivationCache(setup["cache"]) as c:
+        acts = torch.from_numpy(c.acts(RESID, range(c.n_contexts)))[:, 1:]
+        tokens = c.tokens()[:, 1:]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(c.attrs["model_source"])
+    for rec in records:
+        d = sae.load(rec["dictionary_path"])
+        feats = d.encode(acts)[..., rec["feature"]].numpy()  # [n_fragments, 15]
+        maxima = feats.max(axis=1)
+        ex = rec["exemplars"]
+        top = [f["index"] for f in ex["top"]]
+        assert ex["n_active"] == int((maxima > 0).sum())
+        if rec["status"] == "skipped":
+            assert ex["n_active"] < 10 and rec["error"]
+            continue
+        assert set(top) == set(np.argsort(-maxima, kind="stable")[:20].tolist())
+        rnd = [f["index"] for f in ex["random"]]
+        assert all(maxima[i] > 0 for i in rnd) and not set(rnd) & set(top)
+        for f in ex["top"][:3] + ex["random"][:3]:
+            np.testing.assert_allclose(f["acts"], feats[f["index"]], atol=6e-4)
+            assert f["tokens"] == [tok.decode([int(t)]) for t in tokens[f["index"]]]
+        assert rec["scores"]["top_and_random"] is not None or rec["score_notes"]["top_and_random"]
+
+
+def test_rerun_is_a_no_op_and_other_settings_are_refused(setup, capsys):
+    out = setup["tmp"] / "rerun"
+    explain_command(**_args(setup, out, features=2))
+    before = (out / "explanations.jsonl").read_bytes()
+    explain_command(**_args(setup, out, features=2))
+    assert "nothing to do" in capsys.readouterr().out
+    with pytest.raises(UserError, match="other settings.*random"):
+        explain_command(**_args(setup, out, features=2, random="any"))
+    with pytest.raises(UserError, match="--explainer tokens"):
+        explain_command(**_args(setup, setup["tmp"] / "bad", simulator="tokens", explainer="local:default"))
+    with pytest.raises(UserError, match="out of range"):
+        explain_command(**_args(setup, setup["tmp"] / "bad", feature_ids=[10_000]))
+    assert (out / "explanations.jsonl").read_bytes() == before
+    assert not (setup["tmp"] / "bad" / "explanations.jsonl").exists()
+
+
+def test_failed_features_are_retried_on_rerun(setup):
+    from explain.pipeline import ExplainSettings, run_explain
+    from explain.token_scorer import TokenListExplainer, TokenListSimulator
+    from explain.llm.errors import LLMError
+
+    class Flaky(TokenListExplainer):
+        def candidates(self, train_records, *, feature_seed=0):
+            if feature_seed == 1:
+                raise LLMError("rate limited (429) after retries")
+            return super().candidates(train_records, feature_seed=feature_seed)
+
+    out = setup["tmp"] / "flaky"
+    settings = ExplainSettings(cache=str(setup["cache"]), dicts=[str(setup["neuron"])], features=None,
+                               feature_ids=[0, 1, 2])
+    run_explain(settings, out, progress=False, scorers=(Flaky(), TokenListSimulator()))
+    first = {r["feature"]: r for r in read_records(out / "explanations.jsonl")}
+    assert first[1]["status"] == "failed" and "429" in first[1]["error"] and first[0]["status"] == "ok"
+    run_explain(settings, out, progress=False)  # the real tokens explainer succeeds
+    second = read_records(out / "explanations.jsonl")
+    assert sorted(r["feature"] for r in second) == [0, 1, 2]
+    assert {r["feature"]: r["status"] for r in second} == {0: "ok", 1: "ok", 2: "ok"}
+    assert [r for r in second if r["feature"] == 0] == [first[0]]
+
+
+_SLOW_RUN = """
+import sys, time
+sys.path.insert(0, {repo!r})
+import explain.pipeline as p
+_orig = p.explain_feature
+def _slow(*a, **k):
+    time.sleep(0.25)
+    return _orig(*a, **k)
+p.explain_feature = _slow  # only to widen the window in which the kill lands
+import cli
+sys.exit(cli.main({argv!r}))
+"""
+
+
+def test_a_killed_run_resumes_to_the_same_records(setup):
+    out, ref = setup["tmp"] / "killed", setup["tmp"] / "uninterrupted"
+    args = _args(setup, out, features=8, dicts=[str(setup["neuron"]), str(setup["single"]), str(setup["pca"])])
+    argv = ["explain", "--cache", args["cache"], "--dict", *args["dicts"], "--features", "8", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_RUN.format(repo=str(REPO), argv=argv)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "explanations.jsonl"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if results.exists() and results.read_bytes().count(b"\n") >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    n_before = len(read_records(results))
+    assert 3 <= n_before < 20
+    with open(results, "a") as f:  # a write torn by the kill
+        f.write('{"dictionary": "neuron", "feature": 99, "sta')
+    explain_command(**args)
+    explain_command(**{**args, "out": str(ref)})
+    resumed, clean = read_records(results), read_records(ref / "explanations.jsonl")
+    keys = [(r["dictionary_path"], r["feature"]) for r in resumed]
+    assert len(keys) == len(set(keys)) == 20  # 8 + 4 (all of single, on another hook) + 8
+    by_key = {(r["dictionary_path"], r["feature"]): r for r in clean}
+    assert {k: r for k, r in zip(keys, resumed)} == by_key
+
+
+def test_compare_reports_means_and_cis_by_hand(setup, tmp_path):
+    def rec(kind, hook, status, score=None, rnd=None):
+        return {"dictionary": kind, "dictionary_path": f"/d/{kind}/{hook}", "kind": kind, "hook": hook,
+                "explainer": "tokens", "simulator": "tokens", "feature": len(rows), "status": status,
+                "scores": {"top_and_random": score, "top": score, "random": rnd}}
+
+    rows: list[dict] = []
+    for spec in [("tied_sae", "blocks.1.hook_resid_post", "ok", 0.5, 0.1),
+                 ("tied_sae", "blocks.1.hook_resid_post", "ok", 0.3, 0.2),
+                 ("tied_sae", "blocks.1.hook_resid_post", "ok", 0.1, None),
+                 ("tied_sae", "blocks.1.hook_resid_post", "failed"),
+                 ("neuron", "blocks.1.hook_resid_post", "ok", 0.2, 0.0),
+                 ("neuron", "blocks.1.hook_resid_post", "skipped"),
+                 ("neuron", "blocks.3.hook_resid_post", "ok", 0.05, 0.05),
+                 ("neuron", "blocks.3.hook_resid_post", "ok", 0.15, 0.05)]:
+        rows.append(rec(*spec))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    groups = compare_command([str(tmp_path / "a")], plot=str(tmp_path / "fig.png"), json_path=str(tmp_path / "cmp.json"))
+    saved = json.loads((tmp_path / "cmp.json").read_text())["groups"]
+    assert saved == json.loads(json.dumps(groups))
+    g = {(r["kind"], r["layer"]): r for r in groups}
+    assert len(groups) == 3
+    sae_l1 = g[("tied_sae", 1)]
+    # by hand: scores 0.5, 0.3, 0.1 -> mean 0.3, sd 0.2, CI 1.96 * 0.2 / sqrt(3)
+    assert sae_l1["top_and_random"]["mean"] == pytest.approx(0.3)
+    assert sae_l1["top_and_random"]["ci"] == pytest.approx(1.96 * 0.2 / 3 ** 0.5)
+    # random: 0.1, 0.2 and one null (excluded, counted) -> sd sqrt(0.005)
+    assert sae_l1["random"]["n"] == 2 and sae_l1["random"]["n_null"] == 1
+    assert sae_l1["random"]["ci"] == pytest.approx(1.96 * 0.005 ** 0.5 / 2 ** 0.5)
+    assert sae_l1["frac_failed"] == pytest.approx(0.25) and sae_l1["frac_skipped"] == 0
+    assert g[("neuron", 1)]["frac_skipped"] == pytest.approx(0.5) and g[("neuron", 1)]["top_and_random"]["ci"] is None
+    assert g[("neuron", 3)]["top_and_random"]["mean"] == pytest.approx(0.1)
+    assert g[("neuron", 3)]["top_and_random"]["ci"] == pytest.approx(1.96 * 0.005 ** 0.5 / 2 ** 0.5)
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    real = compare_command([str(setup["tmp"] / "run")])
+    assert {(r["kind"], r["layer"], r["n"]) for r in real} == {("neuron", 1, 5), ("pca", 1, 5)}
