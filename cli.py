@@ -124,7 +124,14 @@ def _add_patch_ioi(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-prompts", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
-    p.add_argument("--plot", default=None)
+    p.add_argument("--plot", default=None, help="PNG of KL vs number of patched features")
+    p.add_argument("--device", default="cpu", help="cpu or cuda; on cuda candidate features are evaluated in wide batches")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="run the greedy only on the K features with the largest integrated-gradient attribution "
+                        "(fast on CPU; default: every feature, the paper's protocol)")
+    p.add_argument("--names", type=_csv, default=None,
+                   help="comma-separated first names to use (each must be one token with a leading space); "
+                        "default: a built-in list of common names")
     p.set_defaults(_run="causal.commands:patch_ioi_command")
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -135,6 +137,56 @@ def _create_file(out: Path, settings: CacheSettings, loaded, tokens: np.ndarray,
     os.replace(partial, out)
 
 
+class _OrderedWriter:
+    """Writes finished batches on one background thread, strictly in order.
+
+    The forward pass of batch i+1 (torch releases the GIL) overlaps the HDF5
+    write of batch i. Per batch the order is unchanged: data, flush, counter,
+    flush. Leaving the block waits for every queued batch, and an error in the
+    thread is raised in the caller at the next put or at exit.
+    """
+
+    def __init__(self, file: h5py.File, hooks: tuple[str, ...], depth: int = 2):
+        self._file = file
+        self._datasets = {name: file["acts"][name] for name in hooks}
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
+
+    def __enter__(self) -> "_OrderedWriter":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue  # drain without writing after a failure
+            start, stop, tokens, arrays = item
+            try:
+                for name, ds in self._datasets.items():
+                    ds[start:stop] = arrays[name]
+                self._file["tokens"][start:stop] = tokens
+                self._file.flush()  # the data is in the file before the counter says so
+                self._file.attrs["n_contexts_done"] = stop
+                self._file.flush()
+            except BaseException as err:  # re-raised in the caller's thread
+                self._error = err
+
+    def put(self, start: int, stop: int, tokens: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((start, stop, tokens, arrays))
+
+    def __exit__(self, *exc) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
+
+
 def cache_activations(
     model: str = "default",
     corpus: str = "default",
@@ -179,24 +231,19 @@ def cache_activations(
         _create_file(out, settings, loaded, tokens, widths, stats)
         done = 0
 
-    storage = np.float16 if dtype == "float16" else np.float32
+    storage = torch.float16 if dtype == "float16" else torch.float32
     n = tokens.shape[0]
     first = done
     bar = tqdm(total=n * context_length, initial=done * context_length, unit="tok", unit_scale=True,
                desc=f"cache {out.name}", disable=not progress, smoothing=0.1)
     started = time.perf_counter()
-    with h5py.File(out, "r+") as f:
-        datasets = {name: f["acts"][name] for name in settings.hooks}
+    with h5py.File(out, "r+") as f, _OrderedWriter(f, settings.hooks) as writer:
         for start in range(done, n, batch_size):
             stop = min(n, start + batch_size)
             ids = torch.from_numpy(tokens[start:stop].astype(np.int64)).to(device)
             acts = run_with_cache(loaded.model, ids, list(settings.hooks))
-            for name, ds in datasets.items():
-                ds[start:stop] = acts[name].to("cpu", torch.float32).numpy().astype(storage)
-            f["tokens"][start:stop] = tokens[start:stop]
-            f.flush()  # the data is in the file before the counter says so
-            f.attrs["n_contexts_done"] = stop
-            f.flush()
+            arrays = {name: acts[name].to("cpu", storage).numpy() for name in settings.hooks}
+            writer.put(start, stop, tokens[start:stop], arrays)
             bar.update((stop - start) * context_length)
     bar.close()
     elapsed = time.perf_counter() - started

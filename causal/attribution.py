@@ -31,7 +31,7 @@ def attribution_scores(problem: PatchProblem, steps: int = 4) -> Tensor:
         logits = problem.runner.logits(edits)  # [steps, N, V]
         kl = kl_rows(logits, problem.cf_logits[None]).mean()  # mean over α and prompts
         (grad,) = torch.autograd.grad(kl, edits)
-    problem.evaluations += 3 * steps  # a backward pass costs about two forward passes
+    problem.prompt_runs += 3 * steps * problem.n_prompts  # a backward pass costs about two forward passes
     problem.forwards += 1
     mean_grad = grad.sum(dim=0).detach()  # Σ_α ∂/∂E of mean_α(...) = mean over α of each gradient
     projected = mean_grad @ problem.w.T  # [N, T, F]: f_j · ∇

@@ -184,12 +184,14 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
             "candidates": candidates if screened is not None else None,
             "patched_final": res.patched_final,
             "evaluations": res.evaluations,
+            "prompt_runs": res.prompt_runs,
             "forward_passes": res.forwards,
             "seconds": seconds,
         }
         best = min(p.kl for p in res.curve)
         print(f"{d.name} ({d.kind}): {d.n_features} features, {res.n_trivial} never differ; "
-              f"min KL {best:.4g}; {res.evaluations} evaluations in {seconds:.1f} s")
+              f"min KL {best:.4g}; {res.evaluations} evaluations ({res.prompt_runs} prompt runs, "
+              f"{res.prompt_runs / (res.evaluations * batch.n or 1):.0%} of all prompts) in {seconds:.1f} s")
         _write_json_atomic(out_dir / RESULT_FILE, result)  # after each dictionary: a killed run keeps the finished ones
     _write_json_atomic(out_dir / RESULT_FILE, result)
     if plot:

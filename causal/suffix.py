@@ -52,7 +52,7 @@ class SuffixRunner:
 
     `logits(edits)` takes edits [R, N, T, d] (R edited copies of the N
     prompts) and returns logits [R, N, V]; the R·N sequences go through the
-    model as one batch.
+    model as one batch. `logits_for` runs any list of (prompt, edit) pairs.
     """
 
     def __init__(self, model: nn.Module, hook_name: str, batch: PairBatch, suffix_only: bool = True,
@@ -88,21 +88,33 @@ class SuffixRunner:
         self.suffix_only = bool((suffix - full).abs().max() <= check_tolerance * scale)
 
     def logits(self, edits: Tensor) -> Tensor:
-        """Differentiable in `edits` unless called under torch.no_grad()."""
-        r, n, t, d = edits.shape
-        flat = edits.reshape(r * n, t, d).to(self.x_clean.dtype)
-        ids = self.batch.clean_ids.repeat(r, 1)
-        keep = self.batch.last.repeat(r)[:, None]
+        """[R, N, T, d] edits of all N prompts -> [R, N, V]; differentiable unless under torch.no_grad()."""
+        r, n = edits.shape[:2]
+        prompts = torch.arange(n, device=edits.device).repeat(r)
+        return self.logits_for(prompts, edits.reshape(r * n, *edits.shape[2:])).reshape(r, n, -1)
+
+    def logits_for(self, prompts: Tensor, edits: Tensor) -> Tensor:
+        """Logits [M, V] of prompts[i] with edits[i] ([M, T, d]) added at the hook.
+
+        Any subset and repetition of the prompts can share one forward pass;
+        the batch is cut to the longest selected prompt.
+        """
+        prompts = prompts.to(self.batch.clean_ids.device)
+        lengths = self.batch.lengths[prompts]
+        t = int(lengths.max())
+        ids = self.batch.clean_ids[prompts, :t]
+        flat = edits[:, :t].to(self.x_clean.dtype)
+        keep = (lengths - 1)[:, None]
         if not self.suffix_only:
             callbacks = {self.hook_name: lambda x: x + flat}
             with hooks_installed(self.model, callbacks):
                 out = self.model(input_ids=ids, use_cache=False, logits_to_keep=keep)
-            return out.logits[:, 0].float().reshape(r, n, -1)
-        base = self.start_input.repeat(r, 1, 1)
+            return out.logits[:, 0].float()
+        base = self.start_input[prompts, :t]
         if self.edit_at_input:
             callbacks = {"blocks.0.hook_resid_pre": lambda x: base + flat}
         else:
             callbacks = {"blocks.0.hook_resid_pre": lambda x: base, self.inner_hook: lambda x: x + flat}
         with blocks_from(self.model, self.start), hooks_installed(self.model, callbacks):
             out = self.model(input_ids=ids, use_cache=False, logits_to_keep=keep)
-        return out.logits[:, 0].float().reshape(r, n, -1)
+        return out.logits[:, 0].float()

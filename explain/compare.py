@@ -128,6 +128,7 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
         ax.set_xlabel("layer")
         ax.axhline(0.0, color="0.7", lw=0.8)
     axes[0].set_ylabel("mean explanation score (95% CI)")
+    fig.suptitle(f"explainer/simulator: {', '.join(sorted(scorers))}", fontsize=9)
     axes[1].legend(fontsize=8, loc="best")
     fig.tight_layout()
     path = Path(path)

@@ -13,9 +13,9 @@ cache's and each dictionary's identity); a rerun with different settings on
 the same OUT is refused before anything is written. Runtime knobs
 (`concurrency`) are not part of it.
 
-Features are chosen per dictionary: `--feature-ids`, or `--features N`
-drawn without replacement by a generator seeded with (seed, crc32 of the
-dictionary's name). Exemplars of all pending features on one hook come from
+Features are chosen per dictionary: `--feature-ids`, or `--features N` =
+the first N of a permutation seeded with (seed, crc32 of the dictionary's
+name), so a larger N only adds features. Exemplars of all pending features on one hook come from
 one pass over the cache (see `explain.exemplars`).
 """
 
@@ -181,8 +181,9 @@ def choose_features(n_features: int, name: str, count: int | None, feature_ids: 
         return sorted(set(int(f) for f in feature_ids))
     if count is None or count < 1:
         raise UserError(f"--features {count}: pass at least 1, or --feature-ids")
+    # A prefix of one seeded permutation: the features of --features 50 are among those of --features 100.
     rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
-    return sorted(int(f) for f in rng.choice(n_features, size=min(count, n_features), replace=False))
+    return sorted(int(f) for f in rng.permutation(n_features)[:count])
 
 
 # -- one feature ------------------------------------------------------------------------------------

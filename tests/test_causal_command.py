@@ -1,0 +1,129 @@
+"""`cli.py patch-ioi` end to end on tiny saved models of every family, and its input errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import cli
+from causal.patching import kl_rows, last_logits, pad_token_id, pair_batch
+from causal.prompts import IOIConfig, make_ioi_pairs
+from sae.dictionaries import NeuronBasis, TiedSAE
+
+NAMES = "John,Mary,Mar,Jo,Ber,Fr,Ger"
+
+
+def _dicts(tmp_path, hook: str, d: int = 32, hook2: str | None = None, n_tied: int = 8):
+    """A neuron basis and a small random tied SAE (few features keep the 50-τ greedy quick)."""
+    neuron = NeuronBasis({}, {"d_in": d, "n_features": d, "hook": hook}).save(tmp_path / "neuron")
+    m = torch.randn(n_tied, d, generator=torch.Generator().manual_seed(0))
+    sae_dir = TiedSAE({"M": m, "b": torch.zeros(n_tied)},
+                      {"d_in": d, "n_features": n_tied, "hook": hook2 or hook}).save(tmp_path / "tied")
+    return [str(neuron), str(sae_dir)]
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "gpt2", "llama"])
+def test_patch_ioi_writes_curves_for_every_dictionary(tiny_model_dirs, tmp_path, arch, capsys):
+    hook = "blocks.1.hook_resid_post"
+    tied = _dicts(tmp_path, hook)[1]
+    second = _dicts(tmp_path / "second", hook, n_tied=12)[1]
+    dicts = [tied, second.replace("tied", "tied12")]
+    (tmp_path / "second" / "tied").rename(dicts[1])
+    out, png = tmp_path / "out", tmp_path / "kl.png"
+    rc = cli.main(["patch-ioi", "--model", str(tiny_model_dirs[arch]), "--dict", *dicts, "--n-prompts", "5",
+                   "--out", str(out), "--plot", str(png), "--names", NAMES])
+    assert rc == 0
+    result = json.loads((out / "ioi.json").read_text())
+    printed = capsys.readouterr().out
+    assert "logit diff" in printed
+    for key in ("clean_logit_diff", "clean_accuracy", "kl_clean_vs_counterfactual"):
+        assert isinstance(result[key], float)
+    assert result["model_does_ioi"] == (result["clean_logit_diff"] > 0)
+    if not result["model_does_ioi"]:  # a random tiny model may fail the task: it must be said plainly
+        assert "does not do the IOI task" in result["warning"] and "does not do the IOI task" in printed
+    assert set(result["dictionaries"]) == {"tied", "tied12"}
+
+    # KL(clean ‖ cf) recomputed here from the same prompts.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dirs[arch])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[arch]).eval()
+    batch = pair_batch(make_ioi_pairs(tok, IOIConfig(n_prompts=5, seed=0, names=NAMES.split(","))), pad_token_id(tok))
+    clean = last_logits(model, batch.clean_ids, batch.lengths)
+    cf = last_logits(model, batch.cf_ids, batch.lengths)
+    assert result["kl_clean_vs_counterfactual"] == pytest.approx(float(kl_rows(clean, cf).mean()), rel=1e-4)
+
+    for name, n_features in (("tied", 8), ("tied12", 12)):
+        entry = result["dictionaries"][name]
+        assert entry["hook"] == hook and entry["kind"] == "tied_sae"
+        curve = entry["curve"]
+        assert len(curve) == 1 + 50  # every feature patched, then one point per τ
+        assert curve[0][0] == n_features
+        ns = [n for n, _, _ in curve]
+        assert ns == sorted(ns, reverse=True)
+        assert all(kl >= -1e-9 and norm >= 0 for _, kl, norm in curve)
+        if ns[-1] == 0:  # nothing patched: the clean run, no edit
+            assert curve[-1][2] == 0.0
+    assert png.exists() and png.stat().st_size > 1000
+
+
+def test_dictionaries_at_different_hooks_fail_before_any_work(tiny_model_dirs, tmp_path, capsys):
+    dicts = _dicts(tmp_path, "blocks.1.hook_resid_post", hook2="blocks.2.hook_resid_post")
+    out = tmp_path / "out"
+    rc = cli.main(["patch-ioi", "--model", str(tiny_model_dirs["gpt2"]), "--dict", *dicts, "--out", str(out),
+                   "--names", NAMES])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "do not share one hook" in err and "blocks.2.hook_resid_post" in err
+    assert not out.exists()
+
+
+def test_tiny_tokenizer_without_names_is_a_one_line_error(tiny_model_dirs, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["patch-ioi", "--model", str(tiny_model_dirs["gpt_neox"]),
+                   "--dict", *_dicts(tmp_path, "blocks.1.hook_resid_post"), "--out", str(out)])
+    assert rc == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # earlier lines: the model loader's progress bar
+    assert last.startswith("error:") and "single token" in last
+    assert not out.exists()
+
+
+def test_dictionary_of_the_wrong_width_is_a_user_error(tiny_model_dirs, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["patch-ioi", "--model", str(tiny_model_dirs["llama"]),
+                   "--dict", *_dicts(tmp_path, "blocks.1.hook_resid_post", d=16), "--out", str(out), "--names", NAMES])
+    assert rc == 2
+    assert "width 32" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_candidates_screen_keeps_measured_kls(tiny_model_dirs, tmp_path):
+    """With --candidates K the greedy starts from K patched features; every KL is still measured."""
+    from causal.commands import patch_ioi_command
+
+    hook = "blocks.1.hook_resid_post"
+    dicts = _dicts(tmp_path, hook)
+    result = patch_ioi_command(model=str(tiny_model_dirs["gpt_neox"]), dicts=dicts[:1], n_prompts=4, seed=1,
+                               out=str(tmp_path / "out"), candidates=5, names=NAMES.split(","))
+    entry = result["dictionaries"]["neuron"]
+    assert entry["candidates"] == 5
+    assert entry["curve"][0][0] == 32 and entry["curve"][1][0] <= 5
+    assert all(n <= 5 for n, _, _ in entry["curve"][1:])
+    assert set(entry["patched_final"]) <= set(range(32))
+    assert json.loads((tmp_path / "out" / "ioi_config.json").read_text())["candidates"] == 5
+
+
+def test_default_model_does_ioi_and_suffix_runs_match(default_model):
+    """The real SmolLM2 prefers the indirect object, and the suffix-only run agrees with a full forward."""
+    from causal.suffix import SuffixRunner
+
+    pairs = make_ioi_pairs(default_model.tokenizer, IOIConfig(n_prompts=4, seed=0))
+    batch = pair_batch(pairs, pad_token_id(default_model.tokenizer))
+    clean = last_logits(default_model.model, batch.clean_ids, batch.lengths)
+    rows = torch.arange(batch.n)
+    assert float((clean[rows, batch.io_ids] - clean[rows, batch.s_ids]).mean()) > 0
+    runner = SuffixRunner(default_model.model, "blocks.26.hook_resid_post", batch)  # checks itself on construction
+    assert runner.suffix_only
+    assert torch.allclose(runner.logits(torch.zeros(1, *runner.x_clean.shape))[0], clean, atol=1e-3)
