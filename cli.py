@@ -63,8 +63,9 @@ def _add_baselines(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hook", required=True)
     p.add_argument("--kinds", type=_csv, default=["neuron", "pca", "ica", "random"])
     p.add_argument("--tokens", type=int, default=1_000_000)
-    p.add_argument("--topk-from", default=None, help="SAE folder whose mean L0 sets k for pca_topk / ica_topk")
-    p.add_argument("--k", type=int, default=None, help="k for the top-k controls (instead of --topk-from)")
+    p.add_argument("--topk-from", nargs="+", default=None,
+                   help="SAE folder(s) whose mean L0 sets k for pca_topk / ica_topk (one control per folder)")
+    p.add_argument("--k", type=int, nargs="+", default=None, help="k value(s) for the top-k controls (instead of --topk-from)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(_run="sae.commands:baselines_command")

@@ -24,8 +24,8 @@ def train_sae_command(cache: str, hook: str, ratio: list[float], l1: list[float]
     return train_sweep(source, settings, out, device=device)
 
 
-def baselines_command(cache: str, hook: str, kinds: list[str], tokens: int = 1_000_000, topk_from: str | None = None,
-                      k: int | None = None, seed: int = 0, out: str = "dictionaries") -> list[Path]:
+def baselines_command(cache: str, hook: str, kinds: list[str], tokens: int = 1_000_000,
+                      topk_from: list[str] | None = None, k: list[int] | None = None, seed: int = 0, out: str = "dictionaries") -> list[Path]:
     from sae.fit_baselines import fit_baselines_from_cache
 
     return fit_baselines_from_cache(cache, hook, list(kinds), out, tokens=tokens, k=k, topk_from=topk_from, seed=seed)

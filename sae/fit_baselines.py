@@ -20,22 +20,25 @@ BASELINE_KINDS = ("neuron", "pca", "ica", "random", "pca_topk", "ica_topk")
 READ_BATCH = 4096
 
 
-def resolve_k(k: int | None, topk_from: str | None) -> int:
-    """k for the top-k controls: --k, or the mean L0 of the SAE named by --topk-from."""
-    if k is not None and topk_from is not None:
+def resolve_ks(ks: list[int] | None, topk_from: list[str] | None) -> list[int]:
+    """k values for the top-k controls: --k, or the mean L0 of each SAE named by --topk-from (one control per k)."""
+    if ks and topk_from:
         raise UserError("pass either --k or --topk-from, not both")
-    if k is not None:
-        if k < 1:
-            raise UserError(f"--k {k} must be at least 1")
-        return int(k)
-    if topk_from is None:
+    if ks:
+        bad = [k for k in ks if k < 1]
+        if bad:
+            raise UserError(f"--k {bad[0]} must be at least 1")
+        return sorted({int(k) for k in ks})
+    if not topk_from:
         raise UserError("pca_topk / ica_topk need a sparsity: pass --topk-from SAE_FOLDER (its mean L0) or --k N")
-    config = read_config(topk_from)
-    l0 = config.get("metrics", {}).get("l0")
-    if l0 is None:
-        raise UserError(f"{topk_from} has no mean L0 in its config.json: run `cli.py evaluate --dict {topk_from}` "
-                        "first, or pass --k N")
-    return max(1, int(round(float(l0))))
+    out = set()
+    for folder in topk_from:
+        l0 = read_config(folder).get("metrics", {}).get("l0")
+        if l0 is None:
+            raise UserError(f"{folder} has no mean L0 in its config.json: run `cli.py evaluate --dict {folder}` "
+                            "first, or pass --k N")
+        out.add(max(1, int(round(float(l0)))))
+    return sorted(out)
 
 
 def _folder_name(kind: str, k: int | None) -> str:
@@ -43,7 +46,7 @@ def _folder_name(kind: str, k: int | None) -> str:
 
 
 def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | Path, tokens: int = 1_000_000,
-                  k: int | None = None, topk_from: str | None = None, seed: int = 0,
+                  k: int | list[int] | None = None, topk_from: str | list[str] | None = None, seed: int = 0,
                   progress: bool = True) -> list[Path]:
     unknown = [x for x in kinds if x not in BASELINE_KINDS]
     if unknown or not kinds:
@@ -52,44 +55,51 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
     if tokens < 1:
         raise UserError(f"--tokens {tokens} must be positive")
     need_k = any(x.endswith("_topk") for x in kinds)
-    kk = resolve_k(k, topk_from) if need_k else None
+    ks = [k] if isinstance(k, int) else k
+    froms = [topk_from] if isinstance(topk_from, (str, Path)) else topk_from
+    kks = resolve_ks(ks, froms) if need_k else []
     d = source.d_in
-    if kk is not None and kk > d:
-        raise UserError(f"k={kk} is larger than the width {d} of {hook}: pass a smaller --k")
+    if kks and kks[-1] > d:
+        raise UserError(f"k={kks[-1]} is larger than the width {d} of {hook}: pass a smaller --k")
     out = Path(out)
     n_fit = min(tokens, source.n_tokens)
-    ident = {"hook": hook, "model_id": source.model_id, "d_in": d, "tokens": n_fit, "seed": seed, "k": kk,
+    ident = {"hook": hook, "model_id": source.model_id, "d_in": d, "tokens": n_fit, "seed": seed,
              "data_tokens": source.info.get("cache_tokens")}
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-    targets = {kind: out / _folder_name(kind, kk) for kind in kinds}
+    digest = _digest(ident)
+    # (kind, k) -> folder; a top-k control exists once per k, all from the same fitted basis
+    targets = {}
+    for kind in kinds:
+        for kk in (kks if kind.endswith("_topk") else [None]):
+            targets[(kind, kk)] = out / _folder_name(kind, kk)
     todo = []
-    for kind, folder in targets.items():
+    for (kind, kk), folder in targets.items():
+        want = digest if kk is None else _digest({**ident, "k": kk})
         if folder.exists():
-            if not (folder / CONFIG_FILE).exists() or read_config(folder).get("fit_identity") != digest:
+            if not (folder / CONFIG_FILE).exists() or read_config(folder).get("fit_identity") != want:
                 raise UserError(f"{folder} exists from another run: delete it or choose another --out (nothing was overwritten)")
             print(f"{folder} is already fitted with these settings; skipping")
             continue
-        todo.append(kind)
+        todo.append((kind, kk))
     base = {"hook": hook, "model_id": source.model_id, "data": dict(source.info), "fit_identity": digest,
             "fit": {"tokens": n_fit, "seed": seed}}
     fitted = {}
-    needs_data = {"pca", "ica", "pca_topk", "ica_topk"} & set(todo)
+    todo_kinds = {kind for kind, _ in todo}
+    needs_data = {"pca", "ica", "pca_topk", "ica_topk"} & todo_kinds
     if needs_data:
         batch = max(1, min(READ_BATCH, n_fit))
         keep = sample_limit(d)
         moments, sample = collect(source.batches(batch, n_fit, seed), d, keep, progress=progress,
                                   desc=f"reading {n_fit} tokens")
-        if {"pca", "pca_topk"} & set(todo):
+        if {"pca", "pca_topk"} & todo_kinds:
             fitted["pca"] = pca_from_moments(moments, sample, {**base})
-        if {"ica", "ica_topk"} & set(todo):
+        if {"ica", "ica_topk"} & todo_kinds:
             n_ica = min(sample.shape[0], ICA_MAX_SAMPLES)
             if n_ica < 2 * d:
                 raise UserError(f"ICA needs at least {2 * d} tokens for width {d}, got {n_ica}: raise --tokens or cache more")
             if progress:
                 print(f"fitting FastICA on {n_ica} tokens x {d} dims...")
             fitted["ica"] = fit_ica(sample[:n_ica], {**base}, seed=seed)
-    paths = []
-    for kind in todo:
+    for kind, kk in todo:
         if kind == "neuron":
             dictionary = neuron_basis(d, base)
         elif kind == "random":
@@ -97,10 +107,14 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
         elif kind in ("pca", "ica"):
             dictionary = fitted[kind]
         else:
-            dictionary = topk_control(fitted[kind.removesuffix("_topk")], kk, {"fit_identity": digest})
-        paths.append(save_dictionary(dictionary, targets[kind]))
-        print(f"wrote {targets[kind]}")
-    return [targets[kind] for kind in kinds]
+            dictionary = topk_control(fitted[kind.removesuffix("_topk")], kk, {"fit_identity": _digest({**ident, "k": kk})})
+        save_dictionary(dictionary, targets[(kind, kk)])
+        print(f"wrote {targets[(kind, kk)]}")
+    return list(targets.values())
+
+
+def _digest(ident: dict) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def fit_baselines_from_cache(cache: str | Path, hook: str, kinds: list[str], out: str | Path, **kwargs) -> list[Path]:

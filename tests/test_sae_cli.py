@@ -130,6 +130,27 @@ def test_dictionary_of_the_wrong_width_fails_clearly(tiny_cache, tmp_path, capsy
         evaluate_dictionaries(tiny_cache, [str(folder)], no_model=True, progress=False)
 
 
+def test_topk_controls_for_several_k_share_one_fit_and_extend_an_existing_folder(tiny_cache, tmp_path):
+    base = tmp_path / "base"
+    rc = cli.main(["baselines", "--cache", str(tiny_cache), "--hook", HOOK, "--kinds", "pca,pca_topk",
+                   "--k", "3", "7", "--out", str(base)])
+    assert rc == 0
+    assert sorted(p.name for p in base.iterdir()) == ["pca", "pca_topk_k3", "pca_topk_k7"]
+    pca_bytes = (base / "pca" / "weights.safetensors").read_bytes()
+    x = torch.randn(50, sae.load(base / "pca").d_in)
+    for k in (3, 7):
+        control = sae.load(base / f"pca_topk_k{k}")
+        assert control.k == k
+        assert int((control.encode(x) > 0).sum(dim=-1).max()) <= k
+        assert torch.allclose(control.directions, sae.load(base / "pca").directions)  # same fitted basis
+    # a later run with one more k adds its folder and leaves the finished ones as they were
+    rc = cli.main(["baselines", "--cache", str(tiny_cache), "--hook", HOOK, "--kinds", "pca,pca_topk",
+                   "--k", "3", "5", "--out", str(base)])
+    assert rc == 0
+    assert sorted(p.name for p in base.iterdir()) == ["pca", "pca_topk_k3", "pca_topk_k5", "pca_topk_k7"]
+    assert (base / "pca" / "weights.safetensors").read_bytes() == pca_bytes
+
+
 def test_topk_baselines_need_a_sparsity(tiny_cache, tmp_path, capsys):
     rc = cli.main(["baselines", "--cache", str(tiny_cache), "--hook", HOOK, "--kinds", "pca_topk", "--out", str(tmp_path)])
     assert rc == 2 and "--topk-from" in capsys.readouterr().err
