@@ -136,6 +136,17 @@ def _add_patch_ioi(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(_run="causal.commands:patch_ioi_command")
 
 
+def _add_ioi_layers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ioi-layers", help="which layer carries the IOI information (whole-vector patches per layer)")
+    p.add_argument("--model", default="default")
+    p.add_argument("--n-prompts", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--names", type=_csv, default=None, help="comma-separated one-token first names")
+    p.add_argument("--json", dest="json_path", default=None, help="write the table as JSON")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(_run="causal.layers:ioi_layers_command")
+
+
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write a static HTML dashboard (index.html) of a run folder")
     p.add_argument("--run", required=True, help="run folder (from `demo`, or any folder of dictionaries, explanations, ioi.json)")
@@ -157,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="<subcommand>")
     for add in (_add_cache, _add_hooks, _add_train_sae, _add_baselines, _add_evaluate, _add_export,
-                _add_explain, _add_compare, _add_patch_ioi, _add_report, _add_demo):
+                _add_explain, _add_compare, _add_patch_ioi, _add_ioi_layers, _add_report, _add_demo):
         add(sub)
     return parser
 
