@@ -19,8 +19,10 @@ from torch import nn
 
 from activations.errors import UserError
 
-HOOK_KINDS = ("hook_resid_pre", "hook_mlp_out", "mlp.hook_post", "hook_resid_post")
-# Order in which the hooks of one block fire during a forward pass.
+# Order in which the hooks of one block fire during a forward pass: mlp.hook_post
+# is the *input* of the MLP's out-projection, so it fires inside the MLP, before
+# the MLP's output (hook_mlp_out). stop_after relies on this order being right.
+HOOK_KINDS = ("hook_resid_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
 _FIRING_ORDER = {kind: i for i, kind in enumerate(HOOK_KINDS)}
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_post|hook_mlp_out|mlp\.hook_post)$")
 

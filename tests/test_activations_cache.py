@@ -58,6 +58,41 @@ def test_cached_values_equal_hidden_states(arch, tiny_model_dirs, text_corpus, t
         assert cache.acts("blocks.0.mlp.hook_post", [3]).shape == (1, 16, cache.width("blocks.0.mlp.hook_post"))
 
 
+@pytest.mark.parametrize("order", ["all_four", "mlp_pair"])
+def test_every_hook_kind_of_one_layer_is_cached_exactly(arch, order, tiny_model_dirs, text_corpus, tmp_path):
+    """All four hook kinds at one layer through the cache command's early-stop path.
+
+    The pair (hook_mlp_out, mlp.hook_post) alone is the case where stopping
+    after the wrong hook would lose hook_mlp_out.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from tests.test_activations_hooks import _blocks_and_norm, _mlp_reference
+
+    kinds = ["hook_mlp_out", "mlp.hook_post", "hook_resid_post", "hook_resid_pre"]
+    if order == "mlp_pair":
+        kinds = kinds[:2]
+    hooks = [f"blocks.1.{k}" for k in kinds]
+    out = cache_activations(model=str(tiny_model_dirs[arch]), corpus=str(text_corpus), hooks=hooks,
+                            context_length=16, max_tokens=16 * 6, batch_size=4, dtype="float32",
+                            out=tmp_path / "c.h5", progress=False).path
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[arch]).eval()
+    blocks, _ = _blocks_and_norm(arch, model)
+    with ActivationCache(out) as cache:
+        tokens = torch.from_numpy(cache.tokens()).long()
+        mlp_in = {}
+        handle = blocks[1].mlp.register_forward_pre_hook(lambda m, a: mlp_in.__setitem__("x", a[0]))
+        with torch.no_grad():
+            hidden = model(tokens, output_hidden_states=True).hidden_states
+            handle.remove()
+            post_ref, out_ref = _mlp_reference(arch, blocks[1], mlp_in["x"])
+        reference = {"hook_resid_pre": hidden[1], "hook_resid_post": hidden[2],
+                     "mlp.hook_post": post_ref, "hook_mlp_out": out_ref}
+        for kind, name in zip(kinds, hooks):
+            got = cache.acts(name, range(cache.n_contexts))
+            np.testing.assert_allclose(got, reference[kind].numpy(), atol=1e-5, rtol=1e-5, err_msg=name)
+
+
 def test_packed_contexts_follow_the_corpus_text(tiny_model_dirs, text_corpus, tmp_path):
     from transformers import AutoTokenizer
 

@@ -66,6 +66,34 @@ def test_every_hook_matches_reference(arch):
 
 
 @torch.no_grad()
+def test_list_hooks_is_in_the_order_the_hooks_fire(arch):
+    """stop_after and validate_hooks' sorting rely on this order; record the real one."""
+    from activations.hooks import hooks_installed
+
+    tokenizer = make_tokenizer()
+    model = make_tiny_model(arch, len(tokenizer))
+    names = [name for name, _ in list_hooks(model)]
+    fired: list[str] = []
+    with hooks_installed(model, {n: (lambda x, n=n: fired.append(n)) for n in names}):
+        model(_inputs(tokenizer))
+    assert fired == names
+    assert [h.name for h in validate_hooks(model, list(reversed(names)))] == names
+
+
+@torch.no_grad()
+def test_stop_early_after_mlp_out_and_mlp_post_of_one_layer(arch):
+    """The MLP's output fires after its out-projection's input: stopping early must wait for it."""
+    tokenizer = make_tokenizer()
+    model = make_tiny_model(arch, len(tokenizer))
+    ids = _inputs(tokenizer)
+    names = ["blocks.1.hook_mlp_out", "blocks.1.mlp.hook_post"]
+    early = run_with_cache(model, ids, names)
+    full = run_with_cache(model, ids, names, stop_early=False)
+    for name in names:
+        torch.testing.assert_close(early[name], full[name], rtol=0, atol=0)
+
+
+@torch.no_grad()
 def test_stop_early_skips_later_layers_and_gives_same_values(arch):
     tokenizer = make_tokenizer()
     model = make_tiny_model(arch, len(tokenizer))
