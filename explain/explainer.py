@@ -1,10 +1,14 @@
 """The LLM explainer: k candidate explanations of a feature from its train exemplars.
 
 Best-of-k (Choi et al.) needs *diverse* candidates: candidate i shows a
-seeded random subset of 10–20 of the train records (all of them when there
-are no more than `min_shown`; order kept, so the strongest come first) and
-one handwritten few-shot feature, cycling through a seeded permutation of
-the few-shot set so that k ≤ 4 candidates never repeat one. Everything is a
+seeded random subset of 10–20 of the train records (order kept, so the
+strongest come first) and one handwritten few-shot feature, cycling through a
+seeded permutation of the few-shot set so that k ≤ 4 candidates never repeat
+one. With no more than `min_shown` train records (the default 20 top
+fragments give 5) a subset of 10–20 cannot vary, so the first candidate sees
+all of them in order and each later one a seeded subset of max(3, n−2)..n of
+them in shuffled order; otherwise every candidate would see the same prompt
+body and best-of-k would only vary the few-shot example. Everything is a
 function of (config.seed, feature_seed, i), so a rerun sends identical
 requests and is answered from the LLM cache.
 
@@ -80,14 +84,31 @@ class LLMExplainer:
         rng = np.random.default_rng([c.seed, int(feature_seed)])
         order = rng.permutation(len(self.fewshot))
         plan = []
+        seen: set[tuple[int, ...]] = set()
         for i in range(c.k):
-            if n_train <= c.min_shown:
-                shown = list(range(n_train))
-            else:
+            if n_train > c.min_shown:
                 size = min(n_train, int(rng.integers(c.min_shown, c.max_shown + 1)))
                 shown = sorted(int(x) for x in rng.choice(n_train, size=size, replace=False))
+            elif i == 0:
+                shown = list(range(n_train))
+            else:
+                shown = self._small_subset(rng, n_train, seen)
+            seen.add(tuple(shown))
             plan.append((shown, int(order[i % len(order)]), int(rng.integers(0, 2**31 - 1))))
         return plan
+
+    @staticmethod
+    def _small_subset(rng: np.random.Generator, n_train: int, seen: set[tuple[int, ...]],
+                      attempts: int = 20) -> list[int]:
+        """A shuffled subset of max(3, n-2)..n records, redrawn (a few times) if an earlier candidate had it."""
+        low = min(n_train, max(3, n_train - 2))
+        shown: list[int] = []
+        for _ in range(attempts):
+            size = int(rng.integers(low, n_train + 1))
+            shown = [int(x) for x in rng.choice(n_train, size=size, replace=False)]  # random order
+            if tuple(shown) not in seen:
+                break
+        return shown
 
     def messages(self, records: Sequence[ActivationRecord], fewshot_index: int) -> list[dict[str, str]]:
         return build_explainer_messages(records, self.config.format, self.fewshot[fewshot_index])

@@ -227,3 +227,46 @@ def test_an_llm_failure_is_a_failed_record_not_a_zero():
     assert rec["status"] == "failed" and "503" in rec["error"]
     assert rec["scores"] == {"top_and_random": None, "top": None, "random": None}
     assert rec["exemplars"]["top"]  # the report can still show what the feature does
+
+
+class _EchoBackend:
+    """An LLM backend that records every prompt and answers with a fixed phrase (the external boundary)."""
+
+    def __new__(cls):
+        from explain.llm.base import LLMBackend
+
+        class Echo(LLMBackend):
+            name = "echo"
+
+            def identity(self):
+                return {"backend": "echo"}
+
+            def _generate_uncached(self, messages, *, n, temperature, max_tokens, seed):
+                self.prompts.append(messages[-1]["content"])
+                return ["capital cities"] * n
+
+        backend = Echo()
+        backend.prompts = []
+        return backend
+
+
+def test_best_of_k_varies_the_exemplars_shown_when_there_are_few():
+    from explain.explainer import ExplainerConfig, LLMExplainer
+
+    explainer = LLMExplainer(_EchoBackend(), ExplainerConfig(format="highlight", k=4, seed=3))
+    plan = explainer.plan(5, feature_seed=11)
+    shown = [p[0] for p in plan]
+    assert shown[0] == [0, 1, 2, 3, 4]  # the first candidate sees every train record, strongest first
+    assert len({tuple(s) for s in shown}) == 4  # every candidate sees a different list
+    for s in shown[1:]:
+        assert 3 <= len(s) <= 5 and len(set(s)) == len(s) and set(s) <= set(range(5))
+    assert any(s != sorted(s) or len(s) < 5 for s in shown[1:])
+    # deterministic for a fixed seed, different for another
+    assert LLMExplainer(_EchoBackend(), ExplainerConfig(k=4, seed=3)).plan(5, feature_seed=11) == plan
+    assert [p[0] for p in LLMExplainer(_EchoBackend(), ExplainerConfig(k=4, seed=4)).plan(5, feature_seed=11)] != shown
+
+    backend = _EchoBackend()
+    train = [ActivationRecord([" in", f" City{i}"], [0.0, 1.0 + i]) for i in range(5)]
+    cands = LLMExplainer(backend, ExplainerConfig(format="highlight", k=4, seed=3)).candidates(train, feature_seed=11)
+    assert [c.shown for c in cands] == shown
+    assert len(set(backend.prompts)) == 4  # the target excerpts (last user message) differ, not just bookkeeping
