@@ -54,6 +54,8 @@ def _add_train_sae(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True)
+    p.add_argument("--export", choices=["saelens"], default=None,
+                   help="also write <dictionary folder>/saelens/ (cfg.json + sae_weights.safetensors)")
     p.set_defaults(_run="sae.commands:train_sae_command")
 
 
@@ -68,6 +70,8 @@ def _add_baselines(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, nargs="+", default=None, help="k value(s) for the top-k controls (instead of --topk-from)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.add_argument("--export", choices=["saelens"], default=None,
+                   help="also write <dictionary folder>/saelens/ (cfg.json + sae_weights.safetensors)")
     p.set_defaults(_run="sae.commands:baselines_command")
 
 

@@ -7,9 +7,32 @@ from pathlib import Path
 from activations.errors import UserError
 
 
+EXPORT_FORMATS = ("saelens",)
+EXPORT_SUBFOLDER = {"saelens": "saelens"}
+
+
+def _check_export(export: str | None) -> None:
+    """Fail before any training or fitting, not after an hour of it."""
+    if export is not None and export not in EXPORT_FORMATS:
+        raise UserError(f"--export {export!r} is not supported: use {', '.join(EXPORT_FORMATS)}")
+
+
+def _export_each(folders: list[Path], export: str | None) -> None:
+    """Write `<folder>/saelens/` beside each dictionary so it can be used in SAELens without another command."""
+    if export is None:
+        return
+    from sae.export import export_saelens
+    from sae.io import load
+
+    for folder in folders:
+        path = export_saelens(load(folder), Path(folder) / EXPORT_SUBFOLDER[export])
+        print(f"wrote SAELens layout to {path}")
+
+
 def train_sae_command(cache: str, hook: str, ratio: list[float], l1: list[float], batch_size: int = 256,
                       lr: float = 1e-3, tokens: int = 1_000_000, tied: bool = True, seed: int = 0,
-                      checkpoint_every: int = 500, device: str = "cpu", out: str = "dictionaries") -> list[Path]:
+                      checkpoint_every: int = 500, device: str = "cpu", out: str = "dictionaries",
+                      export: str | None = None) -> list[Path]:
     import torch
 
     from sae.data import CacheSource
@@ -20,15 +43,22 @@ def train_sae_command(cache: str, hook: str, ratio: list[float], l1: list[float]
     settings = TrainSettings(hook=hook, ratios=list(ratio), l1s=list(l1), batch_size=batch_size, lr=lr,
                              tokens=tokens, tied=tied, seed=seed, checkpoint_every=checkpoint_every)
     settings.validate()
+    _check_export(export)
     source = CacheSource(Path(cache), hook)
-    return train_sweep(source, settings, out, device=device)
+    folders = train_sweep(source, settings, out, device=device)
+    _export_each(folders, export)
+    return folders
 
 
 def baselines_command(cache: str, hook: str, kinds: list[str], tokens: int = 1_000_000,
-                      topk_from: list[str] | None = None, k: list[int] | None = None, seed: int = 0, out: str = "dictionaries") -> list[Path]:
+                      topk_from: list[str] | None = None, k: list[int] | None = None, seed: int = 0,
+                      out: str = "dictionaries", export: str | None = None) -> list[Path]:
     from sae.fit_baselines import fit_baselines_from_cache
 
-    return fit_baselines_from_cache(cache, hook, list(kinds), out, tokens=tokens, k=k, topk_from=topk_from, seed=seed)
+    _check_export(export)
+    folders = fit_baselines_from_cache(cache, hook, list(kinds), out, tokens=tokens, k=k, topk_from=topk_from, seed=seed)
+    _export_each(folders, export)
+    return folders
 
 
 def evaluate_command(cache: str, dicts: list[str], tokens: int = 200_000, mmcs_to: str | None = None,

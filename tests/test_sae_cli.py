@@ -164,6 +164,44 @@ def test_export_saelens_from_the_cli(trained, tmp_path):
     assert cfg["hook_name"] == HOOK and cfg["d_sae"] == 64 and cfg["architecture"] == "standard"
 
 
+def _check_saelens_matches(folder: Path) -> None:
+    """The export beside a dictionary computes its encode and decode (SAELens's formulas, apply_b_dec_to_input=False)."""
+    from safetensors.torch import load_file
+
+    d = sae.load(folder)
+    cfg = json.loads((folder / "saelens" / "cfg.json").read_text())
+    w = load_file(str(folder / "saelens" / "sae_weights.safetensors"))
+    assert cfg["d_in"] == d.d_in and cfg["d_sae"] == d.n_features and cfg["hook_name"] == HOOK
+    x = torch.randn(40, d.d_in)
+    c = torch.relu(x @ w["W_enc"] + w["b_enc"])
+    if cfg.get("k") is not None:
+        from sae.dictionaries import top_k
+
+        c = top_k(c, cfg["k"])
+    torch.testing.assert_close(c, d.encode(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c @ w["W_dec"] + w["b_dec"], d.decode(c), atol=1e-5, rtol=1e-5)
+
+
+def test_train_sae_and_baselines_export_saelens_beside_each_dictionary(tiny_cache, tmp_path):
+    out = tmp_path / "sae"
+    rc = cli.main(["train-sae", "--cache", str(tiny_cache), "--hook", HOOK, "--ratio", "2", "--l1", "1e-4", "1e-3",
+                   "--batch-size", "64", "--tokens", str(64 * 10), "--out", str(out), "--export", "saelens"])
+    assert rc == 0
+    for name in ("tied_R2_l1_0.0001", "tied_R2_l1_0.001"):
+        _check_saelens_matches(out / name)
+    base = tmp_path / "base"
+    rc = cli.main(["baselines", "--cache", str(tiny_cache), "--hook", HOOK, "--kinds", "neuron,pca,pca_topk",
+                   "--k", "3", "--out", str(base), "--export", "saelens"])
+    assert rc == 0
+    for name in ("neuron", "pca", "pca_topk_k3"):
+        _check_saelens_matches(base / name)
+    assert json.loads((base / "pca_topk_k3" / "saelens" / "cfg.json").read_text())["architecture"] == "topk"
+    # without --export nothing extra is written
+    plain = tmp_path / "plain"
+    assert cli.main(["baselines", "--cache", str(tiny_cache), "--hook", HOOK, "--kinds", "neuron", "--out", str(plain)]) == 0
+    assert not (plain / "neuron" / "saelens").exists()
+
+
 STEPS = 1200
 
 
