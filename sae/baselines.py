@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sae.dictionaries import ICABasis, ICATopK, LinearBasis, NeuronBasis, PCABasis, PCATopK, RandomBasis
+from sae.dictionaries import (ICABasis, ICATopK, LinearBasis, NeuronBasis, PCABasis, PCATopK, RandomBasis,
+                              SignedNeuronBasis)
 
 SAMPLE_BYTES = 64 << 20  # bound on the in-memory subsample used for orientation and ICA
 ICA_MAX_SAMPLES = 65_536  # FastICA is O(n d²) per iteration; more barely changes the components
@@ -142,6 +143,10 @@ def random_basis(d: int, config: dict, seed: int = 0) -> RandomBasis:
 
 def neuron_basis(d: int, config: dict) -> NeuronBasis:
     return NeuronBasis({}, {**config, "d_in": d, "n_features": d})
+
+
+def signed_neuron_basis(d: int, config: dict) -> SignedNeuronBasis:
+    return SignedNeuronBasis({}, {**config, "d_in": d, "n_features": 2 * d})
 
 
 def topk_control(base: LinearBasis, k: int, config: dict) -> LinearBasis:

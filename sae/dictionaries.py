@@ -229,7 +229,44 @@ class NeuronBasis(AffineDictionary):
         return self._effective_cache
 
 
+class SignedNeuronBasis(NeuronBasis):
+    """Each coordinate as two features, +e_i and −e_i: codes [ReLU(x), ReLU(−x)], decode c[:d] − c[d:].
+
+    The paper's neuron basis drops the negative part, so patching every one of
+    its features cannot turn a clean run into the counterfactual one. This
+    basis keeps codes non-negative yet reconstructs x exactly, so "every
+    feature patched gives KL ≈ 0" holds for it: the sanity check of IOI
+    patching (issue 5), and an exact-reconstruction reference for metrics.
+    """
+
+    kind = "signed_neuron"
+    tensor_shapes = {}
+
+    def __init__(self, tensors: dict[str, Tensor], config: dict, name: str = ""):
+        super().__init__(tensors, config, name)
+        if self.n_features != 2 * self.d_in:
+            raise DictionaryError(f"{self.name}: a signed_neuron basis has n_features = 2·d_in = {2 * self.d_in}, "
+                                  f"config says {self.n_features}: re-create it with `cli.py baselines --kinds signed_neuron`")
+
+    def _compute_effective(self):
+        eye = torch.eye(self.d_in)
+        both = torch.cat([eye, -eye])
+        return both, torch.zeros(2 * self.d_in), both, torch.zeros(self.d_in)
+
+    def encode(self, x: Tensor) -> Tensor:
+        self._check_width(x, self.d_in, "encode")
+        x = x.to(torch.float32)
+        c = torch.cat([torch.relu(x), torch.relu(-x)], dim=-1)
+        return top_k(c, self.k) if self.k is not None else c
+
+    def decode(self, c: Tensor) -> Tensor:
+        self._check_width(c, self.n_features, "decode")
+        c = c.to(torch.float32)
+        return c[..., : self.d_in] - c[..., self.d_in:]
+
+
 KINDS: dict[str, type[AffineDictionary]] = {
     cls.kind: cls
-    for cls in (TiedSAE, UntiedSAE, PCABasis, ICABasis, RandomBasis, PCATopK, ICATopK, NeuronBasis)
+    for cls in (TiedSAE, UntiedSAE, PCABasis, ICABasis, RandomBasis, PCATopK, ICATopK, NeuronBasis,
+                SignedNeuronBasis)
 }

@@ -16,7 +16,7 @@ from sae.baselines import (ICA_MAX_SAMPLES, collect, fit_ica, neuron_basis, pca_
 from sae.data import BatchSource, CacheSource
 from sae.io import CONFIG_FILE, read_config, save_dictionary
 
-BASELINE_KINDS = ("neuron", "pca", "ica", "random", "pca_topk", "ica_topk")
+BASELINE_KINDS = ("neuron", "signed_neuron", "pca", "ica", "random", "pca_topk", "ica_topk")
 READ_BATCH = 4096
 
 
@@ -102,6 +102,10 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
     for kind, kk in todo:
         if kind == "neuron":
             dictionary = neuron_basis(d, base)
+        elif kind == "signed_neuron":
+            from sae.baselines import signed_neuron_basis
+
+            dictionary = signed_neuron_basis(d, base)
         elif kind == "random":
             dictionary = random_basis(d, {**base}, seed=seed)
         elif kind in ("pca", "ica"):

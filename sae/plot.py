@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 _MARKERS = {"tied_sae": "o", "untied_sae": "s", "pca": "^", "ica": "v", "random": "x", "neuron": "D",
-            "pca_topk": "<", "ica_topk": ">"}
+            "signed_neuron": "d", "pca_topk": "<", "ica_topk": ">"}
 
 
 def plot_frontier(rows: list[dict], path: str | Path, title: str = "") -> Path:

@@ -1,8 +1,8 @@
 """Feature patching and KL, checked against full forward passes and hand computations.
 
-Test dictionaries are real (small) Dictionary implementations: a signed
-neuron basis and a signed rotated basis, which reconstruct exactly, and the
-paper's neuron basis (negative part set to 0), which does not.
+Dictionaries: the toolkit's real `signed_neuron` kind (saved and loaded with
+sae.load) and a test-only signed rotated basis, which reconstruct exactly,
+and the paper's neuron basis (negative part set to 0), which does not.
 """
 
 from __future__ import annotations
@@ -26,37 +26,36 @@ from tests.conftest import make_tiny_model, make_tokenizer
 TINY_NAMES = ["John", "Mary", "Mar", "Jo", "Ber", "Fr", "Ger"]
 
 
-class SignedNeurons:
-    """Features +e_i and −e_i: nonnegative coefficients that reconstruct x exactly."""
+def _saved_and_loaded(dictionary, folder):
+    """A dictionary as the patch-ioi command sees it: written to a folder and read back with sae.load."""
+    import sae
 
-    def __init__(self, d: int):
-        self.d_in, self.n_features = d, 2 * d
-
-    def encode(self, x):
-        return torch.cat([torch.relu(x), torch.relu(-x)], dim=-1)
-
-    def decode(self, c):
-        return c[..., : self.d_in] - c[..., self.d_in :]
-
-    @property
-    def directions(self):
-        eye = torch.eye(self.d_in)
-        return torch.cat([eye, -eye])
+    return sae.load(dictionary.save(folder))
 
 
-class RotatedSigned(SignedNeurons):
+def signed_neurons(d: int, folder, hook: str = "blocks.1.hook_resid_post"):
+    """The real `signed_neuron` kind: features +e_i and −e_i, nonnegative codes that reconstruct x exactly."""
+    from sae.baselines import signed_neuron_basis
+
+    loaded = _saved_and_loaded(signed_neuron_basis(d, {"hook": hook}), folder)
+    assert loaded.kind == "signed_neuron"
+    return loaded
+
+
+class RotatedSigned:
     """A random orthonormal basis Q, signed: exact reconstruction, dense codes, plus a decoder bias."""
 
     def __init__(self, d: int, seed: int = 0):
-        super().__init__(d)
+        self.d_in, self.n_features = d, 2 * d
         q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed)))
         self.q, self.bias = q.T.contiguous(), torch.full((d,), 0.3)
 
     def encode(self, x):
-        return super().encode((x - self.bias) @ self.q.T)
+        y = (x - self.bias) @ self.q.T
+        return torch.cat([torch.relu(y), torch.relu(-y)], dim=-1)
 
     def decode(self, c):
-        return super().decode(c) @ self.q + self.bias
+        return (c[..., : self.d_in] - c[..., self.d_in :]) @ self.q + self.bias
 
 
 class ReluNeurons:
@@ -137,20 +136,28 @@ def test_kl_direction_against_hand_computation():
 
 
 @pytest.mark.parametrize("hook", ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"])
-def test_exact_basis_all_patched_is_the_counterfactual_and_none_patched_is_clean(arch, hook):
+def test_exact_basis_all_patched_is_the_counterfactual_and_none_patched_is_clean(arch, hook, tmp_path):
+    """Issue 5: the signed neuron dictionary with every feature patched gives KL ≈ 0; none patched gives KL(clean ‖ cf)."""
+    from sae.baselines import neuron_basis
+
     model, batch = _setup(arch)
     clean = _reference_last_logits(model, batch.clean_ids, batch.lengths)
     cf = _reference_last_logits(model, batch.cf_ids, batch.lengths)
     kl_clean_cf = _np_kl(clean, cf)
     assert kl_clean_cf > 1e-3
     width = run_with_cache(model, batch.clean_ids[:1], [hook])[hook].shape[-1]
-    for dictionary in (SignedNeurons(width), RotatedSigned(width)):
+    for dictionary in (signed_neurons(width, tmp_path / "signed", hook), RotatedSigned(width)):
         problem = _problem(model, batch, hook, dictionary)
         every = torch.ones(dictionary.n_features, dtype=torch.bool)
         kl_all, kl_none = problem.kl(torch.stack([problem.edit(every), problem.edit(~every)])).tolist()
         assert kl_all < 1e-5 * kl_clean_cf
         assert kl_none == pytest.approx(kl_clean_cf, rel=1e-4)
         assert kl_none != pytest.approx(_np_kl(cf, clean), rel=1e-2)  # direction: KL(patched ‖ cf), not reverse
+    # the real `neuron` kind (negative part dropped) patched everywhere stays away from the counterfactual
+    neurons = _saved_and_loaded(neuron_basis(width, {"hook": hook}), tmp_path / "neuron")
+    problem = _problem(model, batch, hook, neurons)
+    kl_all = float(problem.kl(problem.edit(torch.ones(neurons.n_features, dtype=torch.bool))[None])[0])
+    assert kl_all > 1e-3 * kl_clean_cf
 
 
 @pytest.mark.parametrize("hook", ["blocks.1.hook_resid_post", "blocks.1.mlp.hook_post"])
@@ -185,7 +192,7 @@ def test_suffix_runner_matches_full_forward_with_edit(arch):
 
 
 def test_non_affine_decoder_is_a_user_error():
-    class Squashed(SignedNeurons):
+    class Squashed(RotatedSigned):
         def decode(self, c):
             return torch.tanh(super().decode(c))
 
@@ -265,10 +272,10 @@ def test_greedy_equals_the_plain_protocol_for_any_batch_width():
     assert ns == sorted(ns, reverse=True) and ns[-1] < ns[1]
 
 
-def test_integrated_gradients_add_up_to_the_kl_change():
+def test_integrated_gradients_add_up_to_the_kl_change(tmp_path):
     model, batch = _setup("llama")
     hook = "blocks.1.hook_resid_post"
-    problem = _problem(model, batch, hook, SignedNeurons(32))
+    problem = _problem(model, batch, hook, signed_neurons(32, tmp_path / "signed", hook))
     every = torch.ones(problem.n_features, dtype=torch.bool)
     kl_all, kl_none = problem.kl(torch.stack([problem.edit(every), problem.edit(~every)])).tolist()
     scores = attribution_scores(problem, steps=32)

@@ -190,10 +190,11 @@ def test_train_sae_and_baselines_export_saelens_beside_each_dictionary(tiny_cach
     for name in ("tied_R2_l1_0.0001", "tied_R2_l1_0.001"):
         _check_saelens_matches(out / name)
     base = tmp_path / "base"
-    rc = cli.main(["baselines", "--cache", str(tiny_cache), "--hook", HOOK, "--kinds", "neuron,pca,pca_topk",
+    rc = cli.main(["baselines", "--cache", str(tiny_cache), "--hook", HOOK, "--kinds", "neuron,signed_neuron,pca,pca_topk",
                    "--k", "3", "--out", str(base), "--export", "saelens"])
     assert rc == 0
-    for name in ("neuron", "pca", "pca_topk_k3"):
+    assert sae.load(base / "signed_neuron").kind == "signed_neuron"
+    for name in ("neuron", "signed_neuron", "pca", "pca_topk_k3"):
         _check_saelens_matches(base / name)
     assert json.loads((base / "pca_topk_k3" / "saelens" / "cfg.json").read_text())["architecture"] == "topk"
     # without --export nothing extra is written

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 import sae
 from sae.base import Dictionary
-from sae.baselines import collect, fit_ica, neuron_basis, pca_from_moments, random_basis, topk_control
+from sae.baselines import (collect, fit_ica, neuron_basis, pca_from_moments, random_basis, signed_neuron_basis,
+                           topk_control)
 from sae.dictionaries import KINDS, TiedSAE, UntiedSAE
 from sae.errors import DictionaryError
 from sae.export import export_saelens
@@ -44,7 +45,7 @@ def every_kind(data) -> list:
                         "W_d": torch.randn(30, D, generator=g), "b_d": torch.randn(D, generator=g)},
                        {**base, "d_in": D, "n_features": 30})
     kinds = [tied, untied, pca, ica, random_basis(D, dict(base), seed=1), neuron_basis(D, dict(base)),
-             topk_control(pca, 3, {}), topk_control(ica, 3, {})]
+             signed_neuron_basis(D, dict(base)), topk_control(pca, 3, {}), topk_control(ica, 3, {})]
     assert sorted(d.kind for d in kinds) == sorted(KINDS)
     return kinds
 
@@ -118,6 +119,23 @@ def test_ica_decode_equals_fastica_inverse_transform(data):
     ours_src = (sample @ w.T + b).double()
     corr = np.corrcoef(ours_src.T.numpy(), sources.T)[:D, D:]
     assert np.abs(np.diag(corr)).min() > 0.999
+
+
+def test_signed_neuron_basis_reconstructs_exactly_and_the_neuron_basis_does_not(data):
+    x = data[:300]
+    assert (x < 0).any()  # the data has negative parts to lose
+    signed = signed_neuron_basis(D, {"hook": "blocks.0.hook_resid_post"})
+    assert signed.n_features == 2 * D
+    c = signed.encode(x)
+    torch.testing.assert_close(c[:, :D], x.clamp_min(0), rtol=0, atol=0)
+    torch.testing.assert_close(c[:, D:], (-x).clamp_min(0), rtol=0, atol=0)
+    torch.testing.assert_close(signed.decode(c), x, rtol=0, atol=0)
+    eye = torch.eye(D)
+    torch.testing.assert_close(signed.directions, torch.cat([eye, -eye]), rtol=0, atol=0)
+    neuron = neuron_basis(D, {"hook": "blocks.0.hook_resid_post"})
+    assert not torch.allclose(neuron.decode(neuron.encode(x)), x)
+    with pytest.raises(DictionaryError, match="2·d_in"):
+        type(signed)({}, {"d_in": D, "n_features": D})
 
 
 def test_random_basis_is_orthonormal_and_seeded():
