@@ -190,8 +190,13 @@ def choose_features(n_features: int, name: str, count: int | None, feature_ids: 
 
 def explain_feature(ex: FeatureExemplars, explainer: Any, simulator: Any, exemplar_config: ExemplarConfig,
                     base: dict[str, Any]) -> dict[str, Any]:
-    """The record of one feature; an `LLMError` becomes a `failed` record, never a score."""
-    from explain.llm.errors import LLMError
+    """The record of one feature; an LLM failure becomes a `failed` record, never a score.
+
+    `BackendConfigError` is caught here too: it can depend on the feature
+    (a prompt longer than a local model's context), and one such feature must
+    not abort a run of hundreds; its message still names the fix.
+    """
+    from explain.llm.errors import BackendConfigError, LLMError
 
     rec: dict[str, Any] = {**base, "feature": ex.feature, "status": "ok", "explanation": None, "candidates": [],
                            "scores": {"top_and_random": None, "top": None, "random": None}, "score_notes": {},
@@ -220,7 +225,7 @@ def explain_feature(ex: FeatureExemplars, explainer: Any, simulator: Any, exempl
         t_top, t_rnd = splits.scored("test")
         sim = simulator.simulate(cands[best].explanation, t_top + t_rnd)
         scores = score_simulation(sim.expected_values, t_top, t_rnd)
-    except LLMError as err:
+    except (LLMError, BackendConfigError) as err:
         rec.update(status="failed", error=f"{type(err).__name__}: {err}")
         rec["exemplars"] = ex.to_json(exemplar_config.random_scored)
         return rec

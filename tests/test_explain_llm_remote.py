@@ -42,6 +42,7 @@ class FakeServer:
         self.script: list[int] = []  # HTTP statuses to answer with before behaving normally
         self.echo = True
         self.garbage = False
+        self.raw: tuple[bytes, str] | None = None  # (body, content type) sent as is instead of an answer
         self.delay = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -83,6 +84,13 @@ class FakeServer:
                         return self._send(418, {"error": {"message": "request budget exceeded"}})
                     if status != 200:
                         return self._send(status, {"error": {"message": f"scripted {status}"}})
+                    if server.raw is not None:
+                        data, content_type = server.raw
+                        self.send_response(200)
+                        self.send_header("Content-Type", content_type)
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        return self.wfile.write(data)
                     if self.path.endswith("/completions") and "chat" not in self.path:
                         return self._completions(body)
                     return self._chat(body)
@@ -261,3 +269,41 @@ def test_killed_run_resumes_from_the_cache(server, tmp_path):
     result = AllAtOnceSimulator(_backend(server, tmp_path)).simulate("capital cities", FRAGS)
     assert server.count() == 5 and result.n_cached == 1 and result.n_calls == 1  # only the missing prompt
     np.testing.assert_allclose(np.concatenate(result.expected_values), np.concatenate(EXPECTED), atol=1e-9)
+
+
+MALFORMED = [
+    (b"this is not json {", "application/json"),  # the SDK's json() raises JSONDecodeError
+    (b"<html>502 Bad Gateway</html>", "text/html"),  # the SDK returns the text as a str
+    (b'{"id": "x", "object": "chat.completion"}', "application/json"),  # valid JSON, no choices
+    (b'{"choices": [{"index": 0}]}', "application/json"),  # a choice without a message / logprobs
+    (b"[1, 2, 3]", "application/json"),
+]
+
+
+@pytest.mark.parametrize("raw", MALFORMED, ids=lambda r: r[0][:12].decode())
+def test_malformed_responses_are_llm_errors_and_nothing_is_cached(server, tmp_path, raw):
+    server.raw = raw
+    backend = _backend(server, tmp_path)
+    train = [ActivationRecord([" in", f" City{i}"], [0.0, 1.0 + i]) for i in range(5)]
+    with pytest.raises(LLMError, match="fake-model generate"):
+        LLMExplainer(backend, ExplainerConfig(format="bills", k=1)).candidates(train)
+    for mode in ("completions", "chat"):
+        with pytest.raises(LLMError, match="fake-model"):
+            AllAtOnceSimulator(_backend(server, tmp_path, sim_mode=mode)).simulate("capital cities", FRAGS[:1])
+    assert len(backend.cache) == 0
+    server.raw = None  # the same backend works once the server answers properly
+    assert LLMExplainer(backend, ExplainerConfig(format="bills", k=1)).candidates(train)[0].explanation == "capital cities"
+
+
+def test_other_openai_api_errors_are_llm_errors(server, monkeypatch):
+    """An APIError that is neither an HTTP status nor a connection problem (raised by the SDK itself)."""
+    import openai
+
+    backend = _backend(server)
+
+    def raise_api_error(**kwargs):
+        raise openai.APIError("stream ended mid-answer", None, body=None)  # request: unused by the error
+
+    monkeypatch.setattr(backend._client.chat.completions, "create", raise_api_error)
+    with pytest.raises(LLMError, match="APIError: stream ended mid-answer"):
+        backend.generate([{"role": "user", "content": "hi"}])

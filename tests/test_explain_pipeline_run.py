@@ -247,3 +247,21 @@ def test_compare_reports_means_and_cis_by_hand(setup, tmp_path):
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     real = compare_command([str(setup["tmp"] / "run")])
     assert {(r["kind"], r["layer"], r["n"]) for r in real} == {("neuron", 1, 5), ("pca", 1, 5)}
+
+
+def test_a_prompt_too_long_for_a_local_model_fails_the_feature_not_the_run(setup, tiny_model_dirs):
+    """The tiny model's 256 positions cannot hold an explainer prompt: a BackendConfigError from the real
+    local backend, raised per feature, becomes a `failed` record naming the fix and the run goes on."""
+    from explain.pipeline import ExplainSettings, run_explain
+
+    spec = f"local:{tiny_model_dirs['llama']}"
+    out = setup["tmp"] / "too_long"
+    settings = ExplainSettings(cache=str(setup["cache"]), dicts=[str(setup["neuron"])], features=None,
+                               feature_ids=[0, 1], explainer=spec, simulator=spec)
+    run_explain(settings, out, concurrency=1, progress=False)
+    records = read_records(out / "explanations.jsonl")
+    assert sorted(r["feature"] for r in records) == [0, 1]
+    for r in records:
+        assert r["status"] == "failed", r
+        assert r["error"].startswith("BackendConfigError") and "context of 256" in r["error"]
+        assert r["scores"] == {"top_and_random": None, "top": None, "random": None}

@@ -43,6 +43,7 @@ as the value 1.
 from __future__ import annotations
 
 import bisect
+import json
 import os
 import random
 import sys
@@ -143,7 +144,15 @@ class OpenAIBackend(LLMBackend):
         self._client.close()
 
     # -- HTTP with retries ----------------------------------------------------------------
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+    def _call(self, what: str, fn: Callable[[], Any], parse: Callable[[Any], Any] | None = None) -> Any:
+        """Send `fn()` with retries and return `parse(response)`.
+
+        Every way a request can go wrong ends as `LLMError` (the pipeline's
+        `failed` record): HTTP errors after retries, any other `openai.APIError`,
+        a body that is not JSON, and a JSON body without the fields `parse`
+        reads (the SDK builds response objects without validating them, so a
+        garbage answer shows up as AttributeError/TypeError/... while parsing).
+        """
         err_cls = self._openai
         last: Exception | None = None
         for attempt in range(self.max_retries + 1):
@@ -151,7 +160,8 @@ class OpenAIBackend(LLMBackend):
                 with self._sem:
                     with self._count_lock:
                         self.n_calls += 1
-                    return fn()
+                    response = fn()
+                return response if parse is None else _parse_response(self.name, what, response, parse)
             except err_cls.APIStatusError as err:
                 if err.status_code not in RETRY_STATUS and err.status_code < 500:
                     if err.status_code in UNSUPPORTED_STATUS and what == "completions-echo":
@@ -161,6 +171,11 @@ class OpenAIBackend(LLMBackend):
                 wait = _retry_after(err)
             except (err_cls.APITimeoutError, err_cls.APIConnectionError) as err:
                 last, wait = err, None
+            except err_cls.APIError as err:  # e.g. APIResponseValidationError: not retried, the answer is wrong
+                raise LLMError(f"{self.name} {what}: {type(err).__name__}: {_short(err)}") from err
+            except json.JSONDecodeError as err:
+                raise LLMError(f"{self.name} {what}: the server's answer is not valid JSON ({err.msg}): "
+                               "check --base-url points at an OpenAI-compatible API") from err
             if attempt < self.max_retries:
                 backoff = min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
                 time.sleep(min(self.backoff_max, wait) if wait is not None else backoff)
@@ -173,7 +188,7 @@ class OpenAIBackend(LLMBackend):
         if hit is not None:
             return validate(hit), True
         response = send()
-        value = validate(response)
+        value = _parse_response(self.name, str(request["op"]), response, validate)
         self.cache.put(request, response)
         return value, False
 
@@ -188,10 +203,13 @@ class OpenAIBackend(LLMBackend):
             else:  # plain chat APIs cannot continue a turn: ask for the completion instead
                 prime = msgs.pop()["content"]
                 msgs[-1]["content"] += f'\n\nAnswer with one sentence that completes: "{prime} ..."'
-        resp = self._call("generate", lambda: self._client.chat.completions.create(
+
+        def parse(resp: Any) -> list[str]:
+            return [(c.message.content or "") for c in sorted(resp.choices, key=lambda c: c.index)]
+
+        return self._call("generate", lambda: self._client.chat.completions.create(
             model=self.model_name, messages=msgs, n=n, temperature=temperature, max_tokens=max_tokens,
-            seed=seed, **extra))
-        return [(c.message.content or "") for c in sorted(resp.choices, key=lambda c: c.index)]
+            seed=seed, **extra), parse)
 
     # -- simulation -----------------------------------------------------------------------
     def digit_distributions(self, prompts: Sequence[SlotPrompt]) -> list[DigitReadout]:
@@ -226,15 +244,17 @@ class OpenAIBackend(LLMBackend):
         request = {"op": "completions-echo", **self.identity(), "prompt": text, "logprobs": self.echo_logprobs,
                    "max_tokens": 1, "temperature": 0.0}
 
-        def send() -> dict[str, Any]:
-            resp = self._call("completions-echo", lambda: self._client.completions.create(
-                model=self.model_name, prompt=text, max_tokens=1, echo=True, logprobs=self.echo_logprobs,
-                temperature=0.0))
+        def parse(resp: Any) -> dict[str, Any]:
             lp = resp.choices[0].logprobs if resp.choices else None
             if lp is None or not lp.tokens or lp.top_logprobs is None or lp.text_offset is None:
                 raise _EchoUnsupported("the response has no prompt logprobs")
             return {"tokens": list(lp.tokens), "text_offset": list(lp.text_offset),
                     "top_logprobs": [None if t is None else dict(t) for t in lp.top_logprobs]}
+
+        def send() -> dict[str, Any]:
+            return self._call("completions-echo", lambda: self._client.completions.create(
+                model=self.model_name, prompt=text, max_tokens=1, echo=True, logprobs=self.echo_logprobs,
+                temperature=0.0), parse)
 
         def validate(resp: dict[str, Any]) -> list[tuple[np.ndarray, float | None]]:
             offsets, tops = resp["text_offset"], resp["top_logprobs"]
@@ -271,13 +291,16 @@ class OpenAIBackend(LLMBackend):
         request = {"op": "completions-next", **self.identity(), "prompt": prompt, "logprobs": self.echo_logprobs,
                    "max_tokens": 1, "temperature": 0.0}
 
-        def send() -> dict[str, Any]:
-            resp = self._call("completions", lambda: self._client.completions.create(
-                model=self.model_name, prompt=prompt, max_tokens=1, logprobs=self.echo_logprobs, temperature=0.0))
+        def parse(resp: Any) -> dict[str, Any]:
             lp = resp.choices[0].logprobs if resp.choices else None
             if lp is None or not lp.top_logprobs or lp.top_logprobs[0] is None:
                 raise LLMError(f"{self.name}: completions returned no logprobs for the '10' step")
             return {"top_logprobs": dict(lp.top_logprobs[0])}
+
+        def send() -> dict[str, Any]:
+            return self._call("completions", lambda: self._client.completions.create(
+                model=self.model_name, prompt=prompt, max_tokens=1, logprobs=self.echo_logprobs, temperature=0.0),
+                parse)
 
         (p, _), cached = self._cached(request, send, lambda r: digits_from_top_logprobs(r["top_logprobs"]))
         return p, int(cached)
@@ -298,15 +321,17 @@ class OpenAIBackend(LLMBackend):
         request = {"op": "chat-top-logprobs", **self.identity(), "messages": messages, "top_logprobs": k,
                    "max_tokens": 1, "temperature": 0.0}
 
-        def send() -> dict[str, Any]:
-            resp = self._call("chat-top-logprobs", lambda: self._client.chat.completions.create(
-                model=self.model_name, messages=messages, max_tokens=1, temperature=0.0, logprobs=True,
-                top_logprobs=k))
+        def parse(resp: Any) -> dict[str, Any]:
             content = resp.choices[0].logprobs.content if resp.choices and resp.choices[0].logprobs else None
             if not content:
                 raise LLMError(f"{self.name}: chat completion returned no logprobs; the server must support "
                                "logprobs=True with top_logprobs")
             return {"top_logprobs": {t.token: t.logprob for t in content[0].top_logprobs}}
+
+        def send() -> dict[str, Any]:
+            return self._call("chat-top-logprobs", lambda: self._client.chat.completions.create(
+                model=self.model_name, messages=messages, max_tokens=1, temperature=0.0, logprobs=True,
+                top_logprobs=k), parse)
 
         def validate(resp: dict[str, Any]) -> tuple[np.ndarray, float | None]:
             p, ten = digits_from_top_logprobs(resp["top_logprobs"])
@@ -317,6 +342,15 @@ class OpenAIBackend(LLMBackend):
 
         value, cached = self._cached(request, send, validate)
         return value, int(cached)
+
+
+def _parse_response(name: str, what: str, response: Any, parse: Callable[[Any], Any]) -> Any:
+    """`parse(response)`, with a response of the wrong shape reported as LLMError, not a crash."""
+    try:
+        return parse(response)
+    except (AttributeError, TypeError, KeyError, IndexError) as err:
+        raise LLMError(f"{name} {what}: malformed response ({type(err).__name__}: {_short(err)}); "
+                       "the server does not answer in the OpenAI format") from err
 
 
 def _short(err: Exception | None) -> str:
