@@ -1,8 +1,12 @@
 """The paper's comparison of bases (Cunningham et al., Fig. 2): mean score per basis per layer, 95% CIs.
 
-Groups are (scorer, kind, hook site, layer): the scorer is "explainer/simulator"
-from each record, so a `tokens` run and an LLM run over the same features stay
-apart instead of being averaged together. Means and CIs use `ok` records with
+Groups are (scorer, dictionary, hook site, layer), with the dictionary's kind
+kept as a label: grouping by kind would average an α-sweep's SAEs, or several
+pca_topk_k* controls, at one layer into one meaningless row. The dictionary is
+its folder name, so the same name at several layers (one sweep per layer) is
+one line across layers. The scorer is "explainer/simulator" from each record,
+so a `tokens` run and an LLM run over the same features stay apart instead of
+being averaged together. Means and CIs use `ok` records with
 a defined score (a null score is counted as `n_null`, never as 0); failed and
 skipped features are reported as fractions of all records of the group.
 CI half-width = 1.96 · sd / √n with the sample sd (ddof = 1).
@@ -53,17 +57,18 @@ def load_all(paths: list[str | Path]) -> list[dict[str, Any]]:
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (scorer, kind, site, layer), sorted by scorer, site, kind, layer."""
+    """One row per (scorer, dictionary, site, layer), sorted by scorer, site, kind, dictionary, layer."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         layer, site = parse_hook(r.get("hook", ""))
         scorer = f"{r.get('explainer')}/{r.get('simulator')}"
-        groups[(scorer, r.get("kind"), site, layer)].append(r)
+        name = r.get("dictionary") or r.get("kind")
+        groups[(scorer, name, r.get("kind"), site, layer)].append(r)
     rows = []
-    for (scorer, kind, site, layer), rs in groups.items():
+    for (scorer, name, kind, site, layer), rs in groups.items():
         n = len(rs)
         status = {s: sum(r.get("status") == s for r in rs) for s in ("ok", "skipped", "failed")}
-        row: dict[str, Any] = {"scorer": scorer, "kind": kind, "site": site, "layer": layer, "n": n,
+        row: dict[str, Any] = {"scorer": scorer, "dictionary": name, "kind": kind, "site": site, "layer": layer, "n": n,
                                "n_ok": status["ok"], "n_skipped": status["skipped"], "n_failed": status["failed"],
                                "frac_skipped": status["skipped"] / n, "frac_failed": status["failed"] / n}
         ok = [r for r in rs if r.get("status") == "ok"]
@@ -73,8 +78,15 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             stats["n_null"] = sum(v is None for v in values)
             row[kind_name] = stats
         rows.append(row)
-    rows.sort(key=lambda r: (r["scorer"], r["site"], r["kind"] or "", -1 if r["layer"] is None else r["layer"]))
+    rows.sort(key=lambda r: (r["scorer"], r["site"], r["kind"] or "", str(r["dictionary"]),
+                             -1 if r["layer"] is None else r["layer"]))
     return rows
+
+
+def dictionary_label(row: dict[str, Any]) -> str:
+    """The dictionary's name, with its kind when the name does not already say it (e.g. an SAE of a sweep)."""
+    name, kind = str(row.get("dictionary")), str(row.get("kind"))
+    return name if name == kind or name.startswith(kind) else f"{name} ({kind})"
 
 
 def _fmt(stats: dict[str, Any]) -> str:
@@ -85,9 +97,10 @@ def _fmt(stats: dict[str, Any]) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ["scorer", "site", "layer", "basis", "n", "top+random (95% CI)", "random-only (95% CI)",
+    head = ["scorer", "site", "layer", "basis", "dictionary", "n", "top+random (95% CI)", "random-only (95% CI)",
             "top-only (95% CI)", "skipped", "failed"]
-    body = [[r["scorer"], r["site"], "-" if r["layer"] is None else str(r["layer"]), str(r["kind"]), str(r["n"]),
+    body = [[r["scorer"], r["site"], "-" if r["layer"] is None else str(r["layer"]), str(r["kind"]),
+             str(r["dictionary"]), str(r["n"]),
              _fmt(r["top_and_random"]), _fmt(r["random"]), _fmt(r["top"]),
              f"{r['frac_skipped']:.0%}", f"{r['frac_failed']:.0%}"] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
@@ -109,7 +122,7 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
     for r in rows:
         if r["layer"] is None:
             continue
-        label = str(r["kind"])
+        label = dictionary_label(r)
         if len(sites) > 1:
             label += f" ({r['site']})"
         if len(scorers) > 1:
@@ -129,7 +142,9 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
         ax.axhline(0.0, color="0.7", lw=0.8)
     axes[0].set_ylabel("mean explanation score (95% CI)")
     fig.suptitle(f"explainer/simulator: {', '.join(sorted(scorers))}", fontsize=9)
-    axes[1].legend(fontsize=8, loc="best")
+    legend_axis = axes[1] if axes[1].get_legend_handles_labels()[0] else axes[0]  # random-only may be all null
+    if legend_axis.get_legend_handles_labels()[0]:
+        legend_axis.legend(fontsize=8, loc="best")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -127,10 +127,10 @@ def _scores_section(records: list[dict[str, Any]], out: Path) -> str:
         return fmt(stats["mean"]) + ("" if stats.get("ci") is None else f" ± {fmt(stats['ci'])}")
 
     body = [[esc(r["scorer"]), esc(r["site"]), "–" if r["layer"] is None else esc(r["layer"]), esc(r["kind"]),
-             fmt(r["n"], "d"), ci(r["top_and_random"]), ci(r["random"]), ci(r["top"]),
-             fmt(r["frac_skipped"], ".0%"), fmt(r["frac_failed"], ".0%")] for r in rows]
-    html_table = table(["scorer", "site", "layer", "basis", "n", "top+random", "random-only", "top-only",
-                        "skipped", "failed"], body, "scores")
+             esc(r.get("dictionary", "")), fmt(r["n"], "d"), ci(r["top_and_random"]), ci(r["random"]),
+             ci(r["top"]), fmt(r["frac_skipped"], ".0%"), fmt(r["frac_failed"], ".0%")] for r in rows]
+    html_table = table(["scorer", "site", "layer", "basis", "dictionary", "n", "top+random", "random-only",
+                        "top-only", "skipped", "failed"], body, "scores")
     png = plot_comparison(rows, out / "scores.png")
     img = png_img(png, "mean explanation score by basis and layer") if png else ""
     return head + html_table + img

@@ -28,14 +28,18 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = sorted({str(r["kind"]) for r in rows},
-                   key=lambda k: (_BASIS_ORDER.index(k) if k in _BASIS_ORDER else len(_BASIS_ORDER), k))
+    from explain.compare import dictionary_label
+
+    # one bar group per dictionary (not per kind: an α-sweep's SAEs are different bases), in basis order
+    order = {dictionary_label(r): (_BASIS_ORDER.index(r["kind"]) if r["kind"] in _BASIS_ORDER else len(_BASIS_ORDER),
+                                   str(r["kind"]), dictionary_label(r)) for r in rows}
+    kinds = sorted(order, key=order.__getitem__)
     series: dict[str, dict[str, dict[str, Any]]] = {}
     for r in rows:
         if r.get("layer") is None:
             continue
         label = f"{r['scorer']} · layer {r['layer']}" + (f" {r['site']}" if len({x['site'] for x in rows}) > 1 else "")
-        series.setdefault(label, {})[str(r["kind"])] = r
+        series.setdefault(label, {})[dictionary_label(r)] = r
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     width = 0.8 / max(1, len(series))
     for ax, key, title in zip(axes, ("top_and_random", "random"), ("top-and-random", "random-only")):

@@ -210,30 +210,33 @@ def test_a_killed_run_resumes_to_the_same_records(setup):
     assert {k: r for k, r in zip(keys, resumed)} == by_key
 
 
-def test_compare_reports_means_and_cis_by_hand(setup, tmp_path):
-    def rec(kind, hook, status, score=None, rnd=None):
-        return {"dictionary": kind, "dictionary_path": f"/d/{kind}/{hook}", "kind": kind, "hook": hook,
-                "explainer": "tokens", "simulator": "tokens", "feature": len(rows), "status": status,
-                "scores": {"top_and_random": score, "top": score, "random": rnd}}
+def _compare_record(name, kind, hook, status, score=None, rnd=None, feature=0):
+    return {"dictionary": name, "dictionary_path": f"/d/{hook}/{name}", "kind": kind, "hook": hook,
+            "explainer": "tokens", "simulator": "tokens", "feature": feature, "status": status,
+            "scores": {"top_and_random": score, "top": score, "random": rnd}}
 
+
+def test_compare_reports_means_and_cis_by_hand(setup, tmp_path):
+    sae_name = "tied_R2_l1_0.001"
     rows: list[dict] = []
-    for spec in [("tied_sae", "blocks.1.hook_resid_post", "ok", 0.5, 0.1),
-                 ("tied_sae", "blocks.1.hook_resid_post", "ok", 0.3, 0.2),
-                 ("tied_sae", "blocks.1.hook_resid_post", "ok", 0.1, None),
-                 ("tied_sae", "blocks.1.hook_resid_post", "failed"),
-                 ("neuron", "blocks.1.hook_resid_post", "ok", 0.2, 0.0),
-                 ("neuron", "blocks.1.hook_resid_post", "skipped"),
-                 ("neuron", "blocks.3.hook_resid_post", "ok", 0.05, 0.05),
-                 ("neuron", "blocks.3.hook_resid_post", "ok", 0.15, 0.05)]:
-        rows.append(rec(*spec))
+    for spec in [(sae_name, "tied_sae", "blocks.1.hook_resid_post", "ok", 0.5, 0.1),
+                 (sae_name, "tied_sae", "blocks.1.hook_resid_post", "ok", 0.3, 0.2),
+                 (sae_name, "tied_sae", "blocks.1.hook_resid_post", "ok", 0.1, None),
+                 (sae_name, "tied_sae", "blocks.1.hook_resid_post", "failed"),
+                 ("neuron", "neuron", "blocks.1.hook_resid_post", "ok", 0.2, 0.0),
+                 ("neuron", "neuron", "blocks.1.hook_resid_post", "skipped"),
+                 ("neuron", "neuron", "blocks.3.hook_resid_post", "ok", 0.05, 0.05),
+                 ("neuron", "neuron", "blocks.3.hook_resid_post", "ok", 0.15, 0.05)]:
+        rows.append(_compare_record(*spec, feature=len(rows)))
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     groups = compare_command([str(tmp_path / "a")], plot=str(tmp_path / "fig.png"), json_path=str(tmp_path / "cmp.json"))
     saved = json.loads((tmp_path / "cmp.json").read_text())["groups"]
     assert saved == json.loads(json.dumps(groups))
-    g = {(r["kind"], r["layer"]): r for r in groups}
+    g = {(r["dictionary"], r["layer"]): r for r in groups}
     assert len(groups) == 3
-    sae_l1 = g[("tied_sae", 1)]
+    sae_l1 = g[(sae_name, 1)]
+    assert sae_l1["kind"] == "tied_sae"  # the kind stays as a label
     # by hand: scores 0.5, 0.3, 0.1 -> mean 0.3, sd 0.2, CI 1.96 * 0.2 / sqrt(3)
     assert sae_l1["top_and_random"]["mean"] == pytest.approx(0.3)
     assert sae_l1["top_and_random"]["ci"] == pytest.approx(1.96 * 0.2 / 3 ** 0.5)
@@ -246,7 +249,32 @@ def test_compare_reports_means_and_cis_by_hand(setup, tmp_path):
     assert g[("neuron", 3)]["top_and_random"]["ci"] == pytest.approx(1.96 * 0.005 ** 0.5 / 2 ** 0.5)
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     real = compare_command([str(setup["tmp"] / "run")])
-    assert {(r["kind"], r["layer"], r["n"]) for r in real} == {("neuron", 1, 5), ("pca", 1, 5)}
+    assert {(r["dictionary"], r["kind"], r["layer"], r["n"]) for r in real} == {("neuron", "neuron", 1, 5),
+                                                                                ("pca", "pca", 1, 5)}
+
+
+def test_compare_keeps_two_dictionaries_of_one_kind_at_one_layer_apart(tmp_path, capsys):
+    """An α-sweep's SAEs (and several top-k controls) at one layer are different bases: never averaged together."""
+    hook = "blocks.1.hook_resid_post"
+    rows = [_compare_record("tied_R2_l1_0.001", "tied_sae", hook, "ok", s, feature=i) for i, s in enumerate([0.6, 0.4])]
+    rows += [_compare_record("tied_R2_l1_0.0001", "tied_sae", hook, "ok", s, feature=i) for i, s in enumerate([0.1, 0.3])]
+    rows += [_compare_record("pca_topk_k3", "pca_topk", hook, "ok", 0.2, feature=0),
+             _compare_record("pca_topk_k9", "pca_topk", hook, "ok", 0.4, feature=0)]
+    rows += [_compare_record("tied_R2_l1_0.001", "tied_sae", "blocks.3.hook_resid_post", "ok", 0.9, feature=0)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    groups = compare_command([str(tmp_path / "a")], plot=str(tmp_path / "fig.png"))
+    g = {(r["dictionary"], r["layer"]): r for r in groups}
+    assert len(groups) == 5
+    assert g[("tied_R2_l1_0.001", 1)]["top_and_random"]["mean"] == pytest.approx(0.5)
+    assert g[("tied_R2_l1_0.0001", 1)]["top_and_random"]["mean"] == pytest.approx(0.2)
+    assert g[("tied_R2_l1_0.001", 3)]["top_and_random"]["mean"] == pytest.approx(0.9)  # layer from the hook
+    assert g[("pca_topk_k3", 1)]["top_and_random"]["mean"] == pytest.approx(0.2)
+    assert g[("pca_topk_k9", 1)]["n"] == 1 and g[("pca_topk_k9", 1)]["kind"] == "pca_topk"
+    assert {r["kind"] for r in groups} == {"tied_sae", "pca_topk"}
+    table = capsys.readouterr().out
+    assert "tied_R2_l1_0.0001" in table and "pca_topk_k9" in table
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_prompt_too_long_for_a_local_model_fails_the_feature_not_the_run(setup, tiny_model_dirs):
