@@ -133,7 +133,8 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
         kept = (f"the last good checkpoint (step {last_good}) is kept in {ckpt}" if last_good is not None
                 else "no checkpoint had been written yet")
         raise TrainingDiverged(
-            f"loss became NaN/inf by step {step} for {', '.join(bad)}; {kept}. Lower --lr or drop those --l1 values, "
+            f"loss or weights became NaN/inf by step {step} for {', '.join(bad)}; {kept}. "
+            "Lower --lr or drop those --l1 values, "
             "and check the cache for inf values (a float16 overflow: re-cache with --dtype float32)")
 
     def check(step: int, flags: list[torch.Tensor]) -> None:
@@ -163,17 +164,39 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
             if progress:
                 bar.set_postfix_str(_live_stats(x, results))
         if step % settings.checkpoint_every == 0 and step < settings.steps:
-            check(step, flags)
+            # the losses were computed before this step's update: only the weights themselves can
+            # show that the state about to become "the last good checkpoint" really is finite
+            check(step, [f | w for f, w in zip(flags, nonfinite_models(groups, optimizer))])
             save_checkpoint(ckpt, step, groups, optimizer, {"identity": ident, "names": names})
             last_good = step
     bar.close()
-    check(step, flags)
+    check(step, [f | w for f, w in zip(flags, nonfinite_models(groups, optimizer))])
     if step < settings.steps:
         raise UserError(f"the data ran out after {step} of {settings.steps} steps: lower --tokens")
     elapsed = time.perf_counter() - started
     paths = _finish(source, settings, groups, names, ident, digest, last, out, device, eval_tokens, elapsed, start)
     shutil.rmtree(ckpt, ignore_errors=True)
     return paths
+
+
+def nonfinite_models(groups: list[StackedSAE], optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Per group, a bool per model: does any of its weights or Adam moments hold NaN/inf?
+
+    Every parameter (and so every Adam moment) is stacked with the model index
+    first, so a model's verdict is one reduction over the rest of the dims.
+    """
+    flags = []
+    with torch.no_grad():
+        for g in groups:
+            params = list(g.parameters())
+            bad = torch.zeros(len(g.l1s), dtype=torch.bool, device=params[0].device)
+            for p in params:
+                moments = [v for v in optimizer.state.get(p, {}).values()
+                           if torch.is_tensor(v) and v.shape == p.shape]
+                for t in (p, *moments):
+                    bad |= ~torch.isfinite(t).reshape(t.shape[0], -1).all(dim=1)
+            flags.append(bad)
+    return flags
 
 
 def _live_stats(x: torch.Tensor, results: list[dict]) -> str:

@@ -111,6 +111,45 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
     assert not (tmp_path / "tied_R2_l1_0.01").exists()
 
 
+def test_an_inf_update_at_a_checkpoint_step_is_never_saved_as_good(tmp_path, monkeypatch):
+    """The loss of a step is computed before its update, so it cannot vouch for the weights being saved.
+
+    At step 8 (a checkpoint step) the learning rate is made inf for one update: that step's loss is
+    finite, its new weights are not. The checkpoint of step 4 must stay the last good one.
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    import sae.train as train_module
+
+    x, _ = sparse_data(d=8, n_true=12, n=4096, seed=3)
+    settings = _settings(batch_size=64, tokens=64 * 40, checkpoint_every=4)
+
+    class InfLrAtStep8(train_module.Stepper):
+        def __call__(self, batch):
+            lr = self.optimizer.param_groups[0]["lr"]
+            if self.calls + 1 == 8:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = float("inf")
+            out = super().__call__(batch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            assert all(torch.isfinite(r["loss"]).all() for r in out) or self.calls > 8
+            return out
+
+    monkeypatch.setattr(train_module, "Stepper", InfLrAtStep8)
+    with pytest.raises(TrainingDiverged, match=r"NaN/inf by step 8 for tied_R2_l1_0.01.*checkpoint \(step 4\)"):
+        train_sweep(TensorSource(x), settings, tmp_path, progress=False)
+    [state_file] = list(tmp_path.glob(".train-*/state.json"))
+    state = json.loads(state_file.read_text())
+    assert state["step"] == 4
+    tensors = load_file(str(state_file.parent / state["tensors"]))
+    assert any(k.startswith("adam.") for k in tensors)
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+    assert not (tmp_path / "tied_R2_l1_0.01").exists()
+
+
 def test_rerun_is_a_no_op_and_other_settings_do_not_overwrite(tmp_path, capsys):
     x, _ = sparse_data(d=8, n_true=12, n=2000, seed=4)
     settings = _settings(tokens=128 * 10)
