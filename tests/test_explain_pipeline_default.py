@@ -2,7 +2,8 @@
 
 SmolLM2-135M's explanations are near chance, so this checks the plumbing,
 not quality: each feature ends `ok` with finite scores (or null with a
-reason), or `failed` with the error, and a rerun sends no LLM request.
+reason), or `failed` with the error, at least one feature really gets a
+finite top-and-random score, and a rerun sends no LLM request.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def test_local_default_backends_explain_and_score_two_features(tmp_path):
             assert r["explanation"] and r["simulation"]["mode"] == "local-exact"
             for kind, value in r["scores"].items():
                 assert (value is not None and math.isfinite(value) and -1 <= value <= 1) or r["score_notes"][kind]
+    # the plumbing must really score something: a run where every feature failed or was skipped is a failure
+    scored = [r for r in records if r["status"] == "ok" and r["scores"]["top_and_random"] is not None
+              and math.isfinite(r["scores"]["top_and_random"])]
+    assert scored, [(r["status"], r["error"], r["score_notes"]) for r in records]
     cache_db = LLMCache(out / "llm_cache.sqlite")
     n_entries = len(cache_db)
     cache_db.close()
