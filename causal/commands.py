@@ -155,6 +155,7 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
         "model_does_ioi": check.does_ioi,
         "warning": warning,
         "kl_clean_vs_counterfactual": check.kl_clean_vs_cf,
+        "per_prompt": check.per_prompt,  # [[logit diff IO-S, correct], ...] per clean prompt, in prompts.json order
         "taus": config.taus,
         "dictionaries": {},
     }

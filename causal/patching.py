@@ -17,7 +17,7 @@ logits are read at each prompt's own last real position.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -112,10 +112,18 @@ class TaskCheck:
     io_prob: float  # mean probability of IO
     cf_logit_diff: float  # counterfactual: logit(C) − logit(S)
     kl_clean_vs_cf: float  # mean KL(clean ‖ counterfactual): the unpatched distance
+    # per clean prompt, in prompt order: the means above hide which prompts the model gets wrong
+    per_prompt_logit_diff: list[float] = field(default_factory=list)
+    per_prompt_correct: list[bool] = field(default_factory=list)  # logit(IO) > logit(S)
 
     @property
     def does_ioi(self) -> bool:
         return self.logit_diff > 0
+
+    @property
+    def per_prompt(self) -> list[list]:
+        """[[logit_diff, correct], ...], one row per clean prompt (the ioi.json layout)."""
+        return [[d, c] for d, c in zip(self.per_prompt_logit_diff, self.per_prompt_correct)]
 
 
 def task_check(batch: PairBatch, clean_logits: Tensor, cf_logits: Tensor) -> TaskCheck:
@@ -124,13 +132,16 @@ def task_check(batch: PairBatch, clean_logits: Tensor, cf_logits: Tensor) -> Tas
     s = clean_logits[rows, batch.s_ids]
     probs = torch.softmax(clean_logits.double(), dim=-1)
     cf_diff = cf_logits[rows, batch.cf_io_ids] - cf_logits[rows, batch.s_ids]
+    diff = (io - s).float()
     return TaskCheck(
-        logit_diff=float((io - s).mean()),
+        logit_diff=float(diff.mean()),
         accuracy=float((io > s).float().mean()),
         top1_accuracy=float((clean_logits.argmax(-1) == batch.io_ids).float().mean()),
         io_prob=float(probs[rows, batch.io_ids].mean()),
         cf_logit_diff=float(cf_diff.mean()),
         kl_clean_vs_cf=float(kl_rows(clean_logits, cf_logits).mean()),
+        per_prompt_logit_diff=[float(v) for v in diff.cpu()],
+        per_prompt_correct=[bool(v) for v in (io > s).cpu()],
     )
 
 

@@ -54,6 +54,14 @@ def test_patch_ioi_writes_curves_for_every_dictionary(tiny_model_dirs, tmp_path,
     clean = last_logits(model, batch.clean_ids, batch.lengths)
     cf = last_logits(model, batch.cf_ids, batch.lengths)
     assert result["kl_clean_vs_counterfactual"] == pytest.approx(float(kl_rows(clean, cf).mean()), rel=1e-4)
+    # per prompt, by hand from the logits: logit(IO) - logit(S), and whether IO wins
+    assert len(result["per_prompt"]) == 5
+    for i, (diff, correct) in enumerate(result["per_prompt"]):
+        want = float(clean[i, batch.io_ids[i]] - clean[i, batch.s_ids[i]])
+        assert diff == pytest.approx(want, rel=1e-4, abs=1e-6)
+        assert correct is (want > 0)
+    assert result["clean_logit_diff"] == pytest.approx(sum(d for d, _ in result["per_prompt"]) / 5, rel=1e-6)
+    assert result["clean_accuracy"] == pytest.approx(sum(c for _, c in result["per_prompt"]) / 5)
 
     for name, n_features in (("tied", 8), ("tied12", 12)):
         entry = result["dictionaries"][name]

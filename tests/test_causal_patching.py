@@ -212,6 +212,7 @@ def test_task_check_on_known_logits():
     clean = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])  # prompt 0: IO wins by 1; prompt 1: S wins by 2
     cf = torch.tensor([[0.0, 1.0, 2.0], [0.0, 1.0, 3.0]])
     check = task_check(B, clean, cf)
+    assert check.per_prompt == [[1.0, True], [-2.0, False]]
     assert check.logit_diff == pytest.approx((1.0 - 2.0) / 2)
     assert check.accuracy == 0.5 and check.top1_accuracy == 0.5
     assert not check.does_ioi
