@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from activations.corpus import build_contexts, resolve_corpus
 from activations.errors import UserError
-from activations.hooks import hook_width, run_with_cache, validate_hooks
+from activations.hooks import hook_width, parse_hook, run_with_cache, validate_hooks
 from activations.models import load_model
 
 FORMAT_VERSION = 1
@@ -187,6 +187,18 @@ class _OrderedWriter:
             raise self._error
 
 
+def check_hook_names(hooks: list[str] | tuple[str, ...]) -> None:
+    """Syntax, emptiness and duplicates of --hooks: a typo fails at once, not after loading the model.
+
+    Whether the layer exists needs the model; `validate_hooks` checks that after loading.
+    """
+    if not hooks:
+        raise UserError("no hooks given: pass at least one, e.g. --hooks blocks.1.hook_resid_post")
+    names = [parse_hook(h).name for h in hooks]
+    if len(set(names)) != len(names):
+        raise UserError(f"duplicate hook names in {list(hooks)}: list each hook once")
+
+
 def cache_activations(
     model: str = "default",
     corpus: str = "default",
@@ -203,13 +215,18 @@ def cache_activations(
 ) -> CacheResult:
     """Cache activations of `hooks` over `corpus`; resumes a killed run of the same settings."""
     out = Path(out)
+    # Everything that can be checked without the model is checked here, before the
+    # (slow) model load and before any file is created.
     if dtype not in ("float16", "float32"):
         raise UserError(f"--dtype {dtype!r} is not supported: use float16 or float32")
     if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size} must be at least 1")
+        raise UserError(f"--batch-size {batch_size} must be at least 1: it is the number of contexts per forward pass")
+    if context_length < 2:
+        raise UserError(f"--context-length {context_length} is too short: use at least 2 (64 to 256 is typical)")
     if max_tokens < context_length:
         raise UserError(f"--max-tokens {max_tokens} is less than one context of {context_length}: raise --max-tokens")
     resolved = resolve_corpus(corpus)
+    check_hook_names(hooks)
     settings = CacheSettings(model=model, corpus=resolved.describe(), hooks=tuple(hooks),
                              context_length=context_length, max_tokens=max_tokens,
                              batch_size=batch_size, dtype=dtype, fragments=fragments)

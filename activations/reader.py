@@ -11,6 +11,7 @@ batch without replaying the data before it.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +22,10 @@ import torch
 from activations.errors import UserError
 
 _DEFAULT_BUFFER_BYTES = 256 << 20
+
+
+class IncompleteCacheWarning(UserWarning):
+    """The cache's writer has not finished (killed, or still running)."""
 
 
 class ActivationCache:
@@ -45,6 +50,13 @@ class ActivationCache:
         self._widths: dict[str, int] = json.loads(attrs["widths"])
         if self.n_contexts == 0:
             raise UserError(f"{self.path} has no finished contexts yet: run (or resume) the cache command first")
+        total = int(attrs.get("n_contexts", self.n_contexts))
+        if self.n_contexts < total:
+            # A killed or still-running cache is readable, but silently training or explaining on part
+            # of it would change results without a trace; say so once per open.
+            warnings.warn(f"{self.path} is incomplete: {self.n_contexts} of {total} contexts are finished and only "
+                          "those are read; rerun the cache command (same arguments) to finish it",
+                          IncompleteCacheWarning, stacklevel=2)
 
     # -- basics ---------------------------------------------------------
     def __enter__(self) -> "ActivationCache":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -248,3 +249,64 @@ def test_cli_prints_one_line_error(tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: corpus") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ({"--corpus": "CSV"}, r"unknown type: use \.txt, \.jsonl"),
+    ({"--context-length": "1"}, r"--context-length 1 is too short: use at least 2"),
+    ({"--batch-size": "0"}, r"--batch-size 0 must be at least 1"),
+    ({"--hooks": "blocks.0.resid_post"}, r"unknown hook name 'blocks.0.resid_post'.*cli.py hooks"),
+    ({"--hooks": "blocks.0.hook_resid_post,blocks.0.hook_resid_post"}, r"duplicate hook names.*list each hook once"),
+])
+def test_bad_cache_arguments_are_one_line_errors_before_any_file(override, pattern, tmp_path, capsys, monkeypatch,
+                                                                 text_corpus):
+    """Each is caught before the model loads: the model path here does not even exist."""
+    import cli
+    import activations.cache_writer as writer
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded for an argument error")
+
+    monkeypatch.setattr(writer, "load_model", no_model)
+    csv = tmp_path / "corpus.csv"
+    csv.write_text("text\nhello world\n")
+    out = tmp_path / "sub" / "c.h5"
+    args = {"--model": str(tmp_path / "no-such-model"), "--corpus": str(text_corpus),
+            "--hooks": "blocks.0.hook_resid_post", "--context-length": "16", "--max-tokens": "64",
+            "--batch-size": "2", "--out": str(out)}
+    args.update(override)
+    if args["--corpus"] == "CSV":
+        args["--corpus"] = str(csv)
+    rc = cli.main(["cache", *[x for kv in args.items() for x in kv]])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert re.search(pattern, err), err
+    assert not out.exists() and not out.parent.exists()
+
+
+def test_opening_an_unfinished_cache_warns_once_with_the_fix(tiny_model_dirs, text_corpus, tmp_path):
+    import warnings
+
+    from activations.reader import IncompleteCacheWarning
+
+    out = cache_activations(model=str(tiny_model_dirs["gpt2"]), corpus=str(text_corpus), hooks=HOOKS[:1],
+                            context_length=16, max_tokens=16 * 8, batch_size=2, out=tmp_path / "c.h5",
+                            progress=False).path
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a finished cache opens silently
+        ActivationCache(out).close()
+    with h5py.File(out, "r+") as f:  # as a run killed after 3 of its 8 contexts leaves it
+        f.attrs["n_contexts_done"] = 3
+    with pytest.warns(IncompleteCacheWarning, match=r"3 of 8 contexts.*rerun the cache command") as caught:
+        with ActivationCache(out) as cache:
+            assert cache.n_contexts == 3 and not cache.complete
+            assert cache.tokens().shape[0] == 3
+            list(cache.iter_contexts(HOOKS[0]))
+    assert len([w for w in caught if issubclass(w.category, IncompleteCacheWarning)]) == 1
+    cache_activations(model=str(tiny_model_dirs["gpt2"]), corpus=str(text_corpus), hooks=HOOKS[:1],
+                      context_length=16, max_tokens=16 * 8, batch_size=2, out=out, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rerun the warning asks for finishes it
+        with ActivationCache(out) as cache:
+            assert cache.n_contexts == 8
