@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from activations.errors import UserError
+from activations.errors import UserError, first_line
 
 
 def request_key(request: dict[str, Any]) -> str:
@@ -62,7 +62,8 @@ class LLMCache:
             )
             self._conn.commit()
         except sqlite3.DatabaseError as err:
-            raise UserError(f"cannot open the LLM cache {self.path}: {err}; delete it or pass another path") from err
+            raise UserError(f"cannot open the LLM cache {self.path}: {first_line(err)}; "
+                            "delete it or pass another path") from err
 
     @classmethod
     def disabled(cls) -> "LLMCache":

@@ -15,6 +15,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from activations.errors import first_line
 from sae.dictionaries import FORMAT_VERSION, KINDS, AffineDictionary
 from sae.errors import DictionaryError
 
@@ -90,7 +91,8 @@ def load(path: str | Path, device: str = "cpu") -> AffineDictionary:
     try:
         tensors = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as err:
-        raise DictionaryError(f"{weights} cannot be read ({err}): the file is damaged; re-create the dictionary") from err
+        raise DictionaryError(f"{weights} cannot be read ({first_line(err)}): the file is damaged; "
+                              "re-create the dictionary") from err
     return KINDS[kind](tensors, config, name=folder.name).to(device)
 
 

@@ -46,3 +46,20 @@ def test_threads_can_share_one_cache(tmp_path):
         th.join()
     assert len(cache) == 240
     assert all(cache.get({"t": t, "i": 39}) == {"v": t * 1000 + 39} for t in range(6))
+
+
+def test_a_multi_line_database_error_is_a_one_line_user_error(tmp_path, monkeypatch):
+    import pytest
+
+    import explain.llm_cache
+    from activations.errors import UserError
+
+    def broken(*args, **kwargs):
+        raise sqlite3.DatabaseError("file is not a database\nSQL logic error near line 3\n")
+
+    monkeypatch.setattr(explain.llm_cache.sqlite3, "connect", broken)
+    with pytest.raises(UserError) as info:
+        LLMCache(tmp_path / "c.sqlite")
+    message = str(info.value)
+    assert "\n" not in message and "file is not a database" in message and "SQL logic" not in message
+    assert message.endswith("delete it or pass another path")

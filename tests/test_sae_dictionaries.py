@@ -190,3 +190,26 @@ def test_loading_bad_folders_fails_clearly(tmp_path, every_kind):
 def test_encode_rejects_vectors_of_the_wrong_width(every_kind):
     with pytest.raises(DictionaryError, match="width 5"):
         every_kind[0].encode(torch.zeros(3, 5))
+
+
+def test_a_multi_line_library_error_becomes_a_one_line_message(every_kind, tmp_path, monkeypatch, capsys):
+    """A reader error that spans lines is quoted by its first line, so the fix stays on the one printed line."""
+    import cli
+    import sae.io
+    from safetensors import SafetensorError
+
+    folder = every_kind[0].save(tmp_path / "d")
+
+    def damaged(*args, **kwargs):
+        raise SafetensorError("Error while deserializing header: InvalidHeaderDeserialization\n"
+                              "  caused by: expected value at line 1 column 1\n  (12 more lines)")
+
+    monkeypatch.setattr(sae.io, "load_file", damaged)
+    with pytest.raises(DictionaryError) as info:
+        sae.load(folder)
+    message = str(info.value)
+    assert "\n" not in message and "InvalidHeaderDeserialization" in message and "caused by" not in message
+    assert message.endswith("re-create the dictionary")
+    assert cli.main(["export", "--dict", str(folder), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "re-create the dictionary" in err
