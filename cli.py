@@ -68,6 +68,8 @@ def _add_baselines(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk-from", nargs="+", default=None,
                    help="SAE folder(s) whose mean L0 sets k for pca_topk / ica_topk (one control per folder)")
     p.add_argument("--k", type=int, nargs="+", default=None, help="k value(s) for the top-k controls (instead of --topk-from)")
+    p.add_argument("--ica-samples", type=int, default=None,
+                   help="tokens FastICA fits on (default 65536, bounded by a 64 MiB sample; time grows linearly)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--export", choices=["saelens"], default=None,

@@ -60,6 +60,7 @@ class DemoSettings:
     lr: float = 1e-3
     baselines: list[str] = field(default_factory=lambda: ["neuron", "pca", "ica", "random"])
     baseline_tokens: int = 150_000
+    ica_samples: int = 8_192  # FastICA's time grows with its sample; 8k tokens = 14x the width of 576
     eval_tokens: int = 100_000
     ce_contexts: int = 16  # contexts for KL/ΔCE with the reconstruction spliced in (0: skip)
     # explanations
@@ -230,7 +231,7 @@ def run_demo(settings: DemoSettings, out: str | Path) -> Path:
         tokens=s.sae_tokens, tied=True, seed=s.seed, device=s.device, out=str(dicts)), resumes=True)
     stages.run("04_baselines", f"fit baselines {','.join(s.baselines)}", lambda: baselines_command(
         cache=str(train_cache), hook=hook, kinds=list(s.baselines), tokens=s.baseline_tokens, seed=s.seed,
-        out=str(dicts)), resumes=True)
+        out=str(dicts), ica_samples=s.ica_samples), resumes=True)
     stages.run("05_evaluate", "evaluate every dictionary", lambda: evaluate_command(
         cache=str(train_cache), dicts=[str(p) for p in saes + baselines], tokens=s.eval_tokens, model=s.model,
         no_model=s.ce_contexts < 1, ce_contexts=max(1, s.ce_contexts)), resumes=False)

@@ -47,13 +47,15 @@ def _folder_name(kind: str, k: int | None) -> str:
 
 def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | Path, tokens: int = 1_000_000,
                   k: int | list[int] | None = None, topk_from: str | list[str] | None = None, seed: int = 0,
-                  progress: bool = True) -> list[Path]:
+                  progress: bool = True, ica_samples: int = ICA_MAX_SAMPLES) -> list[Path]:
     unknown = [x for x in kinds if x not in BASELINE_KINDS]
     if unknown or not kinds:
         raise UserError(f"unknown --kinds {unknown or kinds}: choose from {','.join(BASELINE_KINDS)}")
     kinds = list(dict.fromkeys(kinds))
     if tokens < 1:
         raise UserError(f"--tokens {tokens} must be positive")
+    if ica_samples < 2:
+        raise UserError(f"--ica-samples {ica_samples} must be at least 2 (FastICA's time grows with it; 8192+ is typical)")
     need_k = any(x.endswith("_topk") for x in kinds)
     ks = [k] if isinstance(k, int) else k
     froms = [topk_from] if isinstance(topk_from, (str, Path)) else topk_from
@@ -66,6 +68,9 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
     ident = {"hook": hook, "model_id": source.model_id, "d_in": d, "tokens": n_fit, "seed": seed,
              "data_tokens": source.info.get("cache_tokens")}
     digest = _digest(ident)
+    # The ICA subsample size changes only the ICA fit; left out of the identity at its default so
+    # folders fitted before the option existed still match.
+    ica_ident = ident if ica_samples == ICA_MAX_SAMPLES else {**ident, "ica_samples": ica_samples}
     # (kind, k) -> folder; a top-k control exists once per k, all from the same fitted basis
     targets = {}
     for kind in kinds:
@@ -73,7 +78,8 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
             targets[(kind, kk)] = out / _folder_name(kind, kk)
     todo = []
     for (kind, kk), folder in targets.items():
-        want = digest if kk is None else _digest({**ident, "k": kk})
+        own = ica_ident if kind.startswith("ica") else ident
+        want = _digest(own) if kk is None else _digest({**own, "k": kk})
         if folder.exists():
             if not (folder / CONFIG_FILE).exists() or read_config(folder).get("fit_identity") != want:
                 raise UserError(f"{folder} exists from another run: delete it or choose another --out (nothing was overwritten)")
@@ -93,12 +99,12 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
         if {"pca", "pca_topk"} & todo_kinds:
             fitted["pca"] = pca_from_moments(moments, sample, {**base})
         if {"ica", "ica_topk"} & todo_kinds:
-            n_ica = min(sample.shape[0], ICA_MAX_SAMPLES)
+            n_ica = min(sample.shape[0], ica_samples)
             if n_ica < 2 * d:
                 raise UserError(f"ICA needs at least {2 * d} tokens for width {d}, got {n_ica}: raise --tokens or cache more")
             if progress:
                 print(f"fitting FastICA on {n_ica} tokens x {d} dims...")
-            fitted["ica"] = fit_ica(sample[:n_ica], {**base}, seed=seed)
+            fitted["ica"] = fit_ica(sample[:n_ica], {**base, "fit_identity": _digest(ica_ident)}, seed=seed)
     for kind, kk in todo:
         if kind == "neuron":
             dictionary = neuron_basis(d, base)
@@ -111,7 +117,8 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
         elif kind in ("pca", "ica"):
             dictionary = fitted[kind]
         else:
-            dictionary = topk_control(fitted[kind.removesuffix("_topk")], kk, {"fit_identity": _digest({**ident, "k": kk})})
+            own = ica_ident if kind.startswith("ica") else ident
+            dictionary = topk_control(fitted[kind.removesuffix("_topk")], kk, {"fit_identity": _digest({**own, "k": kk})})
         save_dictionary(dictionary, targets[(kind, kk)])
         print(f"wrote {targets[(kind, kk)]}")
     return list(targets.values())

@@ -151,6 +151,19 @@ def test_topk_controls_for_several_k_share_one_fit_and_extend_an_existing_folder
     assert (base / "pca" / "weights.safetensors").read_bytes() == pca_bytes
 
 
+def test_ica_samples_bounds_the_ica_fit_only(tiny_cache, tmp_path, capsys):
+    base = tmp_path / "base"
+    rc = cli.main(["baselines", "--cache", str(tiny_cache), "--hook", HOOK, "--kinds", "pca,ica",
+                   "--ica-samples", "300", "--out", str(base)])
+    assert rc == 0
+    assert sae.load(base / "ica").config["n_tokens_fitted"] == 300
+    assert sae.load(base / "pca").config["fit"]["tokens"] > 300  # PCA still streams every token
+    rc = cli.main(["baselines", "--cache", str(tiny_cache), "--hook", HOOK, "--kinds", "ica",
+                   "--ica-samples", "1", "--out", str(tmp_path / "other")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--ica-samples 1" in err and not (tmp_path / "other").exists()
+
+
 def test_topk_baselines_need_a_sparsity(tiny_cache, tmp_path, capsys):
     rc = cli.main(["baselines", "--cache", str(tiny_cache), "--hook", HOOK, "--kinds", "pca_topk", "--out", str(tmp_path)])
     assert rc == 2 and "--topk-from" in capsys.readouterr().err
