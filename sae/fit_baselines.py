@@ -62,7 +62,16 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
     kks = resolve_ks(ks, froms) if need_k else []
     d = source.d_in
     if kks and kks[-1] > d:
-        raise UserError(f"k={kks[-1]} is larger than the width {d} of {hook}: pass a smaller --k")
+        if ks:
+            raise UserError(f"k={kks[-1]} is larger than the width {d} of {hook}: pass a smaller --k")
+        # An SAE of a sweep can be denser than the layer is wide; keeping k >= d would be the full basis.
+        too_dense = [k for k in kks if k > d]
+        kks = [k for k in kks if k <= d]
+        print(f"note: no top-k control for mean L0 {', '.join(map(str, too_dense))} of --topk-from: "
+              f"more than the width {d} of {hook}")
+        if not kks:
+            raise UserError(f"every --topk-from SAE has a mean L0 above the width {d} of {hook}: "
+                            "pass sparser SAEs or --k")
     out = Path(out)
     n_fit = min(tokens, source.n_tokens)
     ident = {"hook": hook, "model_id": source.model_id, "d_in": d, "tokens": n_fit, "seed": seed,

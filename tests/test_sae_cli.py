@@ -164,6 +164,25 @@ def test_ica_samples_bounds_the_ica_fit_only(tiny_cache, tmp_path, capsys):
     assert rc == 2 and "--ica-samples 1" in err and not (tmp_path / "other").exists()
 
 
+def test_topk_from_a_sae_denser_than_the_layer_is_skipped_with_a_note(tiny_cache, tmp_path, capsys):
+    with ActivationCache(tiny_cache) as cache:
+        d, model_id = cache.width(HOOK), cache.model_id
+    cfg = {"hook": HOOK, "model_id": model_id, "d_in": d, "n_features": 2 * d}
+    folders = []
+    for name, l0 in (("dense", d + 5.0), ("sparse", 3.0)):
+        folder = TiedSAE({"M": torch.randn(2 * d, d), "b": torch.zeros(2 * d)}, {**cfg, "metrics": {"l0": l0}})
+        folders.append(str(folder.save(tmp_path / name)))
+    base = tmp_path / "base"
+    rc = cli.main(["baselines", "--cache", str(tiny_cache), "--hook", HOOK, "--kinds", "pca_topk",
+                   "--topk-from", *folders, "--out", str(base)])
+    assert rc == 0
+    assert sorted(p.name for p in base.iterdir()) == ["pca_topk_k3"]
+    assert f"no top-k control for mean L0 {d + 5}" in capsys.readouterr().out
+    rc = cli.main(["baselines", "--cache", str(tiny_cache), "--hook", HOOK, "--kinds", "pca_topk",
+                   "--topk-from", folders[0], "--out", str(tmp_path / "none")])
+    assert rc == 2 and "every --topk-from SAE" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
 def test_topk_baselines_need_a_sparsity(tiny_cache, tmp_path, capsys):
     rc = cli.main(["baselines", "--cache", str(tiny_cache), "--hook", HOOK, "--kinds", "pca_topk", "--out", str(tmp_path)])
     assert rc == 2 and "--topk-from" in capsys.readouterr().err
