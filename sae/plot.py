@@ -33,6 +33,11 @@ def plot_frontier(rows: list[dict], path: str | Path, title: str = "") -> Path:
         style = "-" if len(points) > 1 else ""
         ax.plot(xs, ys, style, marker=_MARKERS.get(kind, "o"), label=label)
     ax.set_xscale("log")
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a log axis overlap
     ax.set_xlabel("mean L0 (active features per token)")
     ax.set_ylabel("FVU (fraction of variance unexplained)")
     ax.set_title(title or "Reconstruction vs sparsity")
