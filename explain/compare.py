@@ -115,6 +115,7 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     series: dict[str, list[dict[str, Any]]] = defaultdict(list)
     scorers = {r["scorer"] for r in rows}
@@ -139,6 +140,7 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
                         yerr=[r[key]["ci"] or 0.0 for r in rs], marker="o", capsize=3, label=label)
         ax.set_title(f"{title} correlation")
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.axhline(0.0, color="0.7", lw=0.8)
     axes[0].set_ylabel("mean explanation score (95% CI)")
     fig.suptitle(f"explainer/simulator: {', '.join(sorted(scorers))}", fontsize=9)
