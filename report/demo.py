@@ -71,8 +71,8 @@ class DemoSettings:
     llm_kinds: list[str] = field(default_factory=lambda: ["tied_sae"])
     base_url: str | None = None
     # IOI patching
-    ioi_prompts: int = 20
-    ioi_candidates: int | None = 64  # greedy over the K features with the largest attribution (None: all)
+    ioi_prompts: int = 16
+    ioi_candidates: int | None = 32  # greedy over the K features with the largest attribution (None: all)
     ioi_names: list[str] | None = None
     seed: int = 0
     device: str = "cpu"
