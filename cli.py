@@ -135,7 +135,8 @@ def _add_patch_ioi(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda; on cuda candidate features are evaluated in wide batches")
     p.add_argument("--candidates", type=int, default=None,
                    help="run the greedy only on the K features with the largest integrated-gradient attribution "
-                        "(fast on CPU; default: every feature, the paper's protocol)")
+                        "(fast on CPU; default: every feature, the paper's protocol); ioi.json also gets the "
+                        "measured KL of the top-K, 2K, 4K, ... features by that ranking as screen_curve")
     p.add_argument("--names", type=_csv, default=None,
                    help="comma-separated first names to use (each must be one token with a leading space); "
                         "default: a built-in list of common names")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from causal.patching import kl_rows
+from causal.patching import edit_norm, kl_rows
 from causal.selection import PatchProblem
 
 
@@ -36,3 +36,27 @@ def attribution_scores(problem: PatchProblem, steps: int = 4) -> Tensor:
     mean_grad = grad.sum(dim=0).detach()  # Σ_α ∂/∂E of mean_α(...) = mean over α of each gradient
     projected = mean_grad @ problem.w.T  # [N, T, F]: f_j · ∇
     return (problem.delta * projected).sum(dim=(0, 1)).float().cpu()
+
+
+def screen_ladder(problem: PatchProblem, scores: Tensor, smallest: int) -> list[list[float]]:
+    """[[m, KL, edit norm]] with the top-m features by |IG| patched, m = smallest·2^i below the non-trivial count.
+
+    The greedy only ever sees the top `smallest` features, so when the
+    information is spread over more of them its curve jumps from "all" to
+    "candidates" with nothing between. These states fill that gap: each KL
+    is measured exactly (one pass over the prompts each), but the sets are
+    the screen's ranking, not the greedy's choice — an upper bound on how
+    many features the greedy would need, reported apart from `curve`.
+    """
+    nontrivial = problem.touched.any(dim=0).cpu()
+    ranking = [int(j) for j in scores.abs().argsort(descending=True) if nontrivial[j]]
+    out = []
+    m = smallest
+    while m < len(ranking):
+        patched = torch.zeros(problem.n_features, dtype=torch.bool, device=problem.delta.device)
+        patched[torch.as_tensor(ranking[:m], dtype=torch.long, device=patched.device)] = True
+        edit = problem.edit(patched)
+        kl = float(problem.kl_all(edit[None])[0].mean())
+        out.append([m, kl, edit_norm(edit, problem.valid)])
+        m *= 2
+    return out

@@ -169,11 +169,13 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
         delta = coefficient_delta(d, runner.x_clean, x_cf, batch.differs, device)
         problem = PatchProblem(runner, delta, w, cf_logits)
         started = time.perf_counter()
-        screened = None
+        screened, ladder = None, None
         if candidates is not None and candidates < d.n_features:
-            from causal.attribution import attribution_scores
+            from causal.attribution import attribution_scores, screen_ladder
 
-            screened = attribution_scores(problem).abs().topk(candidates).indices.tolist()
+            scores = attribution_scores(problem)
+            screened = scores.abs().topk(candidates).indices.tolist()
+            ladder = screen_ladder(problem, scores, candidates)
         res = greedy_curve(problem, greedy, desc=d.name, candidates=screened)
         seconds = time.perf_counter() - started
         result["dictionaries"][d.name] = {
@@ -183,6 +185,8 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
             "curve": [[p.n_features, p.kl, p.edit_norm] for p in res.curve],
             "n_trivial_features": res.n_trivial,
             "candidates": candidates if screened is not None else None,
+            # top-m by the screen's ranking, m = K, 2K, 4K, ...: measured KLs between "all" and the greedy's start
+            "screen_curve": ladder,
             "patched_final": res.patched_final,
             "evaluations": res.evaluations,
             "prompt_runs": res.prompt_runs,

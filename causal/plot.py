@@ -6,7 +6,10 @@ from pathlib import Path
 
 
 def plot_curves(result: dict, path: str | Path) -> Path:
-    """Writes a PNG from an ioi.json result; the dashed line is KL(clean ‖ counterfactual) (nothing patched)."""
+    """Writes a PNG from an ioi.json result; the dashed line is KL(clean ‖ counterfactual) (nothing patched).
+
+    Dotted lines with crosses are the screen's top-m states (`screen_curve`), where a run used --candidates.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,7 +20,11 @@ def plot_curves(result: dict, path: str | Path) -> Path:
     for name, entry in result["dictionaries"].items():
         points = sorted((n, kl) for n, kl, _ in entry["curve"])
         xs = [max(n, 0.8) for n, _ in points]  # log axis: draw "0 features" just left of 1
-        ax.plot(xs, [kl for _, kl in points], marker=".", label=f"{name} ({entry['kind']})")
+        (line,) = ax.plot(xs, [kl for _, kl in points], marker=".", label=f"{name} ({entry['kind']})")
+        if entry.get("screen_curve"):  # top-m by the attribution screen, joined to the all-patched point
+            ladder = sorted([(n, kl) for n, kl, _ in entry["screen_curve"]] + [points[-1]])
+            ax.plot([n for n, _ in ladder], [kl for _, kl in ladder], linestyle=":", marker="x", markersize=4,
+                    color=line.get_color())
     ax.axhline(result["kl_clean_vs_counterfactual"], color="black", linestyle="--", linewidth=1,
                label="KL(clean ‖ counterfactual)")
     ax.set_xscale("log")

@@ -120,6 +120,8 @@ def test_candidates_screen_keeps_measured_kls(tiny_model_dirs, tmp_path):
     assert entry["curve"][0][0] == 32 and entry["curve"][1][0] <= 5
     assert all(n <= 5 for n, _, _ in entry["curve"][1:])
     assert set(entry["patched_final"]) <= set(range(32))
+    ms = [m for m, _, _ in entry["screen_curve"]]  # the screen's top-m states between "all" and K
+    assert ms and ms == [5 * 2**i for i in range(len(ms))] and ms[-1] < 32
     assert json.loads((tmp_path / "out" / "ioi_config.json").read_text())["candidates"] == 5
 
 

@@ -284,3 +284,27 @@ def test_integrated_gradients_add_up_to_the_kl_change(tmp_path):
     # Features that never differ get exactly zero attribution.
     never = ~(problem.delta != 0).flatten(0, 1).any(0)
     assert bool((scores[never] == 0).all())
+
+
+def test_screen_ladder_measures_the_top_m_states_exactly():
+    """The ladder between "all" and the greedy's start: top-m by |score| among features that ever differ, m = K·2^i."""
+    from causal.attribution import screen_ladder
+
+    model, batch = _setup("gpt_neox")
+    hook = "blocks.1.hook_resid_post"
+    x_cf = run_with_cache(model, batch.cf_ids, [hook])[hook]
+    width = x_cf.shape[-1]
+    problem = _problem(model, batch, hook, ReluNeurons(width))
+    nontrivial = [j for j in range(width) if bool(problem.touched[:, j].any())]
+    scores = -torch.arange(width, dtype=torch.float32)  # |score| ranks the last feature first
+    ladder = screen_ladder(problem, scores, smallest=3)
+    assert [m for m, _, _ in ladder] == [m for m in (3, 6, 12, 24, 48) if m < len(nontrivial)]
+    ranked = nontrivial[::-1]
+    cf = _reference_last_logits(model, batch.cf_ids, batch.lengths)
+    for m, kl, norm in ladder:
+        mask = torch.zeros(width)
+        mask[ranked[:m]] = 1.0
+        patched = _reference_last_logits(model, batch.clean_ids, batch.lengths,
+                                         {hook: lambda x, mask=mask: x + mask * (torch.relu(x_cf) - torch.relu(x))})
+        assert kl == pytest.approx(_np_kl(patched, cf), rel=1e-4, abs=1e-9)
+        assert norm > 0
