@@ -90,6 +90,21 @@ def _check_against_model(model, dictionaries: list) -> str:
     return hook.name
 
 
+REACH_FRACTIONS = (0.25, 0.10)
+
+
+def features_to_reach(points: list[list[float]] | None, kl_none: float) -> dict[str, int | None]:
+    """Fewest patched features among measured states with KL ≤ fraction · KL(clean ‖ cf); None if none gets there.
+
+    The paper's summary of a curve: how many features move the IO information.
+    """
+    out: dict[str, int | None] = {}
+    for fraction in REACH_FRACTIONS:
+        ok = [int(n) for n, kl, _ in (points or []) if kl <= fraction * kl_none]
+        out[f"{fraction:g}"] = min(ok) if ok else None
+    return out
+
+
 def _rows_per_forward(device: str, n_prompts: int, max_len: int) -> int:
     if not str(device).startswith("cuda"):
         return 1  # on a CPU a wider batch costs proportionally more, so speculation would only waste work
@@ -187,6 +202,10 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
             "candidates": candidates if screened is not None else None,
             # top-m by the screen's ranking, m = K, 2K, 4K, ...: measured KLs between "all" and the greedy's start
             "screen_curve": ladder,
+            # fewest features with KL ≤ 25% / 10% of KL(clean ‖ cf): on the greedy curve, and on the screen's states
+            "features_to_reach": features_to_reach([[p.n_features, p.kl, p.edit_norm] for p in res.curve],
+                                                   check.kl_clean_vs_cf),
+            "features_to_reach_screen": features_to_reach(ladder, check.kl_clean_vs_cf) if ladder else None,
             "patched_final": res.patched_final,
             "evaluations": res.evaluations,
             "prompt_runs": res.prompt_runs,
@@ -194,8 +213,14 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
             "seconds": seconds,
         }
         best = min(p.kl for p in res.curve)
+        entry = result["dictionaries"][d.name]
+        reach = ", ".join(f"KL <= {float(k):.0%}: {v if v is not None else 'never'}"
+                          for k, v in entry["features_to_reach"].items())
+        if ladder:
+            reach += " (screen's top-m: " + ", ".join(
+                f"{float(k):.0%}: {v if v is not None else 'never'}" for k, v in entry["features_to_reach_screen"].items()) + ")"
         print(f"{d.name} ({d.kind}): {d.n_features} features, {res.n_trivial} never differ; "
-              f"min KL {best:.4g}; {res.evaluations} evaluations ({res.prompt_runs} prompt runs, "
+              f"min KL {best:.4g}; features for {reach}; {res.evaluations} evaluations ({res.prompt_runs} prompt runs, "
               f"{res.prompt_runs / (res.evaluations * batch.n or 1):.0%} of all prompts) in {seconds:.1f} s")
         _write_json_atomic(out_dir / RESULT_FILE, result)  # after each dictionary: a killed run keeps the finished ones
     _write_json_atomic(out_dir / RESULT_FILE, result)

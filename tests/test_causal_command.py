@@ -74,7 +74,20 @@ def test_patch_ioi_writes_curves_for_every_dictionary(tiny_model_dirs, tmp_path,
         assert all(kl >= -1e-9 and norm >= 0 for _, kl, norm in curve)
         if ns[-1] == 0:  # nothing patched: the clean run, no edit
             assert curve[-1][2] == 0.0
+        base = result["kl_clean_vs_counterfactual"]
+        for fraction, n in entry["features_to_reach"].items():
+            below = [m for m, kl, _ in curve if kl <= float(fraction) * base]
+            assert n == (min(below) if below else None)
+        assert entry["screen_curve"] is None and entry["features_to_reach_screen"] is None  # no --candidates
     assert png.exists() and png.stat().st_size > 1000
+
+
+def test_features_to_reach_reads_the_fewest_features_under_each_threshold():
+    from causal.commands import features_to_reach
+
+    points = [[10, 0.5, 1.0], [5, 0.9, 1.0], [7, 0.95, 1.0], [2, 3.0, 0.5]]
+    assert features_to_reach(points, kl_none=4.0) == {"0.25": 5, "0.1": None}  # 25%: KL <= 1.0; 10%: <= 0.4
+    assert features_to_reach(None, kl_none=4.0) == {"0.25": None, "0.1": None}
 
 
 def test_dictionaries_at_different_hooks_fail_before_any_work(tiny_model_dirs, tmp_path, capsys):
