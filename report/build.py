@@ -173,7 +173,10 @@ def _ioi_section(contents: RunContents, out: Path) -> str:
     head = ('<h2 id="ioi">IOI feature patching</h2><p class="muted small">At the dictionary\'s hook, the features in F '
             'take their counterfactual values (indirect object replaced by a third name), keeping the reconstruction '
             'error; the curve is KL(patched ‖ counterfactual) at the last position against |F|, from greedy '
-            'un-patching over τ. Fewer features to reach a low KL = the IOI information is more localised.</p>')
+            'un-patching over τ. Fewer features to reach a low KL = the IOI information is more localised. '
+            'Where the run used --candidates K, the greedy starts from the K features with the largest attribution, '
+            'and the dotted lines (and the "screen\'s top-m" counts) are the measured KL of the top K, 2K, 4K, … '
+            'features by that ranking.</p>')
     if not contents.ioi_results:
         return head + _not_run("IOI patching (`cli.py patch-ioi`)", "run `cli.py patch-ioi ... --out RUN/ioi`")
     parts = [head]
@@ -197,9 +200,15 @@ def _ioi_section(contents: RunContents, out: Path) -> str:
             kls = [c[1] for c in curve if c[1] is not None]
             row = [esc(name), esc(entry.get("kind")), fmt(entry.get("n_features"), "d"),
                    fmt(min(kls) if kls else None, ".4f")]
+            screen = entry.get("screen_curve") or []
             for frac in (0.25, 0.10):
-                row.append(fmt(_threshold_count(curve, frac * kl0), "d", "never")
-                           if isinstance(kl0, (int, float)) else "–")
+                if not isinstance(kl0, (int, float)):
+                    row.append("–")
+                    continue
+                cell = fmt(_threshold_count(curve, frac * kl0), "d", "never")
+                if screen:  # --candidates runs: the measured top-m states of the attribution screen
+                    cell += f" (screen's top-m: {fmt(_threshold_count(screen, frac * kl0), 'd', 'never')})"
+                row.append(cell)
             body.append(row)
         parts.append(table(["dictionary", "kind", "features", "min KL", "features for KL ≤ 25%",
                             "features for KL ≤ 10%"], body, "ioi"))

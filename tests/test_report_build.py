@@ -86,14 +86,16 @@ def make_run(root: Path, with_ioi: bool = True, with_llm: bool = False) -> dict:
         curve = [[32, 0.001, 5.0], [10, 0.02, 3.0], [3, 0.2, 1.0], [0, 0.5, 0.0]]
         result = {"hook": HOOK, "n_prompts": 5, "clean_logit_diff": 1.5, "clean_accuracy": 0.8,
                   "kl_clean_vs_counterfactual": 0.5, "model_does_ioi": True, "warning": None,
-                  "dictionaries": {"tied_R2_l1_0.001": {"kind": "tied_sae", "hook": HOOK, "curve": curve},
+                  "dictionaries": {"tied_R2_l1_0.001": {"kind": "tied_sae", "hook": HOOK, "curve": curve, "candidates": 4,
+                                                        "screen_curve": [[4, 0.3, 1.0], [8, 0.1, 2.0], [16, 0.01, 4.0]]},
                                    "neuron": {"kind": "neuron", "hook": HOOK,
                                               "curve": [[16, 0.0, 4.0], [8, 0.1, 2.0], [0, 0.5, 0.0]]}}}
         (root / "ioi" / "ioi.json").write_text(json.dumps(result), encoding="utf-8")
     all_records = [r for recs in runs.values() for r in recs]
     return {"cards": sum(r["status"] in ("ok", "failed") for r in all_records),
             "skipped": sum(r["status"] == "skipped" for r in all_records),
-            "ioi_threshold_25": {"tied_R2_l1_0.001": 10, "neuron": 8}}
+            # KL ≤ 0.125: the greedy curve first at 10 features, the screen's top-m states at 8
+            "ioi_threshold_25": {"tied_R2_l1_0.001": "10 (screen's top-m: 8)", "neuron": "8"}}
 
 
 class PageParser(HTMLParser):
@@ -210,7 +212,7 @@ def test_report_tables_hold_the_runs_numbers(built):
     page = parse(index.read_text(encoding="utf-8"))
     ioi = _table_with(page, "features for KL ≤ 25%")
     col = ioi[0].index("features for KL ≤ 25%")
-    assert {row[0]: int(row[col]) for row in ioi[1:]} == expected["ioi_threshold_25"]
+    assert {row[0]: row[col] for row in ioi[1:]} == expected["ioi_threshold_25"]
     dicts = _table_with(page, "FVU")
     rows = {row[0]: row for row in dicts[1:]}
     assert set(rows) == {"tied_R2_l1_0.001", "neuron"}
