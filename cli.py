@@ -140,6 +140,9 @@ def _add_patch_ioi(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--names", type=_csv, default=None,
                    help="comma-separated first names to use (each must be one token with a leading space); "
                         "default: a built-in list of common names")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an IOI run with other settings in --out (by default a rerun with the same "
+                        "settings keeps the dictionaries already done)")
     p.set_defaults(_run="causal.commands:patch_ioi_command")
 
 

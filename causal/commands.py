@@ -105,6 +105,33 @@ def features_to_reach(points: list[list[float]] | None, kl_none: float) -> dict[
     return out
 
 
+def _previous_results(out_dir: Path, identity: dict, overwrite: bool) -> dict[str, dict]:
+    """Finished dictionaries of an earlier run into the same folder with the same settings (the resume).
+
+    A run is slow (minutes per dictionary on a CPU) and ioi.json is rewritten
+    after each dictionary, so a rerun after a kill keeps what was finished.
+    Other settings in the folder fail here, before anything is written,
+    unless --overwrite.
+    """
+    config_path, result_path = out_dir / CONFIG_FILE, out_dir / RESULT_FILE
+    if overwrite or not (config_path.exists() or result_path.exists()):
+        return {}
+    fix = "pass another --out, or --overwrite to replace it"
+    try:
+        before = json.loads(config_path.read_text(encoding="utf-8")).get("identity")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserError(f"--out {str(out_dir)!r} holds an IOI run whose {CONFIG_FILE} cannot be read ({exc}): {fix}") from exc
+    if before != identity:
+        changed = sorted(k for k in identity if (before or {}).get(k) != identity[k]) if isinstance(before, dict) else ["all"]
+        raise UserError(f"--out {str(out_dir)!r} holds an IOI run with other settings ({', '.join(changed)}): {fix}")
+    if not result_path.exists():
+        return {}
+    try:
+        return dict(json.loads(result_path.read_text(encoding="utf-8")).get("dictionaries") or {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserError(f"--out {str(out_dir)!r} holds an unreadable {RESULT_FILE} ({exc}): {fix}") from exc
+
+
 def _rows_per_forward(device: str, n_prompts: int, max_len: int) -> int:
     if not str(device).startswith("cuda"):
         return 1  # on a CPU a wider batch costs proportionally more, so speculation would only waste work
@@ -113,8 +140,12 @@ def _rows_per_forward(device: str, n_prompts: int, max_len: int) -> int:
 
 def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: int = 0, out: str = "",
                       plot: str | None = None, device: str = "cpu", candidates: int | None = None,
-                      names: list[str] | None = None) -> dict:
-    """Run the whole IOI patching experiment and write OUT/ioi.json (and the plot)."""
+                      names: list[str] | None = None, overwrite: bool = False) -> dict:
+    """Run the whole IOI patching experiment and write OUT/ioi.json (and the plot).
+
+    Rerunning into the same folder with the same settings keeps every dictionary already in ioi.json
+    (same name and folder) and runs only the rest.
+    """
     from activations.hooks import run_with_cache
     from activations.models import load_model
 
@@ -130,6 +161,10 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out!r} is a file: pass a folder")
     dictionaries = load_dictionaries(list(dicts))
+    paths = {d.name: str(Path(p).resolve()) for d, p in zip(dictionaries, dicts)}
+    identity = {"model": model, "n_prompts": n_prompts, "seed": seed, "candidates": candidates,
+                "names": list(names) if names else None, "taus": default_taus(), "hook": dictionaries[0].hook}
+    previous = _previous_results(out_dir, identity, overwrite)
     loaded = load_model(model, device=device)
     hook = _check_against_model(loaded.model, dictionaries)
     decoders = {d.name: decoder_rows(d, device=device) for d in dictionaries}  # raises on a non-affine decoder
@@ -143,7 +178,8 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
     config.rows_per_forward = _rows_per_forward(device, batch.n, int(batch.clean_ids.shape[1]))
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(out_dir / CONFIG_FILE, {**asdict(config), "model_source": loaded.source,
-                                                "model_revision": loaded.revision, "hook": hook})
+                                                "model_revision": loaded.revision, "hook": hook,
+                                                "identity": identity})
     _write_json_atomic(out_dir / PROMPTS_FILE, {"pairs": [asdict(p) for p in pairs]})
 
     clean_logits = last_logits(loaded.model, batch.clean_ids, batch.lengths)
@@ -172,7 +208,7 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
         "kl_clean_vs_counterfactual": check.kl_clean_vs_cf,
         "per_prompt": check.per_prompt,  # [[logit diff IO-S, correct], ...] per clean prompt, in prompts.json order
         "taus": config.taus,
-        "dictionaries": {},
+        "dictionaries": dict(previous),  # finished earlier with these settings: kept, whatever this run does
     }
     x_cf = run_with_cache(loaded.model, batch.cf_ids, [hook])[hook]
     runner = SuffixRunner(loaded.model, hook, batch)
@@ -180,6 +216,9 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
         print("note: running full forward passes (this model's forward did not match a suffix-only run)")
     greedy = GreedyConfig(taus=config.taus, rows=config.rows_per_forward)
     for d in dictionaries:
+        if previous.get(d.name, {}).get("path") == paths[d.name]:
+            print(f"{d.name}: already in {out_dir / RESULT_FILE} from an earlier run with these settings, kept")
+            continue
         w = decoders[d.name]
         delta = coefficient_delta(d, runner.x_clean, x_cf, batch.differs, device)
         problem = PatchProblem(runner, delta, w, cf_logits)
@@ -194,6 +233,7 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
         res = greedy_curve(problem, greedy, desc=d.name, candidates=screened)
         seconds = time.perf_counter() - started
         result["dictionaries"][d.name] = {
+            "path": paths[d.name],
             "kind": d.kind,
             "hook": d.hook,
             "n_features": d.n_features,

@@ -7,9 +7,9 @@ ICA / random baselines → evaluate every dictionary (FVU, L0, dead, KL/ΔCE)
 baseline with the `tokens` scorers, and a few with an LLM → compare bases →
 IOI patching with that SAE and PCA → the report.
 
-Resuming: cache, train-sae, baselines and explain resume by themselves (a
-killed run continues where it stopped). Evaluate, compare and patch-ioi do
-not, so every stage writes `RUN/stages/<stage>.json` (with its wall time)
+Resuming: cache, train-sae, baselines, explain and patch-ioi (per finished
+dictionary) resume by themselves (a killed run continues where it stopped).
+Evaluate and compare do not, so every stage writes `RUN/stages/<stage>.json` (with its wall time)
 only after its outputs are complete, and a rerun skips every stage that has
 its marker. The settings are written to `RUN/demo_settings.json` first; a
 rerun with other settings is refused before anything is touched, because
@@ -266,7 +266,7 @@ def run_demo(settings: DemoSettings, out: str | Path) -> Path:
     stages.run("09_patch_ioi", f"IOI patching with {', '.join(p.name for p in ioi_dicts)}", lambda: patch_ioi_command(
         model=s.model, dicts=[str(p) for p in ioi_dicts], n_prompts=s.ioi_prompts, seed=s.seed,
         out=str(run / IOI_DIR), plot=str(run / IOI_DIR / "ioi.png"), device=s.device, candidates=s.ioi_candidates,
-        names=s.ioi_names), resumes=False)
+        names=s.ioi_names), resumes=True)
     index: list[Path] = []
     stages.run("10_report", "write the report", lambda: index.append(build_report(run, run / REPORT_DIR)),
                resumes=False, always=True)

@@ -150,3 +150,36 @@ def test_default_model_does_ioi_and_suffix_runs_match(default_model):
     runner = SuffixRunner(default_model.model, "blocks.26.hook_resid_post", batch)  # checks itself on construction
     assert runner.suffix_only
     assert torch.allclose(runner.logits(torch.zeros(1, *runner.x_clean.shape))[0], clean, atol=1e-3)
+
+
+def test_rerun_keeps_finished_dictionaries_and_other_settings_fail_untouched(tiny_model_dirs, tmp_path, capsys):
+    """A rerun after a kill runs only what ioi.json lacks; other settings in the folder are refused before any write."""
+    from activations.errors import UserError
+    from causal.commands import patch_ioi_command
+
+    model = str(tiny_model_dirs["gpt2"])
+    dicts = _dicts(tmp_path, "blocks.1.hook_resid_post")
+    out = tmp_path / "out"
+    first = patch_ioi_command(model=model, dicts=dicts, n_prompts=4, seed=1, out=str(out), names=NAMES.split(","))
+    # as if killed after the first dictionary: ioi.json holds only the neuron basis
+    saved = json.loads((out / "ioi.json").read_text())
+    del saved["dictionaries"]["tied"]
+    (out / "ioi.json").write_text(json.dumps(saved))
+    capsys.readouterr()
+    again = patch_ioi_command(model=model, dicts=dicts, n_prompts=4, seed=1, out=str(out), names=NAMES.split(","))
+    printed = capsys.readouterr().out
+    assert "neuron: already in" in printed and "tied: already in" not in printed
+    assert again["dictionaries"]["neuron"] == first["dictionaries"]["neuron"]  # kept as written, seconds included
+    flat = lambda curve: [v for point in curve for v in point]  # noqa: E731
+    assert flat(again["dictionaries"]["tied"]["curve"]) == pytest.approx(flat(first["dictionaries"]["tied"]["curve"]),
+                                                                         rel=1e-6, abs=1e-12)
+    assert set(json.loads((out / "ioi.json").read_text())["dictionaries"]) == {"neuron", "tied"}
+
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(UserError, match=r"other settings \(n_prompts\).*--overwrite"):
+        patch_ioi_command(model=model, dicts=dicts, n_prompts=5, seed=1, out=str(out), names=NAMES.split(","))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    rc = cli.main(["patch-ioi", "--model", model, "--dict", *dicts, "--n-prompts", "5", "--seed", "1",
+                   "--out", str(out), "--names", NAMES, "--overwrite"])
+    assert rc == 0
+    assert json.loads((out / "ioi.json").read_text())["n_prompts"] == 5
