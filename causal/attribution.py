@@ -45,8 +45,10 @@ def screen_ladder(problem: PatchProblem, scores: Tensor, smallest: int) -> list[
     information is spread over more of them its curve jumps from "all" to
     "candidates" with nothing between. These states fill that gap: each KL
     is measured exactly (one pass over the prompts each), but the sets are
-    the screen's ranking, not the greedy's choice — an upper bound on how
-    many features the greedy would need, reported apart from `curve`.
+    the screen's ranking, not the greedy's choice. A state with m features
+    at KL k shows that m features suffice for k — an upper bound on the
+    fewest that can — and nothing about what the greedy would pick; so it
+    is reported apart from `curve`.
     """
     nontrivial = problem.touched.any(dim=0).cpu()
     ranking = [int(j) for j in scores.abs().argsort(descending=True) if nontrivial[j]]

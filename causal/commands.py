@@ -105,31 +105,49 @@ def features_to_reach(points: list[list[float]] | None, kl_none: float) -> dict[
     return out
 
 
-def _previous_results(out_dir: Path, identity: dict, overwrite: bool) -> dict[str, dict]:
+def has_settings_record(out_dir: str | Path) -> bool:
+    """Was OUT written by a patch-ioi that records its settings (so a rerun can resume it)?"""
+    try:
+        return "identity" in json.loads((Path(out_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _previous_results(out_dir: Path, identity: dict, paths: dict[str, str], overwrite: bool) -> dict[str, dict]:
     """Finished dictionaries of an earlier run into the same folder with the same settings (the resume).
 
     A run is slow (minutes per dictionary on a CPU) and ioi.json is rewritten
     after each dictionary, so a rerun after a kill keeps what was finished.
-    Other settings in the folder fail here, before anything is written,
-    unless --overwrite.
+    Both files carry the settings record, and ioi.json's is the one that
+    vouches for its curves. Other settings, a folder from an older version,
+    or a result under the same name from another folder fail here, before
+    anything is written, unless --overwrite.
     """
     config_path, result_path = out_dir / CONFIG_FILE, out_dir / RESULT_FILE
     if overwrite or not (config_path.exists() or result_path.exists()):
         return {}
     fix = "pass another --out, or --overwrite to replace it"
-    try:
-        before = json.loads(config_path.read_text(encoding="utf-8")).get("identity")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise UserError(f"--out {str(out_dir)!r} holds an IOI run whose {CONFIG_FILE} cannot be read ({exc}): {fix}") from exc
-    if before != identity:
-        changed = sorted(k for k in identity if (before or {}).get(k) != identity[k]) if isinstance(before, dict) else ["all"]
-        raise UserError(f"--out {str(out_dir)!r} holds an IOI run with other settings ({', '.join(changed)}): {fix}")
-    if not result_path.exists():
-        return {}
-    try:
-        return dict(json.loads(result_path.read_text(encoding="utf-8")).get("dictionaries") or {})
-    except (OSError, ValueError, AttributeError) as exc:
-        raise UserError(f"--out {str(out_dir)!r} holds an unreadable {RESULT_FILE} ({exc}): {fix}") from exc
+    stored: dict[Path, dict] = {}
+    for path in (config_path, result_path):
+        if not path.exists():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--out {str(out_dir)!r} holds an unreadable {path.name} ({exc}): {fix}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("identity"), dict):
+            raise UserError(f"--out {str(out_dir)!r} holds an IOI run without a settings record "
+                            f"(an older patch-ioi, or not its output), so it cannot be resumed: {fix}")
+        if data["identity"] != identity:
+            changed = sorted(k for k in identity if data["identity"].get(k) != identity[k])
+            raise UserError(f"--out {str(out_dir)!r} holds an IOI run with other settings ({', '.join(changed)}): {fix}")
+        stored[path] = data
+    previous = dict(stored.get(result_path, {}).get("dictionaries") or {})
+    for name, entry in previous.items():
+        if name in paths and entry.get("path") != paths[name]:
+            raise UserError(f"--out {str(out_dir)!r} already has a result for a dictionary named {name!r} from "
+                            f"{entry.get('path')}, not {paths[name]}: {fix}")
+    return previous
 
 
 def _rows_per_forward(device: str, n_prompts: int, max_len: int) -> int:
@@ -144,7 +162,9 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
     """Run the whole IOI patching experiment and write OUT/ioi.json (and the plot).
 
     Rerunning into the same folder with the same settings keeps every dictionary already in ioi.json
-    (same name and folder) and runs only the rest.
+    (same name and folder; the weights are not re-read, so pass --overwrite after retraining one in place)
+    and runs only the rest; dictionaries of earlier runs that are not passed again stay in ioi.json and in
+    ioi_config.json's `dicts`. The device is not part of the settings: CPU and GPU curves may share a file.
     """
     from activations.hooks import run_with_cache
     from activations.models import load_model
@@ -164,7 +184,7 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
     paths = {d.name: str(Path(p).resolve()) for d, p in zip(dictionaries, dicts)}
     identity = {"model": model, "n_prompts": n_prompts, "seed": seed, "candidates": candidates,
                 "names": list(names) if names else None, "taus": default_taus(), "hook": dictionaries[0].hook}
-    previous = _previous_results(out_dir, identity, overwrite)
+    previous = _previous_results(out_dir, identity, paths, overwrite)
     loaded = load_model(model, device=device)
     hook = _check_against_model(loaded.model, dictionaries)
     decoders = {d.name: decoder_rows(d, device=device) for d in dictionaries}  # raises on a non-affine decoder
@@ -172,11 +192,14 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
         raise UserError(f"the folder of --plot {plot!r} does not exist: create it or pass another path")
     pairs = make_ioi_pairs(loaded.tokenizer, IOIConfig(n_prompts=n_prompts, seed=seed, names=names or None))
 
-    config = PatchIOIConfig(model=model, dicts=[str(d) for d in dicts], n_prompts=n_prompts, seed=seed,
+    kept_paths = [e.get("path", "") for n, e in previous.items() if n not in paths]  # earlier runs' extra dictionaries
+    config = PatchIOIConfig(model=model, dicts=[str(d) for d in dicts] + kept_paths, n_prompts=n_prompts, seed=seed,
                             device=device, candidates=candidates, names=names or None)
     batch = pair_batch(pairs, pad_token_id(loaded.tokenizer), device=device)
     config.rows_per_forward = _rows_per_forward(device, batch.n, int(batch.clean_ids.shape[1]))
     out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:  # first, so a kill from here on cannot leave old curves beside the new settings record
+        (out_dir / RESULT_FILE).unlink(missing_ok=True)
     _write_json_atomic(out_dir / CONFIG_FILE, {**asdict(config), "model_source": loaded.source,
                                                 "model_revision": loaded.revision, "hook": hook,
                                                 "identity": identity})
@@ -208,6 +231,7 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
         "kl_clean_vs_counterfactual": check.kl_clean_vs_cf,
         "per_prompt": check.per_prompt,  # [[logit diff IO-S, correct], ...] per clean prompt, in prompts.json order
         "taus": config.taus,
+        "identity": identity,
         "dictionaries": dict(previous),  # finished earlier with these settings: kept, whatever this run does
     }
     x_cf = run_with_cache(loaded.model, batch.cf_ids, [hook])[hook]

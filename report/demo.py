@@ -199,7 +199,7 @@ def _llm_feature_ids(tokens_run: Path, dictionary: Path, count: int) -> list[int
 def run_demo(settings: DemoSettings, out: str | Path) -> Path:
     """Run (or resume) every stage into `out`; returns the report's index.html."""
     from activations.cache_writer import cache_activations
-    from causal.commands import patch_ioi_command
+    from causal.commands import has_settings_record, patch_ioi_command
     from explain.commands import compare_command, explain_command
     from report.build import build_report
     from sae.commands import baselines_command, evaluate_command, train_sae_command
@@ -266,7 +266,7 @@ def run_demo(settings: DemoSettings, out: str | Path) -> Path:
     stages.run("09_patch_ioi", f"IOI patching with {', '.join(p.name for p in ioi_dicts)}", lambda: patch_ioi_command(
         model=s.model, dicts=[str(p) for p in ioi_dicts], n_prompts=s.ioi_prompts, seed=s.seed,
         out=str(run / IOI_DIR), plot=str(run / IOI_DIR / "ioi.png"), device=s.device, candidates=s.ioi_candidates,
-        names=s.ioi_names), resumes=True)
+        names=s.ioi_names, overwrite=not has_settings_record(run / IOI_DIR)), resumes=True)
     index: list[Path] = []
     stages.run("10_report", "write the report", lambda: index.append(build_report(run, run / REPORT_DIR)),
                resumes=False, always=True)

@@ -183,3 +183,43 @@ def test_rerun_keeps_finished_dictionaries_and_other_settings_fail_untouched(tin
                    "--out", str(out), "--names", NAMES, "--overwrite"])
     assert rc == 0
     assert json.loads((out / "ioi.json").read_text())["n_prompts"] == 5
+
+
+def test_resume_refuses_stale_or_foreign_results_before_writing(tiny_model_dirs, tmp_path, capsys, monkeypatch):
+    """A killed --overwrite run leaves no old curves behind; same name from another folder, or a folder
+    without a settings record, fails with one line and the folder untouched."""
+    import shutil
+
+    import causal.commands as commands
+    from activations.errors import UserError
+
+    model = str(tiny_model_dirs["gpt_neox"])
+    dicts = _dicts(tmp_path, "blocks.1.hook_resid_post")
+    out = tmp_path / "out"
+    run = dict(model=model, seed=1, out=str(out), names=NAMES.split(","))
+    commands.patch_ioi_command(dicts=dicts, n_prompts=4, **run)
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as m:  # an --overwrite run with other settings, killed right after writing its settings
+        m.setattr(commands, "last_logits", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            commands.patch_ioi_command(dicts=dicts, n_prompts=5, overwrite=True, **run)
+    capsys.readouterr()
+    result = commands.patch_ioi_command(dicts=dicts, n_prompts=5, **run)
+    assert "already in" not in capsys.readouterr().out  # nothing of the n_prompts=4 run is passed off as done
+    assert result["n_prompts"] == 5 and set(result["dictionaries"]) == {"neuron", "tied"}
+
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other = tmp_path / "elsewhere" / "neuron"
+    shutil.copytree(dicts[0], other)
+    with pytest.raises(UserError, match=r"already has a result for a dictionary named 'neuron'.*--overwrite"):
+        commands.patch_ioi_command(dicts=[str(other), dicts[1]], n_prompts=5, **run)
+    config = json.loads((out / "ioi_config.json").read_text())
+    del config["identity"]  # as written by an older patch-ioi
+    (out / "ioi_config.json").write_text(json.dumps(config))
+    before["ioi_config.json"] = (out / "ioi_config.json").read_bytes()
+    with pytest.raises(UserError, match="without a settings record"):
+        commands.patch_ioi_command(dicts=dicts, n_prompts=5, **run)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
