@@ -100,9 +100,13 @@ def features_to_reach(points: list[list[float]] | None, kl_none: float) -> dict[
     """
     out: dict[str, int | None] = {}
     for fraction in REACH_FRACTIONS:
-        ok = [int(n) for n, kl, _ in (points or []) if kl <= fraction * kl_none]
+        ok = [int(n) for n, kl, *_ in (points or []) if kl is not None and kl <= fraction * kl_none]
         out[f"{fraction:g}"] = min(ok) if ok else None
     return out
+
+
+def _reach_text(reach: dict[str, int | None]) -> str:
+    return ", ".join(f"{float(k):.0%}: {'never' if v is None else v}" for k, v in reach.items())
 
 
 def has_settings_record(out_dir: str | Path) -> bool:
@@ -256,20 +260,22 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
             ladder = screen_ladder(problem, scores, candidates)
         res = greedy_curve(problem, greedy, desc=d.name, candidates=screened)
         seconds = time.perf_counter() - started
+        curve = [[p.n_features, p.kl, p.edit_norm] for p in res.curve]
+        reach = features_to_reach(curve, check.kl_clean_vs_cf)
+        reach_screen = features_to_reach(ladder, check.kl_clean_vs_cf) if ladder else None
         result["dictionaries"][d.name] = {
             "path": paths[d.name],
             "kind": d.kind,
             "hook": d.hook,
             "n_features": d.n_features,
-            "curve": [[p.n_features, p.kl, p.edit_norm] for p in res.curve],
+            "curve": curve,
             "n_trivial_features": res.n_trivial,
             "candidates": candidates if screened is not None else None,
             # top-m by the screen's ranking, m = K, 2K, 4K, ...: measured KLs between "all" and the greedy's start
             "screen_curve": ladder,
             # fewest features with KL ≤ 25% / 10% of KL(clean ‖ cf): on the greedy curve, and on the screen's states
-            "features_to_reach": features_to_reach([[p.n_features, p.kl, p.edit_norm] for p in res.curve],
-                                                   check.kl_clean_vs_cf),
-            "features_to_reach_screen": features_to_reach(ladder, check.kl_clean_vs_cf) if ladder else None,
+            "features_to_reach": reach,
+            "features_to_reach_screen": reach_screen,
             "patched_final": res.patched_final,
             "evaluations": res.evaluations,
             "prompt_runs": res.prompt_runs,
@@ -277,14 +283,11 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
             "seconds": seconds,
         }
         best = min(p.kl for p in res.curve)
-        entry = result["dictionaries"][d.name]
-        reach = ", ".join(f"KL <= {float(k):.0%}: {v if v is not None else 'never'}"
-                          for k, v in entry["features_to_reach"].items())
-        if ladder:
-            reach += " (screen's top-m: " + ", ".join(
-                f"{float(k):.0%}: {v if v is not None else 'never'}" for k, v in entry["features_to_reach_screen"].items()) + ")"
+        reached = f"features for KL <= {_reach_text(reach)}"
+        if reach_screen:
+            reached += f" (screen's top-m: {_reach_text(reach_screen)})"
         print(f"{d.name} ({d.kind}): {d.n_features} features, {res.n_trivial} never differ; "
-              f"min KL {best:.4g}; features for {reach}; {res.evaluations} evaluations ({res.prompt_runs} prompt runs, "
+              f"min KL {best:.4g}; {reached}; {res.evaluations} evaluations ({res.prompt_runs} prompt runs, "
               f"{res.prompt_runs / (res.evaluations * batch.n or 1):.0%} of all prompts) in {seconds:.1f} s")
         _write_json_atomic(out_dir / RESULT_FILE, result)  # after each dictionary: a killed run keeps the finished ones
     _write_json_atomic(out_dir / RESULT_FILE, result)

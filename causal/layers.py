@@ -55,10 +55,9 @@ def _copy_at(positions: torch.Tensor, source: torch.Tensor):
 
 
 @torch.no_grad()
-def scan_layers(model, batch: PairBatch, hooks: list[str]) -> tuple[float, list[LayerRow]]:
+def scan_layers(model, batch: PairBatch, hooks: list[str], clean_logits: torch.Tensor,
+                cf_logits: torch.Tensor) -> tuple[float, list[LayerRow]]:
     """KL(clean ‖ cf) and one row per hook; every hook must be a residual-stream point."""
-    clean_logits = last_logits(model, batch.clean_ids, batch.lengths)
-    cf_logits = last_logits(model, batch.cf_ids, batch.lengths)
     base = float(kl_rows(clean_logits, cf_logits).mean())
     if base <= 0:
         raise UserError("the clean and counterfactual prompts give the same next-token distribution: "
@@ -95,10 +94,11 @@ def ioi_layers_command(model: str = "default", n_prompts: int = 50, seed: int = 
     loaded = load_model(model, device=device)
     pairs = make_ioi_pairs(loaded.tokenizer, IOIConfig(n_prompts=n_prompts, seed=seed, names=names or None))
     batch = pair_batch(pairs, pad_token_id(loaded.tokenizer), device=device)
-    check = task_check(batch, last_logits(loaded.model, batch.clean_ids, batch.lengths),
-                       last_logits(loaded.model, batch.cf_ids, batch.lengths))
+    clean_logits = last_logits(loaded.model, batch.clean_ids, batch.lengths)
+    cf_logits = last_logits(loaded.model, batch.cf_ids, batch.lengths)
+    check = task_check(batch, clean_logits, cf_logits)
     hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(n_layers(loaded.model))]
-    base, rows = scan_layers(loaded.model, batch, hooks)
+    base, rows = scan_layers(loaded.model, batch, hooks, clean_logits, cf_logits)
     pick = suggest_layer(rows)
     print(f"IOI on {batch.n} prompts: logit diff IO-S {check.logit_diff:.3f}, accuracy {check.accuracy:.0%}; "
           f"KL(clean || counterfactual) = {base:.4f}")

@@ -163,12 +163,6 @@ def _dictionaries_section(contents: RunContents, out: Path) -> str:
     return head + html_table + img
 
 
-def _threshold_count(curve: list[list[float]], limit: float) -> int | None:
-    """Fewest patched features whose KL(patched ‖ counterfactual) is at most `limit` (None if never)."""
-    hits = [int(n) for n, kl, *_ in curve if kl is not None and kl <= limit]
-    return min(hits) if hits else None
-
-
 def _ioi_section(contents: RunContents, out: Path) -> str:
     head = ('<h2 id="ioi">IOI feature patching</h2><p class="muted small">At the dictionary\'s hook, the features in F '
             'take their counterfactual values (indirect object replaced by a third name), keeping the reconstruction '
@@ -179,6 +173,8 @@ def _ioi_section(contents: RunContents, out: Path) -> str:
             'features by that ranking.</p>')
     if not contents.ioi_results:
         return head + _not_run("IOI patching (`cli.py patch-ioi`)", "run `cli.py patch-ioi ... --out RUN/ioi`")
+    from causal.commands import features_to_reach  # the same count patch-ioi prints
+
     parts = [head]
     for i, path in enumerate(contents.ioi_results):
         result = read_json(path)
@@ -201,14 +197,15 @@ def _ioi_section(contents: RunContents, out: Path) -> str:
             row = [esc(name), esc(entry.get("kind")), fmt(entry.get("n_features"), "d"),
                    fmt(min(kls) if kls else None, ".4f")]
             screen = entry.get("screen_curve") or []
-            for frac in (0.25, 0.10):
-                if not isinstance(kl0, (int, float)):
-                    row.append("–")
-                    continue
-                cell = fmt(_threshold_count(curve, frac * kl0), "d", "never")
-                if screen:  # --candidates runs: the measured top-m states of the attribution screen
-                    cell += f" (screen's top-m: {fmt(_threshold_count(screen, frac * kl0), 'd', 'never')})"
-                row.append(cell)
+            if not isinstance(kl0, (int, float)):
+                row += ["–", "–"]
+            else:  # computed from the curves, so ioi.json files older than its features_to_reach work too
+                reach, reach_screen = features_to_reach(curve, kl0), features_to_reach(screen, kl0)
+                for key in reach:
+                    cell = fmt(reach[key], "d", "never")
+                    if screen:  # --candidates runs: the measured top-m states of the attribution screen
+                        cell += f" (screen's top-m: {fmt(reach_screen[key], 'd', 'never')})"
+                    row.append(cell)
             body.append(row)
         parts.append(table(["dictionary", "kind", "features", "min KL", "features for KL ≤ 25%",
                             "features for KL ≤ 10%"], body, "ioi"))

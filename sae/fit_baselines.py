@@ -86,9 +86,12 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
         for kk in (kks if kind.endswith("_topk") else [None]):
             targets[(kind, kk)] = out / _folder_name(kind, kk)
     todo = []
-    for (kind, kk), folder in targets.items():
+    def identity_of(kind: str, kk: int | None) -> str:
         own = ica_ident if kind.startswith("ica") else ident
-        want = _digest(own) if kk is None else _digest({**own, "k": kk})
+        return _digest(own) if kk is None else _digest({**own, "k": kk})
+
+    for (kind, kk), folder in targets.items():
+        want = identity_of(kind, kk)
         if folder.exists():
             if not (folder / CONFIG_FILE).exists() or read_config(folder).get("fit_identity") != want:
                 raise UserError(f"{folder} exists from another run: delete it or choose another --out (nothing was overwritten)")
@@ -126,8 +129,7 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
         elif kind in ("pca", "ica"):
             dictionary = fitted[kind]
         else:
-            own = ica_ident if kind.startswith("ica") else ident
-            dictionary = topk_control(fitted[kind.removesuffix("_topk")], kk, {"fit_identity": _digest({**own, "k": kk})})
+            dictionary = topk_control(fitted[kind.removesuffix("_topk")], kk, {"fit_identity": identity_of(kind, kk)})
         save_dictionary(dictionary, targets[(kind, kk)])
         print(f"wrote {targets[(kind, kk)]}")
     return list(targets.values())

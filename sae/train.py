@@ -137,6 +137,9 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
             "Lower --lr or drop those --l1 values, "
             "and check the cache for inf values (a float16 overflow: re-cache with --dtype float32)")
 
+    def with_weights(flags: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [f | w for f, w in zip(flags, nonfinite_models(groups, optimizer))]
+
     def check(step: int, flags: list[torch.Tensor]) -> None:
         bad = [names[sum(len(g.l1s) for g in groups[:gi]) + i]
                for gi, f in enumerate(flags) for i in torch.nonzero(f.cpu()).flatten().tolist()]
@@ -166,11 +169,11 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
         if step % settings.checkpoint_every == 0 and step < settings.steps:
             # the losses were computed before this step's update: only the weights themselves can
             # show that the state about to become "the last good checkpoint" really is finite
-            check(step, [f | w for f, w in zip(flags, nonfinite_models(groups, optimizer))])
+            check(step, with_weights(flags))
             save_checkpoint(ckpt, step, groups, optimizer, {"identity": ident, "names": names})
             last_good = step
     bar.close()
-    check(step, [f | w for f, w in zip(flags, nonfinite_models(groups, optimizer))])
+    check(step, with_weights(flags))
     if step < settings.steps:
         raise UserError(f"the data ran out after {step} of {settings.steps} steps: lower --tokens")
     elapsed = time.perf_counter() - started

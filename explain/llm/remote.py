@@ -54,6 +54,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from activations.errors import first_line
 from explain.llm.base import DigitReadout, LLMBackend, Messages
 from explain.llm.digits import combine_digit_probs, digits_from_top_logprobs
 from explain.llm.errors import BackendConfigError, LLMError
@@ -354,7 +355,7 @@ def _parse_response(name: str, what: str, response: Any, parse: Callable[[Any], 
 
 
 def _short(err: Exception | None) -> str:
-    return str(err).splitlines()[0][:300] if err is not None else "unknown error"
+    return first_line(err)[:300] if err is not None else "unknown error"
 
 
 def _retry_after(err: Any) -> float | None:
