@@ -114,23 +114,30 @@ def main() -> None:
         print(f"shared prefix {prefix_tokens} tokens, body {body:.0f} tokens per prompt: prefix reuse saves at "
               f"most 1 + prefix/body = {1 + prefix_tokens / body:.2f}x")
 
-    def r_of(result, truth) -> float:
+    undefined: list[str] = []
+
+    def r_of(result, truth, label: str) -> float:
         r, why = pearson(np.concatenate(result.expected_values), truth)
         if r is None:
-            print(f"  ({why}; left out of the means)")
+            undefined.append(f"{label}: {why}")
             return float("nan")
         return r
+
+    def mean(values: list[float]) -> float:
+        finite = [v for v in values if np.isfinite(v)]
+        return float(np.mean(finite)) if finite else float("nan")
 
     print(f"\n{'rule':10s} {'matches':>7s} {'r right':>8s} {'r wrong':>8s}  wrong explanation from")
     rows = []
     for name, truth, a, b in zip(names, truths, right_res, wrong_res):
-        r_right, r_wrong = r_of(a, truth), r_of(b, truth)
+        r_right, r_wrong = r_of(a, truth, f"{name}, right"), r_of(b, truth, f"{name}, wrong")
         rows.append((name, r_right, r_wrong))
         print(f"{name:10s} {int(truth.sum()):7d} {r_right:8.3f} {r_wrong:8.3f}  {wrong[name]}")
+    if undefined:
+        print(f"undefined r (nan, left out of the means): {len(undefined)}, e.g. {undefined[0]}")
     own_rule = "negation" if args.example_records == 0 else "in"
     others = [(r, w) for n, r, w in rows if n != own_rule]
-    mean_right = float(np.nanmean([r for r, _ in others]))
-    mean_wrong = float(np.nanmean([w for _, w in others]))
+    mean_right, mean_wrong = mean([r for r, _ in others]), mean([w for _, w in others])
     print(f"\nrules unlike the few-shot example ({len(others)}): mean r right {mean_right:.3f}, "
           f"wrong {mean_wrong:.3f}, gap {mean_right - mean_wrong:.3f}")
     own = next(row for row in rows if row[0] == own_rule)
