@@ -18,19 +18,10 @@ import sae
 from activations.reader import ActivationCache
 from sae.dictionaries import TiedSAE
 from sae.errors import DictionaryError
-from tests.test_sae_support import HOOK, tiny_cache  # noqa: F401 (fixture)
+from tests.test_sae_support import HOOK, one_thread, tiny_cache  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP_HOOK = "blocks.0.mlp.hook_post"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny; on a shared 2-core machine a second thread only adds waiting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

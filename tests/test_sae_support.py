@@ -1,4 +1,5 @@
-"""Shared helpers for the sae tests: synthetic sparse data with a known dictionary, and a real tiny cache.
+"""Shared helpers for the sae tests: synthetic sparse data with a known dictionary, a real tiny cache, and an
+autouse fixture that keeps the tests of each module importing it on one torch thread.
 
 (Named test_sae_* so it sits with the tests it serves; it defines no tests.)
 """
@@ -20,6 +21,15 @@ def sparse_data(d: int = 16, n_true: int = 24, n: int = 20_000, p: float = 0.05,
     truth = truth / truth.norm(dim=1, keepdim=True)
     codes = (torch.rand(n, n_true, generator=g) < p) * torch.rand(n, n_true, generator=g)
     return codes @ truth, truth
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny; on a shared 2-core machine a second thread only adds waiting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

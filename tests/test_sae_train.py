@@ -13,18 +13,9 @@ from sae.errors import TrainingDiverged
 from sae.metrics import mmcs
 from sae.stacked import StackedSAE
 from sae.train import TrainSettings, train_sweep
-from tests.test_sae_support import sparse_data
+from tests.test_sae_support import one_thread, sparse_data  # noqa: F401 (one_thread: autouse fixture)
 
 HOOK = "blocks.0.hook_resid_post"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny; on a shared 2-core machine a second thread only adds waiting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _settings(**kw) -> TrainSettings:
