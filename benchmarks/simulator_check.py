@@ -61,6 +61,10 @@ def main() -> None:
                     help="0: the simulator's handwritten few-shot example; N: 'the word \"in\"' on N 64-token fragments")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    if args.pool < 20:
+        ap.error(f"--pool {args.pool}: pass 20 or more (each rule scores 5 top + 5 random fragments)")
+    if not 0 <= args.example_records <= 50:
+        ap.error(f"--example-records {args.example_records}: pass 0 (the handwritten example) to 50")
 
     import numpy as np
     import torch
