@@ -27,7 +27,9 @@ def plot_curves(result: dict, path: str | Path) -> Path:
                     color=line.get_color())
     ax.axhline(result["kl_clean_vs_counterfactual"], color="black", linestyle="--", linewidth=1,
                label="KL(clean ‖ counterfactual)")
-    for fraction in (0.25, 0.10):  # the thresholds ioi.json's features_to_reach counts against
+    from causal.commands import REACH_FRACTIONS
+
+    for fraction in REACH_FRACTIONS:  # the thresholds ioi.json's features_to_reach counts against
         ax.axhline(fraction * result["kl_clean_vs_counterfactual"], color="grey", linestyle=":", linewidth=0.8)
         ax.annotate(f"{fraction:.0%}", (1.0, fraction * result["kl_clean_vs_counterfactual"]),
                     xycoords=("axes fraction", "data"), fontsize=7, color="grey", ha="right", va="bottom")

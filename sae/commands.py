@@ -53,12 +53,11 @@ def train_sae_command(cache: str, hook: str, ratio: list[float], l1: list[float]
 def baselines_command(cache: str, hook: str, kinds: list[str], tokens: int = 1_000_000,
                       topk_from: list[str] | None = None, k: list[int] | None = None, seed: int = 0,
                       out: str = "dictionaries", export: str | None = None, ica_samples: int | None = None) -> list[Path]:
-    from sae.fit_baselines import fit_baselines_from_cache
+    from sae.fit_baselines import ICA_MAX_SAMPLES, fit_baselines_from_cache
 
     _check_export(export)
-    extra = {} if ica_samples is None else {"ica_samples": ica_samples}
-    folders = fit_baselines_from_cache(cache, hook, list(kinds), out, tokens=tokens, k=k, topk_from=topk_from,
-                                       seed=seed, **extra)
+    folders = fit_baselines_from_cache(cache, hook, list(kinds), out, tokens=tokens, k=k, topk_from=topk_from, seed=seed,
+                                       ica_samples=ICA_MAX_SAMPLES if ica_samples is None else ica_samples)
     _export_each(folders, export)
     return folders
 

@@ -76,7 +76,6 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
     n_fit = min(tokens, source.n_tokens)
     ident = {"hook": hook, "model_id": source.model_id, "d_in": d, "tokens": n_fit, "seed": seed,
              "data_tokens": source.info.get("cache_tokens")}
-    digest = _digest(ident)
     # The ICA subsample size changes only the ICA fit; left out of the identity at its default so
     # folders fitted before the option existed still match.
     ica_ident = ident if ica_samples == ICA_MAX_SAMPLES else {**ident, "ica_samples": ica_samples}
@@ -85,11 +84,12 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
     for kind in kinds:
         for kk in (kks if kind.endswith("_topk") else [None]):
             targets[(kind, kk)] = out / _folder_name(kind, kk)
-    todo = []
+
     def identity_of(kind: str, kk: int | None) -> str:
         own = ica_ident if kind.startswith("ica") else ident
         return _digest(own) if kk is None else _digest({**own, "k": kk})
 
+    todo = []
     for (kind, kk), folder in targets.items():
         want = identity_of(kind, kk)
         if folder.exists():
@@ -98,7 +98,7 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
             print(f"{folder} is already fitted with these settings; skipping")
             continue
         todo.append((kind, kk))
-    base = {"hook": hook, "model_id": source.model_id, "data": dict(source.info), "fit_identity": digest,
+    base = {"hook": hook, "model_id": source.model_id, "data": dict(source.info), "fit_identity": _digest(ident),
             "fit": {"tokens": n_fit, "seed": seed}}
     fitted = {}
     todo_kinds = {kind for kind, _ in todo}
@@ -116,7 +116,7 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
                 raise UserError(f"ICA needs at least {2 * d} tokens for width {d}, got {n_ica}: raise --tokens or cache more")
             if progress:
                 print(f"fitting FastICA on {n_ica} tokens x {d} dims...")
-            fitted["ica"] = fit_ica(sample[:n_ica], {**base, "fit_identity": _digest(ica_ident)}, seed=seed)
+            fitted["ica"] = fit_ica(sample[:n_ica], {**base, "fit_identity": identity_of("ica", None)}, seed=seed)
     for kind, kk in todo:
         if kind == "neuron":
             dictionary = neuron_basis(d, base)
