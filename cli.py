@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from dataclasses import dataclass
 
 
 def _csv(value: str) -> list[str]:
@@ -36,66 +37,6 @@ def _add_hooks(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("hooks", help="list a model's hook points with their widths")
     p.add_argument("--model", default="default")
     p.set_defaults(_run="activations.commands:hooks_command")
-
-
-def _add_train_sae(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-sae", help="train L1 sparse autoencoders; all (ratio, l1) pairs in one pass")
-    p.add_argument("--cache", required=True)
-    p.add_argument("--hook", required=True)
-    p.add_argument("--ratio", type=float, nargs="+", default=[2.0], help="dictionary size / d_in")
-    p.add_argument("--l1", type=float, nargs="+", default=[1e-3], help="L1 coefficients alpha")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--tokens", type=int, default=1_000_000, help="activation vectors to train on")
-    tied = p.add_mutually_exclusive_group()
-    tied.add_argument("--tied", dest="tied", action="store_true", default=True)
-    tied.add_argument("--untied", dest="tied", action="store_false")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", required=True)
-    p.add_argument("--export", choices=["saelens"], default=None,
-                   help="also write <dictionary folder>/saelens/ (cfg.json + sae_weights.safetensors)")
-    p.set_defaults(_run="sae.commands:train_sae_command")
-
-
-def _add_baselines(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("baselines", help="fit neuron / PCA / ICA / random (and top-k controls) bases")
-    p.add_argument("--cache", required=True)
-    p.add_argument("--hook", required=True)
-    p.add_argument("--kinds", type=_csv, default=["neuron", "pca", "ica", "random"])
-    p.add_argument("--tokens", type=int, default=1_000_000)
-    p.add_argument("--topk-from", nargs="+", default=None,
-                   help="SAE folder(s) whose mean L0 sets k for pca_topk / ica_topk (one control per folder)")
-    p.add_argument("--k", type=int, nargs="+", default=None, help="k value(s) for the top-k controls (instead of --topk-from)")
-    p.add_argument("--ica-samples", type=int, default=None,
-                   help="tokens FastICA fits on (default 65536, bounded by a 64 MiB sample; time grows linearly)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.add_argument("--export", choices=["saelens"], default=None,
-                   help="also write <dictionary folder>/saelens/ (cfg.json + sae_weights.safetensors)")
-    p.set_defaults(_run="sae.commands:baselines_command")
-
-
-def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="FVU, L0, dead features, MMCS, and KL/CE with the reconstruction spliced in")
-    p.add_argument("--cache", required=True)
-    p.add_argument("--dict", dest="dicts", nargs="+", required=True)
-    p.add_argument("--tokens", type=int, default=200_000)
-    p.add_argument("--mmcs-to", default=None)
-    p.add_argument("--model", default=None, help="subject model for KL/CE (default: the cache's model)")
-    p.add_argument("--no-model", action="store_true", help="skip the KL/CE metrics")
-    p.add_argument("--ce-contexts", type=int, default=64, help="contexts for the KL/CE metrics")
-    p.add_argument("--plot", default=None, help="PNG of the FVU-vs-L0 frontier")
-    p.set_defaults(_run="sae.commands:evaluate_command")
-
-
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a dictionary in another library's layout")
-    p.add_argument("--dict", required=True)
-    p.add_argument("--format", choices=["saelens"], default="saelens")
-    p.add_argument("--out", required=True)
-    p.set_defaults(_run="sae.commands:export_command")
 
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:
@@ -174,12 +115,53 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(_run="report.commands:demo_command")
 
 
+@dataclass(frozen=True)
+class Subcommand:
+    """One row of the command line: `run` ("module:function") is called with one `settings` object.
+
+    `settings` ("module:Class") is a dataclass whose `option()` fields are the
+    flags (see `activations.options`); its module imports nothing heavy, so
+    `--help` stays instant.
+    """
+
+    name: str
+    help: str
+    run: str
+    settings: str
+
+
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand("train-sae", "train sparse autoencoders; a whole (ratio, l1) sweep in one pass",
+               "sae.commands:train_sae_command", "sae.settings:TrainSettings"),
+    Subcommand("baselines", "fit neuron / PCA / ICA / random (and top-k controls) bases",
+               "sae.commands:baselines_command", "sae.settings:BaselinesSettings"),
+    Subcommand("evaluate", "FVU, L0, dead features, MMCS, and KL/CE with the reconstruction spliced in",
+               "sae.commands:evaluate_command", "sae.settings:EvaluateSettings"),
+    Subcommand("export", "export a dictionary in another library's layout",
+               "sae.commands:export_command", "sae.settings:ExportSettings"),
+)
+
+# Subcommands not yet moved to a settings dataclass: argparse by hand, called with keyword arguments.
+_LEGACY = (_add_cache, _add_hooks,
+           _add_explain, _add_compare, _add_patch_ioi, _add_ioi_layers, _add_report, _add_demo)
+
+
+def _load(target: str):
+    module_name, attr = target.split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from activations.options import add_options
+
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="<subcommand>")
-    for add in (_add_cache, _add_hooks, _add_train_sae, _add_baselines, _add_evaluate, _add_export,
-                _add_explain, _add_compare, _add_patch_ioi, _add_ioi_layers, _add_report, _add_demo):
+    for add in _LEGACY:
         add(sub)
+    for command in SUBCOMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        add_options(p, _load(command.settings))
+        p.set_defaults(_command=command)
     return parser
 
 
@@ -192,11 +174,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    module_name, func_name = args._run.split(":")
-    kwargs = {k: v for k, v in vars(args).items() if k not in ("_run", "command")}
     try:
-        func = getattr(importlib.import_module(module_name), func_name)
-        func(**kwargs)
+        command = getattr(args, "_command", None)
+        if command is not None:
+            from activations.options import from_namespace
+
+            _load(command.run)(from_namespace(_load(command.settings), args))
+        else:
+            kwargs = {k: v for k, v in vars(args).items() if k not in ("_run", "command")}
+            _load(args._run)(**kwargs)
     except _user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

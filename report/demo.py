@@ -203,6 +203,7 @@ def run_demo(settings: DemoSettings, out: str | Path) -> Path:
     from explain.commands import compare_command, explain_command
     from report.build import build_report
     from sae.commands import baselines_command, evaluate_command, train_sae_command
+    from sae.settings import BaselinesSettings, EvaluateSettings, TrainSettings
 
     settings.validate()
     run = Path(out)
@@ -226,15 +227,15 @@ def run_demo(settings: DemoSettings, out: str | Path) -> Path:
                    model=s.model, corpus=s.corpus, hooks=[hook], context_length=s.fragment_length,
                    max_tokens=s.fragments * s.fragment_length, batch_size=s.cache_batch_size, dtype=s.dtype,
                    out=frag_cache, fragments=True, device=s.device, progress=s.progress), resumes=True)
-    stages.run("03_train_sae", f"train {len(s.l1s)} tied SAEs (R={s.ratio:g}) in one pass", lambda: train_sae_command(
-        cache=str(train_cache), hook=hook, ratio=[s.ratio], l1=list(s.l1s), batch_size=s.sae_batch_size, lr=s.lr,
-        tokens=s.sae_tokens, tied=True, seed=s.seed, device=s.device, out=str(dicts)), resumes=True)
-    stages.run("04_baselines", f"fit baselines {','.join(s.baselines)}", lambda: baselines_command(
+    stages.run("03_train_sae", f"train {len(s.l1s)} tied SAEs (R={s.ratio:g}) in one pass", lambda: train_sae_command(TrainSettings(
+        cache=str(train_cache), hook=hook, ratios=[s.ratio], l1s=list(s.l1s), batch_size=s.sae_batch_size, lr=s.lr,
+        tokens=s.sae_tokens, tied=True, seed=s.seed, device=s.device, out=str(dicts))), resumes=True)
+    stages.run("04_baselines", f"fit baselines {','.join(s.baselines)}", lambda: baselines_command(BaselinesSettings(
         cache=str(train_cache), hook=hook, kinds=list(s.baselines), tokens=s.baseline_tokens, seed=s.seed,
-        out=str(dicts), ica_samples=s.ica_samples), resumes=True)
-    stages.run("05_evaluate", "evaluate every dictionary", lambda: evaluate_command(
+        out=str(dicts), ica_samples=s.ica_samples)), resumes=True)
+    stages.run("05_evaluate", "evaluate every dictionary", lambda: evaluate_command(EvaluateSettings(
         cache=str(train_cache), dicts=[str(p) for p in saes + baselines], tokens=s.eval_tokens, model=s.model,
-        no_model=s.ce_contexts < 1, ce_contexts=max(1, s.ce_contexts)), resumes=False)
+        no_model=s.ce_contexts < 1, ce_contexts=max(1, s.ce_contexts))), resumes=False)
     chosen = choose_sae(saes, s.target_l0)
     print(f"explaining and patching {chosen.name} (mean L0 nearest {s.target_l0:g})")
     tokens_run = run / EXPLANATIONS_DIR / "tokens"

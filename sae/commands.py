@@ -1,20 +1,13 @@
-"""CLI entry points of the dictionary stage; keyword names are cli.py's argparse dest names."""
+"""CLI entry points of the dictionary stage: each takes its settings object (see `sae.settings`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from activations.errors import UserError
+from sae.settings import BaselinesSettings, EvaluateSettings, ExportSettings, TrainSettings
 
-
-EXPORT_FORMATS = ("saelens",)
 EXPORT_SUBFOLDER = {"saelens": "saelens"}
-
-
-def _check_export(export: str | None) -> None:
-    """Fail before any training or fitting, not after an hour of it."""
-    if export is not None and export not in EXPORT_FORMATS:
-        raise UserError(f"--export {export!r} is not supported: use {', '.join(EXPORT_FORMATS)}")
 
 
 def _export_each(folders: list[Path], export: str | None) -> None:
@@ -29,54 +22,52 @@ def _export_each(folders: list[Path], export: str | None) -> None:
         print(f"wrote SAELens layout to {path}")
 
 
-def train_sae_command(cache: str, hook: str, ratio: list[float], l1: list[float], batch_size: int = 256,
-                      lr: float = 1e-3, tokens: int = 1_000_000, tied: bool = True, seed: int = 0,
-                      checkpoint_every: int = 500, device: str = "cpu", out: str = "dictionaries",
-                      export: str | None = None) -> list[Path]:
+def check_device(device: str) -> None:
     import torch
-
-    from sae.data import CacheSource
-    from sae.train import TrainSettings, train_sweep
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device} asked for but CUDA is not available here: use --device cpu")
-    settings = TrainSettings(hook=hook, ratios=list(ratio), l1s=list(l1), batch_size=batch_size, lr=lr,
-                             tokens=tokens, tied=tied, seed=seed, checkpoint_every=checkpoint_every)
+
+
+def train_sae_command(settings: TrainSettings) -> list[Path]:
+    from activations.runstate import check_output_folder
+    from sae.data import CacheSource
+    from sae.train import train_sweep
+
+    check_device(settings.device)
     settings.validate()
-    _check_export(export)
-    source = CacheSource(Path(cache), hook)
-    folders = train_sweep(source, settings, out, device=device)
-    _export_each(folders, export)
+    check_output_folder(settings.out)
+    source = CacheSource(Path(settings.cache), settings.hook)
+    folders = train_sweep(source, settings, settings.out, device=settings.device)
+    _export_each(folders, settings.export)
     return folders
 
 
-def baselines_command(cache: str, hook: str, kinds: list[str], tokens: int = 1_000_000,
-                      topk_from: list[str] | None = None, k: list[int] | None = None, seed: int = 0,
-                      out: str = "dictionaries", export: str | None = None, ica_samples: int | None = None) -> list[Path]:
+def baselines_command(settings: BaselinesSettings) -> list[Path]:
+    from activations.runstate import check_output_folder
     from sae.fit_baselines import ICA_MAX_SAMPLES, fit_baselines_from_cache
 
-    _check_export(export)
-    folders = fit_baselines_from_cache(cache, hook, list(kinds), out, tokens=tokens, k=k, topk_from=topk_from, seed=seed,
-                                       ica_samples=ICA_MAX_SAMPLES if ica_samples is None else ica_samples)
-    _export_each(folders, export)
+    s = settings
+    check_output_folder(s.out)
+    folders = fit_baselines_from_cache(s.cache, s.hook, list(s.kinds), s.out, tokens=s.tokens, k=s.k,
+                                       topk_from=s.topk_from, seed=s.seed,
+                                       ica_samples=ICA_MAX_SAMPLES if s.ica_samples is None else s.ica_samples)
+    _export_each(folders, s.export)
     return folders
 
 
-def evaluate_command(cache: str, dicts: list[str], tokens: int = 200_000, mmcs_to: str | None = None,
-                     model: str | None = None, no_model: bool = False, ce_contexts: int = 64,
-                     plot: str | None = None) -> list[dict]:
+def evaluate_command(settings: EvaluateSettings) -> list[dict]:
     from sae.evaluate import evaluate_dictionaries
 
-    return evaluate_dictionaries(cache, list(dicts), tokens=tokens, mmcs_to=mmcs_to, model=model,
-                                 no_model=no_model, ce_contexts=ce_contexts, plot=plot)
+    s = settings
+    return evaluate_dictionaries(s.cache, list(s.dicts), tokens=s.tokens, mmcs_to=s.mmcs_to, model=s.model,
+                                 no_model=s.no_model, ce_contexts=s.ce_contexts, plot=s.plot)
 
 
-def export_command(dict: str, format: str = "saelens", out: str = "export") -> Path:  # noqa: A002 (argparse dests)
+def export_command(settings: ExportSettings) -> Path:
     from sae.export import export_saelens
     from sae.io import load
 
-    if format != "saelens":
-        raise UserError(f"--format {format!r} is not supported: use saelens")
-    path = export_saelens(load(dict), out)
+    path = export_saelens(load(settings.dictionary), settings.out)
     print(f"wrote SAELens layout (cfg.json + sae_weights.safetensors) to {path}")
     return path

@@ -13,7 +13,6 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,50 +24,11 @@ from sae.data import BatchSource, prefetch
 from sae.errors import TrainingDiverged
 from sae.io import CONFIG_FILE, read_config, save_dictionary
 from sae.metrics import reconstruction_metrics
+from sae.settings import TrainSettings
 from sae.stacked import StackedSAE
 from sae.step import Stepper, make_optimizer
 
 EVAL_TOKENS = 65_536  # tokens for the final metrics stored with each dictionary
-
-
-@dataclass
-class TrainSettings:
-    hook: str
-    ratios: list[float]
-    l1s: list[float]
-    batch_size: int = 256
-    lr: float = 1e-3
-    tokens: int = 1_000_000
-    tied: bool = True
-    seed: int = 0
-    checkpoint_every: int = 500
-    betas: tuple[float, float] = field(default=(0.9, 0.999))
-
-    def validate(self) -> None:
-        if not self.ratios or any(r <= 0 for r in self.ratios):
-            raise UserError(f"--ratio {self.ratios} must be positive numbers, e.g. --ratio 2")
-        if not self.l1s or any(a < 0 for a in self.l1s):
-            raise UserError(f"--l1 {self.l1s} must be non-negative numbers, e.g. --l1 1e-3")
-        if len(set(map(float, self.ratios))) != len(self.ratios) or len(set(map(float, self.l1s))) != len(self.l1s):
-            raise UserError("--ratio and --l1 values must each be listed once: remove the duplicates")
-        if self.batch_size < 1 or self.lr <= 0 or self.checkpoint_every < 1:
-            raise UserError("--batch-size, --lr and --checkpoint-every must be positive")
-        if self.tokens < self.batch_size:
-            raise UserError(f"--tokens {self.tokens} is less than one batch of {self.batch_size}: raise --tokens")
-
-    @property
-    def kind(self) -> str:
-        return "tied_sae" if self.tied else "untied_sae"
-
-    @property
-    def steps(self) -> int:
-        return self.tokens // self.batch_size
-
-    def public(self) -> dict:
-        data = asdict(self)
-        data.update(kind=self.kind, steps=self.steps, optimizer="adam", betas=list(self.betas))
-        data.pop("checkpoint_every")
-        return data
 
 
 def dictionary_name(tied: bool, ratio: float, l1: float) -> str:

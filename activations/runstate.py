@@ -1,0 +1,150 @@
+"""What every stage does to survive kill -9 and refuse to mix runs: one implementation for all.
+
+Every stage writes small JSON records (settings, markers, results) that a
+rerun trusts, so each must be either the old or the new file after a crash,
+never a torn one: written to a temporary sibling, fsynced, renamed, and the
+folder fsynced so the rename itself is durable. Every stage also refuses to
+continue into an output made with other settings, because the result would
+silently mix two experiments; the message names what differs and the fix.
+
+Lives in `activations/` because that is the lowest layer (every stage may
+import it; it imports nothing of the toolkit but the error type).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from activations.errors import UserError
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable; a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the file itself is already synced
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new file, never a torn one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2) -> None:
+    """JSON with a trailing newline, written atomically (see `write_bytes_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def read_json(path: str | Path, what: str, fix: str) -> Any:
+    """Parse a JSON record this tool wrote; an unreadable one is a one-line error naming `fix`."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} ({what}) cannot be read ({type(err).__name__}): {fix}") from err
+
+
+# -- settings identity ---------------------------------------------------------------------------
+
+def settings_digest(identity: Any, length: int = 16) -> str:
+    """A stable short hash of a JSON-serialisable settings record (key order does not matter)."""
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def settings_differences(old: dict, new: dict, ignore: Iterable[str] = ()) -> list[str]:
+    """`key: old -> new` for every setting that differs, sorted, ignoring runtime-only keys."""
+    skip = set(ignore)
+    keys = sorted((set(old) | set(new)) - skip)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def require_same_settings(old: dict, new: dict, where: str | Path, fix: str, ignore: Iterable[str] = ()) -> None:
+    """Refuse to continue into `where` when it was made with other settings.
+
+    The message shows at most three differences, each cut to a readable
+    length, because a settings record can hold long lists (paths, hooks).
+    """
+    diffs = settings_differences(old, new, ignore)
+    if diffs:
+        shown = "; ".join(d if len(d) < 160 else d[:157] + "..." for d in diffs[:3])
+        more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
+        raise UserError(f"{where} holds a run with other settings ({shown}{more}): {fix}")
+
+
+# -- outputs -------------------------------------------------------------------------------------
+
+def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """Fail now, with one line, if `path` cannot become a writable folder: not after hours of work.
+
+    Checks the deepest existing ancestor: it must be a folder we can write
+    into (so the missing levels can be created), and `path` itself, if it
+    exists, must be a writable folder. Nothing is created.
+    """
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{flag} {str(path)!r} is a file, not a folder: pass a folder path")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"{flag} {str(path)!r} is not writable by this user: pass a folder you can write to")
+        return path
+    _check_parent(path, flag)
+    return path
+
+
+def check_output_file(path: str | Path, flag: str = "--out") -> Path:
+    """Like `check_output_folder` for a single file: it may exist (it is replaced or resumed), but as a file."""
+    path = Path(path)
+    if path.exists():
+        if path.is_dir():
+            raise UserError(f"{flag} {str(path)!r} is a folder, not a file: pass a file path")
+        if not os.access(path, os.W_OK):
+            raise UserError(f"{flag} {str(path)!r} is not writable by this user: pass a path you can write to")
+    _check_parent(path, flag)
+    return path
+
+
+def _check_parent(path: Path, flag: str) -> None:
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{flag} {str(path)!r} lies under {str(ancestor)!r}, which is a file: pass another path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {str(path)!r} cannot be created: {str(ancestor)!r} is not writable by this user; "
+                        "pass a path you can write to")
