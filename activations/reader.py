@@ -84,9 +84,25 @@ class ActivationCache:
         self._check_hook(hook)
         return self._file["acts"][hook]
 
-    def n_tokens(self, skip_bos: bool = True) -> int:
-        per = self.context_length - (1 if (skip_bos and self.bos_prepended) else 0)
-        return self.n_contexts * per
+    def n_tokens(self, skip_bos: bool = True, contexts: tuple[int, int] | None = None,
+                 skip_first: bool = False) -> int:
+        """Token vectors `iter_batches` draws from with the same arguments."""
+        lo, hi = self.context_range(contexts)
+        return (hi - lo) * (self.context_length - self._first_position(skip_bos, skip_first))
+
+    def context_range(self, contexts: tuple[int, int] | None = None) -> tuple[int, int]:
+        """[lo, hi) of finished contexts; a held-out split is a range of whole contexts at the end."""
+        if contexts is None:
+            return 0, self.n_contexts
+        lo, hi = int(contexts[0]), min(int(contexts[1]), self.n_contexts)
+        if not 0 <= lo < hi:
+            raise UserError(f"context range {contexts} is empty in {self.path} ({self.n_contexts} contexts): "
+                            "lower --eval-fraction or cache more")
+        return lo, hi
+
+    def _first_position(self, skip_bos: bool, skip_first: bool) -> int:
+        """Position 0 is dropped when it is a BOS (skip_bos) or always (skip_first: the attention sink)."""
+        return 1 if (skip_first or (skip_bos and self.bos_prepended)) else 0
 
     # -- random access to contexts ---------------------------------------
     def _read_rows(self, dataset: h5py.Dataset, indices) -> np.ndarray:
@@ -121,24 +137,35 @@ class ActivationCache:
     # -- shuffled token batches for training -------------------------------
     def iter_batches(self, hook: str, batch_size: int, n_tokens: int | None = None, seed: int = 0,
                      start_batch: int = 0, skip_bos: bool = True,
-                     buffer_bytes: int = _DEFAULT_BUFFER_BYTES) -> Iterator[torch.Tensor]:
+                     buffer_bytes: int = _DEFAULT_BUFFER_BYTES, contexts: tuple[int, int] | None = None,
+                     skip_first: bool = False) -> Iterator[torch.Tensor]:
         """Yield `n_tokens // batch_size` float32 batches [batch_size, d] (one epoch if n_tokens is None).
 
         Each buffer drops its last partial batch rather than carrying it over,
         which keeps buffers independent and so resumable; the loss is at most
-        batch_size - 1 tokens per buffer.
+        batch_size - 1 tokens per buffer. `contexts` = [lo, hi) restricts the
+        draw to those contexts (a train / held-out split); `skip_first` drops
+        position 0 of every context (an attention sink whose norm dwarfs the rest).
         """
         dataset = self._dataset(hook)
         d = self._widths[hook]
-        first = 1 if (skip_bos and self.bos_prepended) else 0
+        first = self._first_position(skip_bos, skip_first)
         per_context = self.context_length - first
+        lo, hi = self.context_range(contexts)
         block = int(dataset.chunks[0]) if dataset.chunks else 1
-        n_blocks = -(-self.n_contexts // block)
+        first_block = lo // block
+        n_blocks = -(-hi // block) - first_block
         blocks_per_buffer = max(1, buffer_bytes // (block * per_context * d * 4))
         blocks_per_buffer = min(blocks_per_buffer, n_blocks)
 
+        def block_rows(b: int) -> tuple[int, int]:
+            """Contexts of the b-th block of the range, clipped to [lo, hi)."""
+            start = (first_block + b) * block
+            return max(lo, start), min(hi, start + block)
+
         def block_len(b: int) -> int:
-            return (min(self.n_contexts, (b + 1) * block) - b * block) * per_context
+            a, z = block_rows(b)
+            return (z - a) * per_context
 
         epoch_batches = 0
         n_buffers = -(-n_blocks // blocks_per_buffer)
@@ -155,7 +182,8 @@ class ActivationCache:
         buffers = epoch_plan(0)
         epoch_batches = sum(sum(block_len(b) for b in buf) // batch_size for buf in buffers)
         if epoch_batches == 0:
-            raise UserError(f"{self.path} holds {self.n_tokens(skip_bos)} tokens, fewer than one batch of {batch_size}: lower --batch-size or cache more")
+            raise UserError(f"{self.path} holds {self.n_tokens(skip_bos, contexts, skip_first)} tokens here, fewer than "
+                            f"one batch of {batch_size}: lower --batch-size or cache more")
         total = epoch_batches if n_tokens is None else max(1, n_tokens // batch_size)
         produced = 0
         position = 0  # global batch index of the next batch a buffer would produce
@@ -166,8 +194,7 @@ class ActivationCache:
                 if position + count <= start_batch:  # skip whole buffers without reading them
                     position += count
                     continue
-                data = np.concatenate([dataset[b * block:min(self.n_contexts, (b + 1) * block), first:]
-                                       .reshape(-1, d) for b in np.sort(buf)])
+                data = np.concatenate([dataset[slice(*block_rows(b)), first:].reshape(-1, d) for b in np.sort(buf)])
                 rng = np.random.default_rng([seed, epoch, buf_index])
                 order = rng.permutation(data.shape[0])
                 tensor = torch.from_numpy(data[order].astype(np.float32))

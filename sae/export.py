@@ -18,25 +18,37 @@ import torch
 from safetensors.torch import save_file
 
 from activations.errors import UserError
-from sae.dictionaries import AffineDictionary
-from sae.io import write_json_atomic
+from activations.hooks import parse_hook
+from activations.runstate import write_json_atomic
+from sae.kinds.affine import AffineDictionary
+from sae.kinds.threshold import ThresholdSAE
 
 SAE_WEIGHTS_FILENAME = "sae_weights.safetensors"
 SAE_CFG_FILENAME = "cfg.json"
 
 
 def saelens_state(dictionary: AffineDictionary) -> dict[str, torch.Tensor]:
-    """W_enc, b_enc, W_dec, b_dec with apply_b_dec_to_input=False semantics (b_dec folded into b_enc)."""
+    """W_enc, b_enc, W_dec, b_dec with apply_b_dec_to_input=False semantics (b_dec folded into b_enc).
+
+    Threshold kinds (BatchTopK, JumpReLU) add SAELens's JumpReLU `threshold`.
+    """
     w, b, d, b_dec = (t.detach().cpu().to(torch.float32) for t in dictionary.effective())
-    return {"W_enc": w.T.contiguous(), "b_enc": b.contiguous(), "W_dec": d.contiguous(), "b_dec": b_dec.contiguous()}
+    state = {"W_enc": w.T.contiguous(), "b_enc": b.contiguous(), "W_dec": d.contiguous(), "b_dec": b_dec.contiguous()}
+    if isinstance(dictionary, ThresholdSAE):
+        state["threshold"] = dictionary.tensors()["threshold"].detach().cpu().to(torch.float32).contiguous()
+    return state
+
+
+def _layer(hook: str) -> int | None:
+    try:
+        return parse_hook(hook).layer
+    except UserError:
+        return None  # a hook name of another tool: SAELens accepts a missing layer
 
 
 def saelens_config(dictionary: AffineDictionary) -> dict:
     hook = dictionary.hook
-    layer = None
-    if hook.startswith("blocks."):
-        part = hook.split(".")[1]
-        layer = int(part) if part.isdigit() else None
+    layer = _layer(hook)
     data = dictionary.config.get("data", {})
     cfg = {
         "architecture": "standard",
@@ -60,6 +72,9 @@ def saelens_config(dictionary: AffineDictionary) -> dict:
         "dictlens_kind": dictionary.kind,
         "dictlens_name": dictionary.name,
     }
+    if isinstance(dictionary, ThresholdSAE):
+        cfg["architecture"] = "jumprelu"
+        cfg["activation_fn_str"] = "relu"
     if dictionary.k is not None:
         cfg["architecture"] = "topk"
         cfg["activation_fn_str"] = "topk"

@@ -16,7 +16,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from activations.errors import first_line
-from sae.dictionaries import FORMAT_VERSION, KINDS, AffineDictionary
+from sae.kinds.affine import FORMAT_VERSION, AffineDictionary
+from sae.registry import kind_class, kind_names
 from sae.errors import DictionaryError
 
 CONFIG_FILE = "config.json"
@@ -82,8 +83,8 @@ def load(path: str | Path, device: str = "cpu") -> AffineDictionary:
     folder = _folder(path)
     config = read_config(folder)
     kind = config.get("kind")
-    if kind not in KINDS:
-        raise DictionaryError(f"{folder}/{CONFIG_FILE} has kind {kind!r}, not one of {', '.join(sorted(KINDS))}: "
+    if kind not in kind_names():
+        raise DictionaryError(f"{folder}/{CONFIG_FILE} has kind {kind!r}, not one of {', '.join(sorted(kind_names()))}: "
                               "re-create the dictionary with this version of the tool")
     weights = folder / WEIGHTS_FILE
     if not weights.exists():
@@ -93,7 +94,7 @@ def load(path: str | Path, device: str = "cpu") -> AffineDictionary:
     except (SafetensorError, OSError) as err:
         raise DictionaryError(f"{weights} cannot be read ({first_line(err)}): the file is damaged; "
                               "re-create the dictionary") from err
-    return KINDS[kind](tensors, config, name=folder.name).to(device)
+    return kind_class(kind)(tensors, config, name=folder.name).to(device)
 
 
 def update_metrics(folder: str | Path, metrics: dict) -> dict:

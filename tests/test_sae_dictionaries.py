@@ -13,7 +13,7 @@ import sae
 from sae.base import Dictionary
 from sae.baselines import (collect, fit_ica, neuron_basis, pca_from_moments, random_basis, signed_neuron_basis,
                            topk_control)
-from sae.dictionaries import KINDS, TiedSAE, UntiedSAE
+from sae.dictionaries import KINDS, BatchTopKSAE, JumpReLUSAE, TiedSAE, TopKSAE, UntiedSAE
 from sae.errors import DictionaryError
 from sae.export import export_saelens
 from tests.test_sae_support import sparse_data
@@ -44,7 +44,12 @@ def every_kind(data) -> list:
     untied = UntiedSAE({"W_e": torch.randn(30, D, generator=g), "b_e": torch.randn(30, generator=g) * 0.1,
                         "W_d": torch.randn(30, D, generator=g), "b_d": torch.randn(D, generator=g)},
                        {**base, "d_in": D, "n_features": 30})
-    kinds = [tied, untied, pca, ica, random_basis(D, dict(base), seed=1), neuron_basis(D, dict(base)),
+    untied_tensors = {k: v.clone() for k, v in untied.tensors().items()}
+    topk = TopKSAE(untied_tensors, {**base, "d_in": D, "n_features": 30, "k": 4})
+    thresholds = torch.rand(30, generator=g)
+    batchtopk = BatchTopKSAE({**untied_tensors, "threshold": torch.full((30,), 0.3)}, {**base, "d_in": D, "n_features": 30})
+    jumprelu = JumpReLUSAE({**untied_tensors, "threshold": thresholds}, {**base, "d_in": D, "n_features": 30})
+    kinds = [tied, untied, topk, batchtopk, jumprelu, pca, ica, random_basis(D, dict(base), seed=1), neuron_basis(D, dict(base)),
              signed_neuron_basis(D, dict(base)), topk_control(pca, 3, {}), topk_control(ica, 3, {})]
     assert sorted(d.kind for d in kinds) == sorted(KINDS)
     return kinds
@@ -159,12 +164,13 @@ def test_saelens_export_reproduces_encode_and_decode(every_kind, data, tmp_path)
         out = export_saelens(d, tmp_path / f"export_{d.kind}")
         cfg = json.loads((out / "cfg.json").read_text())
         w = load_file(str(out / "sae_weights.safetensors"))
-        assert sorted(w) == ["W_dec", "W_enc", "b_dec", "b_enc"]
+        jump = cfg["architecture"] == "jumprelu"
+        assert sorted(w) == ["W_dec", "W_enc", "b_dec", "b_enc"] + (["threshold"] if jump else [])
         assert w["W_enc"].shape == (D, d.n_features) and w["W_dec"].shape == (d.n_features, D)
         assert cfg["d_in"] == D and cfg["d_sae"] == d.n_features and cfg["hook_name"] == d.hook
         assert cfg["hook_layer"] == 0 and cfg["model_name"] == "m"
         pre = (x - w["b_dec"] * cfg["apply_b_dec_to_input"]) @ w["W_enc"] + w["b_enc"]
-        c = torch.relu(pre)
+        c = pre * (pre > w["threshold"]) if jump else torch.relu(pre)
         if cfg["architecture"] == "topk":
             c = torch.zeros_like(c).scatter(-1, c.topk(cfg["k"], dim=-1).indices, c.topk(cfg["k"], dim=-1).values)
         torch.testing.assert_close(c, d.encode(x), rtol=1e-5, atol=1e-5)
