@@ -12,11 +12,10 @@ and so ends with the same bytes as an uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -26,8 +25,10 @@ from tqdm.auto import tqdm
 
 from activations.corpus import build_contexts, resolve_corpus
 from activations.errors import UserError
-from activations.hooks import hook_width, parse_hook, run_with_cache, validate_hooks
+from activations.hooks import hook_width, run_with_cache, validate_hooks
 from activations.models import load_model
+from activations.runstate import check_output_file, differing_keys, move_into_place
+from activations.settings import CacheSettings, record_json
 
 FORMAT_VERSION = 1
 _TARGET_CHUNK_BYTES = 1 << 20
@@ -44,51 +45,25 @@ class CacheResult:
         return str(self.path)
 
 
-@dataclass(frozen=True)
-class CacheSettings:
-    """Everything that decides the bytes of the file; a rerun must match it to resume."""
-
-    model: str
-    corpus: str  # description with a content hash
-    hooks: tuple[str, ...]
-    context_length: int
-    max_tokens: int
-    batch_size: int
-    dtype: str
-    fragments: bool
-
-    def to_json(self) -> str:
-        return json.dumps({**asdict(self), "hooks": list(self.hooks)}, sort_keys=True)
-
-    @staticmethod
-    def from_json(text: str) -> "CacheSettings":
-        data = json.loads(text)
-        data["hooks"] = tuple(data["hooks"])
-        return CacheSettings(**data)
-
-
-def _differences(old: CacheSettings, new: CacheSettings) -> list[str]:
-    a, b = asdict(old), asdict(new)
-    return [f"{k}: file has {a[k]!r}, command asks {b[k]!r}" for k in a if a[k] != b[k]]
-
-
 def _early_alloc_dcpl() -> h5py.h5p.PropDCID:
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     return dcpl
 
 
-def _check_existing(out: Path, settings: CacheSettings) -> int | None:
+def _check_existing(out: Path, record: dict) -> int | None:
     """Contexts already done in a file made with the same settings; None if no file."""
     if not out.exists():
         return None
     try:
         with h5py.File(out, "r") as f:
-            stored = CacheSettings.from_json(f.attrs["settings"])
+            stored = json.loads(f.attrs["settings"])
             done = int(f.attrs["n_contexts_done"])
+        if not isinstance(stored, dict):
+            raise TypeError("settings is not a JSON object")
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise UserError(f"{out} exists but is not an activation cache this tool wrote: choose another --out or pass --overwrite") from err
-    diffs = _differences(stored, settings)
+    diffs = [f"{k}: file has {stored.get(k)!r}, command asks {record.get(k)!r}" for k in differing_keys(stored, record)]
     if diffs:
         raise UserError(
             f"{out} was made with other settings ({'; '.join(diffs)}): rerun with the same settings to resume, "
@@ -97,7 +72,8 @@ def _check_existing(out: Path, settings: CacheSettings) -> int | None:
     return done
 
 
-def _create_file(out: Path, settings: CacheSettings, loaded, tokens: np.ndarray, widths: dict[str, int], stats: dict) -> None:
+def _create_file(out: Path, settings: CacheSettings, record: dict, loaded, tokens: np.ndarray, widths: dict[str, int],
+                 stats: dict) -> None:
     n, ctx = tokens.shape
     storage = np.float16 if settings.dtype == "float16" else np.float32
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +92,7 @@ def _create_file(out: Path, settings: CacheSettings, loaded, tokens: np.ndarray,
                                 chunks=(rows, ctx, d), dcpl=_early_alloc_dcpl())
         f.attrs.update({
             "format_version": FORMAT_VERSION,
-            "settings": settings.to_json(),
+            "settings": record_json(record),
             "model_id": settings.model,
             "model_source": loaded.source,
             "model_revision": loaded.revision,
@@ -126,7 +102,7 @@ def _create_file(out: Path, settings: CacheSettings, loaded, tokens: np.ndarray,
             "context_length": ctx,
             "hooks": json.dumps(list(settings.hooks)),
             "widths": json.dumps(widths),
-            "corpus": settings.corpus,
+            "corpus": record["corpus"],
             "fragments": settings.fragments,
             "bos_prepended": bool(stats["bos_prepended"]),
             "documents_read": int(stats["documents_read"]),
@@ -134,7 +110,7 @@ def _create_file(out: Path, settings: CacheSettings, loaded, tokens: np.ndarray,
             "n_contexts": n,
             "n_contexts_done": 0,
         })
-    os.replace(partial, out)
+    move_into_place(partial, out)
 
 
 class _OrderedWriter:
@@ -146,7 +122,7 @@ class _OrderedWriter:
     thread is raised in the caller at the next put or at exit.
     """
 
-    def __init__(self, file: h5py.File, hooks: tuple[str, ...], depth: int = 2):
+    def __init__(self, file: h5py.File, hooks: list[str], depth: int = 2):
         self._file = file
         self._datasets = {name: file["acts"][name] for name in hooks}
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -187,18 +163,6 @@ class _OrderedWriter:
             raise self._error
 
 
-def check_hook_names(hooks: list[str] | tuple[str, ...]) -> None:
-    """Syntax, emptiness and duplicates of --hooks: a typo fails at once, not after loading the model.
-
-    Whether the layer exists needs the model; `validate_hooks` checks that after loading.
-    """
-    if not hooks:
-        raise UserError("no hooks given: pass at least one, e.g. --hooks blocks.1.hook_resid_post")
-    names = [parse_hook(h).name for h in hooks]
-    if len(set(names)) != len(names):
-        raise UserError(f"duplicate hook names in {list(hooks)}: list each hook once")
-
-
 def cache_activations(
     model: str = "default",
     corpus: str = "default",
@@ -213,24 +177,30 @@ def cache_activations(
     device: str = "cpu",
     progress: bool = True,
 ) -> CacheResult:
-    """Cache activations of `hooks` over `corpus`; resumes a killed run of the same settings."""
-    out = Path(out)
-    # Everything that can be checked without the model is checked here, before the
-    # (slow) model load and before any file is created.
-    if dtype not in ("float16", "float32"):
-        raise UserError(f"--dtype {dtype!r} is not supported: use float16 or float32")
-    if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size} must be at least 1: it is the number of contexts per forward pass")
-    if context_length < 2:
-        raise UserError(f"--context-length {context_length} is too short: use at least 2 (64 to 256 is typical)")
-    if max_tokens < context_length:
-        raise UserError(f"--max-tokens {max_tokens} is less than one context of {context_length}: raise --max-tokens")
-    resolved = resolve_corpus(corpus)
-    check_hook_names(hooks)
-    settings = CacheSettings(model=model, corpus=resolved.describe(), hooks=tuple(hooks),
-                             context_length=context_length, max_tokens=max_tokens,
-                             batch_size=batch_size, dtype=dtype, fragments=fragments)
-    done = None if overwrite else _check_existing(out, settings)
+    """Cache activations of `hooks` over `corpus`; resumes a killed run of the same settings.
+
+    The keyword form of `write_cache` for Python callers (the names are `CacheSettings`' fields).
+    """
+    settings = CacheSettings(model=model, corpus=corpus, hooks=list(hooks), context_length=context_length,
+                             max_tokens=max_tokens, batch_size=batch_size, dtype=dtype, fragments=fragments,
+                             device=device, out=str(out), overwrite=overwrite)
+    return write_cache(settings, progress=progress)
+
+
+def write_cache(settings: CacheSettings, progress: bool = True) -> CacheResult:
+    """Cache activations as `settings` say; resumes a killed run of the same settings.
+
+    Everything that can be checked without the model is checked first, before
+    the (slow) model load and before any file is created: the numbers, that
+    --out can be written, the corpus, the hook names, and an existing file's
+    settings.
+    """
+    settings.validate()
+    out = check_output_file(settings.out)
+    resolved = resolve_corpus(settings.corpus)
+    settings.check_hooks()
+    record = settings.record(resolved.describe())
+    done = None if settings.overwrite else _check_existing(out, record)
     if done is not None:
         with h5py.File(out, "r") as f:
             total = int(f.attrs["n_contexts"])
@@ -238,32 +208,36 @@ def cache_activations(
             print(f"{out} is already complete ({total} contexts); nothing to do.")
             return CacheResult(out, total, 0, 0.0)
 
-    loaded = load_model(model, device=device)
-    hook_points = validate_hooks(loaded.model, list(hooks))
+    loaded = load_model(settings.model, device=settings.device)
+    hook_points = validate_hooks(loaded.model, settings.hooks)
     # Widths in the user's order: that is the order of /acts in the file.
     widths = {h: hook_width(loaded.model, next(p for p in hook_points if p.name == h)) for h in settings.hooks}
-    tokens, stats = build_contexts(resolved.documents(), loaded.tokenizer, context_length,
-                                   max_tokens // context_length, fragments=fragments)
+    tokens, stats = build_contexts(resolved.documents(), loaded.tokenizer, settings.context_length,
+                                   settings.max_tokens // settings.context_length, fragments=settings.fragments)
     if done is None:
-        _create_file(out, settings, loaded, tokens, widths, stats)
+        _create_file(out, settings, record, loaded, tokens, widths, stats)
         done = 0
+    return _write_batches(out, settings, loaded.model, tokens, done, progress)
 
-    storage = torch.float16 if dtype == "float16" else torch.float32
-    n = tokens.shape[0]
-    first = done
+
+def _write_batches(out: Path, settings: CacheSettings, model, tokens: np.ndarray, done: int,
+                   progress: bool) -> CacheResult:
+    """The forward-and-write loop from context `done` on (the file exists at its final size)."""
+    storage = torch.float16 if settings.dtype == "float16" else torch.float32
+    n, context_length = tokens.shape
     bar = tqdm(total=n * context_length, initial=done * context_length, unit="tok", unit_scale=True,
                desc=f"cache {out.name}", disable=not progress, smoothing=0.1)
     started = time.perf_counter()
     with h5py.File(out, "r+") as f, _OrderedWriter(f, settings.hooks) as writer:
-        for start in range(done, n, batch_size):
-            stop = min(n, start + batch_size)
-            ids = torch.from_numpy(tokens[start:stop].astype(np.int64)).to(device)
-            acts = run_with_cache(loaded.model, ids, list(settings.hooks))
+        for start in range(done, n, settings.batch_size):
+            stop = min(n, start + settings.batch_size)
+            ids = torch.from_numpy(tokens[start:stop].astype(np.int64)).to(settings.device)
+            acts = run_with_cache(model, ids, settings.hooks)
             arrays = {name: acts[name].to("cpu", storage).numpy() for name in settings.hooks}
             writer.put(start, stop, tokens[start:stop], arrays)
             bar.update((stop - start) * context_length)
     bar.close()
     elapsed = time.perf_counter() - started
     if progress:
-        print(f"wrote {n} contexts x {context_length} tokens of {len(widths)} hooks to {out} in {elapsed:.1f}s")
-    return CacheResult(out, n, (n - first) * context_length, elapsed)
+        print(f"wrote {n} contexts x {context_length} tokens of {len(settings.hooks)} hooks to {out} in {elapsed:.1f}s")
+    return CacheResult(out, n, (n - done) * context_length, elapsed)

@@ -5,11 +5,11 @@ unmodified HF model, so any checkpoint of a supported family works without a
 converted copy. `mlp.hook_post` is defined for every family as the input of
 the MLP's output projection: the activation-function output for GPT-2 and
 GPT-NeoX, and act(gate) * up for gated Llama MLPs (TransformerLens's choice).
+Names are parsed and built in `activations.hooknames` (no torch), re-exported here.
 """
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -17,29 +17,11 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from activations.errors import UserError
+from activations.hooknames import HOOK_KINDS, HookError, HookPoint, hook_name, parse_hook
 
-# Order in which the hooks of one block fire during a forward pass: mlp.hook_post
-# is the *input* of the MLP's out-projection, so it fires inside the MLP, before
-# the MLP's output (hook_mlp_out). stop_after relies on this order being right.
-HOOK_KINDS = ("hook_resid_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
-_FIRING_ORDER = {kind: i for i, kind in enumerate(HOOK_KINDS)}
-_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_post|hook_mlp_out|mlp\.hook_post)$")
-
-
-class HookError(UserError):
-    """A hook name that does not exist on this model."""
-
-
-@dataclass(frozen=True)
-class HookPoint:
-    name: str
-    layer: int
-    kind: str
-
-    @property
-    def order(self) -> tuple[int, int]:
-        return (self.layer, _FIRING_ORDER[self.kind])
+__all__ = ["HOOK_KINDS", "HookError", "HookPoint", "parse_hook", "hook_name", "blocks", "n_layers", "d_mlp",
+           "hook_width", "list_hooks", "validate_hooks", "hooks_installed", "run_with_cache", "logits_with_edits",
+           "StopForward"]
 
 
 @dataclass(frozen=True)
@@ -59,16 +41,6 @@ _FAMILIES = {
     "gemma2": _Family("model.layers", "mlp", "down_proj"),
     "gemma3_text": _Family("model.layers", "mlp", "down_proj"),
 }
-
-
-def parse_hook(name: str) -> HookPoint:
-    match = _HOOK_RE.match(name.strip())
-    if not match:
-        raise HookError(
-            f"unknown hook name {name!r}: use blocks.L.hook_resid_pre, blocks.L.hook_resid_post, "
-            "blocks.L.hook_mlp_out or blocks.L.mlp.hook_post (list them with `python cli.py hooks --model M`)"
-        )
-    return HookPoint(name=name.strip(), layer=int(match.group(1)), kind=match.group(2))
 
 
 def _family(model: nn.Module) -> _Family:
@@ -113,7 +85,7 @@ def list_hooks(model: nn.Module) -> list[tuple[str, int]]:
     out = []
     for layer in range(n_layers(model)):
         for kind in HOOK_KINDS:
-            hook = HookPoint(f"blocks.{layer}.{kind}", layer, kind)
+            hook = HookPoint(hook_name(layer, kind), layer, kind)
             out.append((hook.name, hook_width(model, hook)))
     return out
 

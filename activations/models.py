@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from activations.errors import UserError
+from activations.runstate import move_into_place
 
 DEFAULT_MODEL_ALIAS = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -82,15 +83,13 @@ def default_model_dir() -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(gguf_model.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so a killed conversion never leaves
-    # a half-written folder that later loads would trust.
+    # Write beside the target and move it into place (synced), so a killed conversion
+    # never leaves a half-written folder that later loads would trust.
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        move_into_place(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -54,6 +55,33 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def move_into_place(tmp: str | Path, target: str | Path) -> None:
+    """Rename a finished temporary file or folder onto `target` so that a crash never leaves half of it.
+
+    For whatever cannot be written through `write_bytes_atomic` (an HDF5 file
+    built by h5py, a folder written by `save_pretrained`): its files and
+    folders are fsynced first, an old folder at `target` is removed, and the
+    parent is fsynced after the rename.
+    """
+    tmp, target = Path(tmp), Path(target)
+    if tmp.is_dir():
+        for folder, _, files in os.walk(tmp):
+            for name in files:
+                _fsync_file(Path(folder) / name)
+            _fsync_dir(Path(folder))
+    else:
+        _fsync_file(tmp)
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
@@ -87,11 +115,19 @@ def settings_digest(identity: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
 
 
+def differing_keys(old: dict, new: dict, ignore: Iterable[str] = ()) -> list[str]:
+    """The keys whose values differ (or that only one side has), sorted, ignoring runtime-only keys.
+
+    For callers that word the difference themselves (the cache names which
+    side is the file and which the command); others use `settings_differences`.
+    """
+    skip = set(ignore)
+    return [k for k in sorted((set(old) | set(new)) - skip) if old.get(k) != new.get(k)]
+
+
 def settings_differences(old: dict, new: dict, ignore: Iterable[str] = ()) -> list[str]:
     """`key: old -> new` for every setting that differs, sorted, ignoring runtime-only keys."""
-    skip = set(ignore)
-    keys = sorted((set(old) | set(new)) - skip)
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing_keys(old, new, ignore)]
 
 
 def require_same_settings(old: dict, new: dict, where: str | Path, fix: str, ignore: Iterable[str] = ()) -> None:

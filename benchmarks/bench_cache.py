@@ -24,13 +24,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from activations.cache_writer import cache_activations  # noqa: E402
+from activations.cache_writer import write_cache  # noqa: E402
 from activations.corpus import build_contexts, resolve_corpus  # noqa: E402
-from activations.hooks import StopForward, hooks_installed  # noqa: E402
+from activations.hooks import StopForward, hook_name, hooks_installed  # noqa: E402
 from activations.models import load_model  # noqa: E402
+from activations.settings import CacheSettings  # noqa: E402
 
 LAYER = 2
-HOOKS = [f"blocks.{LAYER}.hook_resid_pre", f"blocks.{LAYER}.hook_resid_post"]
+HOOKS = [hook_name(LAYER, "hook_resid_pre"), hook_name(LAYER, "hook_resid_post")]
 
 
 def bare_forward(model, tokens: np.ndarray, batch: int) -> float:
@@ -76,9 +77,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):  # interleaved, so background load hits all three alike
             rates["a"].append(n_tok / bare_forward(loaded.model, tokens, args.batch_size))
-            result = cache_activations(model="default", corpus="default", hooks=HOOKS, context_length=args.context_length,
-                                       max_tokens=args.tokens, batch_size=args.batch_size, dtype="float16",
-                                       out=Path(tmp) / f"b{r}.h5", progress=False)
+            settings = CacheSettings(model="default", corpus="default", hooks=HOOKS, context_length=args.context_length,
+                                     max_tokens=args.tokens, batch_size=args.batch_size, dtype="float16",
+                                     out=str(Path(tmp) / f"b{r}.h5"))
+            result = write_cache(settings, progress=False)  # what `cli.py cache` runs
             rates["b"].append(result.tokens_written / result.seconds)
             rates["c"].append(n_tok / hidden_states_and_write(loaded.model, tokens, args.batch_size, Path(tmp) / f"c{r}.h5"))
     best = {k: max(v) for k, v in rates.items()}

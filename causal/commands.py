@@ -1,15 +1,15 @@
 """`cli.py patch-ioi`: IOI feature patching, KL against number of patched features.
 
-Everything the user can get wrong (missing or mismatched dictionaries, a
-hook the model lacks, a tokenizer without one-token names) is checked
-before the model runs and before anything under OUT is written.
+Everything the user can get wrong (an unwritable --out, missing or
+mismatched dictionaries, a hook the model lacks, a tokenizer without
+one-token names) is checked before the model runs and before anything under
+OUT is written. The command is four steps: validate (no files read),
+plan (dictionaries, settings record, what an earlier run finished), run
+(one greedy curve per dictionary) and persist (ioi.json after each one).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,10 +17,13 @@ from pathlib import Path
 import torch
 
 from activations.errors import UserError
+from activations.options import identity_fields
+from activations.runstate import check_output_file, check_output_folder, differing_keys, read_json, write_json_atomic
 from causal.patching import (coefficient_delta, decoder_rows, last_logits, pad_token_id,
                              pair_batch, task_check)
 from causal.prompts import IOIConfig, make_ioi_pairs
 from causal.selection import GreedyConfig, PatchProblem, default_taus, greedy_curve
+from causal.settings import PatchIOISettings
 from causal.suffix import SuffixRunner
 
 RESULT_FILE = "ioi.json"
@@ -32,6 +35,8 @@ GPU_TOKENS_PER_FORWARD = 65_536
 
 @dataclass
 class PatchIOIConfig:
+    """What OUT/ioi_config.json records about the run (with the model's source, the hook and the identity)."""
+
     model: str
     dicts: list[str]
     n_prompts: int = 50
@@ -41,18 +46,6 @@ class PatchIOIConfig:
     names: list[str] | None = None
     taus: list[float] = field(default_factory=default_taus)
     rows_per_forward: int = 1
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_dictionaries(paths: list[str]) -> list:
@@ -112,8 +105,8 @@ def _reach_text(reach: dict[str, int | None]) -> str:
 def has_settings_record(out_dir: str | Path) -> bool:
     """Was OUT written by a patch-ioi that records its settings (so a rerun can resume it)?"""
     try:
-        return "identity" in json.loads((Path(out_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
+        return "identity" in read_json(Path(out_dir) / CONFIG_FILE, "IOI config", "")
+    except (UserError, TypeError):
         return False
 
 
@@ -135,15 +128,12 @@ def _previous_results(out_dir: Path, identity: dict, paths: dict[str, str], over
     for path in (config_path, result_path):
         if not path.exists():
             continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UserError(f"--out {str(out_dir)!r} holds an unreadable {path.name} ({exc}): {fix}") from exc
+        data = read_json(path, f"a file of the IOI run in --out {str(out_dir)!r}", fix)
         if not isinstance(data, dict) or not isinstance(data.get("identity"), dict):
             raise UserError(f"--out {str(out_dir)!r} holds an IOI run without a settings record "
                             f"(an older patch-ioi, or not its output), so it cannot be resumed: {fix}")
-        if data["identity"] != identity:
-            changed = sorted(k for k in identity if data["identity"].get(k) != identity[k])
+        changed = differing_keys(data["identity"], identity)
+        if changed:
             raise UserError(f"--out {str(out_dir)!r} holds an IOI run with other settings ({', '.join(changed)}): {fix}")
         stored[path] = data
     previous = dict(stored.get(result_path, {}).get("dictionaries") or {})
@@ -160,69 +150,74 @@ def _rows_per_forward(device: str, n_prompts: int, max_len: int) -> int:
     return max(1, GPU_TOKENS_PER_FORWARD // (n_prompts * max_len))
 
 
-def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: int = 0, out: str = "",
-                      plot: str | None = None, device: str = "cpu", candidates: int | None = None,
-                      names: list[str] | None = None, overwrite: bool = False) -> dict:
-    """Run the whole IOI patching experiment and write OUT/ioi.json (and the plot).
+def identity_of(settings: PatchIOISettings, hook: str) -> dict:
+    """The settings record of an IOI run: what decides its curves (the τ grid and the dictionaries' hook too)."""
+    identity = identity_fields(settings)
+    identity["names"] = list(settings.names) if settings.names else None
+    identity.update(taus=default_taus(), hook=hook)
+    return identity
 
-    Rerunning into the same folder with the same settings keeps every dictionary already in ioi.json
-    (same name and folder; the weights are not re-read, so pass --overwrite after retraining one in place)
-    and runs only the rest; dictionaries of earlier runs that are not passed again stay in ioi.json and in
-    ioi_config.json's `dicts`. The device is not part of the settings: CPU and GPU curves may share a file.
-    """
-    from activations.hooks import run_with_cache
-    from activations.models import load_model
 
-    if not out:
-        raise UserError("no output folder: pass --out DIR")
-    if n_prompts < 1:
-        raise UserError(f"--n-prompts must be at least 1, got {n_prompts}")
-    if candidates is not None and candidates < 1:
-        raise UserError(f"--candidates must be at least 1, got {candidates}")
-    if plot is not None and not str(plot).lower().endswith(".png"):
-        raise UserError(f"--plot {plot!r} must name a .png file")
-    out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out!r} is a file: pass a folder")
-    dictionaries = load_dictionaries(list(dicts))
-    paths = {d.name: str(Path(p).resolve()) for d, p in zip(dictionaries, dicts)}
-    identity = {"model": model, "n_prompts": n_prompts, "seed": seed, "candidates": candidates,
-                "names": list(names) if names else None, "taus": default_taus(), "hook": dictionaries[0].hook}
-    previous = _previous_results(out_dir, identity, paths, overwrite)
-    loaded = load_model(model, device=device)
-    hook = _check_against_model(loaded.model, dictionaries)
-    decoders = {d.name: decoder_rows(d, device=device) for d in dictionaries}  # raises on a non-affine decoder
-    if plot is not None and not Path(plot).resolve().parent.is_dir():
-        raise UserError(f"the folder of --plot {plot!r} does not exist: create it or pass another path")
-    pairs = make_ioi_pairs(loaded.tokenizer, IOIConfig(n_prompts=n_prompts, seed=seed, names=names or None))
+@dataclass
+class _Plan:
+    """What the run will do, known before the model loads: dictionaries, settings record, finished results."""
 
-    kept_paths = [e.get("path", "") for n, e in previous.items() if n not in paths]  # earlier runs' extra dictionaries
-    config = PatchIOIConfig(model=model, dicts=[str(d) for d in dicts] + kept_paths, n_prompts=n_prompts, seed=seed,
-                            device=device, candidates=candidates, names=names or None)
-    batch = pair_batch(pairs, pad_token_id(loaded.tokenizer), device=device)
-    config.rows_per_forward = _rows_per_forward(device, batch.n, int(batch.clean_ids.shape[1]))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite:  # first, so a kill from here on cannot leave old curves beside the new settings record
-        (out_dir / RESULT_FILE).unlink(missing_ok=True)
-    _write_json_atomic(out_dir / CONFIG_FILE, {**asdict(config), "model_source": loaded.source,
-                                                "model_revision": loaded.revision, "hook": hook,
-                                                "identity": identity})
-    _write_json_atomic(out_dir / PROMPTS_FILE, {"pairs": [asdict(p) for p in pairs]})
+    settings: PatchIOISettings
+    out_dir: Path
+    dictionaries: list
+    paths: dict[str, str]  # dictionary name -> resolved folder
+    identity: dict
+    previous: dict[str, dict]  # finished earlier with these settings: kept, whatever this run does
 
-    clean_logits = last_logits(loaded.model, batch.clean_ids, batch.lengths)
-    cf_logits = last_logits(loaded.model, batch.cf_ids, batch.lengths)
-    check = task_check(batch, clean_logits, cf_logits)
-    print(f"IOI on {batch.n} clean prompts: mean logit diff IO-S = {check.logit_diff:.3f}, "
-          f"accuracy (IO > S) = {check.accuracy:.2%}, IO top-1 = {check.top1_accuracy:.2%}, "
-          f"KL(clean || counterfactual) = {check.kl_clean_vs_cf:.4f}")
+    def done(self, name: str) -> bool:
+        return self.previous.get(name, {}).get("path") == self.paths[name]
+
+
+def _validate(settings: PatchIOISettings) -> None:
+    """Every check that reads no input file: the numbers, and that --out and --plot can be written."""
+    settings.validate()
+    check_output_folder(settings.out)
+    if settings.plot is not None:
+        check_output_file(settings.plot, "--plot")
+        if not Path(settings.plot).resolve().parent.is_dir():
+            raise UserError(f"the folder of --plot {settings.plot!r} does not exist: create it or pass another path")
+
+
+def _plan(settings: PatchIOISettings) -> _Plan:
+    dictionaries = load_dictionaries(list(settings.dicts))
+    paths = {d.name: str(Path(p).resolve()) for d, p in zip(dictionaries, settings.dicts)}
+    identity = identity_of(settings, dictionaries[0].hook)
+    out_dir = Path(settings.out)
+    previous = _previous_results(out_dir, identity, paths, settings.overwrite)
+    return _Plan(settings, out_dir, dictionaries, paths, identity, previous)
+
+
+def _persist_setup(plan: _Plan, config: PatchIOIConfig, loaded, hook: str, pairs: list) -> None:
+    """OUT/ioi_config.json and ioi_prompts.json; with --overwrite the old ioi.json goes first,
+    so a kill from here on cannot leave old curves beside the new settings record."""
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    if plan.settings.overwrite:
+        (plan.out_dir / RESULT_FILE).unlink(missing_ok=True)
+    write_json_atomic(plan.out_dir / CONFIG_FILE, {**asdict(config), "model_source": loaded.source,
+                                                   "model_revision": loaded.revision, "hook": hook,
+                                                   "identity": plan.identity})
+    write_json_atomic(plan.out_dir / PROMPTS_FILE, {"pairs": [asdict(p) for p in pairs]})
+
+
+def _persist(plan: _Plan, result: dict) -> None:
+    """ioi.json, after each dictionary: a killed run keeps the finished ones."""
+    write_json_atomic(plan.out_dir / RESULT_FILE, result)
+
+
+def _task_result(settings: PatchIOISettings, hook: str, batch, check, taus: list[float], plan: _Plan) -> dict:
+    """ioi.json before any curve: the model's IOI behaviour on these prompts, and the curves kept from earlier."""
     warning = None
     if not check.does_ioi:
         warning = (f"the model does not do the IOI task on these prompts (mean logit diff IO-S = {check.logit_diff:.3f} <= 0): "
                    "the patching curves below do not measure where IOI information lives")
         print(f"WARNING: {warning}")
-
-    result = {
-        "model": model,
+    return {
+        "model": settings.model,
         "hook": hook,
         "n_prompts": batch.n,
         "clean_logit_diff": check.logit_diff,
@@ -234,65 +229,107 @@ def patch_ioi_command(model: str, dicts: list[str], n_prompts: int = 50, seed: i
         "warning": warning,
         "kl_clean_vs_counterfactual": check.kl_clean_vs_cf,
         "per_prompt": check.per_prompt,  # [[logit diff IO-S, correct], ...] per clean prompt, in prompts.json order
-        "taus": config.taus,
-        "identity": identity,
-        "dictionaries": dict(previous),  # finished earlier with these settings: kept, whatever this run does
+        "taus": taus,
+        "identity": plan.identity,
+        "dictionaries": dict(plan.previous),
     }
+
+
+def _run_dictionary(d, plan: _Plan, runner: SuffixRunner, x_cf: torch.Tensor, w: torch.Tensor,
+                    cf_logits: torch.Tensor, greedy: GreedyConfig, kl_none: float, n_prompts: int) -> dict:
+    """One dictionary's curve (and the attribution screen's ladder with --candidates), as ioi.json stores it."""
+    candidates, device = plan.settings.candidates, plan.settings.device
+    delta = coefficient_delta(d, runner.x_clean, x_cf, runner.batch.differs, device)
+    problem = PatchProblem(runner, delta, w, cf_logits)
+    started = time.perf_counter()
+    screened, ladder = None, None
+    if candidates is not None and candidates < d.n_features:
+        from causal.attribution import attribution_scores, screen_ladder
+
+        scores = attribution_scores(problem)
+        screened = scores.abs().topk(candidates).indices.tolist()
+        ladder = screen_ladder(problem, scores, candidates)
+    res = greedy_curve(problem, greedy, desc=d.name, candidates=screened)
+    seconds = time.perf_counter() - started
+    curve = [[p.n_features, p.kl, p.edit_norm] for p in res.curve]
+    reach = features_to_reach(curve, kl_none)
+    reach_screen = features_to_reach(ladder, kl_none) if ladder else None
+    best = min(p.kl for p in res.curve)
+    reached = f"features for KL <= {_reach_text(reach)}"
+    if reach_screen:
+        reached += f" (screen's top-m: {_reach_text(reach_screen)})"
+    print(f"{d.name} ({d.kind}): {d.n_features} features, {res.n_trivial} never differ; "
+          f"min KL {best:.4g}; {reached}; {res.evaluations} evaluations ({res.prompt_runs} prompt runs, "
+          f"{res.prompt_runs / (res.evaluations * n_prompts or 1):.0%} of all prompts) in {seconds:.1f} s")
+    return {
+        "path": plan.paths[d.name],
+        "kind": d.kind,
+        "hook": d.hook,
+        "n_features": d.n_features,
+        "curve": curve,
+        "n_trivial_features": res.n_trivial,
+        "candidates": candidates if screened is not None else None,
+        # top-m by the screen's ranking, m = K, 2K, 4K, ...: measured KLs between "all" and the greedy's start
+        "screen_curve": ladder,
+        # fewest features with KL ≤ 25% / 10% of KL(clean ‖ cf): on the greedy curve, and on the screen's states
+        "features_to_reach": reach,
+        "features_to_reach_screen": reach_screen,
+        "patched_final": res.patched_final,
+        "evaluations": res.evaluations,
+        "prompt_runs": res.prompt_runs,
+        "forward_passes": res.forwards,
+        "seconds": seconds,
+    }
+
+
+def patch_ioi_command(settings: PatchIOISettings) -> dict:
+    """Run the whole IOI patching experiment and write OUT/ioi.json (and the plot).
+
+    Rerunning into the same folder with the same settings keeps every dictionary already in ioi.json
+    (same name and folder; the weights are not re-read, so pass --overwrite after retraining one in place)
+    and runs only the rest; dictionaries of earlier runs that are not passed again stay in ioi.json and in
+    ioi_config.json's `dicts`. The device is not part of the settings: CPU and GPU curves may share a file.
+    """
+    from activations.hooks import run_with_cache
+    from activations.models import load_model
+
+    s = settings
+    _validate(s)
+    plan = _plan(s)
+    loaded = load_model(s.model, device=s.device)
+    hook = _check_against_model(loaded.model, plan.dictionaries)
+    decoders = {d.name: decoder_rows(d, device=s.device) for d in plan.dictionaries}  # raises on a non-affine decoder
+    pairs = make_ioi_pairs(loaded.tokenizer, IOIConfig(n_prompts=s.n_prompts, seed=s.seed, names=s.names or None))
+
+    kept_paths = [e.get("path", "") for n, e in plan.previous.items() if n not in plan.paths]  # earlier runs' extras
+    config = PatchIOIConfig(model=s.model, dicts=[str(d) for d in s.dicts] + kept_paths, n_prompts=s.n_prompts,
+                            seed=s.seed, device=s.device, candidates=s.candidates, names=s.names or None)
+    batch = pair_batch(pairs, pad_token_id(loaded.tokenizer), device=s.device)
+    config.rows_per_forward = _rows_per_forward(s.device, batch.n, int(batch.clean_ids.shape[1]))
+    _persist_setup(plan, config, loaded, hook, pairs)
+
+    clean_logits = last_logits(loaded.model, batch.clean_ids, batch.lengths)
+    cf_logits = last_logits(loaded.model, batch.cf_ids, batch.lengths)
+    check = task_check(batch, clean_logits, cf_logits)
+    print(f"IOI on {batch.n} clean prompts: mean logit diff IO-S = {check.logit_diff:.3f}, "
+          f"accuracy (IO > S) = {check.accuracy:.2%}, IO top-1 = {check.top1_accuracy:.2%}, "
+          f"KL(clean || counterfactual) = {check.kl_clean_vs_cf:.4f}")
+    result = _task_result(s, hook, batch, check, config.taus, plan)
     x_cf = run_with_cache(loaded.model, batch.cf_ids, [hook])[hook]
     runner = SuffixRunner(loaded.model, hook, batch)
     if not runner.suffix_only:
         print("note: running full forward passes (this model's forward did not match a suffix-only run)")
     greedy = GreedyConfig(taus=config.taus, rows=config.rows_per_forward)
-    for d in dictionaries:
-        if previous.get(d.name, {}).get("path") == paths[d.name]:
-            print(f"{d.name}: already in {out_dir / RESULT_FILE} from an earlier run with these settings, kept")
+    for d in plan.dictionaries:
+        if plan.done(d.name):
+            print(f"{d.name}: already in {plan.out_dir / RESULT_FILE} from an earlier run with these settings, kept")
             continue
-        w = decoders[d.name]
-        delta = coefficient_delta(d, runner.x_clean, x_cf, batch.differs, device)
-        problem = PatchProblem(runner, delta, w, cf_logits)
-        started = time.perf_counter()
-        screened, ladder = None, None
-        if candidates is not None and candidates < d.n_features:
-            from causal.attribution import attribution_scores, screen_ladder
-
-            scores = attribution_scores(problem)
-            screened = scores.abs().topk(candidates).indices.tolist()
-            ladder = screen_ladder(problem, scores, candidates)
-        res = greedy_curve(problem, greedy, desc=d.name, candidates=screened)
-        seconds = time.perf_counter() - started
-        curve = [[p.n_features, p.kl, p.edit_norm] for p in res.curve]
-        reach = features_to_reach(curve, check.kl_clean_vs_cf)
-        reach_screen = features_to_reach(ladder, check.kl_clean_vs_cf) if ladder else None
-        result["dictionaries"][d.name] = {
-            "path": paths[d.name],
-            "kind": d.kind,
-            "hook": d.hook,
-            "n_features": d.n_features,
-            "curve": curve,
-            "n_trivial_features": res.n_trivial,
-            "candidates": candidates if screened is not None else None,
-            # top-m by the screen's ranking, m = K, 2K, 4K, ...: measured KLs between "all" and the greedy's start
-            "screen_curve": ladder,
-            # fewest features with KL ≤ 25% / 10% of KL(clean ‖ cf): on the greedy curve, and on the screen's states
-            "features_to_reach": reach,
-            "features_to_reach_screen": reach_screen,
-            "patched_final": res.patched_final,
-            "evaluations": res.evaluations,
-            "prompt_runs": res.prompt_runs,
-            "forward_passes": res.forwards,
-            "seconds": seconds,
-        }
-        best = min(p.kl for p in res.curve)
-        reached = f"features for KL <= {_reach_text(reach)}"
-        if reach_screen:
-            reached += f" (screen's top-m: {_reach_text(reach_screen)})"
-        print(f"{d.name} ({d.kind}): {d.n_features} features, {res.n_trivial} never differ; "
-              f"min KL {best:.4g}; {reached}; {res.evaluations} evaluations ({res.prompt_runs} prompt runs, "
-              f"{res.prompt_runs / (res.evaluations * batch.n or 1):.0%} of all prompts) in {seconds:.1f} s")
-        _write_json_atomic(out_dir / RESULT_FILE, result)  # after each dictionary: a killed run keeps the finished ones
-    _write_json_atomic(out_dir / RESULT_FILE, result)
-    if plot:
+        result["dictionaries"][d.name] = _run_dictionary(d, plan, runner, x_cf, decoders[d.name], cf_logits, greedy,
+                                                         check.kl_clean_vs_cf, batch.n)
+        _persist(plan, result)
+    _persist(plan, result)
+    if s.plot:
         from causal.plot import plot_curves
 
-        plot_curves(result, plot)
+        plot_curves(result, s.plot)
     return result

@@ -22,16 +22,17 @@ a dictionary patched at every position must represent it to move it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from activations.errors import UserError
-from activations.hooks import n_layers, run_with_cache
+from activations.hooks import hook_name, n_layers, run_with_cache
+from activations.runstate import check_output_file, write_json_atomic
 from causal.patching import PairBatch, kl_rows, last_logits, pad_token_id, pair_batch, task_check
 from causal.prompts import IOIConfig, make_ioi_pairs
+from causal.settings import IOILayersSettings
 
 
 @dataclass
@@ -83,22 +84,31 @@ def suggest_layer(rows: list[LayerRow]) -> LayerRow:
     return rows[-1]
 
 
-def ioi_layers_command(model: str = "default", n_prompts: int = 50, seed: int = 0, names: list[str] | None = None,
-                       json_path: str | None = None, device: str = "cpu") -> dict:
+def residual_hooks(model) -> list[str]:
+    """The embeddings (resid_pre of block 0) and the residual stream after every block."""
+    return [hook_name(0, "hook_resid_pre")] + [hook_name(i, "hook_resid_post") for i in range(n_layers(model))]
+
+
+def _validate(settings: IOILayersSettings) -> None:
+    settings.validate()
+    if settings.json_path is not None:
+        check_output_file(settings.json_path, "--json")
+        if not Path(settings.json_path).resolve().parent.is_dir():
+            raise UserError(f"the folder of --json {settings.json_path!r} does not exist: create it or pass another path")
+
+
+def ioi_layers_command(settings: IOILayersSettings) -> dict:
     from activations.models import load_model
 
-    if n_prompts < 1:
-        raise UserError(f"--n-prompts must be at least 1, got {n_prompts}")
-    if json_path is not None and not Path(json_path).resolve().parent.is_dir():
-        raise UserError(f"the folder of --json {json_path!r} does not exist: create it or pass another path")
-    loaded = load_model(model, device=device)
-    pairs = make_ioi_pairs(loaded.tokenizer, IOIConfig(n_prompts=n_prompts, seed=seed, names=names or None))
-    batch = pair_batch(pairs, pad_token_id(loaded.tokenizer), device=device)
+    s = settings
+    _validate(s)
+    loaded = load_model(s.model, device=s.device)
+    pairs = make_ioi_pairs(loaded.tokenizer, IOIConfig(n_prompts=s.n_prompts, seed=s.seed, names=s.names or None))
+    batch = pair_batch(pairs, pad_token_id(loaded.tokenizer), device=s.device)
     clean_logits = last_logits(loaded.model, batch.clean_ids, batch.lengths)
     cf_logits = last_logits(loaded.model, batch.cf_ids, batch.lengths)
     check = task_check(batch, clean_logits, cf_logits)
-    hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(n_layers(loaded.model))]
-    base, rows = scan_layers(loaded.model, batch, hooks, clean_logits, cf_logits)
+    base, rows = scan_layers(loaded.model, batch, residual_hooks(loaded.model), clean_logits, cf_logits)
     pick = suggest_layer(rows)
     print(f"IOI on {batch.n} prompts: logit diff IO-S {check.logit_diff:.3f}, accuracy {check.accuracy:.0%}; "
           f"KL(clean || counterfactual) = {base:.4f}")
@@ -106,10 +116,10 @@ def ioi_layers_command(model: str = "default", n_prompts: int = 50, seed: int = 
     for row in rows:
         mark = "  <- suggested" if row is pick else ""
         print(f"{row.hook:<28} {row.carried_at_name:>16.3f} {row.carried_at_end:>15.3f}{mark}")
-    result = {"model": model, "n_prompts": batch.n, "seed": seed, "clean_logit_diff": check.logit_diff,
+    result = {"model": s.model, "n_prompts": batch.n, "seed": s.seed, "clean_logit_diff": check.logit_diff,
               "clean_accuracy": check.accuracy, "kl_clean_vs_counterfactual": base,
               "rows": [asdict(r) for r in rows], "suggested_hook": pick.hook,
               "rule": "first layer where the final position carries at least as much IO information as the name position"}
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if s.json_path:
+        write_json_atomic(s.json_path, result)
     return result

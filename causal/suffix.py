@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from activations.hooks import blocks, hooks_installed, n_layers, parse_hook, run_with_cache
+from activations.hooks import hook_name as hook_at  # this module calls its hook-name arguments `hook_name`
 from causal.patching import PairBatch
 
 
@@ -66,13 +67,15 @@ class SuffixRunner:
         else:
             self.start, self.edit_at_input = hook.layer, hook.kind == "hook_resid_pre"
         names = [hook_name]
-        start_name = f"blocks.{self.start}.hook_resid_pre"
+        start_name = hook_at(self.start, "hook_resid_pre")
         if not self.edit_at_input:
             names.append(start_name)
         cache = run_with_cache(model, batch.clean_ids, names)
         self.x_clean = cache[hook_name]  # [N, T, d] the clean activation at the hook
         self.start_input = self.x_clean if self.edit_at_input else cache[start_name]
-        self.inner_hook = None if self.edit_at_input else f"blocks.{hook.layer - self.start}.{hook.kind}"
+        # Inside the cut model the blocks are renumbered from self.start.
+        self.entry_hook = hook_at(0, "hook_resid_pre")
+        self.inner_hook = None if self.edit_at_input else hook_at(hook.layer - self.start, hook.kind)
         self.suffix_only = suffix_only
         if suffix_only:
             self._check(check_tolerance)
@@ -112,9 +115,9 @@ class SuffixRunner:
             return out.logits[:, 0].float()
         base = self.start_input[prompts, :t]
         if self.edit_at_input:
-            callbacks = {"blocks.0.hook_resid_pre": lambda x: base + flat}
+            callbacks = {self.entry_hook: lambda x: base + flat}
         else:
-            callbacks = {"blocks.0.hook_resid_pre": lambda x: base, self.inner_hook: lambda x: x + flat}
+            callbacks = {self.entry_hook: lambda x: base, self.inner_hook: lambda x: x + flat}
         with blocks_from(self.model, self.start), hooks_installed(self.model, callbacks):
             out = self.model(input_ids=ids, use_cache=False, logits_to_keep=keep)
         return out.logits[:, 0].float()

@@ -1,6 +1,6 @@
-"""The static HTML dashboard of a run (`cli.py report`) and the one-command demo (`cli.py demo`).
+"""The static HTML dashboard of a run folder (`cli.py report`); the demo that fills one lives in `pipeline/`.
 
-Nothing heavy is imported here; see `report.build` and `report.demo`.
+Nothing heavy is imported here; see `report.build`.
 """
 
 from __future__ import annotations

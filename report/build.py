@@ -12,12 +12,11 @@ gets a report.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-from activations.errors import UserError
+from activations.runstate import check_output_folder, write_text_atomic
 from report.cards import feature_card, skipped_table
 from report.html import esc, fmt, page, png_img, table
 from report.layout import RunContents, discover, read_json
@@ -32,10 +31,6 @@ OFFLINE_NOTE = (
     "openai:gpt-4o-mini</code>, or a local vLLM / llama.cpp server with <code>--base-url</code>.")
 
 
-class ReportError(UserError):
-    """The report cannot be written where asked; the message says where to write it instead."""
-
-
 def _is_offline_llm(spec: Any) -> bool:
     s = str(spec or "")
     return s.startswith("local:") and ("default" in s or "smollm2" in s.lower())
@@ -43,10 +38,8 @@ def _is_offline_llm(spec: Any) -> bool:
 
 def build_report(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Write OUT/index.html (and its PNGs) from whatever stages of the run exist; returns the path."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"--out {str(out)!r} is a file: pass a folder (index.html is written inside it)")
-    contents = discover(run_dir, skip=out)  # raises before anything is written
+    out = check_output_folder(out_dir)  # before the run folder is read, and before anything is written
+    contents = discover(run_dir, skip=out)
     records = _load_records(contents)
     out.mkdir(parents=True, exist_ok=True)
     sections = [
@@ -60,9 +53,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path) -> Path:
     ]
     html_text = page(f"dictlens report: {contents.root.resolve().name}", "\n".join(sections))
     index = out / "index.html"
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(html_text, encoding="utf-8")
-    os.replace(tmp, index)
+    write_text_atomic(index, html_text)
     return index
 
 

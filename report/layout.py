@@ -1,4 +1,4 @@
-"""The run folder: where the demo writes each stage's output and where the report looks for it.
+"""The run folder: where the demo (`pipeline.demo`) writes each stage's output and where the report looks for it.
 
 Layout written by `cli.py demo` (every path is optional for `cli.py report`)::
 
@@ -22,12 +22,12 @@ outputs works too. Only the stage markers are read from `stages/`.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from activations import runstate
 from activations.errors import UserError
 
 SETTINGS_FILE = "demo_settings.json"
@@ -91,8 +91,5 @@ def discover(run_dir: str | Path, skip: Path | None = None) -> RunContents:
 
 
 def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise RunFolderError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}): "
-                             "rerun the stage that wrote it, or delete it") from err
+    """A JSON file of the run; an unreadable one is a one-line error saying how to get a good one."""
+    return runstate.read_json(path, "a file of the run", "rerun the stage that wrote it, or delete it")

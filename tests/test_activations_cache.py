@@ -310,3 +310,47 @@ def test_opening_an_unfinished_cache_warns_once_with_the_fix(tiny_model_dirs, te
         warnings.simplefilter("error")  # the rerun the warning asks for finishes it
         with ActivationCache(out) as cache:
             assert cache.n_contexts == 8
+
+
+def test_settings_attribute_is_the_old_writers_and_a_file_with_it_resumes(tiny_model_dirs, text_corpus, tmp_path):
+    """The `settings` record is byte for byte what the cache writer wrote before CacheSettings was the CLI's
+    settings, so files cached before still resume (here: one set back to 2 of its 6 contexts)."""
+    from activations.corpus import resolve_corpus
+
+    args = dict(model=str(tiny_model_dirs["gpt2"]), corpus=str(text_corpus), hooks=HOOKS[:2], context_length=16,
+                max_tokens=16 * 6, batch_size=2, progress=False)
+    out = cache_activations(**args, out=tmp_path / "c.h5").path
+    old_text = json.dumps({"model": args["model"], "corpus": resolve_corpus(str(text_corpus)).describe(),
+                           "hooks": HOOKS[:2], "context_length": 16, "max_tokens": 96, "batch_size": 2,
+                           "dtype": "float16", "fragments": False}, sort_keys=True)
+    with h5py.File(out, "r+") as f:
+        assert f.attrs["settings"] == old_text
+        complete = _arrays(out)
+        f.attrs["n_contexts_done"] = 2
+    result = cache_activations(**args, out=out)
+    assert result.tokens_written == 4 * 16
+    got = _arrays(out)
+    for key in complete:
+        np.testing.assert_array_equal(complete[key], got[key], err_msg=key)
+
+
+@pytest.mark.parametrize("where", ["folder", "under_file"])
+def test_out_that_cannot_be_a_file_fails_before_the_model_loads(where, tmp_path, capsys, monkeypatch, text_corpus):
+    """An --out that is a folder, or lies under a file, would only fail after the model load and the corpus pass."""
+    import cli
+    import activations.cache_writer as writer
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded when --out cannot be written")
+
+    monkeypatch.setattr(writer, "load_model", no_model)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_folder").mkdir()
+    out = tmp_path / "a_folder" if where == "folder" else tmp_path / "a_file" / "c.h5"
+    rc = cli.main(["cache", "--model", str(tmp_path / "no-such-model"), "--corpus", str(text_corpus),
+                   "--hooks", "blocks.0.hook_resid_post", "--context-length", "16", "--max-tokens", "64",
+                   "--out", str(out), "--overwrite"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("error: --out"), err
+    assert ("is a folder" if where == "folder" else "which is a file") in err
+    assert (tmp_path / "a_file").read_text() == "x" and not any((tmp_path / "a_folder").iterdir())

@@ -10,6 +10,7 @@ import torch
 import cli
 from causal.patching import kl_rows, last_logits, pad_token_id, pair_batch
 from causal.prompts import IOIConfig, make_ioi_pairs
+from causal.settings import PatchIOISettings
 from sae.dictionaries import NeuronBasis, TiedSAE
 
 NAMES = "John,Mary,Mar,Jo,Ber,Fr,Ger"
@@ -126,8 +127,9 @@ def test_candidates_screen_keeps_measured_kls(tiny_model_dirs, tmp_path):
 
     hook = "blocks.1.hook_resid_post"
     dicts = _dicts(tmp_path, hook)
-    result = patch_ioi_command(model=str(tiny_model_dirs["gpt_neox"]), dicts=dicts[:1], n_prompts=4, seed=1,
-                               out=str(tmp_path / "out"), candidates=5, names=NAMES.split(","))
+    result = patch_ioi_command(PatchIOISettings(model=str(tiny_model_dirs["gpt_neox"]), dicts=dicts[:1], n_prompts=4,
+                                                seed=1, out=str(tmp_path / "out"), candidates=5,
+                                                names=NAMES.split(",")))
     entry = result["dictionaries"]["neuron"]
     assert entry["candidates"] == 5
     assert entry["curve"][0][0] == 32 and entry["curve"][1][0] <= 5
@@ -160,13 +162,17 @@ def test_rerun_keeps_finished_dictionaries_and_other_settings_fail_untouched(tin
     model = str(tiny_model_dirs["gpt2"])
     dicts = _dicts(tmp_path, "blocks.1.hook_resid_post")
     out = tmp_path / "out"
-    first = patch_ioi_command(model=model, dicts=dicts, n_prompts=4, seed=1, out=str(out), names=NAMES.split(","))
+
+    def patch_ioi(**kwargs):
+        return patch_ioi_command(PatchIOISettings(**kwargs))
+
+    first = patch_ioi(model=model, dicts=dicts, n_prompts=4, seed=1, out=str(out), names=NAMES.split(","))
     # as if killed after the first dictionary: ioi.json holds only the neuron basis
     saved = json.loads((out / "ioi.json").read_text())
     del saved["dictionaries"]["tied"]
     (out / "ioi.json").write_text(json.dumps(saved))
     capsys.readouterr()
-    again = patch_ioi_command(model=model, dicts=dicts, n_prompts=4, seed=1, out=str(out), names=NAMES.split(","))
+    again = patch_ioi(model=model, dicts=dicts, n_prompts=4, seed=1, out=str(out), names=NAMES.split(","))
     printed = capsys.readouterr().out
     assert "neuron: already in" in printed and "tied: already in" not in printed
     assert again["dictionaries"]["neuron"] == first["dictionaries"]["neuron"]  # kept as written, seconds included
@@ -177,7 +183,7 @@ def test_rerun_keeps_finished_dictionaries_and_other_settings_fail_untouched(tin
 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(UserError, match=r"other settings \(n_prompts\).*--overwrite"):
-        patch_ioi_command(model=model, dicts=dicts, n_prompts=5, seed=1, out=str(out), names=NAMES.split(","))
+        patch_ioi(model=model, dicts=dicts, n_prompts=5, seed=1, out=str(out), names=NAMES.split(","))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     rc = cli.main(["patch-ioi", "--model", model, "--dict", *dicts, "--n-prompts", "5", "--seed", "1",
                    "--out", str(out), "--names", NAMES, "--overwrite"])
@@ -197,7 +203,11 @@ def test_resume_refuses_stale_or_foreign_results_before_writing(tiny_model_dirs,
     dicts = _dicts(tmp_path, "blocks.1.hook_resid_post")
     out = tmp_path / "out"
     run = dict(model=model, seed=1, out=str(out), names=NAMES.split(","))
-    commands.patch_ioi_command(dicts=dicts, n_prompts=4, **run)
+
+    def patch_ioi(**kwargs):
+        return commands.patch_ioi_command(PatchIOISettings(**kwargs))
+
+    patch_ioi(dicts=dicts, n_prompts=4, **run)
 
     def killed(*args, **kwargs):
         raise RuntimeError("killed")
@@ -205,9 +215,9 @@ def test_resume_refuses_stale_or_foreign_results_before_writing(tiny_model_dirs,
     with monkeypatch.context() as m:  # an --overwrite run with other settings, killed right after writing its settings
         m.setattr(commands, "last_logits", killed)
         with pytest.raises(RuntimeError, match="killed"):
-            commands.patch_ioi_command(dicts=dicts, n_prompts=5, overwrite=True, **run)
+            patch_ioi(dicts=dicts, n_prompts=5, overwrite=True, **run)
     capsys.readouterr()
-    result = commands.patch_ioi_command(dicts=dicts, n_prompts=5, **run)
+    result = patch_ioi(dicts=dicts, n_prompts=5, **run)
     assert "already in" not in capsys.readouterr().out  # nothing of the n_prompts=4 run is passed off as done
     assert result["n_prompts"] == 5 and set(result["dictionaries"]) == {"neuron", "tied"}
 
@@ -215,11 +225,35 @@ def test_resume_refuses_stale_or_foreign_results_before_writing(tiny_model_dirs,
     other = tmp_path / "elsewhere" / "neuron"
     shutil.copytree(dicts[0], other)
     with pytest.raises(UserError, match=r"already has a result for a dictionary named 'neuron'.*--overwrite"):
-        commands.patch_ioi_command(dicts=[str(other), dicts[1]], n_prompts=5, **run)
+        patch_ioi(dicts=[str(other), dicts[1]], n_prompts=5, **run)
     config = json.loads((out / "ioi_config.json").read_text())
     del config["identity"]  # as written by an older patch-ioi
     (out / "ioi_config.json").write_text(json.dumps(config))
     before["ioi_config.json"] = (out / "ioi_config.json").read_bytes()
     with pytest.raises(UserError, match="without a settings record"):
-        commands.patch_ioi_command(dicts=dicts, n_prompts=5, **run)
+        patch_ioi(dicts=dicts, n_prompts=5, **run)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("flag", ["--out", "--plot"])
+def test_outputs_that_cannot_be_written_fail_before_the_model_loads(flag, tiny_model_dirs, tmp_path, capsys,
+                                                                   monkeypatch):
+    """--out under a file, or a --plot that is a folder, would otherwise fail after the model and the prompts ran."""
+    import activations.models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded when an output cannot be written")
+
+    monkeypatch.setattr(activations.models, "load_model", no_model)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "plots.png").mkdir()
+    out = tmp_path / "a_file" / "ioi" if flag == "--out" else tmp_path / "out"
+    argv = ["patch-ioi", "--model", str(tiny_model_dirs["gpt2"]), "--dict", *_dicts(tmp_path, "blocks.1.hook_resid_post"),
+            "--out", str(out), "--names", NAMES]
+    if flag == "--plot":
+        argv += ["--plot", str(tmp_path / "plots.png")]
+    rc = cli.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith(f"error: {flag}"), err
+    assert ("which is a file" if flag == "--out" else "is a folder") in err
+    assert not (tmp_path / "out").exists() and (tmp_path / "a_file").read_text() == "x"

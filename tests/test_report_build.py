@@ -286,3 +286,14 @@ def test_report_in_headless_chromium_shows_cards_and_plots_and_runs_no_corpus_sc
     subprocess.run(_chromium_args(tmp_path / "profile2") + ["--window-size=1200,1600", f"--screenshot={shot}", url],
                    capture_output=True, timeout=120, check=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_report_out_under_a_file_fails_before_the_run_is_read(tmp_path, capsys):
+    make_run(tmp_path / "run", with_ioi=False)
+    (tmp_path / "a_file").write_text("x")
+    rc = cli.main(["report", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "a_file" / "report")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "which is a file" in err
+    with pytest.raises(UserError, match="is a file, not a folder"):  # and from Python
+        build_report(tmp_path / "missing-run", tmp_path / "a_file")
+    assert (tmp_path / "a_file").read_text() == "x" and not (tmp_path / "run" / "report").exists()

@@ -8,7 +8,7 @@ for an explainer prompt; the LLM path is explain's own test).
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 import cli
-from report.demo import DemoError, DemoSettings, _llm_feature_ids, choose_sae, run_demo
+from pipeline.demo import DemoError, _llm_feature_ids, choose_sae, run_demo
+from pipeline.settings import DemoSettings
 from tests.conftest import TRAIN_TEXT
 
 NAMES = ["John", "Mary", "Mar", "Jo", "Ber", "Fr", "Ger"]
@@ -126,12 +127,35 @@ def test_llm_features_are_the_first_ok_features_of_that_dictionary(tmp_path):
     assert _llm_feature_ids(tmp_path, mine, 10) == [3, 5, 9]
 
 
-def test_cli_demo_and_report_dispatch_with_the_functions_keyword_names():
-    from report.commands import demo_command, report_command
+def test_cli_demo_and_report_are_built_from_their_settings_classes():
+    """Each flag is a field of the settings class the function takes; the demo has exactly its four flags."""
+    from pipeline.settings import DemoSettings
+    from report.settings import ReportSettings
 
     parser = cli.build_parser()
-    for argv, func in ((["demo"], demo_command), (["report", "--run", "x"], report_command)):
+    for argv, cls, flags in ((["demo"], DemoSettings, {"out", "llm", "base_url", "device"}),
+                             (["report", "--run", "x"], ReportSettings, {"run", "out"})):
         args = vars(parser.parse_args(argv))
-        assert args.pop("_run") == f"report.commands:{func.__name__}"
+        command = args.pop("_command")
+        assert command.settings == f"{cls.__module__}:{cls.__name__}"
         args.pop("command")
-        assert set(args) == set(inspect.signature(func).parameters)
+        assert set(args) == flags
+        options = {f.name for f in dataclasses.fields(cls) if "option" in f.metadata}
+        assert options == flags
+    demo = DemoSettings(**{k: v for k, v in vars(parser.parse_args(["demo", "--llm", "none"])).items()
+                           if k in {"out", "llm", "base_url", "device"}})
+    assert demo.llm == "none" and demo.out == "runs/demo" and "out" not in demo.to_json()
+
+
+def test_demo_out_under_a_file_fails_before_any_stage(tmp_path, capsys, monkeypatch):
+    import activations.cache_writer as writer
+
+    def no_stage(*args, **kwargs):
+        raise AssertionError("no stage may run when --out cannot be written")
+
+    monkeypatch.setattr(writer, "write_cache", no_stage)
+    (tmp_path / "a_file").write_text("x")
+    rc = cli.main(["demo", "--out", str(tmp_path / "a_file" / "run"), "--llm", "none"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and err.startswith("error: --out") and "which is a file" in err
+    assert (tmp_path / "a_file").read_text() == "x"

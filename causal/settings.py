@@ -1,0 +1,74 @@
+"""Settings of `cli.py patch-ioi` and `cli.py ioi-layers`: the one place their options and defaults are written.
+
+`cli.py` builds both subcommands from these dataclasses (see
+`activations.options`); `demo` and tests construct the same objects. The
+identity fields of `PatchIOISettings` (plus the τ grid and the hook) are the
+settings record that ioi.json and ioi_config.json carry and a rerun is
+checked against. Imports nothing heavy, so `cli.py --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from activations.errors import UserError
+from activations.options import option
+
+_MODEL_HELP = "hub id, local folder, or 'default' (offline SmolLM2-135M-Instruct)"
+_NAMES_HELP = ("comma-separated first names to use (each must be one token with a leading space); "
+               "default: a built-in list of common names")
+
+
+def _check_prompts(n_prompts: int) -> None:
+    if n_prompts < 1:
+        raise UserError(f"--n-prompts must be at least 1, got {n_prompts}")
+
+
+@dataclass
+class PatchIOISettings:
+    """IOI feature patching of dictionaries at one hook; `dicts`, `out` and the runtime fields may change on a rerun."""
+
+    model: str = option("default", help=_MODEL_HELP)
+    # Not part of the settings record: a rerun may add dictionaries (those done are kept, see causal.commands).
+    dicts: list[str] = option(default_factory=list, flag="--dict", required=True, identity=False,
+                              help="dictionary folder(s), all trained at one hook")
+    n_prompts: int = option(50, help="IOI prompt pairs")
+    seed: int = option(0, help="seed of the prompt draw")
+    out: str = option("", required=True, identity=False,
+                      help="output folder for ioi.json, ioi_config.json and ioi_prompts.json")
+    plot: str | None = option(None, identity=False, help="PNG of KL vs number of patched features")
+    device: str = option("cpu", identity=False,
+                         help="cpu or cuda; on cuda candidate features are evaluated in wide batches")
+    candidates: int | None = option(None, help="run the greedy only on the K features with the largest "
+                                               "integrated-gradient attribution (fast on CPU; default: every feature, "
+                                               "the paper's protocol); ioi.json also gets the measured KL of the top-K, "
+                                               "2K, 4K, ... features by that ranking as screen_curve")
+    names: list[str] | None = option(None, csv=True, help=_NAMES_HELP)
+    overwrite: bool = option(False, identity=False,
+                             help="replace an IOI run with other settings in --out (by default a rerun with the same "
+                                  "settings keeps the dictionaries already done)")
+
+    def validate(self) -> None:
+        """Mistakes that need no file to find."""
+        if not self.out:
+            raise UserError("no output folder: pass --out DIR")
+        _check_prompts(self.n_prompts)
+        if self.candidates is not None and self.candidates < 1:
+            raise UserError(f"--candidates must be at least 1, got {self.candidates}")
+        if self.plot is not None and not str(self.plot).lower().endswith(".png"):
+            raise UserError(f"--plot {self.plot!r} must name a .png file")
+
+
+@dataclass
+class IOILayersSettings:
+    """The whole-vector layer scan that tells which layer to train dictionaries at for IOI patching."""
+
+    model: str = option("default", help=_MODEL_HELP)
+    n_prompts: int = option(50, help="IOI prompt pairs")
+    seed: int = option(0, help="seed of the prompt draw")
+    names: list[str] | None = option(None, csv=True, help=_NAMES_HELP)
+    json_path: str | None = option(None, flag="--json", identity=False, help="write the table as JSON")
+    device: str = option("cpu", identity=False, help="cpu or cuda")
+
+    def validate(self) -> None:
+        _check_prompts(self.n_prompts)

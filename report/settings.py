@@ -1,0 +1,17 @@
+"""Settings of `cli.py report`: the one place its options are written (imports nothing heavy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from activations.options import option
+
+
+@dataclass
+class ReportSettings:
+    """Which run folder to read and where index.html goes; nothing here decides a stored result."""
+
+    run: str = option(required=True, identity=False,
+                      help="run folder (from `demo`, or any folder of dictionaries, explanations, ioi.json)")
+    out: str | None = option(None, identity=False,
+                             help="output folder for index.html and its PNGs (default: RUN/report)")
