@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from sae.io import write_json_atomic
+from activations.runstate import write_json_atomic
 
 STATE_FILE = "state.json"
 
@@ -30,6 +30,8 @@ def save_checkpoint(folder: Path, step: int, modules: list[torch.nn.Module], opt
     for gi, module in enumerate(modules):
         for name, p in module.named_parameters():
             tensors[f"param.{gi}.{name}"] = p.detach().cpu().contiguous()
+        for name, b in module.named_buffers():  # a kind's extra state, e.g. dead-latent counters
+            tensors[f"buffer.{gi}.{name}"] = b.detach().cpu().contiguous()
     for idx, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             tensors[f"adam.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
@@ -69,6 +71,10 @@ def load_checkpoint(folder: Path, modules: list[torch.nn.Module], optimizer: tor
         for gi, module in enumerate(modules):
             for name, p in module.named_parameters():
                 p.copy_(tensors[f"param.{gi}.{name}"])
+            for name, b in module.named_buffers():
+                key = f"buffer.{gi}.{name}"
+                if key in tensors:
+                    b.copy_(tensors[key])
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("adam."):

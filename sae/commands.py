@@ -31,14 +31,15 @@ def check_device(device: str) -> None:
 
 def train_sae_command(settings: TrainSettings) -> list[Path]:
     from activations.runstate import check_output_folder
-    from sae.data import CacheSource
+    from sae.data import split_cache
     from sae.train import train_sweep
 
     check_device(settings.device)
     settings.validate()
     check_output_folder(settings.out)
-    source = CacheSource(Path(settings.cache), settings.hook)
-    folders = train_sweep(source, settings, settings.out, device=settings.device)
+    source, held_out = split_cache(settings.cache, settings.hook, settings.eval_fraction,
+                                   skip_first=not settings.keep_first_position)
+    folders = train_sweep(source, settings, settings.out, device=settings.device, eval_source=held_out)
     _export_each(folders, settings.export)
     return folders
 

@@ -29,10 +29,18 @@ class BatchSource(Protocol):
 
 @dataclass
 class CacheSource:
-    """Shuffled token batches of one hook of an activation cache file."""
+    """Shuffled token batches of one hook of an activation cache file, from a range of its contexts.
+
+    `contexts` = [lo, hi) is the part drawn from (a train / held-out split);
+    `skip_first` drops position 0 of every context: with no BOS it is the
+    attention sink, whose norm (~8x the rest on SmolLM2) would dominate both
+    the loss and every metric.
+    """
 
     path: Path
     hook: str
+    contexts: tuple[int, int] | None = None
+    skip_first: bool = False
     d_in: int = 0
     n_tokens: int = 0
     model_id: str = ""
@@ -44,17 +52,45 @@ class CacheSource:
         self.path = Path(self.path)
         with ActivationCache(self.path) as cache:
             self.d_in = cache.width(self.hook)
-            self.n_tokens = int(cache.n_tokens())
+            lo, hi = cache.context_range(self.contexts)
+            self.contexts = (lo, hi)
+            self.n_tokens = int(cache.n_tokens(contexts=self.contexts, skip_first=self.skip_first))
             self.model_id = cache.model_id
             self.info = {"cache": str(self.path.resolve()), "cache_tokens": int(cache.n_tokens()),
                          "cache_dtype": str(cache.attrs.get("dtype", "")), "context_length": cache.context_length,
-                         "bos_prepended": bool(cache.bos_prepended)}
+                         "bos_prepended": bool(cache.bos_prepended), "contexts": [lo, hi],
+                         "tokens": self.n_tokens, "position_0": "excluded" if (
+                             self.skip_first or cache.bos_prepended) else "kept"}
 
     def batches(self, batch_size: int, n_tokens: int, seed: int, start_batch: int = 0) -> Iterator[Tensor]:
         from activations.reader import ActivationCache
 
         with ActivationCache(self.path) as cache:
-            yield from cache.iter_batches(self.hook, batch_size, n_tokens=n_tokens, seed=seed, start_batch=start_batch)
+            yield from cache.iter_batches(self.hook, batch_size, n_tokens=n_tokens, seed=seed, start_batch=start_batch,
+                                          contexts=self.contexts, skip_first=self.skip_first)
+
+
+def split_cache(path: str | Path, hook: str, eval_fraction: float, skip_first: bool
+                ) -> tuple[CacheSource, CacheSource | None]:
+    """(train, held-out) sources: the last `eval_fraction` of the contexts is never trained on.
+
+    Whole contexts, at the end, so no token of a held-out context was seen
+    in training and the split does not depend on the batch size or seed.
+    """
+    from activations.errors import UserError
+    from activations.reader import ActivationCache
+
+    if not 0.0 <= eval_fraction < 1.0:
+        raise UserError(f"--eval-fraction {eval_fraction} must be in [0, 1): e.g. 0.1 holds out the last 10% of contexts")
+    with ActivationCache(Path(path)) as cache:
+        n = cache.n_contexts
+    n_eval = 0 if eval_fraction == 0 else max(1, int(round(n * eval_fraction)))
+    if n_eval >= n:
+        raise UserError(f"{path} has {n} contexts, too few to hold out {eval_fraction:.0%} and still train: "
+                        "cache more or lower --eval-fraction")
+    train = CacheSource(Path(path), hook, contexts=(0, n - n_eval), skip_first=skip_first)
+    held_out = CacheSource(Path(path), hook, contexts=(n - n_eval, n), skip_first=skip_first) if n_eval else None
+    return train, held_out
 
 
 @dataclass

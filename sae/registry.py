@@ -28,8 +28,14 @@ _KINDS: dict[str, str] = {
     "signed_neuron": "sae.kinds.neuron:SignedNeuronBasis",
 }
 
-# Kinds the trainer learns (`cli.py train-sae --kind`), each with its training objective in `sae.objectives`.
-LEARNED_KINDS: tuple[str, ...] = ("tied_sae", "untied_sae", "topk", "batchtopk")
+# Kinds the trainer learns (`cli.py train-sae --kind`): kind -> its training objective, beside its inference class.
+_OBJECTIVES: dict[str, str] = {
+    "tied_sae": "sae.kinds.tied:TiedStack",
+    "untied_sae": "sae.kinds.untied:UntiedStack",
+    "topk": "sae.kinds.topk:TopKStack",
+    "batchtopk": "sae.kinds.threshold:BatchTopKStack",
+}
+LEARNED_KINDS: tuple[str, ...] = tuple(_OBJECTIVES)
 # Kinds `cli.py baselines` fits.
 FITTED_KINDS: tuple[str, ...] = ("neuron", "signed_neuron", "pca", "ica", "random", "pca_topk", "ica_topk")
 
@@ -50,6 +56,15 @@ def kind_class(kind: str) -> type:
     if target is None:
         raise DictionaryError(f"kind {kind!r} is not one of {', '.join(sorted(_KINDS))}: "
                               "re-create the dictionary with this version of the tool")
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def objective_class(kind: str) -> type:
+    """The `SweepStack` subclass that trains `kind`."""
+    target = _OBJECTIVES.get(kind)
+    if target is None:
+        raise DictionaryError(f"kind {kind!r} is not trained by train-sae: choose from {', '.join(LEARNED_KINDS)}")
     module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)
 

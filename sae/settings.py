@@ -16,17 +16,40 @@ EXPORT_FORMATS = ("saelens",)
 _EXPORT_HELP = "also write <dictionary folder>/saelens/ (cfg.json + sae_weights.safetensors)"
 
 
+# Learning rates that recover planted features at the default schedule (benchmarks/bench_recovery.py) and
+# train well on normalised activations; each kind's loss has its own scale, hence one default per kind.
+DEFAULT_LR = {"tied_sae": 5e-2, "untied_sae": 5e-3, "topk": 5e-3, "batchtopk": 5e-3}
+L1_KINDS = ("tied_sae", "untied_sae")
+TOPK_KINDS = ("topk", "batchtopk")
+
+
 @dataclass
 class TrainSettings:
     """A sweep of SAEs trained in one pass over the cache; what decides the weights is `public()`."""
 
     hook: str = option(help="hook to train on, e.g. blocks.3.hook_resid_post")
     ratios: list[float] = option(flag="--ratio", default_factory=lambda: [2.0], help="dictionary size / d_in")
-    l1s: list[float] = option(flag="--l1", default_factory=lambda: [1e-3], help="L1 coefficients alpha")
+    l1s: list[float] = option(flag="--l1", default_factory=lambda: [1e-2],
+                              help="L1 coefficients alpha (tied_sae, untied_sae), in normalised units")
+    kind: str = option("tied_sae", choices=("tied_sae", "untied_sae", "topk", "batchtopk"),
+                       help="what to train: the paper's tied or untied L1 SAE, or TopK / BatchTopK")
+    ks: list[int] = option(flag="--k", default_factory=lambda: [32],
+                           help="active latents per token (topk) or per token on average over a batch (batchtopk)")
     batch_size: int = option(256, help="activation vectors per step")
-    lr: float = option(1e-3, help="Adam learning rate")
+    lr: float | None = option(None, help="Adam learning rate (default: per kind, " + ", ".join(
+        f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    lr_warmup: float = option(0.05, help="fraction of steps over which the learning rate warms up linearly")
+    lr_decay: float = option(0.2, help="final fraction of steps over which it decays linearly to 0")
     tokens: int = option(1_000_000, help="activation vectors to train on")
-    tied: bool = option(True, negate="--untied", help="tied encoder/decoder (Cunningham et al.); --untied for MLP activations")
+    normalise: bool = option(True, negate="--no-normalise",
+                             help="scale inputs by one constant so that E||x|| = sqrt(d) (folded into the saved "
+                                  "weights), so one alpha range means the same sparsity at every layer and model")
+    eval_fraction: float = option(0.1, help="last fraction of the cache's contexts held out: never trained on, "
+                                            "every stored metric is measured there")
+    keep_first_position: bool = option(False, help="also train and measure on position 0 of each context "
+                                                   "(BOS or attention sink; excluded by default)")
+    auxk_alpha: float = option(1 / 32, help="weight of the AuxK loss against dead latents (topk, batchtopk)")
+    dead_tokens: int = option(100_000, help="a latent that has not fired for this many tokens is dead (AuxK)")
     seed: int = option(0, help="seed of initialisation and batch order")
     checkpoint_every: int = option(500, identity=False, help="steps between checkpoints")
     betas: tuple[float, float] = field(default=(0.9, 0.999))
@@ -36,20 +59,38 @@ class TrainSettings:
     export: str | None = option(None, identity=False, choices=EXPORT_FORMATS, help=_EXPORT_HELP)
 
     def validate(self) -> None:
+        if self.kind not in DEFAULT_LR:
+            raise UserError(f"--kind {self.kind!r} is not trainable: choose from {', '.join(DEFAULT_LR)}")
         if not self.ratios or any(r <= 0 for r in self.ratios):
             raise UserError(f"--ratio {self.ratios} must be positive numbers, e.g. --ratio 2")
-        if not self.l1s or any(a < 0 for a in self.l1s):
+        values = self.sweep_values
+        if self.kind in L1_KINDS and (not values or any(a < 0 for a in values)):
             raise UserError(f"--l1 {self.l1s} must be non-negative numbers, e.g. --l1 1e-3")
-        if len(set(map(float, self.ratios))) != len(self.ratios) or len(set(map(float, self.l1s))) != len(self.l1s):
-            raise UserError("--ratio and --l1 values must each be listed once: remove the duplicates")
-        if self.batch_size < 1 or self.lr <= 0 or self.checkpoint_every < 1:
-            raise UserError("--batch-size, --lr and --checkpoint-every must be positive")
+        if self.kind in TOPK_KINDS and (not values or any(k < 1 for k in values)):
+            raise UserError(f"--k {self.ks} must be positive integers, e.g. --k 16 32 64")
+        if len(set(map(float, self.ratios))) != len(self.ratios) or len(set(map(float, values))) != len(values):
+            raise UserError("--ratio and --l1 / --k values must each be listed once: remove the duplicates")
+        if self.batch_size < 1 or self.learning_rate <= 0 or self.checkpoint_every < 1 or self.dead_tokens < 1:
+            raise UserError("--batch-size, --lr, --dead-tokens and --checkpoint-every must be positive")
+        if not (0 <= self.lr_warmup <= 1 and 0 <= self.lr_decay <= 1 and self.lr_warmup + self.lr_decay <= 1):
+            raise UserError("--lr-warmup and --lr-decay are fractions of the run: each in [0, 1], together at most 1")
+        if not 0 <= self.eval_fraction < 1:
+            raise UserError(f"--eval-fraction {self.eval_fraction} must be in [0, 1)")
         if self.tokens < self.batch_size:
             raise UserError(f"--tokens {self.tokens} is less than one batch of {self.batch_size}: raise --tokens")
 
     @property
-    def kind(self) -> str:
-        return "tied_sae" if self.tied else "untied_sae"
+    def tied(self) -> bool:
+        return self.kind == "tied_sae"
+
+    @property
+    def sweep_values(self) -> list[float]:
+        """The swept values of this kind: α for the L1 kinds, k for the TopK kinds."""
+        return [float(a) for a in self.l1s] if self.kind in L1_KINDS else [int(k) for k in self.ks]
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.lr) if self.lr is not None else DEFAULT_LR.get(self.kind, 1e-3)
 
     @property
     def steps(self) -> int:
@@ -59,7 +100,14 @@ class TrainSettings:
         """What decides the trained weights (stored in each dictionary's config as `training`)."""
         data = {k: v for k, v in asdict(self).items()
                 if k not in ("checkpoint_every", "cache", "out", "device", "export")}
-        data.update(kind=self.kind, steps=self.steps, optimizer="adam", betas=list(self.betas))
+        if self.kind in L1_KINDS:
+            data.pop("ks")
+            for key in ("auxk_alpha", "dead_tokens"):
+                data.pop(key)
+        else:
+            data.pop("l1s")
+        data.update(kind=self.kind, lr=self.learning_rate, steps=self.steps, optimizer="adam",
+                    betas=list(self.betas))
         return data
 
 

@@ -17,12 +17,45 @@ from torch import Tensor
 WARMUP_STEPS = 3  # eager steps before capture (lets cuBLAS and the allocator settle)
 
 
-def eager_step(groups: list, optimizer: torch.optim.Optimizer, x: Tensor) -> list[dict]:
-    """Every group forward on the same batch; the summed loss gives each model exactly its own gradient,
-    because no parameter is shared between models."""
+def lr_factor(step: int, total: int, warmup: float, decay: float) -> float:
+    """Multiplier of the base learning rate at `step` (0-based): linear warm-up, constant, linear decay to 0.
+
+    A function of the step alone, so a resumed run follows the same schedule.
+    """
+    warm = int(round(warmup * total))
+    cool = int(round(decay * total))
+    if warm and step < warm:
+        return (step + 1) / warm
+    if cool and step >= total - cool:
+        return max(0.0, (total - step) / cool)
+    return 1.0
+
+
+def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """Set every group's learning rate; in place when it is a tensor (a replayed CUDA graph reads that tensor)."""
+    for group in optimizer.param_groups:
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
+
+
+def _forward_backward_update(groups: list, optimizer: torch.optim.Optimizer, x: Tensor) -> list[dict]:
     results = [g(x) for g in groups]
     torch.stack([r["loss"].sum() for r in results]).sum().backward()
+    for g in groups:
+        g.before_update()
     optimizer.step()
+    for g in groups:
+        g.after_update()
+    return results
+
+
+def eager_step(groups: list, optimizer: torch.optim.Optimizer, x: Tensor) -> list[dict]:
+    """Every group forward on the same batch; the summed loss gives each model exactly its own gradient,
+    because no parameter is shared between models. Each kind's objective may edit gradients before the
+    optimiser step and weights after it (`SweepStack.before_update` / `after_update`)."""
+    results = _forward_backward_update(groups, optimizer, x)
     optimizer.zero_grad(set_to_none=True)
     # detached, so no caller keeps this step's autograd graph alive into the next step
     return [{k: v.detach() for k, v in r.items()} for r in results]
@@ -30,9 +63,14 @@ def eager_step(groups: list, optimizer: torch.optim.Optimizer, x: Tensor) -> lis
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float],
                    device: str) -> torch.optim.Adam:
-    """Adam, fused into one kernel per step (on CPU too); capturable on CUDA so a graph can replay it."""
+    """Adam, fused into one kernel per step (on CPU too); capturable on CUDA so a graph can replay it.
+
+    On CUDA the learning rate is a device tensor, so the schedule can change
+    it between replays of a captured step (a Python float would be baked in).
+    """
     cuda = torch.device(device).type == "cuda"
-    return torch.optim.Adam(params, lr=lr, betas=betas, fused=True, capturable=cuda)
+    rate = torch.tensor(lr, device=device) if cuda else lr
+    return torch.optim.Adam(params, lr=rate, betas=betas, fused=True, capturable=cuda)
 
 
 class Stepper:
@@ -72,7 +110,5 @@ class Stepper:
         self.optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            results = [g(self.static_x) for g in self.groups]
-            torch.stack([r["loss"].sum() for r in results]).sum().backward()
-            self.optimizer.step()
+            results = _forward_backward_update(self.groups, self.optimizer, self.static_x)
         self.static_out = results

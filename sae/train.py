@@ -1,47 +1,96 @@
-"""Train a whole (R, α) sweep of L1 sparse autoencoders in one pass over the data.
+"""Train a whole sweep of one kind of SAE in one pass over the data.
 
-Models of equal size R share a `StackedSAE`; every group steps on the same
-batch, so the data is read once however many α values there are. Training is
-resumable: rerunning the same command finds the checkpoint (keyed by a hash
-of everything that decides the result) and continues to a bit-identical end
-on CPU.
+Every learned kind (tied / untied L1, TopK, BatchTopK) goes through this one
+loop; the objective comes from the kind (`sae.registry.objective_class`).
+Models of equal size R share one stack; every stack steps on the same
+batch, so the data is read once however many α or k values there are.
+
+Inputs are scaled by one constant s (E‖s·x‖ = √d, estimated once from the
+training split) so that α means the same sparsity at every layer and on
+every model; s is folded into the saved weights, so a dictionary encodes
+and decodes raw activations. Every stored metric is measured on held-out
+tokens when the source has a held-out split, and says so.
+
+Training is resumable: rerunning the same command finds the checkpoint
+(keyed by a hash of everything that decides the result) and continues to
+a bit-identical end on CPU.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from activations.errors import UserError
+from activations.runstate import settings_digest
 from sae.checkpoint import load_checkpoint, read_state, remove_stale, save_checkpoint
 from sae.data import BatchSource, prefetch
 from sae.errors import TrainingDiverged
 from sae.io import CONFIG_FILE, read_config, save_dictionary
+from sae.kinds.stack import StackOptions, SweepStack
 from sae.metrics import reconstruction_metrics
+from sae.registry import objective_class
 from sae.settings import TrainSettings
-from sae.stacked import StackedSAE
-from sae.step import Stepper, make_optimizer
+from sae.step import Stepper, lr_factor, make_optimizer, set_lr
 
 EVAL_TOKENS = 65_536  # tokens for the final metrics stored with each dictionary
+STATS_TOKENS = 65_536  # tokens read once to estimate the input scale and the data mean
+STATS_SEED_OFFSET = 2
 
 
-def dictionary_name(tied: bool, ratio: float, l1: float) -> str:
-    return f"{'tied' if tied else 'untied'}_R{ratio:g}_l1_{l1:g}"
+def dictionary_name(kind: str | bool, ratio: float, value: float) -> str:
+    """Folder name of one sweep member; `kind` True/False means tied/untied (the historical signature)."""
+    if isinstance(kind, bool):
+        kind = "tied_sae" if kind else "untied_sae"
+    prefix = {"tied_sae": "tied", "untied_sae": "untied"}.get(kind, kind)
+    key = "l1" if kind in ("tied_sae", "untied_sae") else "k"
+    return f"{prefix}_R{ratio:g}_{key}_{value:g}"
 
+
+@dataclass
+class InputStats:
+    """Input scale s (x' = s·x) and the mean of x' over the training split."""
+
+    scale: float
+    mean: torch.Tensor
+    mean_norm: float
+
+
+def input_stats(source: BatchSource, settings: TrainSettings) -> InputStats:
+    """One read of up to STATS_TOKENS training vectors: s = √d / E‖x‖ (1 when not normalising), and E[s·x]."""
+    n = max(1, min(STATS_TOKENS, source.n_tokens))
+    batch = max(1, min(4096, n))
+    total, norms, count = torch.zeros(source.d_in, dtype=torch.float64), 0.0, 0
+    for x in source.batches(batch, max(batch, n), settings.seed + STATS_SEED_OFFSET):
+        x64 = x.to(torch.float64)
+        x64 = x64[torch.isfinite(x64).all(dim=1)]  # non-finite rows are the training loop's to report, with steps
+        total += x64.sum(0)
+        norms += float(x64.norm(dim=-1).sum())
+        count += x.shape[0]
+    mean_norm = norms / max(1, count)
+    if settings.normalise and not (mean_norm > 0 and math.isfinite(mean_norm)):
+        raise UserError(f"the training activations have mean norm {mean_norm}: they cannot be normalised; "
+                        "check the cache (re-cache with --dtype float32 if it holds inf) or pass --no-normalise")
+    scale = math.sqrt(source.d_in) / mean_norm if settings.normalise else 1.0
+    return InputStats(scale=scale, mean=(total / max(1, count) * scale).to(torch.float32), mean_norm=mean_norm)
+
+
+# -- plan ------------------------------------------------------------------------------------------
 
 def _identity(settings: TrainSettings, source: BatchSource) -> tuple[dict, str]:
     """What decides the trained weights; a checkpoint or folder is reused only if this matches."""
     ident = {**settings.public(), "ratios": sorted(map(float, settings.ratios)),
-             "l1s": sorted(map(float, settings.l1s)), "model_id": source.model_id, "d_in": source.d_in,
-             "data_tokens": source.info.get("cache_tokens")}
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-    return ident, digest
+             "sweep": sorted(settings.sweep_values), "model_id": source.model_id, "d_in": source.d_in,
+             "data_tokens": source.info.get("cache_tokens"), "data_contexts": source.info.get("contexts"),
+             "position_0": source.info.get("position_0")}
+    return ident, settings_digest(ident)
 
 
 def _existing(out: Path, names: list[str], digest: str) -> bool:
@@ -60,26 +109,47 @@ def _existing(out: Path, names: list[str], digest: str) -> bool:
     return done == len(names)
 
 
-def build_groups(settings: TrainSettings, d_in: int, device: str) -> list[StackedSAE]:
-    return [StackedSAE(settings.tied, d_in, r, sorted(map(float, settings.l1s)), settings.seed).to(device)
+def build_groups(settings: TrainSettings, d_in: int, device: str,
+                 data_mean: torch.Tensor | None = None) -> list[SweepStack]:
+    """One stack per ratio, each holding every swept value, in a fixed (sorted) order."""
+    options = StackOptions(auxk_alpha=settings.auxk_alpha, dead_tokens=settings.dead_tokens, data_mean=data_mean)
+    cls = objective_class(settings.kind)
+    return [cls(d_in, r, sorted(settings.sweep_values), settings.seed, options).to(device)
             for r in sorted(map(float, settings.ratios))]
 
 
-def build_optimizer(groups: list[StackedSAE], settings: TrainSettings, device: str) -> torch.optim.Adam:
-    return make_optimizer([p for g in groups for p in g.parameters()], settings.lr, settings.betas, device)
+def build_optimizer(groups: list[SweepStack], settings: TrainSettings, device: str) -> torch.optim.Adam:
+    return make_optimizer([p for g in groups for p in g.parameters()], settings.learning_rate, settings.betas, device)
 
+
+def member_names(settings: TrainSettings) -> list[str]:
+    """Folder names in the order `build_groups` lays the models out (ratio, then swept value, both sorted)."""
+    values = sorted(settings.sweep_values)
+    return [dictionary_name(settings.kind, r, v) for r in sorted(map(float, settings.ratios)) for v in values]
+
+
+# -- run -------------------------------------------------------------------------------------------
 
 def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, device: str = "cpu",
-                progress: bool = True, eval_tokens: int = EVAL_TOKENS, log_every: int = 20) -> list[Path]:
-    """Train every (ratio, l1) pair together; returns one dictionary folder per pair under `out`."""
+                progress: bool = True, eval_tokens: int = EVAL_TOKENS, log_every: int = 20,
+                eval_source: BatchSource | None = None,
+                stepper_factory: Callable[..., Stepper] = Stepper) -> list[Path]:
+    """Train every (ratio, value) pair together; returns one dictionary folder per pair under `out`.
+
+    `eval_source` holds the held-out tokens every stored metric is measured
+    on (None: the training source, and the metrics say so). `stepper_factory`
+    makes the object that performs one optimisation step (tests pass one
+    that misbehaves on purpose).
+    """
     settings.validate()
     out = Path(out)
     ident, digest = _identity(settings, source)
-    groups = build_groups(settings, source.d_in, device)
-    names = [dictionary_name(settings.tied, g.ratio, a) for g in groups for a in g.l1s]
+    names = member_names(settings)
     if _existing(out, names, digest):
         print(f"{len(names)} dictionaries in {out} are already trained with these settings; nothing to do.")
         return [out / n for n in names]
+    stats = input_stats(source, settings)
+    groups = build_groups(settings, source.d_in, device, data_mean=stats.mean)
     optimizer = build_optimizer(groups, settings, device)
     ckpt = out / f".train-{digest}"
     start = 0
@@ -87,62 +157,79 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
         remove_stale(ckpt)
         start = load_checkpoint(ckpt, groups, optimizer)
         print(f"resuming from the checkpoint at step {start} of {settings.steps} in {ckpt}")
-    last_good = start if start else None
+    loop = _Loop(settings, groups, optimizer, names, ckpt, ident, device, progress, log_every, start, stats.scale)
+    last, elapsed = loop.run(source, stepper_factory(groups, optimizer, device))
+    paths = _persist(source, eval_source, settings, groups, names, digest, last, out, device, eval_tokens,
+                     elapsed, start, stats)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return paths
 
-    def fail(step: int, bad: list[str]) -> None:
-        kept = (f"the last good checkpoint (step {last_good}) is kept in {ckpt}" if last_good is not None
+
+class _Loop:
+    """The step loop: schedule, NaN checks, checkpoints, progress."""
+
+    def __init__(self, settings: TrainSettings, groups: list[SweepStack], optimizer, names: list[str], ckpt: Path,
+                 ident: dict, device: str, progress: bool, log_every: int, start: int, scale: float):
+        self.s, self.groups, self.optimizer, self.names = settings, groups, optimizer, names
+        self.ckpt, self.ident, self.device, self.progress = ckpt, ident, device, progress
+        self.log_every, self.start, self.scale = log_every, start, scale
+        self.last_good = start if start else None
+
+    def fail(self, step: int, bad: list[str]) -> None:
+        kept = (f"the last good checkpoint (step {self.last_good}) is kept in {self.ckpt}" if self.last_good is not None
                 else "no checkpoint had been written yet")
         raise TrainingDiverged(
             f"loss or weights became NaN/inf by step {step} for {', '.join(bad)}; {kept}. "
             "Lower --lr or drop those --l1 values, "
             "and check the cache for inf values (a float16 overflow: re-cache with --dtype float32)")
 
-    def with_weights(flags: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [f | w for f, w in zip(flags, nonfinite_models(groups, optimizer))]
-
-    def check(step: int, flags: list[torch.Tensor]) -> None:
-        bad = [names[sum(len(g.l1s) for g in groups[:gi]) + i]
+    def check(self, step: int, flags: list[torch.Tensor], weights: bool = False) -> None:
+        if weights:
+            flags = [f | w for f, w in zip(flags, nonfinite_models(self.groups, self.optimizer))]
+        bad = [self.names[sum(len(g.values) for g in self.groups[:gi]) + i]
                for gi, f in enumerate(flags) for i in torch.nonzero(f.cpu()).flatten().tolist()]
         if bad:
-            fail(step, bad)
+            self.fail(step, bad)
 
-    flags = [torch.zeros(len(g.l1s), dtype=torch.bool, device=device) for g in groups]
-    last: list[dict] = []
-    bar = tqdm(total=settings.steps, initial=start, desc=f"train {len(names)} SAEs", unit="step",
-               disable=not progress, smoothing=0.05)
-    started = time.perf_counter()
-    step = start
-    stepper = Stepper(groups, optimizer, device)
-    batches = prefetch(lambda: source.batches(settings.batch_size, settings.tokens, settings.seed, start_batch=start))
-    for x in batches:
-        x = x.to(device, torch.float32, non_blocking=True)
-        results = stepper(x)
-        for f, r in zip(flags, results):
-            f |= ~torch.isfinite(r["loss"].detach())
-        step += 1
-        bar.update(1)
-        if step % log_every == 0 or step == settings.steps:
-            check(step, flags)
-            last = [{k: r[k].detach() for k in ("loss", "mse", "l1")} for r in results]
-            if progress:
-                bar.set_postfix_str(_live_stats(x, results))
-        if step % settings.checkpoint_every == 0 and step < settings.steps:
-            # the losses were computed before this step's update: only the weights themselves can
-            # show that the state about to become "the last good checkpoint" really is finite
-            check(step, with_weights(flags))
-            save_checkpoint(ckpt, step, groups, optimizer, {"identity": ident, "names": names})
-            last_good = step
-    bar.close()
-    check(step, with_weights(flags))
-    if step < settings.steps:
-        raise UserError(f"the data ran out after {step} of {settings.steps} steps: lower --tokens")
-    elapsed = time.perf_counter() - started
-    paths = _finish(source, settings, groups, names, ident, digest, last, out, device, eval_tokens, elapsed, start)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    return paths
+    def run(self, source: BatchSource, stepper: Stepper) -> tuple[list[dict], float]:
+        s, device = self.s, self.device
+        flags = [torch.zeros(len(g.values), dtype=torch.bool, device=device) for g in self.groups]
+        last: list[dict] = []
+        bar = tqdm(total=s.steps, initial=self.start, desc=f"train {len(self.names)} {s.kind}", unit="step",
+                   disable=not self.progress, smoothing=0.05)
+        started = time.perf_counter()
+        step = self.start
+        batches = prefetch(lambda: source.batches(s.batch_size, s.tokens, s.seed, start_batch=self.start))
+        for x in batches:
+            x = x.to(device, torch.float32, non_blocking=True)
+            if self.scale != 1.0:
+                x = x * self.scale
+            set_lr(self.optimizer, s.learning_rate * lr_factor(step, s.steps, s.lr_warmup, s.lr_decay))
+            results = stepper(x)
+            for f, r in zip(flags, results):
+                f |= ~torch.isfinite(r["loss"].detach())
+            step += 1
+            bar.update(1)
+            if step % self.log_every == 0 or step == s.steps:
+                self.check(step, flags)
+                last = [{k: r[k].detach() for k in ("loss", "mse", "l1")} for r in results]
+                if self.progress:
+                    bar.set_postfix_str(_live_stats(x, results))
+            if step % s.checkpoint_every == 0 and step < s.steps:
+                # the losses were computed before this step's update: only the weights themselves can
+                # show that the state about to become "the last good checkpoint" really is finite
+                self.check(step, flags, weights=True)
+                save_checkpoint(self.ckpt, step, self.groups, self.optimizer, {"identity": self.ident,
+                                                                             "names": self.names})
+                self.last_good = step
+        bar.close()
+        self.check(step, flags, weights=True)
+        if step < s.steps:
+            raise UserError(f"the data ran out after {step} of {s.steps} steps: lower --tokens")
+        return last, time.perf_counter() - started
 
 
-def nonfinite_models(groups: list[StackedSAE], optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+def nonfinite_models(groups: list[SweepStack], optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     """Per group, a bool per model: does any of its weights or Adam moments hold NaN/inf?
 
     Every parameter (and so every Adam moment) is stacked with the model index
@@ -152,7 +239,7 @@ def nonfinite_models(groups: list[StackedSAE], optimizer: torch.optim.Optimizer)
     with torch.no_grad():
         for g in groups:
             params = list(g.parameters())
-            bad = torch.zeros(len(g.l1s), dtype=torch.bool, device=params[0].device)
+            bad = torch.zeros(len(g.values), dtype=torch.bool, device=params[0].device)
             for p in params:
                 moments = [v for v in optimizer.state.get(p, {}).values()
                            if torch.is_tensor(v) and v.shape == p.shape]
@@ -172,25 +259,36 @@ def _live_stats(x: torch.Tensor, results: list[dict]) -> str:
             f"FVU {float(fvu.min()):.3f}-{float(fvu.max()):.3f}")
 
 
-def _finish(source, settings, groups, names, ident, digest, last, out, device, eval_tokens, elapsed, start):
+# -- persist ---------------------------------------------------------------------------------------
+
+def _persist(source: BatchSource, eval_source: BatchSource | None, settings: TrainSettings,
+             groups: list[SweepStack], names: list[str], digest: str, last: list[dict], out: Path, device: str,
+             eval_tokens: int, elapsed: float, start: int, stats: InputStats) -> list[Path]:
+    """Fold the input scale into each model, measure it on held-out tokens, and save one folder each."""
     base = {"hook": settings.hook, "model_id": source.model_id, "training": settings.public(),
-            "data": dict(source.info), "training_identity": digest}
-    dicts = [d for g in groups for d in g.dictionaries(base)]
-    n_eval = max(settings.batch_size, min(eval_tokens, settings.tokens))
-    eval_batch = max(1, min(4096, n_eval, source.n_tokens // 2 or 1))
-    eval_batches = source.batches(eval_batch, n_eval, settings.seed + 1)
-    on_device = [d.to(device) for d in dicts]
-    metrics = reconstruction_metrics(on_device, eval_batches, device=device, progress=False)
+            "data": dict(source.info), "training_identity": digest, "input_scale": stats.scale,
+            "input_mean_norm": stats.mean_norm}
+    dicts = [d for g in groups for d in g.dictionaries(base, input_scale=stats.scale)]
+    measured = eval_source if eval_source is not None else source
+    n_eval = max(1, min(eval_tokens, measured.n_tokens))
+    eval_batch = max(1, min(4096, n_eval, measured.n_tokens // 2 or 1))
+    n_eval = max(eval_batch, n_eval)
+    metrics = reconstruction_metrics([d.to(device) for d in dicts],
+                                     measured.batches(eval_batch, n_eval, settings.seed + 1), device=device)
+    tokens_used = {"split": "held-out" if eval_source is not None else "training",
+                   "contexts": measured.info.get("contexts"), "position_0": measured.info.get("position_0"),
+                   "n_tokens": metrics[0].get("eval_tokens") if metrics else None}
     final = [{k: float(v[i]) for k, v in grp.items()} for grp in last for i in range(len(grp["loss"]))] \
         if last else [{} for _ in dicts]
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, d, m, f in zip(names, dicts, metrics, final):
         d.to("cpu")
-        d.config["metrics"] = {**m, **{f"final_batch_{k}": v for k, v in f.items()},
+        d.config["metrics"] = {**m, "measured_on": tokens_used, **{f"final_batch_{k}": v for k, v in f.items()},
                                "train_seconds": round(elapsed, 2), "resumed_from_step": start}
         paths.append(save_dictionary(d, out / name))
-    print(f"trained {len(paths)} dictionaries in {elapsed:.1f}s -> {out}")
+    where = "held-out" if eval_source is not None else "training (no held-out split)"
+    print(f"trained {len(paths)} dictionaries in {elapsed:.1f}s -> {out}; metrics on {where} tokens")
     for name, m in zip(names, metrics):
         print(f"  {name}: FVU {m['fvu']:.4f}  L0 {m['l0']:.1f}  dead {100 * m['dead_fraction']:.1f}%")
     return paths

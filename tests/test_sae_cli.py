@@ -28,7 +28,8 @@ MLP_HOOK = "blocks.0.mlp.hook_post"
 def trained(tiny_cache, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dicts")
     rc = cli.main(["train-sae", "--cache", str(tiny_cache), "--hook", HOOK, "--ratio", "2", "--l1", "1e-4", "1e-3",
-                   "--batch-size", "64", "--tokens", str(64 * 150), "--checkpoint-every", "40", "--out", str(out)])
+                   "--batch-size", "64", "--tokens", str(64 * 150), "--checkpoint-every", "40", "--lr", "1e-3",
+                   "--out", str(out)])
     assert rc == 0
     return out
 
@@ -52,7 +53,7 @@ def test_train_sae_writes_one_folder_per_pair_with_full_config(trained, tiny_cac
 
 def test_untied_training_on_mlp_neurons(tiny_cache, tmp_path):
     rc = cli.main(["train-sae", "--cache", str(tiny_cache), "--hook", MLP_HOOK, "--ratio", "1", "--l1", "3e-4",
-                   "--batch-size", "64", "--tokens", str(64 * 30), "--untied", "--out", str(tmp_path)])
+                   "--batch-size", "64", "--tokens", str(64 * 30), "--kind", "untied_sae", "--out", str(tmp_path)])
     assert rc == 0
     d = sae.load(tmp_path / "untied_R1_l1_0.0003")
     assert d.kind == "untied_sae" and d.d_in == 64 and d.n_features == 64

@@ -1,4 +1,4 @@
-"""Threshold SAEs: BatchTopK at inference (Bussmann et al. 2024) and JumpReLU (Rajamanoharan et al. 2024).
+"""Threshold SAEs: BatchTopK (Bussmann et al. 2024; inference form and objective) and JumpReLU (Rajamanoharan et al. 2024).
 
 Both encode per token as c_j = p_j · [p_j > θ_j] with p = W_e(x − b_d) + b_e:
 BatchTopK learns one θ for all features during training (the mean of the
@@ -15,6 +15,8 @@ from torch import Tensor
 
 from sae.errors import DictionaryError
 from sae.kinds.affine import AffineDictionary, folded_bias, top_k, unit_rows
+from sae.kinds.stack import StackOptions
+from sae.kinds.topk import TopKStack
 
 
 class ThresholdSAE(AffineDictionary):
@@ -39,6 +41,52 @@ class ThresholdSAE(AffineDictionary):
 
 class BatchTopKSAE(ThresholdSAE):
     kind = "batchtopk"
+
+    def __init__(self, tensors, config, name: str = ""):
+        super().__init__(tensors, config, name)
+        # config `k` is the batch-average L0 it was trained for; inference uses the threshold alone
+        self.k = None
+
+
+class BatchTopKStack(TopKStack):
+    """BatchTopK training (Bussmann et al. 2024): the k·B largest activations of the whole batch survive.
+
+    Tokens can use more or fewer than k latents as long as the batch average
+    is k. The inference threshold θ is a running mean of the smallest
+    activation the batch-level top-k kept, so a trained model encodes one
+    token at a time with c = p·[p > θ].
+    """
+
+    kind = "batchtopk"
+    bias_names = ("b_e", "b_d", "threshold")
+    momentum = 0.99
+
+    def __init__(self, d_in: int, ratio: float, values: list[float], seed: int,
+                 options: StackOptions = StackOptions()):
+        super().__init__(d_in, ratio, values, seed, options)
+        self.register_buffer("theta", torch.full((len(self.values),), -1.0))  # < 0: not estimated yet
+
+    def codes(self, pre: Tensor) -> Tensor:
+        batch = pre.shape[1]
+        relu = torch.relu(pre)
+        out = []
+        for i, k in enumerate(self.values):
+            flat = relu[i].reshape(-1)
+            values, index = flat.topk(min(flat.numel(), int(k) * batch), sorted=False)
+            out.append(torch.zeros_like(flat).scatter(0, index, values).view_as(relu[i]))
+            if self.training:
+                with torch.no_grad():
+                    kept = values[values > 0]
+                    if kept.numel():
+                        low = kept.min()
+                        self.theta[i] = torch.where(self.theta[i] < 0, low,
+                                                    self.momentum * self.theta[i] + (1 - self.momentum) * low)
+        return torch.stack(out)
+
+    def inference_tensors(self, i: int) -> dict[str, Tensor]:
+        tensors = super().inference_tensors(i)
+        tensors["threshold"] = self.theta[i].clamp_min(0).expand(self.n_features).clone()
+        return tensors
 
 
 class JumpReLUSAE(ThresholdSAE):

@@ -1,13 +1,24 @@
-"""TopK SAE (Gao et al. 2024): keep the k largest pre-activations per token; inference form.
+"""TopK SAE (Gao et al. 2024): keep the k largest pre-activations per token; inference form and objective.
 
 Same affine shape as the untied SAE (c = TopK(ReLU(W_e(x − b_d) + b_e)),
-x̂ = c·Ŵ_d + b_d); k is part of the dictionary (config `k`), so encode is
+x̂ = c·W_d + b_d); k is part of the dictionary (config `k`), so encode is
 per token and needs no batch.
+
+Training follows Gao et al. and EleutherAI/sparsify: loss = FVU + α_aux·AuxK
+(dead latents reconstruct the residual), decoder bias initialised at the
+data mean, encoder initialised to the decoder's transpose, decoder rows kept
+at unit norm (the gradient's component along each row is removed before the
+step and rows are renormalised after it, so Adam cannot grow the norm and
+shrink the codes instead of learning).
 """
 
 from __future__ import annotations
 
+import torch
+from torch import Tensor, nn
+
 from sae.errors import DictionaryError
+from sae.kinds.stack import StackOptions, SweepStack, auxk_fvu, batched_top_k
 from sae.kinds.untied import UntiedSAE
 
 
@@ -18,3 +29,68 @@ class TopKSAE(UntiedSAE):
         super().__init__(tensors, config, name)
         if self.k is None or self.k < 1:
             raise DictionaryError(f"{self.name}: a topk dictionary needs a positive `k` in config.json; re-create it")
+
+
+class TopKStack(SweepStack):
+    kind = "topk"
+    sweep_key = "k"
+    bias_names = ("b_e", "b_d")
+
+    def __init__(self, d_in: int, ratio: float, values: list[float], seed: int,
+                 options: StackOptions = StackOptions()):
+        super().__init__(d_in, ratio, values, seed, options)
+        n, f = len(self.values), self.n_features
+        if any(k < 1 or k > f for k in self.values):
+            raise ValueError(f"k values {self.values} must lie in 1..{f}")
+        dec = []
+        for g in self.generators():
+            w = torch.randn(f, d_in, generator=g)
+            dec.append(w / w.norm(dim=-1, keepdim=True))
+        dec_t = torch.stack(dec)
+        mean = options.data_mean if options.data_mean is not None else torch.zeros(d_in)
+        self.W_e = nn.Parameter(dec_t.clone())
+        self.b_e = nn.Parameter(torch.zeros(n, f))
+        self.W_d = nn.Parameter(dec_t)
+        self.b_d = nn.Parameter(mean.to(torch.float32).expand(n, d_in).clone())
+        self.register_buffer("k_values", torch.tensor(self.values, dtype=torch.long), persistent=False)
+        # tokens since each latent last fired: the dead-latent counter AuxK reads (checkpointed as extra state)
+        self.register_buffer("since_fired", torch.zeros(n, f))
+
+    @staticmethod
+    def _value(v: float) -> float:
+        return int(v)
+
+    def codes(self, pre: Tensor) -> Tensor:
+        return batched_top_k(pre, self.k_values, max(self.values))
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        n, batch = len(self.values), x.shape[0]
+        xs = x.unsqueeze(0).expand(n, batch, self.d_in)
+        pre = torch.baddbmm(self.b_e.unsqueeze(1), xs - self.b_d.unsqueeze(1), self.W_e.transpose(1, 2))
+        c = self.codes(pre)
+        x_hat = torch.baddbmm(self.b_d.unsqueeze(1), c, self.W_d)
+        err = x_hat - xs
+        variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+        fvu = err.pow(2).sum(dim=(1, 2)) / variance
+        aux = auxk_fvu(pre, self.since_fired, self.options.dead_tokens, self.W_d, (-err).detach(), variance,
+                       k_aux=self.d_in // 2)
+        if self.training:
+            with torch.no_grad():
+                fired = (c > 0).any(dim=1)
+                self.since_fired.add_(batch).masked_fill_(fired, 0)
+        return {"loss": fvu + self.options.auxk_alpha * aux, "mse": err.pow(2).mean(dim=(1, 2)),
+                "l1": c.sum(dim=(1, 2)) / batch, "aux": aux, "c": c, "x_hat": x_hat}
+
+    @torch.no_grad()
+    def before_update(self) -> None:
+        grad = self.W_d.grad
+        if grad is not None:
+            parallel = torch.linalg.vecdot(grad, self.W_d).unsqueeze(-1)
+            grad.sub_(parallel * self.W_d)
+
+    @torch.no_grad()
+    def after_update(self) -> None:
+        self.W_d.div_(self.W_d.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+    def inference_tensors(self, i: int) -> dict[str, Tensor]:
+        return {name: getattr(self, name)[i] for name in ("W_e", "b_e", "W_d", "b_d")}

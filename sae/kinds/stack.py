@@ -1,0 +1,171 @@
+"""What every learned kind's training objective shares: n models of one size stepped as one module.
+
+A stack holds n models of one kind and one dictionary size F, one per swept
+value (α for the L1 kinds, k for the TopK kinds); their weights are stacked
+[n, F, d] and stepped with batched matmuls, so a batch is read once for the
+whole sweep. Parameters are disjoint between models, the total loss is a
+plain sum, and Adam is element-wise, so each model's trajectory is the one
+it would have alone. Each model's initial weights come from its own seed
+derived from (seed, kind, R, value), so they do not depend on which other
+models share the sweep.
+
+Stacks train on normalised activations (x' = s·x, see `sae.train`); when
+they become inference dictionaries every bias-like tensor is divided by s,
+which makes encode/decode on raw activations exact (codes scale by 1/s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+def model_seed(seed: int, kind: str, ratio: float, value: float) -> int:
+    """A stable 63-bit seed for one model, independent of the rest of the sweep."""
+    key = json.dumps([int(seed), kind, float(ratio), float(value)])
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
+
+
+def n_features_for(ratio: float, d_in: int) -> int:
+    return max(1, int(round(ratio * d_in)))
+
+
+def xavier(n_features: int, d_in: int, generator: torch.Generator) -> Tensor:
+    w = torch.empty(n_features, d_in)
+    return nn.init.xavier_uniform_(w, generator=generator)
+
+
+class _UnitRows(torch.autograd.Function):
+    """m / ‖m‖ per row, with the gradient (g − m̂ (m̂·g)) / ‖m‖ written out.
+
+    Same maths as letting autograd differentiate the division and the norm,
+    in about half the passes over the weights; at the paper's batch size
+    those passes are a large share of a CPU step.
+    """
+
+    @staticmethod
+    def forward(ctx, m: Tensor) -> Tensor:
+        norm = m.norm(dim=-1, keepdim=True)
+        out = m / norm
+        ctx.save_for_backward(out, norm)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        out, norm = ctx.saved_tensors
+        dot = torch.linalg.vecdot(grad, out).unsqueeze(-1)
+        return torch.addcmul(grad, out, dot, value=-1.0).div_(norm)
+
+
+def unit_rows_with_grad(m: Tensor) -> Tensor:
+    return _UnitRows.apply(m)
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """Training knobs an objective may use (from `TrainSettings`); `data_mean` is in normalised units."""
+
+    auxk_alpha: float = 1 / 32
+    dead_tokens: int = 100_000
+    data_mean: Tensor | None = None
+
+
+class SweepStack(nn.Module):
+    """Base of every learned kind's objective; `forward(x)` returns per-model tensors (loss, mse, l1 [n], c, x_hat)."""
+
+    kind: ClassVar[str] = ""
+    sweep_key: ClassVar[str] = "l1"  # config key of the swept value
+    # tensors that scale with the input (divided by the input scale when folded into an inference dictionary)
+    bias_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, d_in: int, ratio: float, values: list[float], seed: int, options: StackOptions):
+        super().__init__()
+        self.d_in = d_in
+        self.ratio = float(ratio)
+        self.n_features = n_features_for(ratio, d_in)
+        self.values = [self._value(v) for v in values]
+        self.seeds = [model_seed(seed, self.kind, ratio, v) for v in self.values]
+        self.options = options
+
+    @staticmethod
+    def _value(v: float) -> float:
+        return float(v)
+
+    @property
+    def l1s(self) -> list[float]:
+        """The swept values under their historical name (the sweep was over α only)."""
+        return self.values
+
+    def generators(self) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(s) for s in self.seeds]
+
+    def param_names(self) -> list[str]:
+        return [name for name, _ in self.named_parameters()]
+
+    # hooks the sweep loop calls around each optimiser step
+    def before_update(self) -> None:
+        """After backward, before the optimiser step (e.g. remove gradient components)."""
+
+    def after_update(self) -> None:
+        """After the optimiser step (e.g. renormalise decoder rows)."""
+
+    def inference_tensors(self, i: int) -> dict[str, Tensor]:
+        """Model i's tensors as its inference class stores them (normalised units)."""
+        return {name: getattr(self, name)[i] for name in self.param_names()}
+
+    def inference_config(self, i: int) -> dict:
+        return {}
+
+    def inference_class(self) -> type:
+        from sae.registry import kind_class
+
+        return kind_class(self.kind)
+
+    @torch.no_grad()
+    def dictionaries(self, base_config: dict, input_scale: float = 1.0) -> list:
+        """One inference dictionary per model, holding copies of its weights, folded to raw input units."""
+        out = []
+        for i, (value, s) in enumerate(zip(self.values, self.seeds)):
+            tensors = {k: v.detach().cpu().clone() for k, v in self.inference_tensors(i).items()}
+            for name in self.bias_names:
+                tensors[name] = tensors[name] / input_scale
+            cfg = {**base_config, "d_in": self.d_in, "n_features": self.n_features, "ratio": self.ratio,
+                   self.sweep_key: value, "init_seed": s, **self.inference_config(i)}
+            out.append(self.inference_class()(tensors, cfg))
+        return out
+
+
+def batched_top_k(pre: Tensor, ks: Tensor, k_max: int) -> Tensor:
+    """Per model i keep the ks[i] largest of ReLU(pre[i]) per row; pre [n, B, F], ks [n] (long)."""
+    values, index = torch.relu(pre).topk(k_max, dim=-1, sorted=True)
+    keep = torch.arange(k_max, device=pre.device) < ks.view(-1, 1, 1)
+    return torch.zeros_like(pre).scatter(-1, index, values * keep)
+
+
+def auxk_fvu(pre: Tensor, since_fired: Tensor, dead_tokens: int, w_dec: Tensor, residual: Tensor,
+             variance: Tensor, k_aux: int) -> Tensor:
+    """AuxK loss of Gao et al. (2024) per model [n]: the dead latents' top-k_aux reconstruct the residual.
+
+    `residual` = x − x̂ (detached: only the dead latents learn from it),
+    normalised by the data's variance like the main loss, and scaled by
+    min(#dead / k_aux, 1) as EleutherAI/sparsify does, so a sweep member
+    with few dead latents is not pushed by a loss most of whose slots are
+    empty. Zero for a model without dead latents.
+    """
+    dead = since_fired >= dead_tokens  # [n, F]
+    n_dead = dead.sum(-1)
+    if not bool(n_dead.any()):
+        return torch.zeros(pre.shape[0], device=pre.device)
+    k = max(1, min(k_aux, pre.shape[-1]))
+    masked = torch.where(dead.unsqueeze(1), pre, torch.full_like(pre, -torch.inf))
+    values, index = masked.topk(k, dim=-1)
+    codes = torch.zeros_like(pre).scatter(-1, index, torch.relu(torch.nan_to_num(values, neginf=0.0)))
+    e_hat = torch.bmm(codes, w_dec)
+    loss = (e_hat - residual).pow(2).sum(dim=(1, 2)) / variance
+    scale = (n_dead.float() / k).clamp(max=1.0)
+    return torch.nan_to_num(loss * scale)
