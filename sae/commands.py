@@ -51,7 +51,8 @@ def baselines_command(settings: BaselinesSettings) -> list[Path]:
     s = settings
     check_output_folder(s.out)
     folders = fit_baselines_from_cache(s.cache, s.hook, list(s.kinds), s.out, tokens=s.tokens, k=s.k,
-                                       topk_from=s.topk_from, seed=s.seed,
+                                       topk_from=s.topk_from, seed=s.seed, eval_fraction=s.eval_fraction,
+                                       skip_first=not s.keep_first_position,
                                        ica_samples=ICA_MAX_SAMPLES if s.ica_samples is None else s.ica_samples)
     _export_each(folders, s.export)
     return folders
@@ -62,7 +63,9 @@ def evaluate_command(settings: EvaluateSettings) -> list[dict]:
 
     s = settings
     return evaluate_dictionaries(s.cache, list(s.dicts), tokens=s.tokens, mmcs_to=s.mmcs_to, model=s.model,
-                                 no_model=s.no_model, ce_contexts=s.ce_contexts, plot=s.plot)
+                                 no_model=s.no_model, ce_contexts=s.ce_contexts, plot=s.plot,
+                                 eval_fraction=s.eval_fraction, keep_first_position=s.keep_first_position,
+                                 density_plot=s.density_plot)
 
 
 def export_command(settings: ExportSettings) -> Path:

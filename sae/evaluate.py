@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from activations.errors import UserError
-from sae.data import CacheSource, check_fits
+from sae.data import check_fits, split_cache
 from sae.io import load, update_metrics
-from sae.metrics import mmcs, model_metrics, reconstruction_metrics
-from sae.plot import plot_frontier
+from sae.metrics import density_histogram, mmcs, model_metrics, reconstruction_metrics
+from sae.plot import plot_density, plot_frontier
 
 READ_BATCH = 4096
 EVAL_SEED = 1234  # a fixed draw of evaluation tokens, so every dictionary sees the same ones
@@ -25,19 +25,34 @@ EVAL_SEED = 1234  # a fixed draw of evaluation tokens, so every dictionary sees 
 
 def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200_000, mmcs_to: str | None = None,
                           model: str | None = None, no_model: bool = False, ce_contexts: int = 64,
-                          plot: str | None = None, progress: bool = True, device: str = "cpu") -> list[dict]:
+                          plot: str | None = None, progress: bool = True, device: str = "cpu",
+                          eval_fraction: float | None = None, keep_first_position: bool = False,
+                          density_plot: str | None = None) -> list[dict]:
+    """Measure every dictionary on the cache's held-out contexts and store the metrics in its config.json.
+
+    `eval_fraction` None takes the split the dictionaries were trained with
+    (so the held-out tokens are the ones training never saw); a dictionary
+    whose training contexts overlap the measured ones gets a warning, in the
+    console and in its metrics.
+    """
     if tokens < 1 or ce_contexts < 1:
         raise UserError("--tokens and --ce-contexts must be positive")
-    if plot is not None and not str(plot).lower().endswith(".png"):
-        raise UserError(f"--plot {plot} must name a .png file")
+    for flag, path in (("--plot", plot), ("--density-plot", density_plot)):
+        if path is not None and not str(path).lower().endswith(".png"):
+            raise UserError(f"{flag} {path} must name a .png file")
     loaded = [load(p) for p in dicts]
     reference = load(mmcs_to) if mmcs_to else None
+    fraction = _eval_fraction(loaded, eval_fraction)
+    skip_first = not keep_first_position
     by_hook: dict[str, list[int]] = defaultdict(list)
     for i, d in enumerate(loaded):
         if not d.hook:
             raise UserError(f"{dicts[i]} does not record its hook: re-create it with train-sae or baselines")
         by_hook[d.hook].append(i)
-    sources = {hook: CacheSource(Path(cache), hook) for hook in by_hook}  # raises if a hook is missing
+    sources = {}
+    for hook in by_hook:  # raises if a hook is missing
+        train_part, held_out = split_cache(cache, hook, fraction, skip_first=skip_first)
+        sources[hook] = held_out if held_out is not None else train_part
     for hook, idx in by_hook.items():
         for i in idx:
             check_fits(loaded[i], sources[hook].d_in, hook, sources[hook].model_id, f"cache {cache}")
@@ -54,15 +69,23 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
         group = [loaded[i].to(device) for i in idx]
         stats = reconstruction_metrics(group, source.batches(batch, n, EVAL_SEED), device=device,
                                        progress=progress, desc=f"{hook}: {len(group)} dictionaries")
-        for i, s in zip(idx, stats):
-            results[i].update(s)
+        measured = {"split": "held-out" if fraction > 0 else "all (no held-out split)",
+                    "contexts": source.info["contexts"], "position_0": source.info["position_0"]}
+        for i, st in zip(idx, stats):
+            st["density"] = density_histogram(st.pop("firing_rates"))
+            results[i].update(st, measured_on={**measured, "n_tokens": st["eval_tokens"]})
+            overlap = _trained_on(loaded[i], cache, source.info["contexts"])
+            if overlap:
+                results[i]["warning"] = overlap
+                print(f"warning: {loaded[i].name}: {overlap}")
     if reference is not None:
         ref_dirs = reference.directions
         for i, d in enumerate(loaded):
             results[i]["mmcs"] = mmcs(d.directions.cpu(), ref_dirs.cpu())
             results[i]["mmcs_to"] = reference.name
     if not no_model:
-        _model_metrics(cache, loaded, by_hook, results, model, ce_contexts, device, progress)
+        contexts = {hook: sources[hook].info["contexts"] for hook in by_hook}
+        _model_metrics(cache, loaded, by_hook, results, model, ce_contexts, device, progress, contexts, skip_first)
     rows = []
     for path, d, r in zip(dicts, loaded, results):
         update_metrics(path, {**r, "evaluated_on": str(Path(cache).resolve())})
@@ -71,25 +94,54 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
     print(format_table(rows))
     if plot:
         print(f"wrote {plot_frontier(rows, plot)}")
+    if density_plot:
+        print(f"wrote {plot_density(rows, density_plot)}")
     return rows
 
 
-def _model_metrics(cache, loaded, by_hook, results, model, ce_contexts, device, progress) -> None:
+def _eval_fraction(loaded: list, eval_fraction: float | None) -> float:
+    if eval_fraction is not None:
+        if not 0 <= eval_fraction < 1:
+            raise UserError(f"--eval-fraction {eval_fraction} must be in [0, 1)")
+        return float(eval_fraction)
+    recorded = [(d.config.get("training") or d.config.get("fit") or {}).get("eval_fraction") for d in loaded]
+    known = [float(f) for f in recorded if f is not None]
+    # the smallest recorded split: its contexts were held out from every dictionary that records one
+    return min(known) if known else 0.1
+
+
+def _trained_on(d, cache: str | Path, measured: list[int]) -> str | None:
+    """Why the measured contexts are not held out for `d` (same cache, overlapping training contexts), or None."""
+    data = d.config.get("data") or {}
+    if not data.get("cache") or Path(data["cache"]) != Path(cache).resolve():
+        return None
+    trained = data.get("contexts") or [0, 1 << 62]  # made before splits were recorded: trained on all of it
+    if int(trained[0]) < int(measured[1]) and int(measured[0]) < int(trained[1]):
+        return (f"it was trained or fitted on contexts {trained[0]}..{trained[1] - 1} of this cache, which overlap the "
+                f"measured {measured[0]}..{measured[1] - 1}: these metrics include training tokens")
+    return None
+
+
+def _model_metrics(cache, loaded, by_hook, results, model, ce_contexts, device, progress, contexts,
+                   skip_first: bool) -> None:
     from activations.models import load_model
     from activations.reader import ActivationCache
 
+    model_id = model
+    per_hook_ids = {}
     with ActivationCache(cache) as c:
-        count = min(ce_contexts, c.n_contexts)
-        chosen = np.sort(np.random.default_rng(EVAL_SEED).choice(c.n_contexts, size=count, replace=False))
-        ids = torch.from_numpy(c.tokens(chosen).astype(np.int64))
-        keep_first = bool(c.bos_prepended)
+        keep_first = bool(c.bos_prepended) or skip_first
         model_id = model or c.model_id
+        for hook, (lo, hi) in contexts.items():
+            count = min(ce_contexts, hi - lo)
+            chosen = lo + np.sort(np.random.default_rng(EVAL_SEED).choice(hi - lo, size=count, replace=False))
+            per_hook_ids[hook] = torch.from_numpy(c.tokens(chosen).astype(np.int64))
     lm = load_model(model_id, device=device)
     for hook, idx in by_hook.items():
-        stats = model_metrics([loaded[i] for i in idx], lm.model, ids, hook, keep_first=keep_first,
+        stats = model_metrics([loaded[i] for i in idx], lm.model, per_hook_ids[hook], hook, keep_first=keep_first,
                               device=device, progress=progress)
-        for i, s in zip(idx, stats):
-            results[i].update(s)
+        for i, st in zip(idx, stats):
+            results[i].update(st)
 
 
 def _fmt(value, spec: str) -> str:
@@ -100,8 +152,9 @@ def _fmt(value, spec: str) -> str:
 
 def format_table(rows: list[dict]) -> str:
     cols = [("name", "name", "s"), ("kind", "kind", "s"), ("F", "n_features", "d"), ("FVU", "fvu", ".4f"),
-            ("L0", "l0", ".1f"), ("dead%", "dead_fraction", ".1%"), ("MMCS", "mmcs", ".3f"),
-            ("KL", "kl", ".4f"), ("dCE", "ce_increase", ".4f")]
+            ("EV", "explained_variance", ".4f"), ("L0", "l0", ".1f"), ("dead%", "dead_fraction", ".1%"),
+            ("MMCS", "mmcs", ".3f"), ("KL", "kl", ".4f"), ("dCE", "ce_increase", ".4f"),
+            ("CE rec", "ce_loss_recovered", ".3f"), ("KL rec", "kl_recovered", ".3f")]
     cols = [c for c in cols if c[1] in ("name", "kind", "n_features") or any(c[1] in r for r in rows)]
     cells = [[h for h, _, _ in cols]] + [[_fmt(r.get(k), s) for _, k, s in cols] for r in rows]
     widths = [max(len(row[j]) for row in cells) for j in range(len(cols))]

@@ -6,17 +6,17 @@ asking for pca, ica and both top-k controls reads the data once.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from activations.errors import UserError
+from activations.runstate import settings_digest
 from sae.baselines import (ICA_MAX_SAMPLES, collect, fit_ica, neuron_basis, pca_from_moments, random_basis,
                            sample_limit, topk_control)
-from sae.data import BatchSource, CacheSource
+from sae.data import BatchSource, split_cache
 from sae.io import CONFIG_FILE, read_config, save_dictionary
+from sae.registry import FITTED_KINDS
 
-BASELINE_KINDS = ("neuron", "signed_neuron", "pca", "ica", "random", "pca_topk", "ica_topk")
+BASELINE_KINDS = FITTED_KINDS
 READ_BATCH = 4096
 
 
@@ -47,7 +47,8 @@ def _folder_name(kind: str, k: int | None) -> str:
 
 def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | Path, tokens: int = 1_000_000,
                   k: int | list[int] | None = None, topk_from: str | list[str] | None = None, seed: int = 0,
-                  progress: bool = True, ica_samples: int = ICA_MAX_SAMPLES) -> list[Path]:
+                  progress: bool = True, ica_samples: int = ICA_MAX_SAMPLES,
+                  eval_fraction: float | None = None) -> list[Path]:
     unknown = [x for x in kinds if x not in BASELINE_KINDS]
     if unknown or not kinds:
         raise UserError(f"unknown --kinds {unknown or kinds}: choose from {','.join(BASELINE_KINDS)}")
@@ -76,6 +77,8 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
     n_fit = min(tokens, source.n_tokens)
     ident = {"hook": hook, "model_id": source.model_id, "d_in": d, "tokens": n_fit, "seed": seed,
              "data_tokens": source.info.get("cache_tokens")}
+    if source.info.get("contexts") is not None:  # a split of a cache: which part was fitted on decides the fit
+        ident.update(data_contexts=source.info["contexts"], position_0=source.info.get("position_0"))
     # The ICA subsample size changes only the ICA fit; left out of the identity at its default so
     # folders fitted before the option existed still match.
     ica_ident = ident if ica_samples == ICA_MAX_SAMPLES else {**ident, "ica_samples": ica_samples}
@@ -99,7 +102,7 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
             continue
         todo.append((kind, kk))
     base = {"hook": hook, "model_id": source.model_id, "data": dict(source.info), "fit_identity": _digest(ident),
-            "fit": {"tokens": n_fit, "seed": seed}}
+            "fit": {"tokens": n_fit, "seed": seed, "eval_fraction": eval_fraction}}
     fitted = {}
     todo_kinds = {kind for kind, _ in todo}
     needs_data = {"pca", "ica", "pca_topk", "ica_topk"} & todo_kinds
@@ -136,8 +139,11 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
 
 
 def _digest(ident: dict) -> str:
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    return settings_digest(ident)
 
 
-def fit_baselines_from_cache(cache: str | Path, hook: str, kinds: list[str], out: str | Path, **kwargs) -> list[Path]:
-    return fit_baselines(CacheSource(Path(cache), hook), hook, kinds, out, **kwargs)
+def fit_baselines_from_cache(cache: str | Path, hook: str, kinds: list[str], out: str | Path,
+                             eval_fraction: float = 0.1, skip_first: bool = True, **kwargs) -> list[Path]:
+    """Fit on the training part of the cache only: the held-out contexts stay unseen, as for the SAEs."""
+    source, _ = split_cache(cache, hook, eval_fraction, skip_first=skip_first)
+    return fit_baselines(source, hook, kinds, out, eval_fraction=eval_fraction, **kwargs)

@@ -24,9 +24,13 @@ class _Accumulator:
     sq_err: float = 0.0
     l0_sum: float = 0.0
     fired: Tensor = field(default=None)  # type: ignore[assignment]
+    fire_counts: Tensor = field(default=None)  # type: ignore[assignment]
+    resid_sum: Tensor = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.fired = torch.zeros(self.n_features, dtype=torch.bool)
+        self.fire_counts = torch.zeros(self.n_features, dtype=torch.float64)
+        self.resid_sum = torch.zeros(self.d_in, dtype=torch.float64)
 
 
 @torch.no_grad()
@@ -46,10 +50,14 @@ def reconstruction_metrics(dictionaries: Sequence, batches: Iterable[Tensor], de
         for d, acc in zip(dictionaries, accs):
             c = d.encode(x)
             x_hat = d.decode(c)
-            acc.sq_err += float((x_hat.to(torch.float64) - x64).pow(2).sum())
+            resid = x_hat.to(torch.float64) - x64
+            acc.sq_err += float(resid.pow(2).sum())
+            acc.resid_sum += resid.sum(0).cpu()
             active = c > 0
             acc.l0_sum += float(active.sum())
-            acc.fired |= active.any(0).cpu()
+            counts = active.sum(0).cpu()
+            acc.fired |= counts > 0
+            acc.fire_counts += counts.to(torch.float64)
     if n == 0:
         raise ValueError("no batches to evaluate on")
     mean = total_sum / n
@@ -58,14 +66,31 @@ def reconstruction_metrics(dictionaries: Sequence, batches: Iterable[Tensor], de
     for acc in accs:
         mse = acc.sq_err / (n * acc.d_in)
         per_elem_var = variance / acc.d_in
+        # SAEBench's explained variance: 1 − Var(x − x̂) / Var(x), the residual's own mean removed
+        resid_var = acc.sq_err / n - float((acc.resid_sum / n).pow(2).sum())
         out.append({
             "fvu": mse / per_elem_var if per_elem_var > 0 else math.inf,
             "mse": mse,
+            "explained_variance": 1.0 - resid_var / variance if variance > 0 else -math.inf,
             "l0": acc.l0_sum / n,
             "dead_fraction": float((~acc.fired).float().mean()),
             "eval_tokens": n,
+            "firing_rates": acc.fire_counts / n,  # per feature; callers store `density_histogram` of it
         })
     return out
+
+
+DENSITY_BINS = [-8.0 + 0.5 * i for i in range(17)]  # log10 firing rate, 1e-8 .. 1
+
+
+def density_histogram(rates: Tensor) -> dict:
+    """Counts of features per log10(firing rate) bin, and how many never fired (the SAEBench density plot)."""
+    rates = rates.to(torch.float64)
+    alive = rates[rates > 0]
+    logs = torch.log10(alive).clamp(DENSITY_BINS[0], DENSITY_BINS[-1])
+    counts = torch.histogram(logs, bins=torch.tensor(DENSITY_BINS, dtype=torch.float64)).hist
+    return {"log10_bins": DENSITY_BINS, "counts": [int(c) for c in counts], "never_fired": int((rates == 0).sum()),
+            "median_log10_rate": float(logs.median()) if logs.numel() else None}
 
 
 @torch.no_grad()
@@ -82,7 +107,8 @@ def mmcs(a: Tensor, b: Tensor, chunk: int = 4096) -> float:
 @torch.no_grad()
 def model_metrics(dictionaries: Sequence, model, tokens: Tensor, hook: str, batch_contexts: int = 8,
                   keep_first: bool = False, device: str = "cpu", progress: bool = False) -> list[dict]:
-    """Next-token KL(clean ‖ spliced) and CE increase when x̂ replaces the activation at `hook`.
+    """Next-token KL(clean ‖ spliced) and CE increase when x̂ replaces the activation at `hook`, and the
+    same for zero-ablating it, from which the fractions of CE loss and KL recovered follow (SAEBench).
 
     `keep_first` leaves position 0 untouched: when every context starts with
     BOS, that position's activation is an outlier the dictionaries were not
@@ -94,6 +120,7 @@ def model_metrics(dictionaries: Sequence, model, tokens: Tensor, hook: str, batc
     n_ctx = tokens.shape[0]
     kl_sum = [0.0] * len(dictionaries)
     ce_sum = [0.0] * len(dictionaries)
+    kl_zero = ce_zero = 0.0
     ce_clean = 0.0
     n_pred = 0
     n_tok = 0
@@ -107,6 +134,14 @@ def model_metrics(dictionaries: Sequence, model, tokens: Tensor, hook: str, batc
         n_pred += targets.numel()
         n_tok += ids.numel()
         bar.update(ids.shape[0])
+
+        def zero(x: Tensor) -> Tensor:
+            new = torch.zeros_like(x)
+            return torch.cat([x[:, :1], new[:, 1:]], dim=1) if keep_first else new
+
+        logp = torch.log_softmax(logits_with_edits(model, ids, {hook: zero}).float(), dim=-1)
+        kl_zero += float((logp_clean.exp() * (logp_clean - logp)).sum())
+        ce_zero += float(-logp[:, :-1].gather(-1, targets.unsqueeze(-1)).sum())
         for i, d in enumerate(dictionaries):
             def splice(x: Tensor, d=d) -> Tensor:
                 new = d.decode(d.encode(x.float())).to(x.dtype)
@@ -119,8 +154,15 @@ def model_metrics(dictionaries: Sequence, model, tokens: Tensor, hook: str, batc
             ce_sum[i] += float(-logp[:, :-1].gather(-1, targets.unsqueeze(-1)).sum())
             bar.update(ids.shape[0])
     bar.close()
-    base = ce_clean / n_pred
-    return [{"kl": kl_sum[i] / n_tok, "ce_clean": base, "ce_spliced": ce_sum[i] / n_pred,
-             "ce_increase": ce_sum[i] / n_pred - base, "ppl_clean": math.exp(base),
-             "ppl_spliced": math.exp(ce_sum[i] / n_pred), "ce_contexts": int(n_ctx)}
-            for i in range(len(dictionaries))]
+    base, zero_ce, zero_kl = ce_clean / n_pred, ce_zero / n_pred, kl_zero / n_tok
+    out = []
+    for i in range(len(dictionaries)):
+        ce, kl = ce_sum[i] / n_pred, kl_sum[i] / n_tok
+        out.append({"kl": kl, "ce_clean": base, "ce_spliced": ce, "ce_increase": ce - base,
+                    "ppl_clean": math.exp(base), "ppl_spliced": math.exp(ce), "ce_contexts": int(n_ctx),
+                    "ce_zero_ablation": zero_ce, "kl_zero_ablation": zero_kl,
+                    # SAEBench's core scores: the share of the loss that zero-ablating the hook costs which
+                    # the reconstruction wins back (1 = as good as the clean activation)
+                    "ce_loss_recovered": (zero_ce - ce) / (zero_ce - base) if zero_ce != base else None,
+                    "kl_recovered": (zero_kl - kl) / zero_kl if zero_kl > 0 else None})
+    return out

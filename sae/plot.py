@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-_MARKERS = {"tied_sae": "o", "untied_sae": "s", "pca": "^", "ica": "v", "random": "x", "neuron": "D",
+_MARKERS = {"tied_sae": "o", "untied_sae": "s", "topk": "P", "batchtopk": "X", "jumprelu": "*", "pca": "^", "ica": "v", "random": "x", "neuron": "D",
             "signed_neuron": "d", "pca_topk": "<", "ica_topk": ">"}
 
 
@@ -43,6 +43,35 @@ def plot_frontier(rows: list[dict], path: str | Path, title: str = "") -> Path:
     ax.set_title(title or "Reconstruction vs sparsity")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_density(rows: list[dict], path: str | Path) -> Path:
+    """Feature-density histograms (log10 firing rate on held-out tokens), one line per dictionary (SAEBench)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        density = row.get("density")
+        if not density:
+            continue
+        bins = density["log10_bins"]
+        centres = [(a + b) / 2 for a, b in zip(bins[:-1], bins[1:])]
+        label = f"{row['name']} ({density['never_fired']} never fired)"
+        ax.step(centres, density["counts"], where="mid", label=label)
+    ax.set_xlabel("log10 firing rate (fraction of held-out tokens on which the feature is active)")
+    ax.set_ylabel("features")
+    ax.set_title("Feature density")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

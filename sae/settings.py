@@ -127,6 +127,9 @@ class BaselinesSettings:
     ica_samples: int | None = option(None, help="tokens FastICA fits on (default 65536, bounded by a 64 MiB sample; "
                                                 "time grows linearly)")
     seed: int = option(0, help="seed of the random basis and of FastICA")
+    eval_fraction: float = option(0.1, help="last fraction of the cache's contexts held out (never fitted on)")
+    keep_first_position: bool = option(False, help="also fit on position 0 of each context (BOS or attention sink; "
+                                                   "excluded by default)")
     export: str | None = option(None, identity=False, choices=EXPORT_FORMATS, help=_EXPORT_HELP)
 
 
@@ -142,6 +145,12 @@ class EvaluateSettings:
     no_model: bool = option(False, help="skip the KL/CE metrics")
     ce_contexts: int = option(64, help="contexts for the KL/CE metrics")
     plot: str | None = option(None, identity=False, help="PNG of the FVU-vs-L0 frontier")
+    density_plot: str | None = option(None, identity=False, help="PNG of the feature-density histograms "
+                                                                  "(log10 firing rate)")
+    eval_fraction: float | None = option(None, help="last fraction of the cache's contexts to measure on (default: "
+                                                    "the smallest split the dictionaries record, else 0.1)")
+    keep_first_position: bool = option(False, help="also measure on position 0 of each context (BOS or attention "
+                                                   "sink; excluded by default)")
 
 
 @dataclass

@@ -35,7 +35,7 @@ from sae.data import BatchSource, prefetch
 from sae.errors import TrainingDiverged
 from sae.io import CONFIG_FILE, read_config, save_dictionary
 from sae.kinds.stack import StackOptions, SweepStack
-from sae.metrics import reconstruction_metrics
+from sae.metrics import density_histogram, reconstruction_metrics
 from sae.registry import objective_class
 from sae.settings import TrainSettings
 from sae.step import Stepper, lr_factor, make_optimizer, set_lr
@@ -280,6 +280,8 @@ def _persist(source: BatchSource, eval_source: BatchSource | None, settings: Tra
                    "n_tokens": metrics[0].get("eval_tokens") if metrics else None}
     final = [{k: float(v[i]) for k, v in grp.items()} for grp in last for i in range(len(grp["loss"]))] \
         if last else [{} for _ in dicts]
+    for m in metrics:
+        m["density"] = density_histogram(m.pop("firing_rates"))
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, d, m, f in zip(names, dicts, metrics, final):

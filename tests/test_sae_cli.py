@@ -75,15 +75,25 @@ def test_baselines_then_evaluate_with_model_metrics_and_plot(trained, tiny_cache
     png = tmp_path / "frontier.png"
     dicts = [str(sae_dir), str(base / "pca"), str(base / "neuron"), str(base / f"pca_topk_k{k_expected}")]
     rc = cli.main(["evaluate", "--cache", str(tiny_cache), "--dict", *dicts, "--tokens", "800",
-                   "--mmcs-to", str(base / "pca"), "--ce-contexts", "8", "--plot", str(png)])
+                   "--mmcs-to", str(base / "pca"), "--ce-contexts", "8", "--plot", str(png),
+                   "--density-plot", str(tmp_path / "density.png")])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "FVU" in printed and "tied_R2_l1_0.001" in printed and "KL" in printed
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "density.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = {Path(p).name: json.loads((Path(p) / "config.json").read_text())["metrics"] for p in dicts}
+    with ActivationCache(tiny_cache) as cache:
+        n_ctx, per_context = cache.n_contexts, cache.context_length - 1  # position 0 is excluded
+    held_out = round(0.1 * n_ctx)  # the default split: the last 10% of contexts, never trained on
     for name, m in metrics.items():
-        assert {"fvu", "l0", "dead_fraction", "mmcs", "kl", "ce_increase"} <= set(m), name
-        assert m["eval_tokens"] == 800 and m["kl"] >= 0 and m["ce_contexts"] == 8
+        assert {"fvu", "l0", "dead_fraction", "mmcs", "kl", "ce_increase", "ce_loss_recovered",
+                "explained_variance", "density"} <= set(m), name
+        assert m["eval_tokens"] == held_out * per_context and m["kl"] >= 0 and m["ce_contexts"] == 6
+        assert m["measured_on"]["split"] == "held-out" and m["measured_on"]["contexts"] == [n_ctx - held_out, n_ctx]
+        assert m["measured_on"]["position_0"] == "excluded" and "warning" not in m
+        n_features = sae.load(next(p for p in dicts if Path(p).name == name)).n_features
+        assert sum(m["density"]["counts"]) + m["density"]["never_fired"] == n_features
     assert metrics["pca"]["mmcs"] == pytest.approx(1.0, abs=1e-5)  # PCA against itself
     assert metrics[f"pca_topk_k{k_expected}"]["l0"] <= k_expected
     assert metrics["tied_R2_l1_0.001"]["fvu"] < metrics["neuron"]["fvu"]
@@ -105,6 +115,11 @@ def test_model_metrics_are_zero_for_a_perfect_reconstruction(tiny_cache, tmp_pat
     assert exact["fvu"] < 1e-10 and exact["kl"] < 1e-6 and abs(exact["ce_increase"]) < 1e-5
     assert dead["l0"] == 0 and dead["dead_fraction"] == 1.0 and dead["fvu"] > 0.99
     assert dead["kl"] > 1e-3 and dead["ce_spliced"] != exact["ce_spliced"]
+    # SAEBench's recovered fractions: a perfect reconstruction wins back all of the loss zero-ablation costs,
+    # a dead one (it decodes to 0, i.e. zero ablation) none of it
+    assert exact["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4) and exact["kl_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert dead["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-6) and dead["kl_recovered"] == pytest.approx(0.0, abs=1e-6)
+    assert exact["explained_variance"] == pytest.approx(1.0, abs=1e-8) and dead["explained_variance"] < 0.01
 
 
 def test_dictionary_of_the_wrong_width_fails_clearly(tiny_cache, tmp_path, capsys):

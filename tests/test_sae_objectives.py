@@ -1,0 +1,160 @@
+"""Training objectives of every learned kind: folding the input scale, TopK/BatchTopK mechanics, held-out splits,
+and resume of the kinds with extra state."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import sae
+from sae.data import TensorSource, split_cache
+from sae.kinds.stack import StackOptions, auxk_fvu, batched_top_k
+from sae.registry import LEARNED_KINDS, objective_class
+from sae.settings import TrainSettings
+from sae.step import Stepper, lr_factor
+from sae.train import train_sweep
+from tests.test_sae_support import one_thread, sparse_data  # noqa: F401 (one_thread: autouse fixture)
+
+VALUES = {"tied_sae": [1e-2, 1e-1], "untied_sae": [1e-2, 1e-1], "topk": [2, 5], "batchtopk": [2, 5]}
+
+
+@pytest.mark.parametrize("kind", LEARNED_KINDS)
+def test_folding_the_input_scale_makes_raw_encode_and_decode_exact(kind):
+    """A stack trained on s·x, saved as a dictionary of raw x: codes are c(s·x)/s and x̂ is x̂(s·x)/s."""
+    torch.manual_seed(0)
+    stack = objective_class(kind)(8, 2.0, VALUES[kind], seed=3, options=StackOptions(data_mean=torch.randn(8)))
+    with torch.no_grad():
+        for p in stack.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        if kind == "batchtopk":
+            stack.theta.fill_(0.05)
+    stack.after_update()  # as after every training step (TopK kinds renormalise their decoder rows here)
+    stack.eval()
+    x, scale = torch.randn(64, 8) * 3 + 1, 0.37
+    out = stack(x * scale)
+    for i, d in enumerate(stack.dictionaries({"hook": "h"}, input_scale=scale)):
+        assert d.kind == kind
+        if kind == "batchtopk":  # inference is the learned threshold, not the batch-level top-k of training
+            pre = (x * scale - stack.b_d[i].detach()) @ stack.W_e[i].detach().T + stack.b_e[i].detach()
+            want = torch.where(pre > 0.05, pre, torch.zeros(())) / scale
+        else:
+            want = out["c"][i].detach() / scale
+        torch.testing.assert_close(d.encode(x), want, atol=1e-5, rtol=1e-4)
+        if kind != "batchtopk":
+            torch.testing.assert_close(d.decode(d.encode(x)), out["x_hat"][i].detach() / scale, atol=1e-5, rtol=1e-4)
+
+
+def test_batched_top_k_keeps_each_models_own_k():
+    pre = torch.tensor([[[3.0, -1.0, 2.0, 1.0]], [[3.0, -1.0, 2.0, 1.0]]])
+    c = batched_top_k(pre, torch.tensor([1, 3]), 3)
+    assert c.tolist() == [[[3.0, 0.0, 0.0, 0.0]], [[3.0, 0.0, 2.0, 1.0]]]
+
+
+def test_batchtopk_keeps_k_per_token_on_average_and_learns_a_threshold():
+    torch.manual_seed(0)
+    stack = objective_class("batchtopk")(8, 2.0, [3], seed=0)
+    x = torch.randn(50, 8)
+    out = stack(x)
+    per_token = (out["c"][0] > 0).sum(-1)
+    assert int(per_token.sum()) == 3 * 50 and int(per_token.max()) > 3 > int(per_token.min())  # k·B over the batch
+    kept = out["c"][0].detach()[out["c"][0] > 0]
+    assert float(stack.theta[0]) == pytest.approx(float(kept.min()))  # first estimate: the smallest kept value
+
+
+def test_topk_decoder_rows_stay_unit_and_gradients_along_them_are_removed():
+    torch.manual_seed(0)
+    stack = objective_class("topk")(8, 2.0, [3], seed=0)
+    opt = torch.optim.Adam(stack.parameters(), lr=0.1)
+    for _ in range(5):
+        out = stack(torch.randn(32, 8) * 4)
+        out["loss"].sum().backward()
+        stack.before_update()
+        along = torch.linalg.vecdot(stack.W_d.grad, stack.W_d.detach())
+        assert float(along.abs().max()) < 1e-5
+        opt.step()
+        stack.after_update()
+        opt.zero_grad()
+        torch.testing.assert_close(stack.W_d.detach().norm(dim=-1), torch.ones(1, 16))
+
+
+def test_auxk_reconstructs_the_residual_only_with_dead_latents():
+    pre = torch.tensor([[[5.0, 1.0, 2.0]]])
+    w_dec = torch.eye(3)[None]
+    residual = torch.tensor([[[0.0, 1.0, 2.0]]])
+    variance = torch.tensor(1.0)
+    none_dead = auxk_fvu(pre, torch.zeros(1, 3), 10, w_dec, residual, variance, k_aux=2)
+    assert float(none_dead) == 0.0
+    # latents 1 and 2 dead: their pre-activations (1, 2) reconstruct the residual (1, 2) exactly
+    dead = auxk_fvu(pre, torch.tensor([[0.0, 10.0, 10.0]]), 10, w_dec, residual, variance, k_aux=2)
+    assert float(dead) == pytest.approx(0.0, abs=1e-7)
+    # only latent 1 dead: latent 2's share of the residual (2² = 4) is left, scaled by #dead / k_aux = 1/2
+    one = auxk_fvu(pre, torch.tensor([[0.0, 10.0, 0.0]]), 10, w_dec, residual, variance, k_aux=2)
+    assert float(one) == pytest.approx(4.0 * 0.5)
+
+
+def test_learning_rate_warms_up_and_decays():
+    factors = [lr_factor(s, 100, 0.1, 0.2) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0 and factors[50] == 1.0
+    assert factors[80] == pytest.approx(1.0) and factors[99] == pytest.approx(0.05)
+    assert all(a >= b for a, b in zip(factors[80:], factors[81:]))
+
+
+def _write_marked_cache(path, n_ctx=40, ctx=8, d=4):
+    """Activation value = context index, except position 0 which is -1 (a stand-in for an attention sink)."""
+    acts = np.repeat(np.arange(n_ctx, dtype=np.float32)[:, None, None], ctx, axis=1).repeat(d, axis=2)
+    acts[:, 0, :] = -1.0
+    hook = "blocks.0.hook_resid_post"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("tokens", data=np.zeros((n_ctx, ctx), np.int32), chunks=(16, ctx))
+        f.create_group("acts").create_dataset(hook, data=acts, chunks=(16, ctx, d))
+        f.attrs.update({"format_version": 1, "settings": "{}", "model_id": "m", "hooks": json.dumps([hook]),
+                        "widths": json.dumps({hook: d}), "context_length": ctx, "bos_prepended": False,
+                        "fragments": False, "dtype": "float32", "n_contexts": n_ctx, "n_contexts_done": n_ctx})
+    return hook
+
+
+def test_the_held_out_contexts_and_position_0_are_never_drawn_for_training(tmp_path):
+    hook = _write_marked_cache(tmp_path / "c.h5")
+    train, held = split_cache(tmp_path / "c.h5", hook, 0.25, skip_first=True)
+    assert train.contexts == (0, 30) and held.contexts == (30, 40) and train.n_tokens == 30 * 7
+    seen = torch.cat(list(train.batches(10, train.n_tokens * 3, seed=1)))  # three epochs
+    assert seen.min() >= 0 and seen.max() <= 29  # no sink position, no held-out context
+    assert set(seen[:, 0].unique().tolist()) == set(range(30))
+    held_seen = torch.cat(list(held.batches(7, held.n_tokens, seed=0)))
+    assert held_seen.min() >= 30
+    kept_first, _ = split_cache(tmp_path / "c.h5", hook, 0.25, skip_first=False)
+    assert float(torch.cat(list(kept_first.batches(10, kept_first.n_tokens, seed=0))).min()) == -1.0
+    with pytest.raises(Exception, match="eval-fraction"):
+        split_cache(tmp_path / "c.h5", hook, 1.0, skip_first=True)
+
+
+class _Interrupt(Stepper):
+    """Stops the run (as a kill would) after `stop_after` steps."""
+
+    stop_after = 25
+
+    def __call__(self, x):
+        if self.calls >= self.stop_after:
+            raise KeyboardInterrupt
+        return super().__call__(x)
+
+
+@pytest.mark.parametrize("kind", ["topk", "batchtopk"])
+def test_an_interrupted_topk_run_resumes_bit_identically(tmp_path, kind):
+    """Their dead-latent counters and threshold are checkpointed, so the resumed run is the uninterrupted one."""
+    x, _ = sparse_data(d=8, n_true=12, n=4000, seed=6)
+    settings = TrainSettings(hook="h", kind=kind, ks=[2, 3], batch_size=64, tokens=64 * 60, checkpoint_every=10,
+                             dead_tokens=200)
+    [a, b] = train_sweep(TensorSource(x), settings, tmp_path / "whole", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_sweep(TensorSource(x), settings, tmp_path / "killed", progress=False, stepper_factory=_Interrupt)
+    assert list((tmp_path / "killed").glob(".train-*/state.json"))
+    resumed = train_sweep(TensorSource(x), settings, tmp_path / "killed", progress=False)
+    for whole, again in zip([a, b], resumed):
+        w, r = sae.load(whole).tensors(), sae.load(again).tensors()
+        assert all(torch.equal(w[k], r[k]) for k in w), kind
+    assert sae.load(resumed[0]).config["metrics"]["resumed_from_step"] == 20
