@@ -66,12 +66,19 @@ def save_dictionary(dictionary: AffineDictionary, folder: str | Path) -> Path:
 
 
 def read_config(folder: str | Path) -> dict:
+    """Our config.json. A SAELens / sparsify folder has none and is refused: metrics written into it would
+    make it half ours; `sae.load` reads it, and `.save()` makes a dictionary folder of this tool from it."""
+    from sae.foreign import foreign_format
+
     folder = _folder(folder)
     path = folder / CONFIG_FILE
+    library = foreign_format(folder)  # raises, listing them, for a folder of several SAEs (a sparsify run)
+    if library is not None:
+        raise DictionaryError(f"{folder} is a {library} folder, which this tool reads but does not write to: "
+                              "save a copy in this tool's format with `sae.load(folder).save(new_folder)` and use that")
     if not path.exists():
-        hint = " (it looks like a SAELens export, which this tool writes but does not read)" \
-            if (folder / "cfg.json").exists() else ""
-        raise DictionaryError(f"{folder} has no {CONFIG_FILE}{hint}: pass a folder made by `cli.py train-sae` or `cli.py baselines`")
+        raise DictionaryError(f"{folder} has no {CONFIG_FILE}: pass a folder made by `cli.py train-sae` or `cli.py baselines`"
+                              " (or a SAELens / sparsify SAE folder, to `sae.load`)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -79,8 +86,18 @@ def read_config(folder: str | Path) -> dict:
 
 
 def load(path: str | Path, device: str = "cpu") -> AffineDictionary:
-    """Load any dictionary folder; the class follows the `kind` in its config.json."""
-    folder = _folder(path)
+    """Load any dictionary folder; the class follows the `kind` in its config.json.
+
+    A SAELens folder (cfg.json + sae_weights.safetensors) or a sparsify one
+    (cfg.json + sae.safetensors) is converted on load by `sae.foreign`, so SAEs
+    trained elsewhere are explained and patched like ours.
+    """
+    from sae.foreign import FOREIGN_FILES, foreign_format, load_foreign
+
+    given = Path(path)
+    folder = _folder(given.parent if given.is_file() and given.name in FOREIGN_FILES else given)
+    if foreign_format(folder) is not None:
+        return load_foreign(folder).to(device)
     config = read_config(folder)
     kind = config.get("kind")
     if kind not in kind_names():
