@@ -13,9 +13,9 @@ Every rewrite is exact: a library's maths is folded into our affine form
 c = act(W_e(x − b_d) + b_e), x̂ = c·D + b_d with unit rows in D, never
 approximated (a TopK decoder counts as unit-norm up to the rounding of its
 normalisation, TOPK_NORM_TOLERANCE). What cannot be folded exactly is
-refused with one line that says why: a TopK SAE whose decoder rows differ in norm (folding the norms
-would change which k latents win), per-token input normalisation,
-transcoders, skip connections, grouped activations.
+refused with one line that says why: a TopK SAE whose decoder rows differ
+in norm (folding the norms would change which k latents win), per-token
+input normalisation, transcoders, skip connections, grouped activations.
 """
 
 from __future__ import annotations
