@@ -16,7 +16,7 @@ import torch
 from activations.errors import UserError
 from sae.data import check_fits, split_cache
 from sae.io import load, update_metrics
-from sae.metrics import density_histogram, mmcs, model_metrics, reconstruction_metrics
+from sae.metrics import density_histogram, mmcs, model_metrics, quality_warnings, reconstruction_metrics
 from sae.plot import plot_density, plot_frontier
 
 READ_BATCH = 4096
@@ -75,9 +75,9 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
             st["density"] = density_histogram(st.pop("firing_rates"))
             results[i].update(st, measured_on={**measured, "n_tokens": st["eval_tokens"]})
             overlap = _trained_on(loaded[i], cache, source.info["contexts"])
-            if overlap:
-                results[i]["warning"] = overlap
-                print(f"warning: {loaded[i].name}: {overlap}")
+            results[i]["warnings"] = quality_warnings(st) + ([overlap] if overlap else [])
+            for warning in results[i]["warnings"]:
+                print(f"warning: {loaded[i].name}: {warning}")
     if reference is not None:
         ref_dirs = reference.directions
         for i, d in enumerate(loaded):
@@ -88,7 +88,11 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
         _model_metrics(cache, loaded, by_hook, results, model, ce_contexts, device, progress, contexts, skip_first)
     rows = []
     for path, d, r in zip(dicts, loaded, results):
-        update_metrics(path, {**r, "evaluated_on": str(Path(cache).resolve())})
+        if d.config.get("source"):  # a SAELens / sparsify folder: read-only here (see sae.foreign)
+            print(f"note: {path} is a {d.config['source'].get('library', 'foreign')} folder; its metrics are printed, "
+                  "not stored (save a copy of ours with sae.load(folder).save(new_folder) to keep them)")
+        else:
+            update_metrics(path, {**r, "evaluated_on": str(Path(cache).resolve())})
         rows.append({"name": d.name, "kind": d.kind, "hook": d.hook, "n_features": d.n_features,
                      "ratio": d.config.get("ratio"), **r})
     print(format_table(rows))

@@ -12,6 +12,7 @@ legacy-config conversion) load.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -83,6 +84,12 @@ def saelens_config(dictionary: AffineDictionary) -> dict:
     return cfg
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def export_saelens(dictionary: AffineDictionary, out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -90,6 +97,7 @@ def export_saelens(dictionary: AffineDictionary, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{SAE_WEIGHTS_FILENAME}.tmp"
     save_file(saelens_state(dictionary), str(tmp))
+    os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600; an export is meant to be shared
     tmp.replace(out / SAE_WEIGHTS_FILENAME)
     write_json_atomic(out / SAE_CFG_FILENAME, saelens_config(dictionary))
     return out

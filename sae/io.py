@@ -16,27 +16,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from activations.errors import first_line
+from activations.runstate import write_json_atomic
 from sae.kinds.affine import FORMAT_VERSION, AffineDictionary
 from sae.registry import kind_class, kind_names
 from sae.errors import DictionaryError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_dictionary(dictionary: AffineDictionary, folder: str | Path) -> Path:
@@ -46,9 +32,11 @@ def save_dictionary(dictionary: AffineDictionary, folder: str | Path) -> Path:
     config = {**dictionary.config, "kind": dictionary.kind, "name": folder.name,
               "format_version": FORMAT_VERSION}
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); a dictionary is meant to be shared
     try:
         tensors = {k: v.detach().cpu().clone() for k, v in dictionary.tensors().items()}  # clone: no shared storage
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"kind": dictionary.kind})
+        os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~_umask())  # safetensors writes 0600; the user's umask decides
         write_json_atomic(tmp / CONFIG_FILE, config)
         if folder.exists():
             trash = folder.with_name(f".{folder.name}.old-{os.getpid()}")
@@ -121,6 +109,12 @@ def update_metrics(folder: str | Path, metrics: dict) -> dict:
     config["metrics"] = {**config.get("metrics", {}), **metrics}
     write_json_atomic(folder / CONFIG_FILE, config)
     return config
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _folder(path: str | Path) -> Path:

@@ -80,6 +80,23 @@ def reconstruction_metrics(dictionaries: Sequence, batches: Iterable[Tensor], de
     return out
 
 
+def quality_warnings(metrics: dict) -> list[str]:
+    """What makes a dictionary's numbers not worth using: worse than predicting the mean, or mostly dead.
+
+    A diverged run (e.g. --lr far too high) still ends and saves; without
+    this the user would only find out from a table they may never read.
+    """
+    out = []
+    fvu, dead = metrics.get("fvu"), metrics.get("dead_fraction")
+    if fvu is not None and not (fvu <= 1.0):  # also catches NaN
+        out.append(f"FVU {fvu:.4g} > 1: the reconstruction is worse than the mean activation (training diverged "
+                   "or did not converge; lower --lr or train longer)")
+    if dead is not None and dead > 0.5:
+        out.append(f"{dead:.0%} of the features never fired on the measured tokens (lower --lr, lower --l1 / raise "
+                   "--k, or train longer)")
+    return out
+
+
 DENSITY_BINS = [-8.0 + 0.5 * i for i in range(17)]  # log10 firing rate, 1e-8 .. 1
 
 

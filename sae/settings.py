@@ -7,6 +7,7 @@ objects. Imports nothing heavy, so `cli.py --help` stays instant.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from activations.errors import UserError
@@ -70,6 +71,11 @@ class TrainSettings:
             raise UserError(f"--k {self.ks} must be positive integers, e.g. --k 16 32 64")
         if len(set(map(float, self.ratios))) != len(self.ratios) or len(set(map(float, values))) != len(values):
             raise UserError("--ratio and --l1 / --k values must each be listed once: remove the duplicates")
+        numbers = {"--lr": self.learning_rate, "--auxk-alpha": self.auxk_alpha, **{f"--l1 {a}": a for a in self.l1s},
+                   **{f"--ratio {r}": r for r in self.ratios}}
+        bad = [flag for flag, v in numbers.items() if not math.isfinite(float(v))]
+        if bad:
+            raise UserError(f"{bad[0]} is not a finite number: pass a real value, e.g. --lr 5e-3")
         if self.batch_size < 1 or self.learning_rate <= 0 or self.checkpoint_every < 1 or self.dead_tokens < 1:
             raise UserError("--batch-size, --lr, --dead-tokens and --checkpoint-every must be positive")
         if not (0 <= self.lr_warmup <= 1 and 0 <= self.lr_decay <= 1 and self.lr_warmup + self.lr_decay <= 1):

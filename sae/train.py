@@ -35,7 +35,7 @@ from sae.data import BatchSource, prefetch
 from sae.errors import TrainingDiverged
 from sae.io import CONFIG_FILE, read_config, save_dictionary
 from sae.kinds.stack import StackOptions, SweepStack
-from sae.metrics import density_histogram, reconstruction_metrics
+from sae.metrics import density_histogram, quality_warnings, reconstruction_metrics
 from sae.registry import objective_class
 from sae.settings import TrainSettings
 from sae.step import Stepper, lr_factor, make_optimizer, set_lr
@@ -282,6 +282,7 @@ def _persist(source: BatchSource, eval_source: BatchSource | None, settings: Tra
         if last else [{} for _ in dicts]
     for m in metrics:
         m["density"] = density_histogram(m.pop("firing_rates"))
+        m["warnings"] = quality_warnings(m)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, d, m, f in zip(names, dicts, metrics, final):
@@ -293,4 +294,6 @@ def _persist(source: BatchSource, eval_source: BatchSource | None, settings: Tra
     print(f"trained {len(paths)} dictionaries in {elapsed:.1f}s -> {out}; metrics on {where} tokens")
     for name, m in zip(names, metrics):
         print(f"  {name}: FVU {m['fvu']:.4f}  L0 {m['l0']:.1f}  dead {100 * m['dead_fraction']:.1f}%")
+        for warning in m["warnings"]:
+            print(f"  warning: {name}: {warning}")
     return paths

@@ -219,3 +219,18 @@ def test_a_multi_line_library_error_becomes_a_one_line_message(every_kind, tmp_p
     assert cli.main(["export", "--dict", str(folder), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "re-create the dictionary" in err
+
+
+def test_saved_folders_and_exports_follow_the_users_umask(every_kind, tmp_path):
+    """Dictionaries are made to be shared: not private 0700/0600 (tempfile's and safetensors' defaults)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        folder = every_kind[0].save(tmp_path / "shared")
+        out = export_saelens(every_kind[0], tmp_path / "export")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [folder, *folder.iterdir(), *out.iterdir()]}
+    assert modes == {"shared": 0o755, "config.json": 0o644, "weights.safetensors": 0o644, "cfg.json": 0o644,
+                     "sae_weights.safetensors": 0o644}

@@ -167,3 +167,25 @@ def test_bad_settings_fail_before_training(tmp_path, change, message):
     with pytest.raises(UserError, match=message):
         train_sweep(TensorSource(x), _settings(**change), tmp_path, progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_diverged_run_is_saved_with_its_warnings_said_and_written(tmp_path, capsys):
+    """lr 1e6 kills every latent of the tied SAE: the run ends, but not silently."""
+    x, _ = sparse_data(d=8, n_true=12, n=4000, seed=1)
+    [path] = train_sweep(TensorSource(x), _settings(batch_size=64, tokens=64 * 40, lr=1e6), tmp_path, progress=False)
+    warnings = sae.load(path).config["metrics"]["warnings"]
+    assert any("FVU" in w and "> 1" in w for w in warnings) and any("never fired" in w for w in warnings)
+    assert "warning: tied_R2_l1_0.01: FVU" in capsys.readouterr().out
+    [healthy] = train_sweep(TensorSource(x), _settings(batch_size=64, tokens=64 * 40), tmp_path / "ok", progress=False)
+    assert sae.load(healthy).config["metrics"]["warnings"] == []
+
+
+@pytest.mark.parametrize("flag", ["nan", "inf"])
+def test_a_non_finite_learning_rate_is_a_one_line_error(tmp_path, flag, capsys):
+    import cli
+
+    rc = cli.main(["train-sae", "--cache", str(tmp_path / "missing.h5"), "--hook", HOOK, "--lr", flag,
+                   "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "--lr is not a finite number" in err
+    assert not (tmp_path / "out").exists()
