@@ -82,7 +82,7 @@ def main() -> None:
     from activations.models import load_model
     from explain.llm.digits import combine_digit_probs, expected_value
     from explain.llm.local import LocalBackend
-    from explain.simulator import AllAtOnceSimulator, SimulatorConfig
+    from explain.scorers.simulation import AllAtOnceSimulator, SimulatorConfig
 
     loaded = load_model("default")
     tok = loaded.tokenizer

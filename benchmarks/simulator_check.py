@@ -71,10 +71,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from activations.models import load_model
-    from explain.backends import make_backend
+    from explain.llm.backends import make_backend
     from explain.records import ActivationRecord, FewShotExample
-    from explain.scoring import pearson
-    from explain.simulator import AllAtOnceSimulator
+    from explain.scorers.simulation import AllAtOnceSimulator
+    from explain.scorers.stats import pearson
 
     tok = load_model("default").tokenizer
     fragments = []

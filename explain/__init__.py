@@ -1,1 +1,14 @@
-"""Explain-simulate-score of dictionary features, and cheaper scorers."""
+"""Explain dictionary features and score the explanations; compare bases by their scores.
+
+Layout by concern (so that new scorers, backends and descriptors each add a
+module, not a branch in the pipeline):
+
+* `settings` – the options of `explain` and `compare` (light: no numpy/torch)
+* `pipeline` (validate / plan / build / persist / run), `feature` (one
+  feature's record), `components`, `run_folder`, `records_file`
+* `exemplars`, `records`, `prompts`, `explainer`, `token_list` – what the
+  explainer sees and says
+* `llm/` – backends, the LLM request cache, digit read-outs
+* `scorers/` – one `Scorer` interface, one module per way of scoring
+* `compare` – mean score per basis per layer with CIs
+"""

@@ -1,25 +1,39 @@
-"""Entry points of `cli.py explain` and `cli.py compare` (keyword names = the parsers' dest names)."""
+"""Entry points of `cli.py explain` and `cli.py compare`: each takes its settings object.
+
+Keyword arguments (the names these functions took before they took
+settings: `format=`, `k=`, ...) are still accepted instead of a settings
+object, so existing callers such as `report/demo.py` keep working.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from explain.settings import CompareSettings, ExplainSettings
 
 
-def explain_command(cache: str, dicts: list[str], features: int = 50, feature_ids: list[int] | None = None,
-                    explainer: str = "tokens", simulator: str = "tokens", format: str = "highlight", k: int = 1,
-                    random: str = "nonzero", base_url: str | None = None, concurrency: int = 4, seed: int = 0,
-                    out: str = "explanations") -> Path:
-    from explain.exemplars import ExemplarConfig
-    from explain.pipeline import ExplainSettings, run_explain
+def explain_command(settings: ExplainSettings | None = None, /, **keywords: Any) -> Path:
+    from explain.pipeline import run_explain
 
-    settings = ExplainSettings(cache=cache, dicts=list(dicts), features=None if feature_ids else features,
-                               feature_ids=list(feature_ids) if feature_ids else None, explainer=explainer,
-                               simulator=simulator, format=format, k=k, base_url=base_url, seed=seed,
-                               exemplars=ExemplarConfig(random=random, seed=seed))
-    return run_explain(settings, out, concurrency=concurrency)
+    return run_explain(_settings(ExplainSettings, settings, keywords, ExplainSettings.from_keywords))
 
 
-def compare_command(explanations: list[str], plot: str | None = None, json_path: str | None = None) -> list[dict]:
+def compare_command(settings: CompareSettings | list[str] | None = None, /, **keywords: Any) -> list[dict]:
+    """`settings` may also be the list of explanation folders, as the old first argument was."""
     from explain.compare import compare
 
-    return compare(explanations, plot_path=plot, json_path=json_path)
+    if isinstance(settings, (list, tuple)):
+        settings, keywords = None, {"explanations": list(settings), **keywords}
+    s = _settings(CompareSettings, settings, keywords, CompareSettings)
+    return compare(s.explanations, plot_path=s.plot, json_path=s.json_path)
+
+
+def _settings(cls: type, settings: Any, keywords: dict[str, Any], build: Any) -> Any:
+    if settings is None:
+        return build(**keywords)
+    if keywords:
+        raise TypeError(f"pass a {cls.__name__} or keyword arguments, not both")
+    if not isinstance(settings, cls):
+        raise TypeError(f"expected a {cls.__name__}, got {type(settings).__name__}")
+    return settings

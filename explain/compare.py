@@ -14,24 +14,31 @@ CI half-width = 1.96 · sd / √n with the sample sd (ddof = 1).
 
 from __future__ import annotations
 
-import json
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from activations.errors import UserError
-from explain.pipeline import RESULTS_FILE, read_records
-from explain.scoring import mean_ci
+from activations.hooknames import HookError, parse_hook as parse_hook_name
+from activations.runstate import check_output_file, write_json_atomic
+from explain.records_file import RESULTS_FILE, read_records
+from explain.scorers.stats import mean_ci
 
-_HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 REPORTED = ("top_and_random", "random", "top")
 
 
 def parse_hook(hook: str) -> tuple[int | None, str]:
-    """(layer, site) of a TransformerLens hook name; (None, hook) when it has no layer."""
-    m = _HOOK.match(hook or "")
-    return (int(m.group(1)), m.group(2)) if m else (None, hook or "?")
+    """(layer, site) of a hook name, by the toolkit's one parser; (None, hook) for a name it does not know.
+
+    Tolerant because records may come from elsewhere (another tool, a hook
+    kind added later): such a record is still compared, on a row of its own
+    without a layer, instead of failing the whole comparison.
+    """
+    try:
+        point = parse_hook_name(hook or "")
+    except HookError:
+        return None, hook or "?"
+    return point.layer, point.kind
 
 
 def _results_path(p: str | Path) -> Path:
@@ -157,6 +164,10 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 def compare(explanations: list[str | Path], plot_path: str | Path | None = None,
             json_path: str | Path | None = None) -> list[dict[str, Any]]:
+    """Print the table of every group; optionally write the plot and the table as JSON."""
+    for path, flag in ((plot_path, "--plot"), (json_path, "--json")):
+        if path:
+            check_output_file(path, flag)  # before reading anything: a bad path fails at once
     records = load_all(explanations)
     if not records:
         raise UserError(f"no records in {', '.join(map(str, explanations))}: run `cli.py explain` first")
@@ -167,7 +178,6 @@ def compare(explanations: list[str | Path], plot_path: str | Path | None = None,
     if json_path:
         p = Path(json_path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps({"sources": [str(x) for x in explanations], "groups": rows}, indent=2) + "\n",
-                     encoding="utf-8")
+        write_json_atomic(p, {"sources": [str(x) for x in explanations], "groups": rows})
         print(f"wrote {p}")
     return rows

@@ -41,7 +41,7 @@ Splits (the exact protocol; `Splits` implements it):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -50,38 +50,8 @@ import torch
 from tqdm.auto import tqdm
 
 from activations.errors import UserError
-from explain.records import ActivationRecord
-
-RANDOM_MODES = ("nonzero", "any")
-
-
-def compact(x: float, digits: int) -> float | int:
-    """x rounded, written as an int when whole (records stay small: most activations are 0)."""
-    r = round(float(x), digits)
-    return int(r) if r.is_integer() else r
-
-
-@dataclass
-class ExemplarConfig:
-    n_top: int = 20
-    n_random: int = 20
-    random: str = "nonzero"  # nonzero | any
-    min_active: int = 10  # fewer active fragments than this -> skipped
-    random_scored: int = 5  # random fragments scored per split (valid / test)
-    seed: int = 0
-    batch_contexts: int = 64
-    memory_bytes: int = 256 << 20  # bound on the maxima array of one pass
-
-    def __post_init__(self) -> None:
-        if self.random not in RANDOM_MODES:
-            raise UserError(f"--random {self.random!r}: use one of {', '.join(RANDOM_MODES)}")
-        if self.n_top < 4:
-            raise UserError(f"n_top {self.n_top}: need at least 4 top fragments (one per split)")
-        if self.min_active < 1 or self.n_random < 0 or self.random_scored < 0:
-            raise UserError("min_active must be >= 1 and n_random / random_scored >= 0")
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+from explain.records import ActivationRecord, Examples, compact
+from explain.settings import ExemplarConfig
 
 
 @dataclass
@@ -116,6 +86,11 @@ class Splits:
         if split == "test":
             return self.test_top, self.test_random
         raise ValueError(f"unknown split {split!r}")
+
+    def examples(self, split: str) -> Examples:
+        """The scored records of `split` ("valid" or "test") as a scorer takes them."""
+        top, random = self.scored(split)
+        return Examples(split=split, top=top, random=random)
 
 
 def top_split(rank: int) -> str:

@@ -26,7 +26,7 @@ recorded as failed rather than explained by an empty string.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -63,6 +63,14 @@ class Candidate:
         return asdict(self)
 
 
+class Explainer(Protocol):
+    """What the pipeline asks of an explainer (the LLM one here, or `explain.token_list.TokenListExplainer`)."""
+
+    def candidates(self, train_records: Sequence[ActivationRecord], *, feature_seed: int = 0) -> list[Candidate]:
+        """Candidate explanations of one feature from its train exemplars; LLMError when none is usable."""
+        ...
+
+
 class LLMExplainer:
     """Ask an LLM backend for k explanations, varying exemplars shown and the few-shot example."""
 
@@ -72,7 +80,7 @@ class LLMExplainer:
         c = self.config
         check_format(c.format)
         if c.k < 1:
-            raise UserError(f"--k {c.k}: ask for at least 1 candidate explanation")
+            raise UserError(f"--best-of {c.k}: ask for at least 1 candidate explanation")
         if not 1 <= c.min_shown <= c.max_shown:
             raise UserError(f"shown exemplars {c.min_shown}..{c.max_shown}: need 1 <= min <= max")
         self.fewshot = load_fewshot(c.fewshot_ids)

@@ -20,6 +20,12 @@ MAX_DISPLAY = 10
 N_VALUES = MAX_DISPLAY + 1
 
 
+def compact(x: float, digits: int) -> float | int:
+    """x rounded, written as an int when whole (records stay small: most activations are 0)."""
+    r = round(float(x), digits)
+    return int(r) if r.is_integer() else r
+
+
 @dataclass
 class ActivationRecord:
     """One fragment: decoded token strings and the true feature activation of each (>= 0)."""
@@ -40,6 +46,24 @@ class ActivationRecord:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "ActivationRecord":
         return cls(tokens=[str(t) for t in obj["tokens"]], activations=[float(a) for a in obj["activations"]])
+
+
+@dataclass(frozen=True)
+class Examples:
+    """The scored records of one split of one feature, as every scorer takes them.
+
+    Top-activating fragments first, then random ones; scorers report
+    metrics on all of them and on each part, because an explanation that
+    only fits the top fragments says little about where the feature is off.
+    """
+
+    split: str  # "valid" (selection among candidates) or "test" (the reported scores)
+    top: list[ActivationRecord]
+    random: list[ActivationRecord]
+
+    @property
+    def records(self) -> list[ActivationRecord]:
+        return [*self.top, *self.random]
 
 
 @dataclass(frozen=True)

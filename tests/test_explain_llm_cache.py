@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 
-from explain.llm_cache import LLMCache, request_key
+from explain.llm.cache import LLMCache, request_key
 
 
 def test_key_is_order_independent_and_sensitive_to_every_field():
@@ -51,13 +51,13 @@ def test_threads_can_share_one_cache(tmp_path):
 def test_a_multi_line_database_error_is_a_one_line_user_error(tmp_path, monkeypatch):
     import pytest
 
-    import explain.llm_cache
+    import explain.llm.cache
     from activations.errors import UserError
 
     def broken(*args, **kwargs):
         raise sqlite3.DatabaseError("file is not a database\nSQL logic error near line 3\n")
 
-    monkeypatch.setattr(explain.llm_cache.sqlite3, "connect", broken)
+    monkeypatch.setattr(explain.llm.cache.sqlite3, "connect", broken)
     with pytest.raises(UserError) as info:
         LLMCache(tmp_path / "c.sqlite")
     message = str(info.value)

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from tests.conftest import make_tokenizer
+from explain.llm.cache import LLMCache
 from explain.llm.digits import combine_digit_probs
 from explain.llm.local import LocalBackend
-from explain.llm_cache import LLMCache
 from explain.prompts import build_simulation_prompt
 from explain.records import ActivationRecord, FewShotExample
-from explain.simulator import AllAtOnceSimulator, SimulatorConfig
+from explain.scorers.simulation import AllAtOnceSimulator, SimulatorConfig
 
 FS = FewShotExample(id="fx", explanation="dogs", records=(ActivationRecord(["a", " dog"], [0.0, 1.0]),))
 FRAGS = [["The", " quick", " fox"], [" jumps", " over"]]

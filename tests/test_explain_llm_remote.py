@@ -18,11 +18,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from explain.backends import BackendConfigError, LLMError, make_backend
+from explain.llm.backends import BackendConfigError, LLMError, make_backend
 from explain.explainer import ExplainerConfig, LLMExplainer
-from explain.llm_cache import LLMCache
+from explain.llm.cache import LLMCache
 from explain.records import ActivationRecord
-from explain.simulator import AllAtOnceSimulator
+from explain.scorers.simulation import AllAtOnceSimulator
 
 PARIS = {"9": math.log(0.6), "8": math.log(0.2), "unknown": math.log(0.2)}
 OTHER = {"0": math.log(0.7), "1": math.log(0.1), "unknown": math.log(0.2)}

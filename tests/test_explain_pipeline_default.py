@@ -15,7 +15,7 @@ import pytest
 
 from activations.cache_writer import cache_activations
 from explain.exemplars import ExemplarConfig
-from explain.llm_cache import LLMCache
+from explain.llm.cache import LLMCache
 from explain.pipeline import ExplainSettings, read_records, run_explain
 from sae.baselines import neuron_basis
 
@@ -37,7 +37,7 @@ def test_local_default_backends_explain_and_score_two_features(tmp_path):
     neuron = neuron_basis(576, {"hook": HOOK}).save(tmp_path / "neuron")
     # Fewer, shorter exemplars than the paper's 20 + 20 keep two LLM features to seconds on a CPU.
     settings = ExplainSettings(cache=str(cache), dicts=[str(neuron)], features=None, feature_ids=[0, 1],
-                               explainer="local:default", simulator="local:default", format="bills", k=1,
+                               explainer="local:default", simulator="local:default", prompt_format="bills", best_of=1,
                                exemplars=ExemplarConfig(n_top=8, n_random=4, random_scored=2, min_active=4))
     out = tmp_path / "out"
     run_explain(settings, out, progress=False)

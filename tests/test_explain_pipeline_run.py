@@ -26,7 +26,7 @@ from activations.errors import UserError
 from activations.reader import ActivationCache
 from explain.commands import compare_command, explain_command
 from explain.pipeline import read_records
-from explain.token_scorer import parse_token_list
+from explain.token_list import parse_token_list
 from sae.baselines import StreamingMoments, neuron_basis, pca_from_moments
 from sae.dictionaries import TiedSAE
 
@@ -79,6 +79,14 @@ def _args(s, out, **kw):
     return args
 
 
+@pytest.fixture(scope="module")
+def tokens_run(setup) -> Path:
+    """One tokens run of 5 features of `neuron` and `pca`, made by whichever test needs it first."""
+    out = setup["tmp"] / "run"
+    explain_command(**_args(setup, out))
+    return out
+
+
 def test_single_token_feature_scores_one_through_the_whole_command(setup):
     out = setup["tmp"] / "single_out"
     explain_command(cache=str(setup["cache"]), dicts=[str(setup["single"])], feature_ids=[0, 3], out=str(out))
@@ -94,9 +102,8 @@ def test_single_token_feature_scores_one_through_the_whole_command(setup):
         assert all((a > 0) == (t == " dog") for t, a in zip(frag["tokens"], frag["acts"]))
 
 
-def test_exemplars_match_a_brute_force_pass_over_the_cache(setup):
-    out = setup["tmp"] / "run"
-    explain_command(**_args(setup, out))
+def test_exemplars_match_a_brute_force_pass_over_the_cache(setup, tokens_run):
+    out = tokens_run
     records = read_records(out / "explanations.jsonl")
     assert len(records) == 10 and {r["status"] for r in records} <= {"ok", "skipped"}
     config = json.loads((out / "config.json").read_text())
@@ -142,10 +149,35 @@ def test_rerun_is_a_no_op_and_other_settings_are_refused(setup, capsys):
     assert not (setup["tmp"] / "bad" / "explanations.jsonl").exists()
 
 
+def test_command_line_and_python_settings_resume_the_same_folder(setup, capsys):
+    """config.json keeps the keys `k` and `format` (folders made before the fields were renamed resume);
+    a run started from the command line resumes from Python settings and the other way round."""
+    import cli
+    from explain.settings import ExplainSettings
+
+    out = setup["tmp"] / "cli_then_python"
+    argv = ["explain", "--cache", str(setup["cache"]), "--dict", str(setup["neuron"]), "--features", "2",
+            "--best-of", "1", "--format", "highlight", "--out", str(out)]
+    assert cli.main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["k"] == 1 and config["format"] == "highlight" and config["runtime"] == {"concurrency": 4}
+    assert not {"best_of", "prompt_format", "random", "out", "concurrency"} & set(config)
+    settings = ExplainSettings(cache=str(setup["cache"]), dicts=[str(setup["neuron"])], features=2, out=str(out),
+                               concurrency=1)
+    capsys.readouterr()
+    explain_command(settings)
+    assert "nothing to do" in capsys.readouterr().out
+    with pytest.raises(UserError, match="other settings.*k: 1 -> 2"):
+        explain_command(ExplainSettings(cache=str(setup["cache"]), dicts=[str(setup["neuron"])], features=2,
+                                        out=str(out), best_of=2))
+    assert cli.main(argv[:-2] + ["--out", str(out), "--random", "any"]) == 2  # refused as one line, not a traceback
+    assert "other settings" in capsys.readouterr().err
+
+
 def test_failed_features_are_retried_on_rerun(setup):
-    from explain.pipeline import ExplainSettings, run_explain
-    from explain.token_scorer import TokenListExplainer, TokenListSimulator
     from explain.llm.errors import LLMError
+    from explain.pipeline import ExplainSettings, run_explain
+    from explain.token_list import TokenListExplainer
 
     class Flaky(TokenListExplainer):
         def candidates(self, train_records, *, feature_seed=0):
@@ -156,7 +188,7 @@ def test_failed_features_are_retried_on_rerun(setup):
     out = setup["tmp"] / "flaky"
     settings = ExplainSettings(cache=str(setup["cache"]), dicts=[str(setup["neuron"])], features=None,
                                feature_ids=[0, 1, 2])
-    run_explain(settings, out, progress=False, scorers=(Flaky(), TokenListSimulator()))
+    run_explain(settings, out, progress=False, explainer=Flaky())
     first = {r["feature"]: r for r in read_records(out / "explanations.jsonl")}
     assert first[1]["status"] == "failed" and "429" in first[1]["error"] and first[0]["status"] == "ok"
     run_explain(settings, out, progress=False)  # the real tokens explainer succeeds
@@ -216,7 +248,7 @@ def _compare_record(name, kind, hook, status, score=None, rnd=None, feature=0):
             "scores": {"top_and_random": score, "top": score, "random": rnd}}
 
 
-def test_compare_reports_means_and_cis_by_hand(setup, tmp_path):
+def test_compare_reports_means_and_cis_by_hand(tokens_run, tmp_path):
     sae_name = "tied_R2_l1_0.001"
     rows: list[dict] = []
     for spec in [(sae_name, "tied_sae", "blocks.1.hook_resid_post", "ok", 0.5, 0.1),
@@ -248,7 +280,7 @@ def test_compare_reports_means_and_cis_by_hand(setup, tmp_path):
     assert g[("neuron", 3)]["top_and_random"]["mean"] == pytest.approx(0.1)
     assert g[("neuron", 3)]["top_and_random"]["ci"] == pytest.approx(1.96 * 0.005 ** 0.5 / 2 ** 0.5)
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    real = compare_command([str(setup["tmp"] / "run")])
+    real = compare_command([str(tokens_run)])
     assert {(r["dictionary"], r["kind"], r["layer"], r["n"]) for r in real} == {("neuron", "neuron", 1, 5),
                                                                                 ("pca", "pca", 1, 5)}
 

@@ -13,9 +13,10 @@ import torch
 from explain.exemplars import ExemplarConfig, FeatureExemplars, Fragment, encode_features, select_fragments
 from explain.pipeline import read_records
 from explain.records import ActivationRecord
-from explain.scoring import mean_ci, pearson, score_simulation
-from explain.token_scorer import (TokenListError, TokenListExplainer, TokenListSimulator, format_token_list,
-                                  parse_token_list)
+from explain.scorers.simulation import score_simulation
+from explain.scorers.stats import mean_ci, pearson
+from explain.scorers.tokens import TokenListScorer, TokenListSimulator
+from explain.token_list import TokenListError, TokenListExplainer, format_token_list, parse_token_list
 
 VOCAB = [" the", " Paris", " Berlin", " of", ",", " dog", "\n", ' "q"', " 42", " cat", " and", " a"]
 
@@ -209,7 +210,7 @@ def test_best_of_k_picks_the_best_valid_candidate_and_reports_test():
     from explain.pipeline import explain_feature
 
     cands = ['" the" (10)', '" cat" (10), " dog" (3)', '" dog" (10)', '" zebra" (10)']
-    rec = explain_feature(_single_token_exemplars(), _StubExplainer(cands), TokenListSimulator(), ExemplarConfig(),
+    rec = explain_feature(_single_token_exemplars(), _StubExplainer(cands), TokenListScorer(), ExemplarConfig(),
                           {"dictionary": "d"})
     assert rec["status"] == "ok" and rec["explanation"] == '" dog" (10)' and rec["best"] == 2
     valid = [c["valid_scores"] for c in rec["candidates"]]
@@ -223,7 +224,7 @@ def test_an_llm_failure_is_a_failed_record_not_a_zero():
     from explain.pipeline import explain_feature
 
     rec = explain_feature(_single_token_exemplars(), _StubExplainer(error="HTTP 503 after 5 retries"),
-                          TokenListSimulator(), ExemplarConfig(), {"dictionary": "d"})
+                          TokenListScorer(), ExemplarConfig(), {"dictionary": "d"})
     assert rec["status"] == "failed" and "503" in rec["error"]
     assert rec["scores"] == {"top_and_random": None, "top": None, "random": None}
     assert rec["exemplars"]["top"]  # the report can still show what the feature does

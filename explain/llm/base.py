@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 
 from explain.llm.errors import LLMError
-from explain.llm_cache import LLMCache
+from explain.llm.cache import LLMCache
 from explain.prompts import SlotPrompt
 
 T = TypeVar("T")
@@ -56,6 +56,9 @@ class LLMBackend:
 
     name: str = "llm"
     concurrency: int = 1
+    #: What scorers may ask of this backend (see `explain.scorers.base.Scorer.needs`): "generation"
+    #: (`generate`) and "logprobs" (`digit_distributions`); an embedding backend would add "embeddings".
+    capabilities: frozenset[str] = frozenset({"generation", "logprobs"})
 
     def __init__(self, cache: LLMCache | None = None):
         self.cache = cache if cache is not None else LLMCache.disabled()

@@ -41,7 +41,7 @@ import torch
 from explain.llm.base import DigitReadout, LLMBackend, Messages
 from explain.llm.digits import DIGITS, combine_digit_probs
 from explain.llm.errors import BackendConfigError, LLMError
-from explain.llm_cache import LLMCache
+from explain.llm.cache import LLMCache
 from explain.prompts import SlotPrompt
 
 SIM_VERSION = "all-at-once-v1"  # bump when the reading rule changes, so cached readouts are not reused

@@ -58,7 +58,7 @@ from activations.errors import first_line
 from explain.llm.base import DigitReadout, LLMBackend, Messages
 from explain.llm.digits import combine_digit_probs, digits_from_top_logprobs
 from explain.llm.errors import BackendConfigError, LLMError
-from explain.llm_cache import LLMCache
+from explain.llm.cache import LLMCache
 from explain.prompts import SlotPrompt
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}

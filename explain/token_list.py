@@ -1,7 +1,7 @@
-"""The token-list explainer and simulator: a deterministic, LLM-free floor for every explanation.
+"""The token-list explainer: a deterministic, LLM-free explanation, and the format it is written in.
 
 Why: an LLM explanation is only worth its cost if it predicts activations
-better than "this feature fires on these tokens". This scorer is that
+better than "this feature fires on these tokens". The token list is that
 baseline, and, being free, the offline triage score for whole dictionaries.
 
 * Explainer: for each token string in the train exemplars, the mean
@@ -10,12 +10,11 @@ baseline, and, being free, the offline triage score for whole dictionaries.
   weights that round to 0 are dropped). The explanation is the readable,
   parseable string ``" Paris" (10), " Berlin" (7)`` – each token a JSON
   string literal, so spaces, quotes and newlines round-trip exactly.
-* Simulator: parses that string back and predicts each token's activation by
-  lookup (0 for a token not in the list). It reads nothing but the
-  explanation, as an LLM simulator would.
+* Its scorer (`explain.scorers.tokens`) parses that string back with
+  `parse_token_list` and predicts each token's activation by lookup.
 
-Both mirror the LLM API (`candidates(...)`, `simulate(...)`,
-`simulate_many(...)`), so the pipeline treats them alike.
+The explainer mirrors the LLM explainer's API (`candidates(...)`), so the
+pipeline treats them alike.
 """
 
 from __future__ import annotations
@@ -24,18 +23,17 @@ import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Sequence
 
 from activations.errors import UserError
 from explain.explainer import Candidate
-from explain.records import MAX_DISPLAY, ActivationRecord, SimulationResult
+from explain.records import MAX_DISPLAY, ActivationRecord
 
-Fragments = Sequence[Union[ActivationRecord, Sequence[str]]]
 _ENTRY = re.compile(r'\s*("(?:[^"\\]|\\.)*")\s*\((\d+(?:\.\d+)?)\)\s*(?:,|$)')
 
 
 class TokenListError(UserError):
-    """An explanation that is not a token list was given to the token-list simulator."""
+    """An explanation that is not a token list was given to the token-list scorer."""
 
 
 def token_weights(records: Sequence[ActivationRecord], max_tokens: int = 10) -> list[tuple[str, int]]:
@@ -91,22 +89,3 @@ class TokenListExplainer:
         weights = token_weights(train_records, self.max_tokens)
         text = format_token_list(weights)
         return [Candidate(explanation=text, raw=text, fewshot="", shown=list(range(len(train_records))))]
-
-
-def _tokens(fragment: ActivationRecord | Sequence[str]) -> list[str]:
-    return list(fragment.tokens) if isinstance(fragment, ActivationRecord) else [str(t) for t in fragment]
-
-
-class TokenListSimulator:
-    """Predict each token's activation by looking it up in the explanation's token list."""
-
-    name = "tokens"
-
-    def simulate(self, explanation: str, fragments: Fragments) -> SimulationResult:
-        table = parse_token_list(explanation)
-        evs = [[table.get(t, 0.0) for t in _tokens(f)] for f in fragments]
-        return SimulationResult(explanation=explanation, expected_values=evs, distributions=[[] for _ in evs],
-                                mode="token-lookup", ten="n/a", backend="tokens")
-
-    def simulate_many(self, jobs: Sequence[tuple[str, Fragments]]) -> list[SimulationResult]:
-        return [self.simulate(e, f) for e, f in jobs]

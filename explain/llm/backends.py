@@ -2,8 +2,8 @@
 
 This is the entry point the pipeline uses::
 
-    from explain.backends import make_backend, LLMError
-    from explain.llm_cache import LLMCache
+    from explain.llm.backends import make_backend, LLMError
+    from explain.llm.cache import LLMCache
 
     cache = LLMCache(out_dir / "llm_cache.sqlite")
     backend = make_backend("local:default", cache=cache)           # or
@@ -24,7 +24,7 @@ from typing import Any
 
 from explain.llm.base import DigitReadout, LLMBackend
 from explain.llm.errors import BackendConfigError, LLMError
-from explain.llm_cache import LLMCache
+from explain.llm.cache import LLMCache
 
 __all__ = ["make_backend", "parse_spec", "LLMBackend", "DigitReadout", "LLMError", "BackendConfigError", "LLMCache"]
 

@@ -1,0 +1,77 @@
+"""One feature's record: explain on train, pick the best of k on valid, score on test.
+
+Splits and why they are kept apart are in `explain.exemplars`. With k = 1
+nothing is selected and the single explanation is scored on test only, so
+k = 1 and k > 1 report on the same held-out fragments.
+
+An LLM failure becomes a `failed` record (retried on the next run), never a
+score. `BackendConfigError` is caught here too: it can depend on the feature
+(a prompt longer than a local model's context), and one such feature must
+not abort a run of hundreds; its message still names the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from explain.exemplars import FeatureExemplars, Splits
+from explain.explainer import Candidate, Explainer
+from explain.scorers import Scorer, ScoreResult
+from explain.settings import ExemplarConfig
+
+NO_SCORES = {"top_and_random": None, "top": None, "random": None}  # a record's `scores` until it is scored
+
+
+def explain_feature(ex: FeatureExemplars, explainer: Explainer, scorer: Scorer, exemplar_config: ExemplarConfig,
+                    base: dict[str, Any], extra_scorers: Sequence[Scorer] = ()) -> dict[str, Any]:
+    """The record of one feature (`base` holds the fields shared by every feature of a dictionary)."""
+    from explain.llm.errors import BackendConfigError, LLMError
+
+    rec: dict[str, Any] = {**base, "feature": ex.feature, "status": "ok", "explanation": None, "candidates": [],
+                           "scores": dict(NO_SCORES), "score_notes": {}, "split": "test", "error": None}
+    exemplars = ex.to_json(exemplar_config.random_scored)
+    if ex.skipped:
+        rec.update(status="skipped", error=ex.skipped, exemplars=exemplars)
+        return rec
+    splits = ex.splits(exemplar_config.random_scored)
+    try:
+        cands = explainer.candidates(splits.train, feature_seed=ex.feature)
+        cand_json = [{"explanation": c.explanation, "fewshot": c.fewshot, "shown": c.shown, "valid_scores": None}
+                     for c in cands]
+        best = _select(scorer, cands, splits, cand_json, rec["score_notes"]) if len(cands) > 1 else 0
+        test = splits.examples("test")
+        result = scorer.score(cands[best].explanation, test)
+        extras = [(s, s.score(cands[best].explanation, test)) for s in extra_scorers]
+    except (LLMError, BackendConfigError) as err:
+        rec.update(status="failed", error=f"{type(err).__name__}: {err}", exemplars=exemplars)
+        return rec
+    rec.update(explanation=cands[best].explanation, candidates=cand_json, best=best, scores=result.metrics)
+    rec["score_notes"].update(result.notes)
+    _add_extras(rec, extras)
+    rec.update(result.record)
+    rec["exemplars"] = exemplars
+    return rec
+
+
+def _select(scorer: Scorer, cands: list[Candidate], splits: Splits, cand_json: list[dict[str, Any]],
+            notes: dict[str, str]) -> int:
+    """Index of the candidate with the largest selection metric on valid (all scored in one batch)."""
+    valid = splits.examples("valid")
+    results = scorer.score_many([(c.explanation, valid) for c in cands])
+    for cj, r in zip(cand_json, results):
+        cj["valid_scores"], cj["valid_notes"] = r.metrics, r.notes
+    key = scorer.selection_metric
+    ranked = [i for i, r in enumerate(results) if r.metrics.get(key) is not None]
+    if not ranked:
+        notes["selection"] = "no candidate had a defined valid score; the first was kept"
+        return 0
+    return max(ranked, key=lambda i: results[i].metrics[key])
+
+
+def _add_extras(rec: dict[str, Any], extras: list[tuple[Scorer, ScoreResult]]) -> None:
+    """Further scorers' metrics under scores[<name>], notes under score_notes[<name>], plus their record fields."""
+    for s, r in extras:
+        rec["scores"][s.name] = r.metrics
+        if r.notes:
+            rec["score_notes"][s.name] = r.notes
+        rec.update(r.record)

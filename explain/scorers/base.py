@@ -1,0 +1,114 @@
+"""The one interface every way of scoring an explanation implements.
+
+A scorer answers: given an explanation of a feature and the feature's
+scored examples (top-activating and random fragments with their true
+activations), how well does the explanation account for them? Simulation
+(predict every token's activation, correlate), detection (does the
+fragment fire?), fuzzing (are the highlighted tokens the right ones?),
+embedding similarity and intruder detection are all this shape; each lives
+in one module of `explain.scorers` and is named in its registry.
+
+A scorer returns metrics (floats, or None with a reason in `notes`: an
+undefined score is never a 0), what it cost, and any record fields it wants
+kept (the simulation scorer keeps its per-token predictions). It declares
+what it needs from an LLM backend in `needs`, so a run with an unsuitable
+backend fails at start-up with one line instead of on the first feature.
+
+A scorer raises `LLMError` (a failed request) or `BackendConfigError` (a
+request the backend cannot serve) for a feature it cannot score; the
+pipeline records the feature as failed, never as a score.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+from explain.llm.errors import BackendConfigError
+from explain.records import Examples
+
+if TYPE_CHECKING:
+    from explain.llm.base import LLMBackend
+
+#: Capabilities a scorer may need. "generation": chat completions; "logprobs": the distribution over
+#: the values 0..10 at marked slots (`LLMBackend.digit_distributions`); "embeddings": text embeddings.
+CAPABILITIES = frozenset({"generation", "logprobs", "embeddings"})
+
+Job = tuple[str, Examples]  # (explanation, examples)
+
+
+@dataclass
+class Cost:
+    """What scoring cost: prompts built, requests actually sent, answers from the LLM cache, model tokens."""
+
+    n_prompts: int = 0
+    n_calls: int = 0
+    n_cached: int = 0
+    n_tokens: int | None = None  # model tokens processed; None when no model ran, 0 when unknown or all cached
+
+    def __add__(self, other: "Cost") -> "Cost":
+        tokens = None if self.n_tokens is None and other.n_tokens is None else \
+            (self.n_tokens or 0) + (other.n_tokens or 0)
+        return Cost(self.n_prompts + other.n_prompts, self.n_calls + other.n_calls,
+                    self.n_cached + other.n_cached, tokens)
+
+
+@dataclass
+class ScoreResult:
+    """The scoring of one explanation on one split's examples."""
+
+    metrics: dict[str, float | None]  # metric name -> value, None when undefined (reason in `notes`)
+    notes: dict[str, str] = field(default_factory=dict)  # metric name -> why it is None
+    cost: Cost = field(default_factory=Cost)
+    record: dict[str, Any] = field(default_factory=dict)  # JSON-ready fields for the feature's record
+
+
+class Scorer(ABC):
+    """Scores explanations on examples; subclasses implement `_score_many` and set the class attributes.
+
+    To add a scorer: one module in `explain/scorers/` with a subclass, and
+    one line in `explain.scorers.SCORERS`. The pipeline uses one scorer to
+    select among best-of-k candidates (on valid, by `selection_metric`,
+    largest wins) and report on test; that scorer's metrics are the record's
+    `scores`. Any further scorer is run on test for the chosen explanation
+    and its metrics go to `scores[<name>]` (notes to `score_notes[<name>]`).
+    """
+
+    name: ClassVar[str]  # registry key and key of `scores[...]` in records
+    needs: ClassVar[frozenset[str]] = frozenset()  # subset of CAPABILITIES the backend must offer
+    metric_names: ClassVar[tuple[str, ...]]
+    selection_metric: ClassVar[str]  # the metric best-of-k maximises on valid
+
+    def __init__(self) -> None:
+        self.spent = Cost()  # everything this scorer object has cost so far
+
+    @classmethod
+    def create(cls, backend: "LLMBackend | None") -> "Scorer":
+        """The scorer for a run whose settings name `backend` (None: no LLM); `needs` is checked first."""
+        return cls()
+
+    @abstractmethod
+    def _score_many(self, jobs: Sequence[Job]) -> list[ScoreResult]:
+        """One result per (explanation, examples) job, in order; batch or parallelise as the backend allows."""
+
+    def score_many(self, jobs: Sequence[Job]) -> list[ScoreResult]:
+        results = self._score_many(list(jobs))
+        if len(results) != len(jobs):
+            raise RuntimeError(f"{type(self).__name__} returned {len(results)} results for {len(jobs)} jobs")
+        for r in results:
+            self.spent = self.spent + r.cost
+        return results
+
+    def score(self, explanation: str, examples: Examples) -> ScoreResult:
+        return self.score_many([(explanation, examples)])[0]
+
+
+def check_needs(scorer: type[Scorer], backend: "LLMBackend | None", spec: str | None = None) -> None:
+    """Refuse a backend that lacks what `scorer` needs (one line naming the scorer, the gap and the fix)."""
+    offered = frozenset() if backend is None else frozenset(getattr(backend, "capabilities", frozenset()))
+    missing = scorer.needs - offered
+    if missing:
+        what = f"the backend {spec!r}" if spec else ("no backend" if backend is None else f"backend {backend.name}")
+        raise BackendConfigError(f"the {scorer.name} scorer needs {', '.join(sorted(missing))}, which {what} "
+                                 "does not offer: choose another backend for it")

@@ -1,0 +1,157 @@
+"""Settings of `cli.py explain` and `cli.py compare`: the one place their options are declared.
+
+`cli.py` builds each subcommand's flags from these dataclasses (see
+`activations.options`), and Python callers (`report.demo`, tests) construct
+the same objects, so a default is written once. This module imports only
+dataclasses and the two light `activations` helpers, so `cli.py --help`
+stays instant: nothing here may import numpy, torch or an LLM client.
+
+`ExplainSettings.to_json()` is what `OUT/config.json` holds and what a rerun
+is checked against; its keys are those of the run folders made before these
+settings had plain field names (see `_ON_DISK`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from activations.errors import UserError
+from activations.options import identity_fields, option
+
+RANDOM_MODES = ("nonzero", "any")
+PROMPT_FORMATS = ("highlight", "bills")
+TOKENS = "tokens"  # the LLM-free explainer / simulator
+
+# Field name -> key in config.json. The fields were called `format` and `k` until they were renamed so
+# that no field shadows a builtin and `k` no longer means both top-k and best-of-k; config.json keeps the
+# old keys so that every existing run folder still resumes (a renamed key would read as "other settings").
+_ON_DISK = {"prompt_format": "format", "best_of": "k"}
+
+
+@dataclass
+class ExemplarConfig:
+    """How exemplar fragments are chosen and split (protocol in `explain.exemplars`); saved in config.json."""
+
+    n_top: int = 20
+    n_random: int = 20
+    random: str = "nonzero"  # nonzero | any
+    min_active: int = 10  # fewer active fragments than this -> skipped
+    random_scored: int = 5  # random fragments scored per split (valid / test)
+    seed: int = 0
+    batch_contexts: int = 64
+    memory_bytes: int = 256 << 20  # bound on the maxima array of one pass
+
+    def __post_init__(self) -> None:
+        if self.random not in RANDOM_MODES:
+            raise UserError(f"--random {self.random!r}: use one of {', '.join(RANDOM_MODES)}")
+        if self.n_top < 4:
+            raise UserError(f"n_top {self.n_top}: need at least 4 top fragments (one per split)")
+        if self.min_active < 1 or self.n_random < 0 or self.random_scored < 0:
+            raise UserError("min_active must be >= 1 and n_random / random_scored >= 0")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ExplainSettings:
+    """Everything that decides the records (saved as OUT/config.json and checked on rerun), plus where they go.
+
+    `exemplars` is not a flag: None means the defaults with `random` and
+    `seed` (`exemplar_config`), which is what the command line gets. Python
+    callers may pass their own `ExemplarConfig` (fewer, shorter exemplars
+    for a quick run); its `random` and `seed` then win, and a `random` given
+    as well must agree with it.
+    """
+
+    cache: str = option(help="fragment cache (cache --fragments)")
+    dicts: list[str] = option(flag="--dict", help="dictionary folder(s) to explain")
+    features: int | None = option(50, help="features per dictionary (random, seeded); ignored with --feature-ids")
+    feature_ids: list[int] | None = option(None, help="explain exactly these feature ids of every dictionary")
+    explainer: str = option(TOKENS, help="tokens | local:<hub id|folder|default> | openai:<model>")
+    simulator: str = option(TOKENS, help="tokens | local:<...> | openai:<model>")
+    prompt_format: str = option("highlight", flag="--format", choices=PROMPT_FORMATS,
+                                help="how the explainer sees exemplars: highlighted tokens or token<TAB>activation")
+    best_of: int = option(1, help="candidate explanations per feature; the best on valid is scored on test")
+    random: str = option("nonzero", choices=RANDOM_MODES,
+                         help="random exemplars among fragments where the feature is non-zero, or among all")
+    base_url: str | None = option(None, help="OpenAI-compatible endpoint (vLLM, llama.cpp server, ...)")
+    seed: int = option(0, help="seed of the feature choice, the exemplar draw and the explainer's prompts")
+    exemplars: ExemplarConfig | None = None
+    out: str | None = option(None, required=True, identity=False,
+                             help="output folder (rerun the same command to resume)")
+    concurrency: int = option(4, identity=False, help="requests in flight to an openai: backend")
+
+    def __post_init__(self) -> None:
+        self.dicts = list(self.dicts)
+        if self.feature_ids:
+            # --feature-ids decides the features; --features (with its default 50) would only be noise in
+            # config.json, so it is recorded as null, as the command has always done.
+            self.feature_ids, self.features = list(self.feature_ids), None
+        self._check_random()
+
+    def _check_random(self) -> None:
+        """`random` is a known mode, and a non-default one beside explicit `exemplars` agrees with them."""
+        if self.random not in RANDOM_MODES:
+            raise UserError(f"--random {self.random!r}: use one of {', '.join(RANDOM_MODES)}")
+        if self.exemplars is not None and self.random not in (RANDOM_MODES[0], self.exemplars.random):
+            raise UserError(f"random={self.random!r} disagrees with exemplars.random={self.exemplars.random!r}: "
+                            "set it in one place")
+
+    @property
+    def exemplar_config(self) -> ExemplarConfig:
+        """The exemplar protocol of this run: `exemplars`, or the defaults with `random` and `seed`."""
+        self._check_random()  # again: fields may have been changed since construction
+        return self.exemplars if self.exemplars is not None else ExemplarConfig(random=self.random, seed=self.seed)
+
+    def validate(self) -> None:
+        """Mistakes that need no file to find: fail before anything is loaded or written."""
+        if not self.dicts:
+            raise UserError("no --dict given: pass one or more dictionary folders")
+        if self.best_of < 1:
+            raise UserError(f"--best-of {self.best_of}: ask for at least 1 candidate explanation")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise UserError(f"--format {self.prompt_format!r}: use one of {', '.join(PROMPT_FORMATS)}")
+        if self.simulator == TOKENS and self.explainer != TOKENS:
+            raise UserError("--simulator tokens reads only token-list explanations: use --explainer tokens "
+                            "with it, or an LLM --simulator (local:... / openai:...)")
+
+    def llm_specs(self) -> list[str]:
+        """The distinct LLM backend specs the run needs (one backend each), sorted."""
+        return sorted({s for s in (self.explainer, self.simulator) if s != TOKENS})
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings record of config.json (runtime-only fields left out, keys as on disk)."""
+        data = identity_fields(self)
+        data["exemplars"] = self.exemplar_config.to_json()
+        data.pop("random")  # config.json keeps it in exemplars.random, where it has always been
+        return {_ON_DISK.get(k, k): v for k, v in data.items()}
+
+    @classmethod
+    def from_keywords(cls, **kwargs: Any) -> "ExplainSettings":
+        """Settings from the keyword names `explain_command` had before it took a settings object.
+
+        Kept so that callers written against the old signature (`format=`, `k=`) work unchanged;
+        new code passes an `ExplainSettings`.
+        """
+        renamed = {"format": "prompt_format", "k": "best_of"}
+        for old, new in renamed.items():
+            if old in kwargs:
+                if new in kwargs:
+                    raise TypeError(f"pass {new}= or {old}=, not both")
+                kwargs[new] = kwargs.pop(old)
+        return cls(**kwargs)
+
+
+@dataclass
+class CompareSettings:
+    """`cli.py compare`: nothing here decides a stored result, so every option is runtime-only."""
+
+    explanations: list[str] = option(help="--out folder(s) of `cli.py explain` (or their explanations.jsonl)")
+    plot: str | None = option(None, identity=False, help="PNG of the mean score per layer, one line per basis")
+    json_path: str | None = option(None, flag="--json", identity=False, help="write the table as JSON")
+
+    def __post_init__(self) -> None:
+        self.explanations = [str(p) for p in self.explanations]
+
