@@ -55,9 +55,6 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
                "report.commands:report_command", "report.settings:ReportSettings"),
 )
 
-# Subcommands not yet moved to a settings dataclass: argparse by hand, called with keyword arguments.
-_LEGACY = ()
-
 
 def _load(target: str):
     module_name, attr = target.split(":")
@@ -69,8 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="<subcommand>")
-    for add in _LEGACY:
-        add(sub)
     for command in SUBCOMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         add_options(p, _load(command.settings))
@@ -87,15 +82,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command: Subcommand = args._command
     try:
-        command = getattr(args, "_command", None)
-        if command is not None:
-            from activations.options import from_namespace
+        from activations.options import from_namespace
 
-            _load(command.run)(from_namespace(_load(command.settings), args))
-        else:
-            kwargs = {k: v for k, v in vars(args).items() if k not in ("_run", "command")}
-            _load(args._run)(**kwargs)
+        _load(command.run)(from_namespace(_load(command.settings), args))
     except _user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
