@@ -118,7 +118,7 @@ def choose_sae(folders: list[Path], target_l0: float) -> Path:
 
 def _llm_feature_ids(tokens_run: Path, dictionary: Path, count: int) -> list[int]:
     """The first `count` features (by id) that the tokens run explained: skipped features waste an LLM's time."""
-    from explain.pipeline import RESULTS_FILE, read_records
+    from explain.records_file import RESULTS_FILE, read_records
 
     ok = sorted(int(r["feature"]) for r in read_records(tokens_run / RESULTS_FILE)
                 if r.get("status") == "ok" and Path(r.get("dictionary_path", "")) == dictionary.resolve())
