@@ -19,7 +19,7 @@ _EXPORT_HELP = "also write <dictionary folder>/saelens/ (cfg.json + sae_weights.
 
 # Learning rates that recover planted features at the default schedule (benchmarks/bench_recovery.py) and
 # train well on normalised activations; each kind's loss has its own scale, hence one default per kind.
-DEFAULT_LR = {"tied_sae": 5e-2, "untied_sae": 5e-3, "topk": 5e-3, "batchtopk": 5e-3}
+DEFAULT_LR = {"tied_sae": 5e-3, "untied_sae": 5e-3, "topk": 5e-3, "batchtopk": 5e-3}
 L1_KINDS = ("tied_sae", "untied_sae")
 TOPK_KINDS = ("topk", "batchtopk")
 

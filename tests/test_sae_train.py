@@ -31,7 +31,7 @@ def test_every_kind_recovers_a_known_sparse_dictionary_at_its_default_learning_r
     """~1.2 of 24 true directions active per vector; the sparser member of each sweep must find them."""
     x, truth = sparse_data(d=16, n_true=24, n=20_000, p=0.05, seed=0)
     sweep = {"l1s": values} if kind.endswith("_sae") else {"ks": values}
-    settings = TrainSettings(hook=HOOK, kind=kind, ratios=[2.0], batch_size=512, tokens=300_000, **sweep)
+    settings = TrainSettings(hook=HOOK, kind=kind, ratios=[2.0], batch_size=512, tokens=1_000_000, **sweep)
     paths = train_sweep(TensorSource(x), settings, tmp_path, progress=False)
     # folders come sorted by the swept value: the larger α, or the smaller k, is the sparser member
     sparse, dense = (sae.load(paths[1]), sae.load(paths[0])) if kind.endswith("_sae") else \
