@@ -37,7 +37,7 @@ from explain.run_folder import CONFIG_FILE, LLM_CACHE_FILE, check_settings, choo
 from explain.scorers import Cost, Scorer
 from explain.settings import ExplainSettings
 
-# The names callers have always imported from here (report/demo.py: RESULTS_FILE, read_records).
+# The names callers have always imported from here (pipeline/demo.py: RESULTS_FILE, read_records).
 __all__ = ["CONFIG_FILE", "LLM_CACHE_FILE", "RESULTS_FILE", "ExplainSettings", "explain_feature", "read_records",
            "run_explain"]
 
