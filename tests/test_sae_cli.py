@@ -242,7 +242,7 @@ def test_train_sae_and_baselines_export_saelens_beside_each_dictionary(tiny_cach
     assert not (plain / "neuron" / "saelens").exists()
 
 
-STEPS = 1200
+STEPS = 3000  # long enough after the first checkpoint that a loaded machine still sees it before the end
 
 
 def _train_args(cache: Path, out: Path) -> list[str]:
