@@ -21,6 +21,7 @@ from report.cards import feature_card, skipped_table
 from report.html import esc, fmt, page, png_img, table
 from report.layout import RunContents, discover, read_json
 from report.plots import plot_comparison, plot_frontier_png, plot_ioi
+from sae.registry import kind_order
 
 OFFLINE_NOTE = (
     "Scores from the offline explainer and simulator <code>local:default</code> (SmolLM2-135M-Instruct, "
@@ -75,7 +76,8 @@ def _dictionary_rows(contents: RunContents) -> list[dict[str, Any]]:
             continue  # a config.json of something else that happens to sit beside weights
         rows.append({"folder": folder, "name": config.get("name") or folder.name, **config,
                      "metrics": config.get("metrics") or {}})
-    rows.sort(key=lambda r: (str(r.get("hook")), str(r.get("kind")), float(r.get("l1") or 0), r["name"]))
+    rows.sort(key=lambda r: (str(r.get("hook")), kind_order(str(r.get("kind"))), float(r.get("l1") or 0),
+                             float(r.get("k") or 0), r["name"]))
     return rows
 
 

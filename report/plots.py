@@ -10,9 +10,6 @@ from pathlib import Path
 from typing import Any
 
 
-_BASIS_ORDER = ("tied_sae", "untied_sae", "neuron", "pca", "ica", "random", "pca_topk", "ica_topk")
-
-
 def plot_comparison(rows: list[dict[str, Any]], path: Path) -> bytes | None:
     """Rows of `explain.compare.summarise`. Over many layers, compare's own line plot (score against layer);
     over one or two, bars per basis, since a line plot of one layer is a column of dots."""
@@ -31,8 +28,9 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> bytes | None:
     from explain.compare import dictionary_label
 
     # one bar group per dictionary (not per kind: an α-sweep's SAEs are different bases), in basis order
-    order = {dictionary_label(r): (_BASIS_ORDER.index(r["kind"]) if r["kind"] in _BASIS_ORDER else len(_BASIS_ORDER),
-                                   str(r["kind"]), dictionary_label(r)) for r in rows}
+    from sae.registry import kind_order
+
+    order = {dictionary_label(r): (kind_order(str(r["kind"])), str(r["kind"]), dictionary_label(r)) for r in rows}
     kinds = sorted(order, key=order.__getitem__)
     series: dict[str, dict[str, dict[str, Any]]] = {}
     for r in rows:

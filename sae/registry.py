@@ -19,13 +19,13 @@ _KINDS: dict[str, str] = {
     "topk": "sae.kinds.topk:TopKSAE",
     "batchtopk": "sae.kinds.threshold:BatchTopKSAE",
     "jumprelu": "sae.kinds.threshold:JumpReLUSAE",
-    "ica": "sae.kinds.fitted:ICABasis",
-    "ica_topk": "sae.kinds.fitted:ICATopK",
-    "pca": "sae.kinds.fitted:PCABasis",
-    "pca_topk": "sae.kinds.fitted:PCATopK",
-    "random": "sae.kinds.fitted:RandomBasis",
     "neuron": "sae.kinds.neuron:NeuronBasis",
     "signed_neuron": "sae.kinds.neuron:SignedNeuronBasis",
+    "pca": "sae.kinds.fitted:PCABasis",
+    "ica": "sae.kinds.fitted:ICABasis",
+    "random": "sae.kinds.fitted:RandomBasis",
+    "pca_topk": "sae.kinds.fitted:PCATopK",
+    "ica_topk": "sae.kinds.fitted:ICATopK",
 }
 
 # Kinds the trainer learns (`cli.py train-sae --kind`): kind -> its training objective, beside its inference class.
