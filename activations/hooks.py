@@ -5,6 +5,9 @@ unmodified HF model, so any checkpoint of a supported family works without a
 converted copy. `mlp.hook_post` is defined for every family as the input of
 the MLP's output projection: the activation-function output for GPT-2 and
 GPT-NeoX, and act(gate) * up for gated Llama MLPs (TransformerLens's choice).
+`hook_mlp_out` is what the block adds to the residual stream: for Gemma-2/3
+that is the MLP's output after `post_feedforward_layernorm`, not the raw
+down projection (they differ by orders of magnitude on real checkpoints).
 Names are parsed and built in `activations.hooknames` (no torch), re-exported here.
 """
 
@@ -29,6 +32,12 @@ class _Family:
     layers: str  # dotted path from the CausalLM to the ModuleList of blocks
     mlp: str  # attribute of a block
     mlp_out_proj: str  # attribute of the mlp whose *input* is mlp.hook_post
+    # attribute of a block whose *output* is hook_mlp_out, when the MLP's own output is not what the block
+    # adds to the residual stream (Gemma-2/3 normalise it again: post_feedforward_layernorm); None: the mlp
+    mlp_out: str | None = None
+
+
+_GEMMA_POST_NORM = "post_feedforward_layernorm"
 
 
 _FAMILIES = {
@@ -38,8 +47,8 @@ _FAMILIES = {
     "mistral": _Family("model.layers", "mlp", "down_proj"),
     "qwen2": _Family("model.layers", "mlp", "down_proj"),
     "gemma": _Family("model.layers", "mlp", "down_proj"),
-    "gemma2": _Family("model.layers", "mlp", "down_proj"),
-    "gemma3_text": _Family("model.layers", "mlp", "down_proj"),
+    "gemma2": _Family("model.layers", "mlp", "down_proj", _GEMMA_POST_NORM),
+    "gemma3_text": _Family("model.layers", "mlp", "down_proj", _GEMMA_POST_NORM),
 }
 
 
@@ -113,7 +122,7 @@ def _module_and_side(model: nn.Module, hook: HookPoint) -> tuple[nn.Module, str]
     if hook.kind == "hook_resid_post":
         return block, "post"
     if hook.kind == "hook_mlp_out":
-        return mlp, "post"
+        return (getattr(block, family.mlp_out) if family.mlp_out else mlp), "post"
     return getattr(mlp, family.mlp_out_proj), "pre"
 
 
