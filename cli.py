@@ -87,13 +87,28 @@ def main(argv: list[str] | None = None) -> int:
         from activations.options import from_namespace
 
         _load(command.run)(from_namespace(_load(command.settings), args))
+        sys.stdout.flush()  # here, so that a reader that went away (`hooks | head`) is caught below
     except _user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0  # whoever reads the output stopped reading (`| head`): nothing went wrong here
     return 0
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's own flush at exit does not report the broken pipe again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -26,12 +26,21 @@ from tqdm.auto import tqdm
 from activations.corpus import build_contexts, resolve_corpus
 from activations.errors import UserError
 from activations.hooks import hook_width, run_with_cache, validate_hooks
+from activations.devices import check_device
 from activations.models import load_model
-from activations.runstate import check_output_file, differing_keys, move_into_place
+from activations.reader import unreadable_cache
+from activations.runstate import check_output_file, differing_keys, move_into_place, output_lock
 from activations.settings import CacheSettings, record_json
 
 FORMAT_VERSION = 1
 _TARGET_CHUNK_BYTES = 1 << 20
+# How each --dtype is held in the file. HDF5 has no bfloat16 type, so bfloat16 values are stored exactly as
+# their 16-bit patterns in uint16 datasets (the dataset's `encoding` attribute says so); `ActivationCache`
+# turns them back into float32 without loss (a bfloat16 is the upper half of a float32).
+STORAGE = {"float16": (np.float16, torch.float16), "float32": (np.float32, torch.float32),
+           "bfloat16": (np.uint16, torch.bfloat16)}
+BFLOAT16_ENCODING = "bfloat16-bits"
+_RANGE = {"float16": "65504", "bfloat16": "3.4e38", "float32": "3.4e38"}
 
 
 @dataclass(frozen=True)
@@ -55,14 +64,19 @@ def _check_existing(out: Path, record: dict) -> int | None:
     """Contexts already done in a file made with the same settings; None if no file."""
     if not out.exists():
         return None
+    fix = "choose another --out or pass --overwrite"
     try:
-        with h5py.File(out, "r") as f:
+        f = h5py.File(out, "r")
+    except OSError as err:
+        raise UserError(unreadable_cache(out, err, fix)) from err
+    try:
+        with f:
             stored = json.loads(f.attrs["settings"])
             done = int(f.attrs["n_contexts_done"])
         if not isinstance(stored, dict):
             raise TypeError("settings is not a JSON object")
     except (OSError, KeyError, ValueError, TypeError) as err:
-        raise UserError(f"{out} exists but is not an activation cache this tool wrote: choose another --out or pass --overwrite") from err
+        raise UserError(f"{out} exists but is not an activation cache this tool wrote: {fix}") from err
     diffs = [f"{k}: file has {stored.get(k)!r}, command asks {record.get(k)!r}" for k in differing_keys(stored, record)]
     if diffs:
         raise UserError(
@@ -75,7 +89,7 @@ def _check_existing(out: Path, record: dict) -> int | None:
 def _create_file(out: Path, settings: CacheSettings, record: dict, loaded, tokens: np.ndarray, widths: dict[str, int],
                  stats: dict) -> None:
     n, ctx = tokens.shape
-    storage = np.float16 if settings.dtype == "float16" else np.float32
+    storage = STORAGE[settings.dtype][0]
     out.parent.mkdir(parents=True, exist_ok=True)
     # Build the empty file under a temporary name and rename it into place, so
     # a kill during creation never leaves a file that a rerun cannot resume.
@@ -88,8 +102,10 @@ def _create_file(out: Path, settings: CacheSettings, record: dict, loaded, token
         for name, d in widths.items():
             per_context = ctx * d * np.dtype(storage).itemsize
             rows = max(1, min(n, _TARGET_CHUNK_BYTES // per_context))
-            acts.create_dataset(name, shape=(n, ctx, d), maxshape=(None, ctx, d), dtype=storage,
-                                chunks=(rows, ctx, d), dcpl=_early_alloc_dcpl())
+            ds = acts.create_dataset(name, shape=(n, ctx, d), maxshape=(None, ctx, d), dtype=storage,
+                                     chunks=(rows, ctx, d), dcpl=_early_alloc_dcpl())
+            if settings.dtype == "bfloat16":
+                ds.attrs["encoding"] = BFLOAT16_ENCODING
         f.attrs.update({
             "format_version": FORMAT_VERSION,
             "settings": record_json(record),
@@ -191,12 +207,20 @@ def write_cache(settings: CacheSettings, progress: bool = True) -> CacheResult:
     """Cache activations as `settings` say; resumes a killed run of the same settings.
 
     Everything that can be checked without the model is checked first, before
-    the (slow) model load and before any file is created: the numbers, that
-    --out can be written, the corpus, the hook names, and an existing file's
-    settings.
+    the (slow) model load and before any file is created: the numbers, the
+    device, that --out can be written, the corpus, the hook names, and an
+    existing file's settings. From the check of --out on, this process holds
+    it (`output_lock`): a second `cache` into the same file is refused.
     """
     settings.validate()
+    check_device(settings.device)
     out = check_output_file(settings.out)
+    with output_lock(out, folder=False):
+        return _write_cache_locked(settings, out, progress)
+
+
+def _write_cache_locked(settings: CacheSettings, out: Path, progress: bool) -> CacheResult:
+    """`write_cache` once this process holds --out: no other writer can change the file from here on."""
     resolved = resolve_corpus(settings.corpus)
     settings.check_hooks()
     record = settings.record(resolved.describe())
@@ -222,22 +246,56 @@ def write_cache(settings: CacheSettings, progress: bool = True) -> CacheResult:
 
 def _write_batches(out: Path, settings: CacheSettings, model, tokens: np.ndarray, done: int,
                    progress: bool) -> CacheResult:
-    """The forward-and-write loop from context `done` on (the file exists at its final size)."""
-    storage = torch.float16 if settings.dtype == "float16" else torch.float32
+    """The forward-and-write loop from context `done` on (the file exists at its final size).
+
+    A batch with a value that is not finite in the storage dtype is never
+    written: the run stops with one line (the batches before it are written
+    and counted, so the file stays a valid, resumable cache).
+    """
     n, context_length = tokens.shape
     bar = tqdm(total=n * context_length, initial=done * context_length, unit="tok", unit_scale=True,
                desc=f"cache {out.name}", disable=not progress, smoothing=0.1)
     started = time.perf_counter()
-    with h5py.File(out, "r+") as f, _OrderedWriter(f, settings.hooks) as writer:
-        for start in range(done, n, settings.batch_size):
-            stop = min(n, start + settings.batch_size)
-            ids = torch.from_numpy(tokens[start:stop].astype(np.int64)).to(settings.device)
-            acts = run_with_cache(model, ids, settings.hooks)
-            arrays = {name: acts[name].to("cpu", storage).numpy() for name in settings.hooks}
-            writer.put(start, stop, tokens[start:stop], arrays)
-            bar.update((stop - start) * context_length)
-    bar.close()
+    try:
+        with h5py.File(out, "r+") as f, _OrderedWriter(f, settings.hooks) as writer:
+            for start in range(done, n, settings.batch_size):
+                stop = min(n, start + settings.batch_size)
+                ids = torch.from_numpy(tokens[start:stop].astype(np.int64)).to(settings.device)
+                acts = run_with_cache(model, ids, settings.hooks)
+                arrays = {name: _stored(acts[name], settings.dtype, name, (start, stop), out)
+                          for name in settings.hooks}
+                writer.put(start, stop, tokens[start:stop], arrays)
+                bar.update((stop - start) * context_length)
+    finally:
+        bar.close()
     elapsed = time.perf_counter() - started
     if progress:
         print(f"wrote {n} contexts x {context_length} tokens of {len(settings.hooks)} hooks to {out} in {elapsed:.1f}s")
     return CacheResult(out, n, (n - done) * context_length, elapsed)
+
+
+def _stored(x: torch.Tensor, dtype: str, hook: str, contexts: tuple[int, int], out: Path) -> np.ndarray:
+    """`x` as the file stores it; a value that is not finite there is a one-line error, never a silent inf."""
+    stored = x.to("cpu", STORAGE[dtype][1])
+    if not bool(torch.isfinite(stored).all()):
+        raise _non_finite(x, stored, dtype, hook, contexts, out)
+    if dtype == "bfloat16":
+        return stored.view(torch.int16).numpy().view(np.uint16)
+    return stored.numpy()
+
+
+def _non_finite(x: torch.Tensor, stored: torch.Tensor, dtype: str, hook: str, contexts: tuple[int, int],
+                out: Path) -> UserError:
+    bad = ~torch.isfinite(stored)
+    where = bad.nonzero()[0].tolist()  # first bad (context in batch, position, unit)
+    at = f"context {contexts[0] + where[0]}, position {where[1]}"
+    kept = (f"the {contexts[0]} contexts before it are written and the file stays resumable"
+            if contexts[0] else "nothing was written yet")
+    raw = x.detach().float().cpu()
+    if not bool(torch.isfinite(raw[bad]).all()):
+        return UserError(f"the model itself produced NaN or inf at {hook} ({at}) of {out}; --dtype cannot fix that: "
+                         f"check the model and its weights ({kept})")
+    largest = float(raw[torch.isfinite(raw)].abs().max())
+    return UserError(f"{hook} has values beyond {dtype}'s range ({largest:.3g} > {_RANGE[dtype]}, at {at}), which "
+                     f"--dtype {dtype} would store as inf; rerun with --dtype float32 (or bfloat16: float32's range in "
+                     f"16 bits) and --overwrite ({kept})")

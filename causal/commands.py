@@ -18,7 +18,8 @@ import torch
 
 from activations.errors import UserError
 from activations.options import identity_fields
-from activations.runstate import check_output_file, check_output_folder, differing_keys, read_json, write_json_atomic
+from activations.runstate import (check_output_file, check_output_folder, differing_keys, output_lock, read_json,
+                                  write_json_atomic)
 from causal.patching import (coefficient_delta, decoder_rows, last_logits, pad_token_id,
                              pair_batch, task_check)
 from causal.prompts import IOIConfig, make_ioi_pairs
@@ -174,8 +175,11 @@ class _Plan:
 
 
 def _validate(settings: PatchIOISettings) -> None:
-    """Every check that reads no input file: the numbers, and that --out and --plot can be written."""
+    """Every check that reads no input file: the numbers, the device, and that --out and --plot can be written."""
+    from activations.devices import check_device
+
     settings.validate()
+    check_device(settings.device)
     check_output_folder(settings.out)
     if settings.plot is not None:
         check_output_file(settings.plot, "--plot")
@@ -290,11 +294,16 @@ def patch_ioi_command(settings: PatchIOISettings) -> dict:
     and runs only the rest; dictionaries of earlier runs that are not passed again stay in ioi.json and in
     ioi_config.json's `dicts`. The device is not part of the settings: CPU and GPU curves may share a file.
     """
+    _validate(settings)
+    with output_lock(settings.out, folder=True):  # one patch-ioi per --out at a time
+        return _patch_ioi_locked(settings)
+
+
+def _patch_ioi_locked(settings: PatchIOISettings) -> dict:
     from activations.hooks import run_with_cache
     from activations.models import load_model
 
     s = settings
-    _validate(s)
     plan = _plan(s)
     loaded = load_model(s.model, device=s.device)
     hook = _check_against_model(loaded.model, plan.dictionaries)

@@ -90,7 +90,10 @@ def residual_hooks(model) -> list[str]:
 
 
 def _validate(settings: IOILayersSettings) -> None:
+    from activations.devices import check_device
+
     settings.validate()
+    check_device(settings.device)
     if settings.json_path is not None:
         check_output_file(settings.json_path, "--json")
         if not Path(settings.json_path).resolve().parent.is_dir():

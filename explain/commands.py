@@ -14,9 +14,16 @@ from explain.settings import CompareSettings, ExplainSettings
 
 
 def explain_command(settings: ExplainSettings | None = None, /, **keywords: Any) -> Path:
+    """Run (or resume) an explanation run; this process holds --out until it ends (see `output_lock`)."""
+    from activations.runstate import check_output_folder, output_lock
     from explain.pipeline import run_explain
 
-    return run_explain(_settings(ExplainSettings, settings, keywords, ExplainSettings.from_keywords))
+    s = _settings(ExplainSettings, settings, keywords, ExplainSettings.from_keywords)
+    if s.out is None:
+        return run_explain(s)  # which says what is missing
+    check_output_folder(s.out)
+    with output_lock(s.out, folder=True):
+        return run_explain(s)
 
 
 def compare_command(settings: CompareSettings | list[str] | None = None, /, **keywords: Any) -> list[dict]:

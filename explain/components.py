@@ -39,9 +39,9 @@ def check_specs(settings: ExplainSettings) -> None:
     """Every LLM spec parses and offers what its user needs; no model is loaded, nothing is contacted."""
     from explain.llm.backends import parse_spec
 
-    settings.validate()
-    for spec in settings.llm_specs():
+    for spec in settings.llm_specs():  # first: an unknown backend is named as such, not as a misfit
         parse_spec(spec)
+    settings.validate()
     scorer_class(scorer_name(settings))  # an unknown scorer fails here, before the cache is read
 
 

@@ -201,22 +201,17 @@ def feature_maxima(cache: Any, hook: str, jobs: Sequence[FeatureJob], batch_cont
 
 
 class TokenDecoder:
-    """Token id -> display string (each id decoded alone, memoised)."""
+    """Token ids -> one display string per token (memoised); a character split across tokens (emoji, Hebrew,
+    CJK) shows as itself on the token that completes it, not as one U+FFFD per token (`activations.tokens`)."""
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
         self._memo: dict[int, str] = {}
 
     def __call__(self, ids: Iterable[int]) -> list[str]:
-        out = []
-        for i in ids:
-            i = int(i)
-            s = self._memo.get(i)
-            if s is None:
-                s = self.tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-                self._memo[i] = s
-            out.append(s)
-        return out
+        from activations.tokens import decode_each
+
+        return decode_each(self.tokenizer, ids, self._memo)
 
     @classmethod
     def for_cache(cls, cache: Any) -> "TokenDecoder":

@@ -136,6 +136,7 @@ def _run_pending(cache: Any, plan: Plan, pending: list[list[int]], settings: Exp
     hooks = list(dict.fromkeys(d.hook for d in dictionaries))
     bar = tqdm(total=total, desc="explain", unit="feature", disable=not progress)
     counts = {"ok": 0, "skipped": 0, "failed": 0}
+    first_error = None
     started = time.perf_counter()
     if n_done:
         bar.write(f"resuming: {n_done} feature(s) already done, {total} to go")
@@ -154,12 +155,17 @@ def _run_pending(cache: Any, plan: Plan, pending: list[list[int]], settings: Exp
                                          components.extra_scorers)
                 writer.write(record)
                 counts[record["status"]] += 1
+                if record["status"] == "failed" and first_error is None:
+                    first_error = str(record["error"]).splitlines()[0] if record["error"] else "an unknown error"
                 bar.update(1)
                 minutes = (time.perf_counter() - started) / 60
                 bar.set_postfix(per_min=f"{bar.n / max(minutes, 1e-9):.1f}", **counts)
     bar.close()
     print(f"{writer.path}: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed "
           f"in {time.perf_counter() - started:.0f}s{_cost_line(components)}")
+    if counts["failed"] and not counts["ok"]:  # a run that produced nothing must not exit 0
+        raise UserError(f"no feature of this run succeeded: all {counts['failed']} failed, the first with "
+                        f"{first_error}; fix that and rerun the same command (failed features are retried)")
 
 
 def _cost_line(components: Components) -> str:

@@ -85,6 +85,9 @@ def choose_features(n_features: int, name: str, count: int | None, feature_ids: 
         return sorted(set(int(f) for f in feature_ids))
     if count is None or count < 1:
         raise UserError(f"--features {count}: pass at least 1, or --feature-ids")
+    if count > n_features:
+        print(f"note: --features {count} is more than {name} has: it has {n_features} features, and all "
+              f"{n_features} are explained")
     # A prefix of one seeded permutation: the features of --features 50 are among those of --features 100.
     rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
     return sorted(int(f) for f in rng.permutation(n_features)[:count])

@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from activations.errors import UserError
-from activations.runstate import check_output_folder, read_json, settings_differences, write_json_atomic, write_text_atomic
+from activations.devices import check_device
+from activations.runstate import (LOCK_NAME, check_output_folder, output_lock, read_json, settings_differences,
+                                  write_json_atomic, write_text_atomic)
 from pipeline.settings import RUNTIME_FIELDS, DemoSettings
 from report.layout import (COMPARE_JSON, COMPARE_PNG, DICTS_DIR, EXPLANATIONS_DIR, FRAGMENT_CACHE, IOI_DIR,
                            REPORT_DIR, SETTINGS_FILE, STAGES_DIR, TRAIN_CACHE)
@@ -51,7 +53,7 @@ def _check_settings(run: Path, settings: DemoSettings) -> None:
     check_output_folder(run)
     path = run / SETTINGS_FILE
     if not path.exists():
-        if run.is_dir() and any(run.iterdir()):
+        if run.is_dir() and any(p.name != LOCK_NAME for p in run.iterdir()):
             raise DemoError(f"{run} is not empty and holds no {SETTINGS_FILE}: it is not a demo run; "
                             "pass an empty or new folder with --out")
         return
@@ -133,8 +135,15 @@ def demo_command(settings: DemoSettings) -> Path:
 def run_demo(settings: DemoSettings, out: str | Path | None = None) -> Path:
     """Run (or resume) every stage into `out` (default `settings.out`); returns the report's index.html."""
     settings.validate()
+    check_device(settings.device)
     run = Path(settings.out if out is None else out)
     _check_settings(run, settings)
+    with output_lock(run, folder=True):  # one demo per run folder at a time
+        _check_settings(run, settings)  # again: another demo may have started it while this one waited to lock
+        return _run_demo_locked(settings, run)
+
+
+def _run_demo_locked(settings: DemoSettings, run: Path) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run / SETTINGS_FILE, settings.to_json())
     s, dicts = settings, run / DICTS_DIR

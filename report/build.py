@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from activations.runstate import check_output_folder, write_text_atomic
+from activations.runstate import check_output_folder, output_lock, write_text_atomic
 from report.cards import feature_card, skipped_table
 from report.html import esc, fmt, page, png_img, table
-from report.layout import RunContents, discover, read_json
+from report.layout import RunContents, RunFolderError, discover, read_json
 from report.plots import plot_comparison, plot_frontier_png, plot_ioi
 from sae.registry import kind_order
 
@@ -40,7 +40,17 @@ def _is_offline_llm(spec: Any) -> bool:
 def build_report(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Write OUT/index.html (and its PNGs) from whatever stages of the run exist; returns the path."""
     out = check_output_folder(out_dir)  # before the run folder is read, and before anything is written
+    with output_lock(out, folder=True):
+        return _build_report_locked(run_dir, out)
+
+
+def _build_report_locked(run_dir: str | Path, out: Path) -> Path:
     contents = discover(run_dir, skip=out)
+    if not (contents.dictionaries or contents.explanation_runs or contents.ioi_results or contents.stages
+            or contents.settings):
+        raise RunFolderError(f"--run {str(run_dir)!r} holds nothing to report: no dictionary folder (config.json + "
+                             "weights.safetensors), explanations.jsonl, ioi.json or demo stage under it; pass the "
+                             "folder given to `cli.py demo --out`, or one holding train-sae / explain / patch-ioi outputs")
     records = _load_records(contents)
     out.mkdir(parents=True, exist_ok=True)
     sections = [

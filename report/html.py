@@ -1,8 +1,9 @@
 """HTML building blocks: escaping, highlighted fragments, inline SVG histograms, tables, the page shell.
 
 Every string that comes from a corpus, a model, an explanation or a file
-name goes through `esc` (html.escape with quotes), which is the only way
-text enters the page here; markup is built only from constants and numbers.
+name goes through `esc` (html.escape with quotes, control characters as
+visible escapes), which is the only way text enters the page here; markup
+is built only from constants and numbers.
 As a second wall, the page carries a Content-Security-Policy that allows
 exactly one script (the page's own, by its SHA-256) and images from data:
 URIs, so even a missed escape could not run a corpus script.
@@ -19,11 +20,23 @@ import base64
 import hashlib
 import html
 import math
+import re
 from typing import Any, Iterable, Sequence
 
 
+# C0 controls other than TAB/LF/CR, DEL, C1 controls and lone surrogates: never copied raw into the page (NUL
+# and ESC are invalid in HTML and lone surrogates cannot even be written as UTF-8); shown as visible escapes.
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def visible(text: str) -> str:
+    """`text` with every control character written as a visible escape (`\\x1b`, `\\x00`, `\\ud800`)."""
+    return _INVISIBLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                          else f"\\u{ord(m.group()):04x}", text)
+
+
 def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(visible(str(value)), quote=True)
 
 
 def fmt(value: Any, spec: str = ".3f", missing: str = "–") -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from activations.errors import UserError
+from activations.devices import check_device
 from sae.settings import BaselinesSettings, EvaluateSettings, ExportSettings, TrainSettings
 
 EXPORT_SUBFOLDER = {"saelens": "saelens"}
@@ -22,50 +22,55 @@ def _export_each(folders: list[Path], export: str | None) -> None:
         print(f"wrote SAELens layout to {path}")
 
 
-def check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for but CUDA is not available here: use --device cpu")
-
-
 def train_sae_command(settings: TrainSettings) -> list[Path]:
-    from activations.runstate import check_output_folder
+    from activations.runstate import check_output_folder, output_lock
     from sae.data import split_cache
     from sae.train import train_sweep
 
     check_device(settings.device)
     settings.validate()
     check_output_folder(settings.out)
-    source, held_out = split_cache(settings.cache, settings.hook, settings.eval_fraction,
-                                   skip_first=not settings.keep_first_position)
-    folders = train_sweep(source, settings, settings.out, device=settings.device, eval_source=held_out)
-    _export_each(folders, settings.export)
+    with output_lock(settings.out, folder=True):
+        source, held_out = split_cache(settings.cache, settings.hook, settings.eval_fraction,
+                                       skip_first=not settings.keep_first_position)
+        folders = train_sweep(source, settings, settings.out, device=settings.device, eval_source=held_out)
+        _export_each(folders, settings.export)
     return folders
 
 
 def baselines_command(settings: BaselinesSettings) -> list[Path]:
-    from activations.runstate import check_output_folder
+    from activations.runstate import check_output_folder, output_lock
     from sae.fit_baselines import ICA_MAX_SAMPLES, fit_baselines_from_cache
 
     s = settings
     check_output_folder(s.out)
-    folders = fit_baselines_from_cache(s.cache, s.hook, list(s.kinds), s.out, tokens=s.tokens, k=s.k,
-                                       topk_from=s.topk_from, seed=s.seed, eval_fraction=s.eval_fraction,
-                                       skip_first=not s.keep_first_position,
-                                       ica_samples=ICA_MAX_SAMPLES if s.ica_samples is None else s.ica_samples)
-    _export_each(folders, s.export)
+    with output_lock(s.out, folder=True):
+        folders = fit_baselines_from_cache(s.cache, s.hook, list(s.kinds), s.out, tokens=s.tokens, k=s.k,
+                                           topk_from=s.topk_from, seed=s.seed, eval_fraction=s.eval_fraction,
+                                           skip_first=not s.keep_first_position,
+                                           ica_samples=ICA_MAX_SAMPLES if s.ica_samples is None else s.ica_samples)
+        _export_each(folders, s.export)
     return folders
 
 
 def evaluate_command(settings: EvaluateSettings) -> list[dict]:
+    from contextlib import ExitStack
+
+    from activations.runstate import check_output_file, output_lock
     from sae.evaluate import evaluate_dictionaries
 
     s = settings
-    return evaluate_dictionaries(s.cache, list(s.dicts), tokens=s.tokens, mmcs_to=s.mmcs_to, model=s.model,
-                                 no_model=s.no_model, ce_contexts=s.ce_contexts, plot=s.plot,
-                                 eval_fraction=s.eval_fraction, keep_first_position=s.keep_first_position,
-                                 density_plot=s.density_plot)
+    for flag, path in (("--plot", s.plot), ("--density-plot", s.density_plot)):
+        if path is not None:
+            check_output_file(path, flag)
+    with ExitStack() as held:  # it rewrites each dictionary's config.json (folders it may not write are not locked)
+        for folder in dict.fromkeys(s.dicts):
+            if Path(folder).is_dir():
+                held.enter_context(output_lock(folder, folder=True, flag="--dict", optional=True))
+        return evaluate_dictionaries(s.cache, list(s.dicts), tokens=s.tokens, mmcs_to=s.mmcs_to, model=s.model,
+                                     no_model=s.no_model, ce_contexts=s.ce_contexts, plot=s.plot,
+                                     eval_fraction=s.eval_fraction, keep_first_position=s.keep_first_position,
+                                     density_plot=s.density_plot)
 
 
 def export_command(settings: ExportSettings) -> Path:

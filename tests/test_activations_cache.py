@@ -218,7 +218,7 @@ def test_bad_inputs_fail_before_touching_output(tiny_model_dirs, text_corpus, tm
         (dict(hooks=["blocks.9.hook_resid_post"]), "layers 0..2"),
         (dict(hooks=["resid"]), "unknown hook name"),
         (dict(max_tokens=4), "less than one context"),
-        (dict(dtype="bfloat16"), "float16 or float32"),
+        (dict(dtype="int8"), "float16, bfloat16 or float32"),
         (dict(model=str(tmp_path / "nope")), "does not exist"),
     ]
     for override, pattern in cases:

@@ -58,8 +58,25 @@ def test_a_multi_line_database_error_is_a_one_line_user_error(tmp_path, monkeypa
         raise sqlite3.DatabaseError("file is not a database\nSQL logic error near line 3\n")
 
     monkeypatch.setattr(explain.llm.cache.sqlite3, "connect", broken)
+    (tmp_path / "c.sqlite").write_bytes(b"an existing cache is opened (and checked) at once")
     with pytest.raises(UserError) as info:
         LLMCache(tmp_path / "c.sqlite")
     message = str(info.value)
     assert "\n" not in message and "file is not a database" in message and "SQL logic" not in message
     assert message.endswith("delete it or pass another path")
+
+
+def test_the_database_file_is_made_only_when_something_is_stored(tmp_path):
+    """A run that stops at a setup error must not leave an empty llm_cache.sqlite (nor its folder) behind."""
+    path = tmp_path / "out" / "llm_cache.sqlite"
+    cache = LLMCache(path)
+    assert cache.enabled and cache.get({"q": 1}) is None and len(cache) == 0
+    cache.close()
+    assert not (tmp_path / "out").exists()
+    cache = LLMCache(path)
+    cache.put({"q": 1}, {"a": 2})
+    cache.close()
+    again = LLMCache(path)
+    assert again.get({"q": 1}) == {"a": 2} and len(again) == 1
+    again.close()
+    assert again.get({"q": 1}) is None  # closed: nothing is read or written any more

@@ -311,14 +311,17 @@ def test_compare_keeps_two_dictionaries_of_one_kind_at_one_layer_apart(tmp_path,
 
 def test_a_prompt_too_long_for_a_local_model_fails_the_feature_not_the_run(setup, tiny_model_dirs):
     """The tiny model's 256 positions cannot hold an explainer prompt: a BackendConfigError from the real
-    local backend, raised per feature, becomes a `failed` record naming the fix and the run goes on."""
+    local backend, raised per feature, becomes a `failed` record naming the fix and the run goes on
+    (and, since no feature succeeded, ends with an error rather than as a success)."""
     from explain.pipeline import ExplainSettings, run_explain
 
     spec = f"local:{tiny_model_dirs['llama']}"
     out = setup["tmp"] / "too_long"
     settings = ExplainSettings(cache=str(setup["cache"]), dicts=[str(setup["neuron"])], features=None,
                                feature_ids=[0, 1], explainer=spec, simulator=spec)
-    run_explain(settings, out, concurrency=1, progress=False)
+    with pytest.raises(UserError, match=r"no feature of this run succeeded: all 2 failed, the first with "
+                                        r"BackendConfigError"):
+        run_explain(settings, out, concurrency=1, progress=False)
     records = read_records(out / "explanations.jsonl")
     assert sorted(r["feature"] for r in records) == [0, 1]
     for r in records:

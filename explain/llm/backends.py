@@ -32,15 +32,16 @@ KINDS = ("local", "openai")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """Split "kind:target" and check it; `local:` alone means the default model."""
+    """Split "kind:target" and check it; both parts are required (`local:default` is the offline model)."""
     kind, sep, target = spec.partition(":")
     if not sep or kind not in KINDS:
         raise BackendConfigError(
-            f"unknown LLM backend {spec!r}: use local:<hub id|folder|default> or openai:<model>"
+            f"unknown LLM backend {spec!r}: use tokens (no LLM), local:<hub id|folder|default> or openai:<model>"
         )
-    if kind == "local" and not target:
-        target = "default"
-    if kind == "openai" and not target:
+    if kind == "local" and not target.strip():
+        raise BackendConfigError(f"{spec!r} names no model: use local:default for the offline model, "
+                                 "or local:<hub id|folder>")
+    if kind == "openai" and not target.strip():
         raise BackendConfigError(f"{spec!r} names no model: use openai:<model>, e.g. openai:gpt-4o-mini")
     return kind, target
 

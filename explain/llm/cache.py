@@ -49,21 +49,34 @@ class LLMCache:
         self._conn: sqlite3.Connection | None = None
         self.hits = 0
         self.misses = 0
-        if self.path is None:
-            return
+        self._closed = False
+        if self.path is not None and self.path.exists():
+            self._open()  # an existing cache is checked now: a damaged one fails before any work
+
+    def _open(self) -> sqlite3.Connection | None:
+        """The connection, created on first need (call with `_lock` held, or from __init__).
+
+        A cache file is created only when something is stored in it or read
+        from an existing one, so a run that stops at a setup error (no API
+        key, a model that does not load) leaves no empty database behind.
+        """
+        if self._conn is not None or self.path is None or self._closed:
+            return self._conn
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60.0)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(
                 "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, request TEXT NOT NULL, "
                 "response TEXT NOT NULL, created REAL NOT NULL)"
             )
-            self._conn.commit()
+            conn.commit()
         except sqlite3.DatabaseError as err:
             raise UserError(f"cannot open the LLM cache {self.path}: {first_line(err)}; "
                             "delete it or pass another path") from err
+        self._conn = conn
+        return conn
 
     @classmethod
     def disabled(cls) -> "LLMCache":
@@ -71,14 +84,18 @@ class LLMCache:
 
     @property
     def enabled(self) -> bool:
-        return self._conn is not None
+        return self.path is not None and not self._closed
 
     def get(self, request: dict[str, Any]) -> dict[str, Any] | None:
-        if self._conn is None:
+        if not self.enabled:
             return None
         key = request_key(request)
         with self._lock:
-            row = self._conn.execute("SELECT response FROM calls WHERE key = ?", (key,)).fetchone()
+            if self._conn is None and not self.path.exists():  # nothing stored yet: a miss, no file made
+                self.misses += 1
+                return None
+            conn = self._open()
+            row = conn.execute("SELECT response FROM calls WHERE key = ?", (key,)).fetchone()
             if row is None:
                 self.misses += 1
                 return None
@@ -86,26 +103,29 @@ class LLMCache:
         return json.loads(row[0])
 
     def put(self, request: dict[str, Any], response: dict[str, Any]) -> None:
-        if self._conn is None:
+        if not self.enabled:
             return
         key = request_key(request)
         req = json.dumps(request, sort_keys=True, ensure_ascii=False)
         resp = json.dumps(response, ensure_ascii=False)
         with self._lock:
-            self._conn.execute(
+            self._open().execute(
                 "INSERT OR REPLACE INTO calls (key, request, response, created) VALUES (?, ?, ?, ?)",
                 (key, req, resp, time.time()),
             )
             self._conn.commit()
 
     def __len__(self) -> int:
-        if self._conn is None:
+        if not self.enabled:
             return 0
         with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+            if self._conn is None and not self.path.exists():
+                return 0
+            return int(self._open().execute("SELECT COUNT(*) FROM calls").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None

@@ -4,7 +4,9 @@
 refused request, an answer without the digits we need). The pipeline catches
 exactly this type and records the feature as ``failed`` with the message; it
 must never be turned into a score of 0. Mistakes the user can fix (a bad
-backend string, a missing API key) are `BackendConfigError`, a `UserError`.
+backend string, a missing API key) are `BackendConfigError`, a `UserError`;
+an endpoint that does not answer at all is `EndpointUnreachable`, a
+`UserError` that ends the run.
 """
 
 from __future__ import annotations
@@ -18,3 +20,12 @@ class LLMError(RuntimeError):
 
 class BackendConfigError(UserError):
     """A backend cannot be built from what the user passed; the message says what to pass."""
+
+
+class EndpointUnreachable(UserError):
+    """An LLM endpoint that does not answer at all (connection refused, no route, timeouts in a row).
+
+    Not an `LLMError`: it is not one feature's failure but the run's, so it
+    stops the run with one line naming the URL instead of turning every
+    remaining feature into a `failed` record after the full retry schedule.
+    """

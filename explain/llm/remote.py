@@ -11,7 +11,11 @@ Reliability: the client's own retries are off; `_call` retries 429, 408,
 (`backoff_base`·2^attempt seconds, capped, jittered, honouring Retry-After)
 up to `max_retries` times, then raises `LLMError`. Other errors (400, 401,
 404...) raise at once. A semaphore keeps at most `concurrency` requests in
-flight however many threads call in.
+flight however many threads call in. A dead endpoint fails fast: after
+`max_connection_failures` connection failures in a row (no answer at all;
+an HTTP status, even 429 or 5xx, resets the count) the backend raises
+`EndpointUnreachable`, a one-line `UserError` naming the URL that stops the
+run, instead of every feature paying the whole retry schedule.
 
 Simulation modes (the readout's `mode` says which ran):
 
@@ -57,7 +61,7 @@ import numpy as np
 from activations.errors import first_line
 from explain.llm.base import DigitReadout, LLMBackend, Messages
 from explain.llm.digits import combine_digit_probs, digits_from_top_logprobs
-from explain.llm.errors import BackendConfigError, LLMError
+from explain.llm.errors import BackendConfigError, EndpointUnreachable, LLMError
 from explain.llm.cache import LLMCache
 from explain.prompts import SlotPrompt
 
@@ -104,6 +108,7 @@ class OpenAIBackend(LLMBackend):
         sim_mode: str = "auto",
         ten_two_step: bool = False,
         continue_final_message: bool = False,
+        max_connection_failures: int = 5,
     ):
         super().__init__(cache)
         import openai
@@ -137,6 +142,9 @@ class OpenAIBackend(LLMBackend):
         self._sem = threading.BoundedSemaphore(self.concurrency)
         self._mode_lock = threading.Lock()
         self._count_lock = threading.Lock()
+        self.max_connection_failures = max(1, int(max_connection_failures))
+        self._connection_failures = 0  # in a row, over all requests and threads (under _count_lock)
+        self._unreachable: str | None = None  # the message, once the endpoint is given up on
 
     def identity(self) -> dict[str, Any]:
         return {"backend": "openai", "model": self.model_name, "base_url": self.base_url}
@@ -160,10 +168,14 @@ class OpenAIBackend(LLMBackend):
             try:
                 with self._sem:
                     with self._count_lock:
+                        if self._unreachable:
+                            raise EndpointUnreachable(self._unreachable)
                         self.n_calls += 1
                     response = fn()
+                self._reached()
                 return response if parse is None else _parse_response(self.name, what, response, parse)
             except err_cls.APIStatusError as err:
+                self._reached()
                 if err.status_code not in RETRY_STATUS and err.status_code < 500:
                     if err.status_code in UNSUPPORTED_STATUS and what == "completions-echo":
                         raise _EchoUnsupported(str(err)) from err
@@ -172,6 +184,7 @@ class OpenAIBackend(LLMBackend):
                 wait = _retry_after(err)
             except (err_cls.APITimeoutError, err_cls.APIConnectionError) as err:
                 last, wait = err, None
+                self._not_reached(err)
             except err_cls.APIError as err:  # e.g. APIResponseValidationError: not retried, the answer is wrong
                 raise LLMError(f"{self.name} {what}: {type(err).__name__}: {_short(err)}") from err
             except json.JSONDecodeError as err:
@@ -181,6 +194,25 @@ class OpenAIBackend(LLMBackend):
                 backoff = min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
                 time.sleep(min(self.backoff_max, wait) if wait is not None else backoff)
         raise LLMError(f"{self.name} {what}: failed after {self.max_retries + 1} attempts: {_short(last)}")
+
+    def _reached(self) -> None:
+        """The server answered (any HTTP status): connection failures no longer count as in a row."""
+        with self._count_lock:
+            self._connection_failures = 0
+
+    def _not_reached(self, err: Exception) -> None:
+        """One more connection failure in a row; at the limit the endpoint is given up on for the whole run."""
+        with self._count_lock:
+            self._connection_failures += 1
+            if self._connection_failures >= self.max_connection_failures and not self._unreachable:
+                url = _public_url(str(self._client.base_url)) or str(self._client.base_url)
+                self._unreachable = (
+                    f"cannot reach {url} ({self.name}): {self._connection_failures} connection attempts in a row "
+                    f"failed ({type(err).__name__}: {_short(err)}); check that the server is running and that "
+                    "--base-url is right, then rerun the same command (finished features are kept)")
+            message = self._unreachable
+        if message:
+            raise EndpointUnreachable(message) from err
 
     def _cached(self, request: dict[str, Any], send: Callable[[], dict[str, Any]],
                 validate: Callable[[dict[str, Any]], Any]) -> tuple[Any, bool]:
