@@ -38,10 +38,11 @@ class DemoSettings:
     dtype: str = "float16"
     # dictionaries
     ratio: float = 2.0
-    l1s: list[float] = field(default_factory=lambda: [1e-4, 4e-4, 1.6e-3, 6.4e-3])
+    # normalised units: at layer 3 these give L0 ≈ 100, 45, 25, 10 (held-out; docs/frontier), so target_l0 has neighbours
+    l1s: list[float] = field(default_factory=lambda: [1e-3, 2e-3, 3e-3, 5e-3])
     sae_tokens: int = 300_000  # two epochs over the training cache
     sae_batch_size: int = 256
-    lr: float = 1e-3
+    lr: float | None = None  # None: the tied SAE's default (sae.settings.DEFAULT_LR)
     baselines: list[str] = field(default_factory=lambda: ["neuron", "pca", "ica", "random"])
     baseline_tokens: int = 150_000
     ica_samples: int = 8_192  # FastICA's time grows with its sample; 8k tokens = 14x the width of 576
