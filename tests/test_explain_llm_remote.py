@@ -307,3 +307,52 @@ def test_other_openai_api_errors_are_llm_errors(server, monkeypatch):
     monkeypatch.setattr(backend._client.chat.completions, "create", raise_api_error)
     with pytest.raises(LLMError, match="APIError: stream ended mid-answer"):
         backend.generate([{"role": "user", "content": "hi"}])
+
+
+def _closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_a_closed_port_gives_up_after_n_connection_failures_in_a_row_naming_the_url(tmp_path):
+    from activations.errors import UserError
+    from explain.llm.errors import EndpointUnreachable
+
+    url = _closed_port_url()
+    backend = make_backend("openai:m", base_url=url, cache=LLMCache(tmp_path / "c.sqlite"), max_retries=5,
+                           backoff_base=0.001, max_connection_failures=3)
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(EndpointUnreachable, match=rf"cannot reach {url} \(openai:m\): 3 connection attempts in a "
+                                                 r"row failed \(APIConnectionError") as info:
+        backend.generate(messages)
+    assert isinstance(info.value, UserError) and not isinstance(info.value, LLMError)  # ends the run, not a feature
+    assert backend.n_calls == 3  # not max_retries + 1 = 6
+    with pytest.raises(EndpointUnreachable):  # every later request fails at once, without a connection attempt
+        backend.generate(messages + [{"role": "user", "content": "again"}])
+    assert backend.n_calls == 3 and not (tmp_path / "c.sqlite").exists()
+
+
+def test_rate_limits_and_server_errors_are_not_connection_failures(server):
+    """A server that answers (429, 5xx) is reachable: its errors keep the retry schedule and never trip the limit."""
+    server.script = [429, 503, 429, 503, 429]
+    backend = _backend(server, max_retries=5, max_connection_failures=1)
+    assert backend.generate([{"role": "user", "content": "hi"}])
+    assert server.count() == 6
+
+
+@pytest.mark.parametrize("spec, pattern", [
+    ("nonsense", r"unknown LLM backend 'nonsense': use tokens \(no LLM\), local:<hub id\|folder\|default> or "
+                 r"openai:<model>"),
+    ("local:", r"'local:' names no model: use local:default for the offline model"),
+    ("local: ", r"names no model"),
+    ("openai:", r"'openai:' names no model: use openai:<model>"),
+])
+def test_a_spec_without_a_known_backend_or_a_model_is_refused(spec, pattern):
+    from explain.llm.backends import parse_spec
+
+    with pytest.raises(BackendConfigError, match=pattern):
+        parse_spec(spec)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
+import stat
 from pathlib import Path
 
 import pytest
@@ -45,8 +47,28 @@ def corpus(tmp_path_factory) -> Path:
 def demo_run(tiny_model_dirs, corpus, tmp_path_factory):
     run = tmp_path_factory.mktemp("demo") / "run"
     settings = _settings(tiny_model_dirs["gpt_neox"], corpus)
-    index = run_demo(settings, run)
+    old = os.umask(0o022)  # a common umask, so the permissions test knows what to expect
+    try:
+        index = run_demo(settings, run)
+    finally:
+        os.umask(old)
     return run, index, settings
+
+
+def test_every_file_of_the_run_follows_the_users_umask_and_no_lock_is_left(demo_run):
+    """Caches, dictionaries, explanation and IOI folders, the report: shareable like any file the user makes
+    (not mkdtemp's 0700 / safetensors' 0600), and every stage let go of its output."""
+    run, _, _ = demo_run
+    wrong = []
+    for folder, dirs, files in os.walk(run):
+        for name in dirs:
+            if stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode) != 0o755:
+                wrong.append(os.path.join(folder, name))
+        for name in files:
+            if stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode) != 0o644:
+                wrong.append(os.path.join(folder, name))
+            assert not name.endswith(".lock") and name != ".dictlens.lock", os.path.join(folder, name)
+    assert wrong == []
 
 
 def test_demo_runs_every_stage_and_writes_the_report(demo_run):

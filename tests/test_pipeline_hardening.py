@@ -87,6 +87,26 @@ def test_every_writing_command_refuses_an_output_another_process_is_writing(name
     assert f"{str(out)!r} is being written by process {pid} right now" in err and "--overwrite" not in err, err
 
 
+@pytest.mark.parametrize("name", COMMANDS)
+def test_an_output_under_a_file_fails_in_one_line_before_anything_is_read(name, tmp_path, capsys, monkeypatch):
+    """`train-sae --out FILE/x` used to train to the end and die at save; every command now checks first."""
+    import activations.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("nothing may be loaded"))
+    (tmp_path / "inputs").mkdir()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("precious")
+    args, out, _ = _command(name, tmp_path)
+    bad = blocker / "sub"
+    args = [str(bad) if a == str(out) else a for a in args]
+    if name == "evaluate":  # its outputs are the dictionaries' config.json and the plots
+        args += ["--plot", str(bad / "frontier.png")]
+    assert cli.main(args) == 2
+    err = error_line(capsys.readouterr().err)
+    assert "which is a file: pass another path" in err, err
+    assert blocker.read_text() == "precious" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "inputs"]
+
+
 # -- explain: endpoints, exit status, specs, report text ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
