@@ -33,7 +33,7 @@ def compare_command(settings: CompareSettings | list[str] | None = None, /, **ke
     if isinstance(settings, (list, tuple)):
         settings, keywords = None, {"explanations": list(settings), **keywords}
     s = _settings(CompareSettings, settings, keywords, CompareSettings)
-    return compare(s.explanations, plot_path=s.plot, json_path=s.json_path)
+    return compare(s.explanations, plot_path=s.plot, json_path=s.json_path, scorers_plot=s.scorers_plot)
 
 
 def _settings(cls: type, settings: Any, keywords: dict[str, Any], build: Any) -> Any:

@@ -50,17 +50,32 @@ def _results_path(p: str | Path) -> Path:
 
 
 def load_all(paths: list[str | Path]) -> list[dict[str, Any]]:
-    """Records of every run; a feature present in two runs with the same scorer is counted once."""
-    seen: set[tuple] = set()
+    """Records of every run; a feature present in two runs with the same scorer is counted once.
+
+    When the second copy has the same explanation and scorers the first lacks
+    (`scores.<name>`: e.g. an embedding-only run over the same features), those
+    are added to the first, so each feature is one row with all its scores.
+    """
+    seen: dict[tuple, dict[str, Any]] = {}
     out = []
     for p in paths:
         for r in read_records(_results_path(p)):
             key = (r.get("explainer"), r.get("simulator"), r.get("dictionary_path"), r.get("feature"))
             if key in seen:
+                _merge_scorers(seen[key], r)
                 continue
-            seen.add(key)
+            seen[key] = r
             out.append(r)
     return out
+
+
+def _merge_scorers(kept: dict[str, Any], other: dict[str, Any]) -> None:
+    if kept.get("status") != "ok" or other.get("status") != "ok" or kept.get("explanation") != other.get("explanation"):
+        return
+    scores = kept.setdefault("scores", {})
+    for name, value in (other.get("scores") or {}).items():
+        if isinstance(value, dict) and name not in scores:
+            scores[name] = value
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -163,9 +178,12 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 
 def compare(explanations: list[str | Path], plot_path: str | Path | None = None,
-            json_path: str | Path | None = None) -> list[dict[str, Any]]:
-    """Print the table of every group; optionally write the plot and the table as JSON."""
-    for path, flag in ((plot_path, "--plot"), (json_path, "--json")):
+            json_path: str | Path | None = None, scorers_plot: str | Path | None = None) -> list[dict[str, Any]]:
+    """Print the table of every group (and, with several scorers, theirs and their agreement); optionally
+    write the plots and the tables as JSON (`groups`, plus `scorer_groups` and `agreement`)."""
+    from explain import scorer_compare as sc
+
+    for path, flag in ((plot_path, "--plot"), (json_path, "--json"), (scorers_plot, "--scorers-plot")):
         if path:
             check_output_file(path, flag)  # before reading anything: a bad path fails at once
     records = load_all(explanations)
@@ -173,11 +191,20 @@ def compare(explanations: list[str | Path], plot_path: str | Path | None = None,
         raise UserError(f"no records in {', '.join(map(str, explanations))}: run `cli.py explain` first")
     rows = summarise(records)
     print(format_table(rows))
+    doc: dict[str, Any] = {"sources": [str(x) for x in explanations], "groups": rows}
+    if sc.has_scorers(records) or scorers_plot:
+        doc["scorer_groups"], doc["agreement"] = sc.summarise_scorers(records), sc.agreement(records)
+        print("\nevery scorer (headline metric first; null = undefined for that feature, not counted)")
+        print(sc.format_scorer_table(doc["scorer_groups"]))
+        print("\nscorer agreement over features (Spearman rho of headline metrics)")
+        print(sc.format_agreement(doc["agreement"]))
     if plot_path:
         print(f"wrote {plot(rows, plot_path)}")
+    if scorers_plot:
+        print(f"wrote {sc.plot_scorers(doc['scorer_groups'], doc['agreement'], scorers_plot)}")
     if json_path:
         p = Path(json_path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(p, {"sources": [str(x) for x in explanations], "groups": rows})
+        write_json_atomic(p, doc)
         print(f"wrote {p}")
     return rows

@@ -4,6 +4,13 @@ Validate (specs parse, scorers' needs are met) -> plan (one backend per
 distinct spec, all sharing one SQLite cache in OUT) -> build. Explainer and
 scorer objects given by a caller replace the ones the settings name (the
 settings' names still label the records), and no backend is opened for them.
+
+Scorers: `--scorers` (see `ExplainSettings.resolved_scorers`). The one
+`--simulator` names (tokens or simulation) is the *main* scorer: it chooses
+among best-of-k candidates and its metrics are the record's top-level
+`scores`, as before there were others. Every other scorer is an extra one,
+run on test for the chosen explanation: the LLM ones on the `--simulator`
+backend, the embedding scorer on `--embedder`.
 """
 
 from __future__ import annotations
@@ -13,17 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from explain.explainer import Explainer
-from explain.run_folder import LLM_CACHE_FILE
+from explain.run_folder import EMBEDDINGS_FILE, LLM_CACHE_FILE
 from explain.scorers import Scorer, make_scorer, scorer_class
-from explain.settings import TOKENS, ExplainSettings
+from explain.settings import SAMPLED_SCORERS, TOKENS, ExplainSettings, ScoringConfig
 
 
 @dataclass
 class Components:
     explainer: Explainer
-    scorer: Scorer  # selects among best-of-k candidates on valid and reports on test: the record's `scores`
+    scorer: Scorer | None  # selects among best-of-k candidates on valid and reports on test: the record's `scores`
     extra_scorers: list[Scorer] = field(default_factory=list)  # reported on test under scores[<name>]
-    backends: list[Any] = field(default_factory=list)  # LLM backends to close when the run ends
+    backends: list[Any] = field(default_factory=list)  # LLM backends (and the embedder) to close when the run ends
+    scoring: ScoringConfig | None = None  # the sampled test examples' protocol, when a scorer reads them
+    intruders: bool = False  # whether intruder fragments are sampled
+
+    @property
+    def scorers(self) -> list[Scorer]:
+        return ([self.scorer] if self.scorer is not None else []) + list(self.extra_scorers)
 
     def close(self) -> None:
         for b in self.backends:
@@ -32,7 +45,7 @@ class Components:
 
 def scorer_name(settings: ExplainSettings) -> str:
     """The registry name of the scorer behind `--simulator`: the token lookup, or LLM simulation."""
-    return "tokens" if settings.simulator == TOKENS else "simulation"
+    return settings.main_scorer()
 
 
 def check_specs(settings: ExplainSettings) -> None:
@@ -42,28 +55,48 @@ def check_specs(settings: ExplainSettings) -> None:
     for spec in settings.llm_specs():  # first: an unknown backend is named as such, not as a misfit
         parse_spec(spec)
     settings.validate()
-    scorer_class(scorer_name(settings))  # an unknown scorer fails here, before the cache is read
+    for name in settings.resolved_scorers():
+        scorer_class(name)  # an unknown scorer fails here, before the cache is read
 
 
 def build_components(settings: ExplainSettings, out: Path, concurrency: int, explainer: Explainer | None = None,
                      scorer: Scorer | None = None) -> Components:
-    """(explainer, scorer, backends) for the run; LLM backends share one cache in OUT and are built once per spec."""
+    """(explainer, scorers, backends) for the run; LLM backends share one cache in OUT and are built once per spec."""
+    names = settings.resolved_scorers()
+    main = scorer_name(settings)
+    extras = [n for n in names if n != main]
     specs = set()
     if explainer is None and settings.explainer != TOKENS:
         specs.add(settings.explainer)
-    if scorer is None and settings.simulator != TOKENS:
+    llm_scorers = [n for n in ([main] if scorer is None and main in names else []) + extras
+                   if n not in (TOKENS, "embedding")]
+    if llm_scorers and settings.simulator != TOKENS:
         specs.add(settings.simulator)
     backends = _open_backends(sorted(specs), settings, out, concurrency)
+    opened: list[Any] = list(backends.values())
+    config = settings.scoring_config
     try:
         if explainer is None:
             explainer = _make_explainer(settings, backends.get(settings.explainer))
-        if scorer is None:
-            scorer = make_scorer(scorer_name(settings), backends.get(settings.simulator), settings.simulator)
+        if scorer is None and main in names:  # otherwise the caller's scorer, or none (top-level scores null)
+            scorer = make_scorer(main, backends.get(settings.simulator), settings.simulator)
+        extra_scorers = []
+        for name in extras:
+            if name == "embedding":
+                from explain.llm.embedder import Embedder
+
+                embedder = Embedder.from_spec(settings.embedder, out / EMBEDDINGS_FILE)
+                opened.append(embedder)
+                extra_scorers.append(make_scorer(name, embedder, f"--embedder {settings.embedder}", config))
+            else:
+                extra_scorers.append(make_scorer(name, backends.get(settings.simulator), settings.simulator, config))
     except BaseException:
-        for b in backends.values():
+        for b in opened:
             b.close()
         raise
-    return Components(explainer=explainer, scorer=scorer, backends=list(backends.values()))
+    sampled = bool(SAMPLED_SCORERS & set(extras))
+    return Components(explainer=explainer, scorer=scorer, extra_scorers=extra_scorers, backends=opened,
+                      scoring=config if sampled else None, intruders="intruder" in extras)
 
 
 def _open_backends(specs: list[str], settings: ExplainSettings, out: Path, concurrency: int) -> dict[str, Any]:

@@ -37,6 +37,10 @@ Splits (the exact protocol; `Splits` implements it):
   and the single explanation is scored on test only, so k = 1 and k > 1
   report on the same held-out fragments (Cunningham et al. score 2::4; we
   use 3::4 for every k so that valid stays free for selection).
+
+The detection, fuzzing, embedding and intruder scorers get their own test
+examples (activation deciles, non-activating and hard contexts, intruders),
+sampled in the same pass by `explain.sampling`, never from the train split.
 """
 
 from __future__ import annotations
@@ -50,8 +54,9 @@ import torch
 from tqdm.auto import tqdm
 
 from activations.errors import UserError
-from explain.records import ActivationRecord, Examples, compact
-from explain.settings import ExemplarConfig
+from explain.records import ActivationRecord, Examples, ScoringSet, compact
+from explain.sampling import N_DONORS
+from explain.settings import ExemplarConfig, ScoringConfig
 
 
 @dataclass
@@ -79,6 +84,7 @@ class Splits:
     valid_random: list[ActivationRecord]
     test_top: list[ActivationRecord]
     test_random: list[ActivationRecord]
+    scoring: ScoringSet | None = None  # test only: the sampled examples are held out like test
 
     def scored(self, split: str) -> tuple[list[ActivationRecord], list[ActivationRecord]]:
         if split == "valid":
@@ -90,7 +96,7 @@ class Splits:
     def examples(self, split: str) -> Examples:
         """The scored records of `split` ("valid" or "test") as a scorer takes them."""
         top, random = self.scored(split)
-        return Examples(split=split, top=top, random=random)
+        return Examples(split=split, top=top, random=random, scoring=self.scoring if split == "test" else None)
 
 
 def top_split(rank: int) -> str:
@@ -111,12 +117,14 @@ class FeatureExemplars:
     top: list[Fragment] = field(default_factory=list)
     random: list[Fragment] = field(default_factory=list)
     skipped: str | None = None
+    scoring: ScoringSet | None = None  # sampled test examples of the classification scorers (explain.sampling)
 
     def splits(self, random_scored: int) -> Splits:
         recs = [f.record() for f in self.top]
         rnd = [f.record() for f in self.random]
         return Splits(train=recs[0::4], valid_top=recs[2::4], test_top=recs[3::4],
-                      valid_random=rnd[0::2][:random_scored], test_random=rnd[1::2][:random_scored])
+                      valid_random=rnd[0::2][:random_scored], test_random=rnd[1::2][:random_scored],
+                      scoring=self.scoring)
 
     def to_json(self, random_scored: int, digits: int = 3) -> dict[str, Any]:
         return {
@@ -176,10 +184,11 @@ def encode_features(dictionary: Any, x: torch.Tensor, ids: torch.Tensor) -> torc
 
 @dataclass
 class FeatureJob:
-    """Features of one dictionary whose exemplars are wanted."""
+    """Features of one dictionary whose exemplars are wanted (`donor_pool`: where intruders may come from)."""
 
     dictionary: Any
     features: list[int]
+    donor_pool: list[int] | None = None
 
 
 def feature_maxima(cache: Any, hook: str, jobs: Sequence[FeatureJob], batch_contexts: int = 64,
@@ -230,55 +239,94 @@ class TokenDecoder:
 
 
 def collect_exemplars(cache: Any, hook: str, jobs: Sequence[FeatureJob], config: ExemplarConfig,
-                      decoder: TokenDecoder, progress: bool = True) -> list[list[FeatureExemplars]]:
-    """Exemplars of every (dictionary, feature) of `jobs`, all on `hook`; per job, in feature order."""
+                      decoder: TokenDecoder, progress: bool = True, scoring: ScoringConfig | None = None,
+                      intruders: bool = False) -> list[list[FeatureExemplars]]:
+    """Exemplars of every (dictionary, feature) of `jobs`, all on `hook`; per job, in feature order.
+
+    With `scoring`, each feature also gets its sampled test examples
+    (`explain.sampling`); with `intruders`, its donor features (from the
+    job's `donor_pool`) are read in the same pass to find intruder fragments.
+    """
     per_col = max(1, cache.n_contexts * 4)
     max_cols = max(1, config.memory_bytes // per_col)
+    similarity = None
+    if scoring is not None and scoring.n_hard:
+        from explain.sampling import ContextSimilarity
+
+        similarity = ContextSimilarity(cache.tokens()[:, 1 if cache.bos_prepended else 0:])
     results: list[list[FeatureExemplars]] = [[] for _ in jobs]
-    # Split the columns into passes whose maxima fit the memory budget.
+    # Split the features into passes whose maxima (with their donors' columns) fit the memory budget.
     flat = [(j, f) for j, job in enumerate(jobs) for f in job.features]
-    for start in range(0, len(flat), max_cols):
-        chunk = flat[start:start + max_cols]
-        sub = [FeatureJob(job.dictionary, [f for jj, f in chunk if jj == j]) for j, job in enumerate(jobs)]
-        maxima = feature_maxima(cache, hook, sub, config.batch_contexts, progress)
-        for j, (job, arr) in enumerate(zip(sub, maxima)):
-            selections = [select_fragments(arr[:, c], f, config) for c, f in enumerate(job.features)]
-            results[j].extend(_materialise(cache, hook, job, arr, selections, config, decoder))
+    step = max(1, max_cols // (1 + (N_DONORS if intruders else 0)))
+    for start in range(0, len(flat), step):
+        chunk = flat[start:start + step]
+        for j, job in enumerate(jobs):
+            feats = [f for jj, f in chunk if jj == j]
+            if feats:
+                results[j].extend(_collect_job(cache, hook, job, feats, config, decoder, progress, scoring,
+                                               intruders, similarity))
     return results
 
 
-def _materialise(cache: Any, hook: str, job: FeatureJob, maxima: np.ndarray, selections: list[Selection],
-                 config: ExemplarConfig, decoder: TokenDecoder) -> list[FeatureExemplars]:
-    """Re-read and re-encode only the selected fragments; build `FeatureExemplars`."""
-    first = 1 if cache.bos_prepended else 0
-    wanted: dict[int, list[int]] = {}  # fragment -> columns that need it
-    for c, sel in enumerate(selections):
+def _collect_job(cache: Any, hook: str, job: FeatureJob, feats: list[int], config: ExemplarConfig,
+                 decoder: TokenDecoder, progress: bool, scoring: ScoringConfig | None, intruders: bool,
+                 similarity: Any) -> list[FeatureExemplars]:
+    """One maxima pass over the features `feats` of one dictionary (plus donors), then their exemplars."""
+    from explain.sampling import build_scoring_set, donor_candidates, plan_scoring
+
+    donors = {f: donor_candidates(f, job.donor_pool or [], config.seed) if intruders else [] for f in feats}
+    columns = list(dict.fromkeys(feats + [g for f in feats for g in donors[f]]))
+    (maxima,) = feature_maxima(cache, hook, [FeatureJob(job.dictionary, columns)], config.batch_contexts, progress)
+    col = {f: c for c, f in enumerate(columns)}
+    selections = [select_fragments(maxima[:, col[f]], f, config) for f in feats]
+    plans: dict[int, Any] = {}
+    if scoring is not None:
+        for f, sel in zip(feats, selections):
+            if sel.skipped is None:
+                train = sel.top[0::4]
+                plans[f] = plan_scoring(maxima[:, col[f]], f, train, scoring, donors[f],
+                                        lambda g: maxima[:, col[g]] if g in col else None,
+                                        None if similarity is None else similarity.scores(train), intruders)
+    needs: dict[int, set[int]] = {}
+    for f, sel in zip(feats, selections):
         for i in np.concatenate([sel.top, sel.random]):
-            wanted.setdefault(int(i), []).append(c)
-    per_token: dict[tuple[int, int], np.ndarray] = {}
-    strings: dict[int, list[str]] = {}
-    order = sorted(wanted)
-    with torch.no_grad():
-        for s in range(0, len(order), config.batch_contexts):
-            idx = order[s:s + config.batch_contexts]
-            cols = sorted({c for i in idx for c in wanted[i]})
-            feats = torch.as_tensor([job.features[c] for c in cols], dtype=torch.long)
-            x = torch.from_numpy(cache.acts(hook, idx))[:, first:]
-            enc = encode_features(job.dictionary, x, feats).cpu().numpy()  # [b, ctx, len(cols)]
-            pos = {c: k for k, c in enumerate(cols)}
-            for r, (i, toks) in enumerate(zip(idx, cache.tokens(idx))):
-                strings[i] = decoder(toks[first:])
-                for c in wanted[i]:
-                    per_token[(i, c)] = enc[r, :, pos[c]].copy()  # not a view: free the batch
+            needs.setdefault(int(i), set()).add(f)
+    for plan in plans.values():
+        for i, g in plan.needs():
+            needs.setdefault(int(i), set()).add(g)
+    strings, per_token = _read_activations(cache, hook, job.dictionary, needs, config.batch_contexts, decoder)
     out = []
-    for c, (f, sel) in enumerate(zip(job.features, selections)):
+    for f, sel in zip(feats, selections):
         ex = FeatureExemplars(feature=int(f), n_fragments=int(maxima.shape[0]), n_active=sel.n_active,
-                              max_activation=float(maxima[:, c].max(initial=0.0)), skipped=sel.skipped)
+                              max_activation=float(maxima[:, col[f]].max(initial=0.0)), skipped=sel.skipped)
         if sel.skipped is None:
-            ex.top = [Fragment(int(i), strings[int(i)], per_token[(int(i), c)].tolist()) for i in sel.top]
-            ex.random = [Fragment(int(i), strings[int(i)], per_token[(int(i), c)].tolist()) for i in sel.random]
+            ex.top = [Fragment(int(i), strings[int(i)], per_token[(int(i), f)].tolist()) for i in sel.top]
+            ex.random = [Fragment(int(i), strings[int(i)], per_token[(int(i), f)].tolist()) for i in sel.random]
             values = np.concatenate([np.asarray(fr.activations) for fr in ex.top + ex.random])
             if values.size == 0 or float(values.max()) == float(values.min()):
                 ex.skipped = "activation is the same at every token of the selected fragments (nothing to score)"
+            elif f in plans:
+                ex.scoring = build_scoring_set(plans[f], lambda i, g: (strings[i], per_token[(i, g)]), scoring)
         out.append(ex)
     return out
+
+
+def _read_activations(cache: Any, hook: str, dictionary: Any, needs: dict[int, set[int]], batch_contexts: int,
+                      decoder: TokenDecoder) -> tuple[dict[int, list[str]], dict[tuple[int, int], np.ndarray]]:
+    """Re-read and re-encode only the fragments in `needs` (fragment -> features): token strings and activations."""
+    first = 1 if cache.bos_prepended else 0
+    per_token: dict[tuple[int, int], np.ndarray] = {}
+    strings: dict[int, list[str]] = {}
+    order = sorted(needs)
+    with torch.no_grad():
+        for s in range(0, len(order), batch_contexts):
+            idx = order[s:s + batch_contexts]
+            feats = sorted({f for i in idx for f in needs[i]})
+            x = torch.from_numpy(cache.acts(hook, idx))[:, first:]
+            enc = encode_features(dictionary, x, torch.as_tensor(feats, dtype=torch.long)).cpu().numpy()
+            pos = {f: k for k, f in enumerate(feats)}
+            for r, (i, toks) in enumerate(zip(idx, cache.tokens(idx))):
+                strings[i] = decoder(toks[first:])
+                for f in needs[i]:
+                    per_token[(i, f)] = enc[r, :, pos[f]].copy()  # not a view: free the batch
+    return strings, per_token

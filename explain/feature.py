@@ -4,6 +4,11 @@ Splits and why they are kept apart are in `explain.exemplars`. With k = 1
 nothing is selected and the single explanation is scored on test only, so
 k = 1 and k > 1 report on the same held-out fragments.
 
+Every scorer's metrics and cost go to `scores[<name>]` (the main scorer's
+metrics also stay at the top of `scores`, where readers have always found
+them); the sampled test examples of the other scorers are kept in
+`scoring_examples`, so each score can be traced to the windows it read.
+
 An LLM failure becomes a `failed` record (retried on the next run), never a
 score. `BackendConfigError` is caught here too: it can depend on the feature
 (a prompt longer than a local model's context), and one such feature must
@@ -22,9 +27,13 @@ from explain.settings import ExemplarConfig
 NO_SCORES = {"top_and_random": None, "top": None, "random": None}  # a record's `scores` until it is scored
 
 
-def explain_feature(ex: FeatureExemplars, explainer: Explainer, scorer: Scorer, exemplar_config: ExemplarConfig,
-                    base: dict[str, Any], extra_scorers: Sequence[Scorer] = ()) -> dict[str, Any]:
-    """The record of one feature (`base` holds the fields shared by every feature of a dictionary)."""
+def explain_feature(ex: FeatureExemplars, explainer: Explainer, scorer: Scorer | None,
+                    exemplar_config: ExemplarConfig, base: dict[str, Any],
+                    extra_scorers: Sequence[Scorer] = ()) -> dict[str, Any]:
+    """The record of one feature (`base` holds the fields shared by every feature of a dictionary).
+
+    `scorer` None: the main scorer is not run (not in --scorers); the top-level scores stay null.
+    """
     from explain.llm.errors import BackendConfigError, LLMError
 
     rec: dict[str, Any] = {**base, "feature": ex.feature, "status": "ok", "explanation": None, "candidates": [],
@@ -38,18 +47,24 @@ def explain_feature(ex: FeatureExemplars, explainer: Explainer, scorer: Scorer, 
         cands = explainer.candidates(splits.train, feature_seed=ex.feature)
         cand_json = [{"explanation": c.explanation, "fewshot": c.fewshot, "shown": c.shown, "valid_scores": None}
                      for c in cands]
-        best = _select(scorer, cands, splits, cand_json, rec["score_notes"]) if len(cands) > 1 else 0
+        best = _select(scorer, cands, splits, cand_json, rec["score_notes"]) if len(cands) > 1 and scorer else 0
         test = splits.examples("test")
-        result = scorer.score(cands[best].explanation, test)
+        result = scorer.score(cands[best].explanation, test) if scorer is not None else None
         extras = [(s, s.score(cands[best].explanation, test)) for s in extra_scorers]
     except (LLMError, BackendConfigError) as err:
         rec.update(status="failed", error=f"{type(err).__name__}: {err}", exemplars=exemplars)
         return rec
-    rec.update(explanation=cands[best].explanation, candidates=cand_json, best=best, scores=result.metrics)
-    rec["score_notes"].update(result.notes)
+    rec.update(explanation=cands[best].explanation, candidates=cand_json, best=best)
+    if result is not None and scorer is not None:
+        rec["scores"] = dict(result.metrics)
+        rec["score_notes"].update(result.notes)
+        extras.insert(0, (scorer, result))
+    else:
+        rec["score_notes"]["main"] = "the --simulator scorer is not in --scorers: no top-level scores"
     _add_extras(rec, extras)
-    rec.update(result.record)
     rec["exemplars"] = exemplars
+    if ex.scoring is not None:
+        rec["scoring_examples"] = ex.scoring.to_json()
     return rec
 
 
@@ -69,9 +84,9 @@ def _select(scorer: Scorer, cands: list[Candidate], splits: Splits, cand_json: l
 
 
 def _add_extras(rec: dict[str, Any], extras: list[tuple[Scorer, ScoreResult]]) -> None:
-    """Further scorers' metrics under scores[<name>], notes under score_notes[<name>], plus their record fields."""
+    """Each scorer's metrics and cost under scores[<name>], notes under score_notes[<name>], its record fields."""
     for s, r in extras:
-        rec["scores"][s.name] = r.metrics
+        rec["scores"][s.name] = {**r.metrics, **r.cost.to_json()}
         if r.notes:
             rec["score_notes"][s.name] = r.notes
         rec.update(r.record)

@@ -34,7 +34,7 @@ from explain.feature import explain_feature
 from explain.records_file import RESULTS_FILE, ResultsWriter, read_records
 from explain.run_folder import CONFIG_FILE, LLM_CACHE_FILE, check_settings, choose_features, config_doc, \
     done_features, write_config
-from explain.scorers import Cost, Scorer
+from explain.scorers import Scorer
 from explain.settings import ExplainSettings
 
 # The names callers have always imported from here (pipeline/demo.py: RESULTS_FILE, read_records).
@@ -144,8 +144,9 @@ def _run_pending(cache: Any, plan: Plan, pending: list[list[int]], settings: Exp
         members = [i for i, d in enumerate(dictionaries) if d.hook == hook and pending[i]]
         if not members:
             continue
-        jobs = [FeatureJob(dictionaries[i], pending[i]) for i in members]
-        exemplars = collect_exemplars(cache, hook, jobs, exemplar_config, decoder, progress)
+        jobs = [FeatureJob(dictionaries[i], pending[i], donor_pool=plan.chosen[i]) for i in members]
+        exemplars = collect_exemplars(cache, hook, jobs, exemplar_config, decoder, progress,
+                                      scoring=components.scoring, intruders=components.intruders)
         for i, exs in zip(members, exemplars):
             d = dictionaries[i]
             base = {"dictionary": d.name, "dictionary_path": str(plan.folders[i]), "kind": d.kind, "hook": d.hook,
@@ -169,9 +170,12 @@ def _run_pending(cache: Any, plan: Plan, pending: list[list[int]], settings: Exp
 
 
 def _cost_line(components: Components) -> str:
-    """What the scorers cost, when they sent prompts (the token-list scorer sends none)."""
-    spent = sum((s.spent for s in [components.scorer, *components.extra_scorers]), Cost())
-    if not spent.n_prompts:
-        return ""
-    tokens = f", {spent.n_tokens} model tokens" if spent.n_tokens else ""
-    return f"; scoring: {spent.n_prompts} prompts ({spent.n_cached} from the LLM cache{tokens})"
+    """What each scorer cost, for those that ran a model (the token-list scorer runs none)."""
+    parts = []
+    for s in components.scorers:
+        spent = s.spent
+        if not (spent.n_prompts or spent.n_tokens):
+            continue
+        tokens = f", {spent.n_tokens} model tokens" if spent.n_tokens else ""
+        parts.append(f"{s.name} {spent.n_prompts} prompts ({spent.n_cached} answered from a cache{tokens})")
+    return f"; scoring: {'; '.join(parts)}" if parts else ""

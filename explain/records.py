@@ -48,6 +48,75 @@ class ActivationRecord:
         return cls(tokens=[str(t) for t in obj["tokens"]], activations=[float(a) for a in obj["activations"]])
 
 
+@dataclass
+class Example:
+    """One window of a fragment that a detection / fuzzing / embedding / intruder scorer shows.
+
+    `fragment`, `start` and `end` locate it in the cache (token positions
+    after any BOS), so every score can be traced to the text it was given;
+    `activations` are those of `feature` (the feature scored, or another
+    feature's for an intruder).
+    """
+
+    fragment: int
+    start: int
+    tokens: list[str]
+    activations: list[float]
+    kind: str  # "quantile" (activating) | "random" / "hard" (non-activating) | "intruder"
+    feature: int
+    bin: int | None = None  # activation decile of a quantile example, 0 = weakest
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
+    @property
+    def activating(self) -> bool:
+        return self.kind == "quantile"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"fragment": int(self.fragment), "start": int(self.start),
+                               "end": int(self.start + len(self.tokens)), "kind": self.kind}
+        if self.bin is not None:
+            out["bin"] = int(self.bin)
+        if self.kind == "intruder":
+            out["feature"] = int(self.feature)
+        out["max_act"] = compact(max(self.activations, default=0.0), 3)
+        return out
+
+
+@dataclass
+class ScoringSet:
+    """A feature's test examples for the classification-style scorers (Paulo et al.; see `explain.sampling`).
+
+    `examples` = activating (quantile) ones first, then non-activating
+    (random, then hard); scorers refer to examples by their position here.
+    `negative_threshold` is the fragment maximum at or below which a fragment
+    counts as non-activating (0 for a sparse feature; see `explain.sampling`).
+    """
+
+    examples: list[Example]
+    intruders: list[Example] = field(default_factory=list)
+    negative_threshold: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def activating(self) -> list[Example]:
+        return [e for e in self.examples if e.activating]
+
+    @property
+    def labels(self) -> list[int]:
+        return [int(e.activating) for e in self.examples]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"negative_threshold": compact(self.negative_threshold, 4),
+                               "examples": [e.to_json() for e in self.examples],
+                               "intruders": [e.to_json() for e in self.intruders]}
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
 @dataclass(frozen=True)
 class Examples:
     """The scored records of one split of one feature, as every scorer takes them.
@@ -55,11 +124,14 @@ class Examples:
     Top-activating fragments first, then random ones; scorers report
     metrics on all of them and on each part, because an explanation that
     only fits the top fragments says little about where the feature is off.
+    `scoring` holds the sampled test examples of the detection, fuzzing,
+    embedding and intruder scorers when the run has one of them.
     """
 
     split: str  # "valid" (selection among candidates) or "test" (the reported scores)
     top: list[ActivationRecord]
     random: list[ActivationRecord]
+    scoring: ScoringSet | None = None
 
     @property
     def records(self) -> list[ActivationRecord]:

@@ -26,6 +26,7 @@ from explain.settings import ExplainSettings
 
 CONFIG_FILE = "config.json"
 LLM_CACHE_FILE = "llm_cache.sqlite"
+EMBEDDINGS_FILE = "embeddings.sqlite"  # the embedding scorer's vectors (explain.llm.embedder)
 FORMAT_VERSION = 1
 RUNTIME_KEY = "runtime"
 _DONE = ("ok", "skipped")  # statuses a rerun keeps; `failed` records are retried

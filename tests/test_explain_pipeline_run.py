@@ -95,8 +95,8 @@ def test_single_token_feature_scores_one_through_the_whole_command(setup):
     assert dead["scores"] == {"top_and_random": None, "top": None, "random": None}
     assert rec["status"] == "ok" and rec["kind"] == "tied_sae" and rec["hook"] == EMBED
     assert parse_token_list(rec["explanation"]) == {" dog": 10.0}
-    assert rec["scores"] == {"top_and_random": pytest.approx(1.0), "top": pytest.approx(1.0),
-                             "random": pytest.approx(1.0)}
+    main = {"top_and_random": pytest.approx(1.0), "top": pytest.approx(1.0), "random": pytest.approx(1.0)}
+    assert rec["scores"] == {**main, "tokens": {**main, "n_prompts": 0, "n_tokens": None}}  # also under its name
     for frag in rec["exemplars"]["top"] + rec["exemplars"]["random"]:
         assert len(frag["tokens"]) == 15  # BOS dropped
         assert all((a > 0) == (t == " dog") for t, a in zip(frag["tokens"], frag["acts"]))

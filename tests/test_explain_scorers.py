@@ -122,7 +122,10 @@ def test_an_extra_scorer_writes_scores_under_its_name_and_leaves_the_rest_as_bef
     rec = explain_feature(ex, _Stub(cands), TokenListScorer(), ExemplarConfig(), {"dictionary": "d"},
                           extra_scorers=[extra])
     assert rec["best"] == 1 and rec["scores"]["top_and_random"] == pytest.approx(1.0)
-    assert rec["scores"]["length"] == {"brevity": pytest.approx(1 / len(cands[1]))}
+    assert rec["scores"]["length"] == {"brevity": pytest.approx(1 / len(cands[1])), "n_prompts": 1,
+                                       "n_tokens": None}  # metrics and what they cost
+    assert rec["scores"]["tokens"] == {**{k: rec["scores"][k] for k in ("top_and_random", "top", "random")},
+                                       "n_prompts": 0, "n_tokens": None}
     assert rec["score_notes"]["length"] == {"brevity": "10 records"} and rec["length"] == {"test": len(cands[1])}
     del rec["scores"]["length"], rec["score_notes"]["length"], rec["length"]
     assert rec == plain  # the selecting scorer's part of the record is untouched
@@ -133,7 +136,9 @@ def test_the_selecting_scorer_picks_by_its_own_metric():
     ex = _dog_exemplars()
     rec = explain_feature(ex, _Stub(['" dog" (10), " cat" (1)', '" the" (10)']), _LengthScorer(), ExemplarConfig(),
                           {"dictionary": "d"})
-    assert rec["best"] == 1 and rec["scores"] == {"brevity": pytest.approx(1 / len('" the" (10)'))}
+    brevity = pytest.approx(1 / len('" the" (10)'))
+    assert rec["best"] == 1 and rec["scores"] == {"brevity": brevity, "length": {
+        "brevity": brevity, "n_prompts": 1, "n_tokens": None}}
     assert [c["valid_scores"]["brevity"] for c in rec["candidates"]] == [
         pytest.approx(1 / len('" dog" (10), " cat" (1)')), pytest.approx(1 / len('" the" (10)'))]
 

@@ -9,6 +9,12 @@ Two operations cover the explainer and the simulator:
 * ``digit_distributions(prompts) -> list[DigitReadout]``: for each
   `SlotPrompt`, the distribution over the values 0..10 at every slot
   (see `explain.llm.digits` for the value-10 rule), plus which mode read it.
+* ``generate_scored(requests) -> list[Generation]``: a greedy (temperature 0)
+  chat answer with, where the backend has them, the log-probabilities of the
+  top tokens at every generated position, so a scorer can read P("1") vs
+  P("0") for each answer of a detection / fuzzing / intruder prompt
+  (local: exact; OpenAI-compatible: `logprobs` + `top_logprobs`; a server
+  without them: the text only, `mode="text"`).
 
 Both consult the `LLMCache` first and store only validated answers, so a
 rerun sends no request and a failure raises `LLMError` and is retried next
@@ -25,7 +31,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from explain.llm.errors import LLMError
+from explain.llm.errors import BackendConfigError, LLMError
 from explain.llm.cache import LLMCache
 from explain.prompts import SlotPrompt
 
@@ -43,7 +49,33 @@ class DigitReadout:
     ten: str  # single-token | two-step | unavailable
     n_calls: int  # requests sent for this prompt (0 when all came from the cache)
     n_cached: int  # requests answered by the cache
-    n_tokens: int = 0  # model tokens processed (local backend; 0 when unknown or cached)
+    n_tokens: int = 0  # model tokens this prompt costs (local backend; kept in the cache entry; 0 when unknown)
+
+
+@dataclass(frozen=True)
+class ScoredRequest:
+    """A greedy chat request whose answer a scorer reads; `shared` leading messages are the same in every
+    request of that scorer (instructions + few-shot turns), which a local backend computes once."""
+
+    messages: tuple[tuple[str, str], ...]  # (role, content) pairs: hashable, so requests can be de-duplicated
+    max_tokens: int = 24
+    shared: int = 0
+
+    def as_messages(self) -> Messages:
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+
+@dataclass
+class Generation:
+    """A greedy answer: its text, its tokens and (unless `mode == "text"`) each token's top log-probabilities."""
+
+    text: str
+    tokens: list[str]
+    top_logprobs: list[dict[str, float]] | None  # per generated token: token string -> log-probability
+    mode: str  # local-exact | chat-logprobs | text
+    n_calls: int = 0
+    n_cached: int = 0
+    n_tokens: int = 0  # model tokens this answer costs (kept in the cache entry, so a cached answer reports it; 0: unknown)
 
 
 def check_messages(messages: Messages) -> None:
@@ -105,6 +137,12 @@ class LLMBackend:
     # -- simulation -----------------------------------------------------------------------
     def digit_distributions(self, prompts: Sequence[SlotPrompt]) -> list[DigitReadout]:
         raise NotImplementedError
+
+    # -- scored answers -------------------------------------------------------------------
+    def generate_scored(self, requests: Sequence[ScoredRequest]) -> list[Generation]:
+        """Greedy answers with top log-probabilities where available (see the module docstring)."""
+        raise BackendConfigError(f"{self.name} cannot answer detection / fuzzing / intruder prompts: "
+                                 "use a local: or openai: backend")
 
     # -- helpers --------------------------------------------------------------------------
     def map_concurrent(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:

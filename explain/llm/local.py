@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from explain.llm.base import DigitReadout, LLMBackend, Messages
+from explain.llm.base import DigitReadout, Generation, LLMBackend, Messages, ScoredRequest
 from explain.llm.digits import DIGITS, combine_digit_probs
 from explain.llm.errors import BackendConfigError, LLMError
 from explain.llm.cache import LLMCache
@@ -170,6 +170,13 @@ class LocalBackend(LLMBackend):
         new = out[:, ids.shape[1]:]
         return [self.tokenizer.decode(row, skip_special_tokens=True) for row in new]
 
+    # -- scored answers (detection, fuzzing, intruder) ---------------------------------------
+    def generate_scored(self, requests: Sequence[ScoredRequest]) -> list[Generation]:
+        """Greedy answers with exact top log-probabilities (see `explain.llm.local_scored`)."""
+        from explain.llm.local_scored import generate_scored
+
+        return generate_scored(self, list(requests))
+
     # -- simulation -----------------------------------------------------------------------
     def _digits_request(self, prompt: SlotPrompt) -> dict[str, Any]:
         return {"op": "digits", "version": SIM_VERSION, "ten": self.ten_mode, **self.identity(),
@@ -184,7 +191,7 @@ class LocalBackend(LLMBackend):
             hit = self.cache.get(request)
             if hit is not None:
                 results[i] = DigitReadout(np.asarray(hit["distributions"], dtype=np.float64), "local-exact",
-                                          hit["ten"], n_calls=0, n_cached=1)
+                                          hit["ten"], n_calls=0, n_cached=1, n_tokens=int(hit.get("n_tokens", 0)))
             else:
                 pending.append((i, request))
         by_prefix: dict[str, list[tuple[int, dict[str, Any]]]] = {}
@@ -197,7 +204,8 @@ class LocalBackend(LLMBackend):
                 for batch in self._batches(encoded):
                     readouts = self._forward(state, [(ids, slots) for _, _, ids, slots in batch])
                     for (i, req, _, _), readout in zip(batch, readouts):
-                        self.cache.put(req, {"distributions": readout.distributions.tolist(), "ten": readout.ten})
+                        self.cache.put(req, {"distributions": readout.distributions.tolist(), "ten": readout.ten,
+                                             "n_tokens": readout.n_tokens})
                         results[i] = readout
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:

@@ -59,7 +59,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from activations.errors import first_line
-from explain.llm.base import DigitReadout, LLMBackend, Messages
+from explain.llm.base import DigitReadout, Generation, LLMBackend, Messages, ScoredRequest
 from explain.llm.digits import combine_digit_probs, digits_from_top_logprobs
 from explain.llm.errors import BackendConfigError, EndpointUnreachable, LLMError
 from explain.llm.cache import LLMCache
@@ -243,6 +243,13 @@ class OpenAIBackend(LLMBackend):
         return self._call("generate", lambda: self._client.chat.completions.create(
             model=self.model_name, messages=msgs, n=n, temperature=temperature, max_tokens=max_tokens,
             seed=seed, **extra), parse)
+
+    # -- scored answers (detection, fuzzing, intruder) ---------------------------------------
+    def generate_scored(self, requests: Sequence[ScoredRequest]) -> list[Generation]:
+        """Greedy chat answers with top_logprobs (see `explain.llm.remote_scored`)."""
+        from explain.llm.remote_scored import generate_scored
+
+        return generate_scored(self, list(requests))
 
     # -- simulation -----------------------------------------------------------------------
     def digit_distributions(self, prompts: Sequence[SlotPrompt]) -> list[DigitReadout]:

@@ -30,6 +30,7 @@ from explain.records import Examples
 
 if TYPE_CHECKING:
     from explain.llm.base import LLMBackend
+    from explain.settings import ScoringConfig
 
 #: Capabilities a scorer may need. "generation": chat completions; "logprobs": the distribution over
 #: the values 0..10 at marked slots (`LLMBackend.digit_distributions`); "embeddings": text embeddings.
@@ -45,13 +46,24 @@ class Cost:
     n_prompts: int = 0
     n_calls: int = 0
     n_cached: int = 0
-    n_tokens: int | None = None  # model tokens processed; None when no model ran, 0 when unknown or all cached
+    # Model tokens the prompts cost (as run, and kept with each cached answer, so a rerun from the LLM cache
+    # reports the same cost); None when no model ran, 0 when unknown (remote simulation, old cache entries).
+    n_tokens: int | None = None
 
     def __add__(self, other: "Cost") -> "Cost":
         tokens = None if self.n_tokens is None and other.n_tokens is None else \
             (self.n_tokens or 0) + (other.n_tokens or 0)
         return Cost(self.n_prompts + other.n_prompts, self.n_calls + other.n_calls,
                     self.n_cached + other.n_cached, tokens)
+
+    def to_json(self) -> dict[str, int | None]:
+        """What a record's `scores.<scorer>` keeps of the cost (see `COST_KEYS`): what scoring the feature
+        takes, not what this run sent (cache hits), so a rerun writes the same record."""
+        return {"n_prompts": self.n_prompts, "n_tokens": self.n_tokens}
+
+
+#: Keys of `scores.<scorer>` that are costs, not metrics (readers such as `compare` skip them).
+COST_KEYS = frozenset({"n_prompts", "n_tokens", "n_cached", "n_failed"})
 
 
 @dataclass
@@ -84,8 +96,9 @@ class Scorer(ABC):
         self.spent = Cost()  # everything this scorer object has cost so far
 
     @classmethod
-    def create(cls, backend: "LLMBackend | None") -> "Scorer":
-        """The scorer for a run whose settings name `backend` (None: no LLM); `needs` is checked first."""
+    def create(cls, backend: "LLMBackend | None", config: "ScoringConfig | None" = None) -> "Scorer":
+        """The scorer for a run whose settings name `backend` (None: no LLM) and sampled-example protocol
+        `config` (used by the scorers that read `Examples.scoring`); `needs` is checked first."""
         return cls()
 
     @abstractmethod

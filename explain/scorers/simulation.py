@@ -185,7 +185,7 @@ class SimulationScorer(Scorer):
         self.simulator = simulator
 
     @classmethod
-    def create(cls, backend: LLMBackend | None) -> "SimulationScorer":
+    def create(cls, backend: LLMBackend | None, config: object | None = None) -> "SimulationScorer":
         if backend is None:
             raise UserError("the simulation scorer needs an LLM backend: pass --simulator local:... or openai:...")
         return cls(AllAtOnceSimulator(backend))

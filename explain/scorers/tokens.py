@@ -42,5 +42,5 @@ class TokenListScorer(SimulationScorer):
         super().__init__(simulator or TokenListSimulator())
 
     @classmethod
-    def create(cls, backend: object | None) -> "TokenListScorer":
+    def create(cls, backend: object | None, config: object | None = None) -> "TokenListScorer":
         return cls()

