@@ -159,8 +159,9 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
         print(f"resuming from the checkpoint at step {start} of {settings.steps} in {ckpt}")
     loop = _Loop(settings, groups, optimizer, names, ckpt, ident, device, progress, log_every, start, stats.scale)
     last, elapsed = loop.run(source, stepper_factory(groups, optimizer, device))
-    paths = _persist(source, eval_source, settings, groups, names, digest, last, out, device, eval_tokens,
-                     elapsed, start, stats)
+    paths = _persist(_Finished(settings=settings, groups=groups, names=names, digest=digest, last=last,
+                               elapsed=elapsed, start=start, stats=stats),
+                     source=source, eval_source=eval_source, out=out, device=device, eval_tokens=eval_tokens)
     shutil.rmtree(ckpt, ignore_errors=True)
     return paths
 
@@ -261,10 +262,25 @@ def _live_stats(x: torch.Tensor, results: list[dict]) -> str:
 
 # -- persist ---------------------------------------------------------------------------------------
 
-def _persist(source: BatchSource, eval_source: BatchSource | None, settings: TrainSettings,
-             groups: list[SweepStack], names: list[str], digest: str, last: list[dict], out: Path, device: str,
-             eval_tokens: int, elapsed: float, start: int, stats: InputStats) -> list[Path]:
+@dataclass
+class _Finished:
+    """What the step loop hands to `_persist`: the trained models and how they got there."""
+
+    settings: TrainSettings
+    groups: list[SweepStack]
+    names: list[str]  # one per model, in the groups' order
+    digest: str
+    last: list[dict]  # the last logged batch's per-model loss / mse / l1
+    elapsed: float
+    start: int  # the step this invocation resumed from
+    stats: InputStats
+
+
+def _persist(run: _Finished, *, source: BatchSource, eval_source: BatchSource | None, out: Path, device: str,
+             eval_tokens: int) -> list[Path]:
     """Fold the input scale into each model, measure it on held-out tokens, and save one folder each."""
+    settings, groups, names, digest, last = run.settings, run.groups, run.names, run.digest, run.last
+    elapsed, start, stats = run.elapsed, run.start, run.stats
     base = {"hook": settings.hook, "model_id": source.model_id, "training": settings.public(),
             "data": dict(source.info), "training_identity": digest, "input_scale": stats.scale,
             "input_mean_norm": stats.mean_norm}
