@@ -222,7 +222,7 @@ _held_guard = threading.Lock()
 
 def lock_path_of(path: str | Path, folder: bool) -> Path:
     """Where the lock of an output lives: inside a folder output, beside a file output (`.NAME.lock`)."""
-    path = Path(path).absolute()
+    path = Path(path).resolve()  # one lock per output, however its path is spelled (links, "..")
     return path / LOCK_NAME if folder else path.parent / f".{path.name}.lock"
 
 

@@ -50,16 +50,40 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
 
 
 def _decode_run(tokenizer: Any, run: list[int], alone: list[str]) -> list[str]:
-    """Per-token strings of a run whose concatenation is the run decoded at once."""
-    if len(run) == 1:
-        return alone
+    """Per-token strings of a run of tokens that do not decode alone.
+
+    From each token on, the shortest group of at most `_MAX_GROUP` tokens that
+    decodes without U+FFFD is one or more whole characters; within it each
+    token gets what its bytes complete (so "ab" + the first byte of "€" shows
+    "ab" and the next token "€"). A token that no group completes (bytes cut
+    off at a fragment's edge, or a real U+FFFD in the text) keeps its lone string.
+    """
+    out: list[str] = []
+    k = 0
+    while k < len(run):
+        for end in range(k + 2, min(len(run), k + _MAX_GROUP) + 1):
+            if REPLACEMENT not in _decode(tokenizer, run[k:end]):
+                out.extend(_incremental(tokenizer, run[k:end]) or alone[k:end])
+                k = end
+                break
+        else:
+            out.append(alone[k])
+            k += 1
+    return out
+
+
+_MAX_GROUP = 8  # tokens one character may be split into (UTF-8 needs at most 4 bytes; a margin for merges)
+
+
+def _incremental(tokenizer: Any, group: list[int]) -> list[str] | None:
+    """What each token of a group that decodes cleanly adds to the text; None if decoding is not prefix-stable."""
     texts, shown = [], ""
-    for n in range(1, len(run) + 1):
-        text = _decode(tokenizer, run[:n])
+    for n in range(1, len(group) + 1):
+        text = _decode(tokenizer, group[:n])
         # an incomplete character at the end decodes as U+FFFD until a later token completes it
-        stable = text if n == len(run) else text.rstrip(REPLACEMENT)
-        if not stable.startswith(shown):  # a tokenizer whose decoding is not prefix-stable: keep the lone strings
-            return alone
+        stable = text if n == len(group) else text.rstrip(REPLACEMENT)
+        if not stable.startswith(shown):
+            return None
         texts.append(stable[len(shown):])
         shown = stable
     return texts

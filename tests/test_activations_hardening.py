@@ -319,3 +319,22 @@ def test_hooks_into_a_closed_pipe_exits_quietly(tiny_model_dirs):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+
+
+def test_tokens_are_decoded_in_runs_so_split_characters_show_as_themselves():
+    from activations.tokens import decode_each
+    from tests.conftest import make_tokenizer
+
+    tok = make_tokenizer()
+    text = "Party 🎉 at שלום and 日本語, é\x1b[0m end"
+    ids = tok(text)["input_ids"]
+    alone = [tok.decode([i]) for i in ids]
+    assert sum("\ufffd" in s for s in alone) > 10  # the tiny vocabulary splits every such character into bytes
+    shown = decode_each(tok, ids)
+    assert len(shown) == len(ids) and "".join(shown) == tok.decode(ids) == text
+    assert "\ufffd" not in "".join(shown) and "🎉" in shown and "語" in shown
+    # a fragment that starts inside a character: one U+FFFD per orphan byte, and the rest is right
+    end = next(i for i, s in enumerate(shown) if s == "🎉")  # its last byte; the three before show ""
+    cut = decode_each(tok, ids[end - 1:])
+    assert cut[:2] == ["\ufffd", "\ufffd"] and "".join(cut[2:]) == "".join(shown[end + 1:])
+    assert decode_each(tok, ids[:end])[-3:] == ["\ufffd"] * 3  # and one cut off before it is complete

@@ -218,8 +218,10 @@ def test_report_shows_characters_split_across_tokens_as_themselves(tokens_report
         assert text in html, text
     records = [r for r in read_records(tokens_report[0] / "explanations" / "tokens" / RESULTS_FILE)
                if r["status"] == "ok"]
-    tokens = [t for r in records for f in r["exemplars"]["top"] for t in f["tokens"]]
-    assert "🎉" in tokens and tokens.count("\ufffd") < len(tokens) / 50  # only bytes cut off at a fragment's edge
+    fragments = [f["tokens"] for r in records for f in r["exemplars"]["top"]]
+    assert any("🎉" in tokens for tokens in fragments)
+    # U+FFFD only for bytes of a character cut off at a fragment's edge (at most 3 tokens of a 4-byte one)
+    assert not [tokens for tokens in fragments if "\ufffd" in "".join(tokens[3:-3])]
 
 
 def test_report_writes_control_characters_as_visible_escapes(tokens_report):
