@@ -12,6 +12,8 @@ where the raw MLP output and TransformerLens's `hook_mlp_out` part.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -21,7 +23,9 @@ FAMILIES = ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "gemma", "gemma2", 
 VOCAB = 128
 
 
+@functools.lru_cache(maxsize=None)
 def tiny_model(family: str, n_layers: int = 3):
+    """One tiny random model per family for the whole module (no test changes its weights)."""
     import transformers as tf
 
     torch.manual_seed(0)
