@@ -7,8 +7,11 @@ module, not a branch in the pipeline):
 * `pipeline` (validate / plan / build / persist / run), `feature` (one
   feature's record), `components`, `run_folder`, `records_file`
 * `exemplars`, `records`, `prompts`, `explainer`, `token_list` – what the
-  explainer sees and says
-* `llm/` – backends, the LLM request cache, digit read-outs
+  explainer sees and says; `sampling` – the test examples of the detection,
+  fuzzing, embedding and intruder scorers (Paulo et al.)
+* `llm/` – backends, the LLM request cache, digit read-outs, greedy answers
+  with log-probabilities, the sentence embedder
 * `scorers/` – one `Scorer` interface, one module per way of scoring
-* `compare` – mean score per basis per layer with CIs
+* `compare` – mean score per basis per layer with CIs; `scorer_compare` –
+  every scorer side by side and their agreement
 """

@@ -65,6 +65,7 @@ def test_detection_prompt_is_the_golden_one_and_shows_plain_text():
     request = scorer.request("the word dog", texts)
     assert [tuple(m) for m in request.messages] == DETECTION_GOLDEN
     assert request.shared == 3 and request.max_tokens == 2 * 2 + 2
+    assert request.pieces == ("[", ",", "]") and request.choices == ("0", "1")  # the answer a local model writes
 
 
 def test_fuzzing_prompt_marks_active_tokens_and_as_many_random_ones_in_non_activating_examples():
@@ -86,7 +87,9 @@ def test_intruder_prompt_needs_no_explanation():
     assert texts == ["A <<dog>> barked.", "Cats\\nsleep <<here>>"]  # each marked on its own feature's activations
     from explain.scorers.prompts import intruder_request
 
-    assert [tuple(m) for m in intruder_request(texts).messages] == INTRUDER_GOLDEN
+    request = intruder_request(texts)
+    assert [tuple(m) for m in request.messages] == INTRUDER_GOLDEN
+    assert request.pieces == ("", "") and request.choices == ("1", "2")
 
 
 def test_marks_merge_into_spans_with_their_leading_space_outside():

@@ -55,11 +55,23 @@ class DigitReadout:
 @dataclass(frozen=True)
 class ScoredRequest:
     """A greedy chat request whose answer a scorer reads; `shared` leading messages are the same in every
-    request of that scorer (instructions + few-shot turns), which a local backend computes once."""
+    request of that scorer (instructions + few-shot turns), which a local backend computes once.
+
+    `pieces` and `choices` describe the answer the prompt asks for: the fixed
+    text around each judgement (``("[", ",", ",", "]")`` for a list of three)
+    and the tokens a judgement may be (``("0", "1")``). A backend with exact
+    log-probabilities (local) writes the pieces itself and, at each slot
+    between them, reads the distribution and writes the most likely choice
+    (constrained greedy decoding), so its answer always has the asked-for
+    form and every judgement is read where it is made. A remote backend sends
+    the prompt alone and the scorer parses whatever comes back.
+    """
 
     messages: tuple[tuple[str, str], ...]  # (role, content) pairs: hashable, so requests can be de-duplicated
     max_tokens: int = 24
     shared: int = 0
+    pieces: tuple[str, ...] | None = None  # len(pieces) - 1 slots, one judgement each
+    choices: tuple[str, ...] | None = None
 
     def as_messages(self) -> Messages:
         return [{"role": r, "content": c} for r, c in self.messages]

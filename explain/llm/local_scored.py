@@ -6,6 +6,16 @@ position's top tokens (and the digits "0".."9", always, so that P("1") vs
 P("0") is exact even when a digit is not among the top) are returned by
 their decoded strings, the same shape an OpenAI-compatible server returns.
 
+When the request describes its answer (`ScoredRequest.pieces` / `choices`),
+decoding is constrained to it: the pieces are written as given, and at each
+slot the most likely of the choices is written. A 135M model that would run
+a list on past its five entries, or start copying the examples instead of
+answering, still has its judgement read at every slot, exactly, from the
+distribution it gives there. Every choice's log-probability is kept with
+the slot's top tokens, so how much of the distribution was on the choices
+at all (`choice_mass` in the scorers' records) shows whether the model was
+answering in kind.
+
 The instructions and few-shot turns (`ScoredRequest.shared` leading
 messages) are identical in every prompt of a scorer: their keys/values are
 computed once and kept in a small LRU, and each prompt runs only its own
@@ -24,19 +34,23 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from explain.llm.base import Generation, ScoredRequest
+from explain.llm.errors import BackendConfigError
 
 if TYPE_CHECKING:
     from explain.llm.local import LocalBackend
 
-GEN_VERSION = "greedy-logprobs-v1"  # bump when the decoding or the read-out changes
+GEN_VERSION = "greedy-logprobs-v2"  # bump when the decoding or the read-out changes
 TOP_K = 20
 PREFIX_LRU = 4
 
 
 def request_record(backend: "LocalBackend", request: ScoredRequest) -> dict[str, Any]:
     """The LLM-cache key of a scored request: the full conversation, not the prefix split."""
-    return {"op": "generate-scored", "version": GEN_VERSION, **backend.identity(),
-            "messages": request.as_messages(), "max_tokens": int(request.max_tokens), "top_logprobs": TOP_K}
+    out = {"op": "generate-scored", "version": GEN_VERSION, **backend.identity(),
+           "messages": request.as_messages(), "max_tokens": int(request.max_tokens), "top_logprobs": TOP_K}
+    if request.pieces is not None:
+        out.update(pieces=list(request.pieces), choices=list(request.choices or ()))
+    return out
 
 
 def generate_scored(backend: "LocalBackend", requests: list[ScoredRequest]) -> list[Generation]:
@@ -95,9 +109,68 @@ def _prefix_kv(backend: "LocalBackend", ids: list[int]) -> list[tuple[torch.Tens
     return kv
 
 
+def _choice_ids(backend: "LocalBackend", choices: tuple[str, ...]) -> list[int]:
+    ids = [backend.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+    bad = [c for c, i in zip(choices, ids) if len(i) != 1]
+    if bad:
+        raise BackendConfigError(f"{backend.name}: the answers {bad} are not single tokens of its tokenizer; "
+                                 "use a model whose tokenizer has single-token digits")
+    return [i[0] for i in ids]
+
+
+def _constrained(backend: "LocalBackend", request: ScoredRequest) -> Generation:
+    """Write the pieces, and at each slot the most likely choice (see the module docstring)."""
+    from transformers import DynamicCache
+
+    tok = backend.tokenizer
+    full = backend.render(request.as_messages())
+    pieces = list(request.pieces or ())
+    choice_ids = _choice_ids(backend, tuple(request.choices or ()))
+    piece_ids = [list(tok(p, add_special_tokens=False)["input_ids"]) if p else [] for p in pieces]
+    total = len(full) + sum(len(p) for p in piece_ids) + len(pieces)
+    backend._check_length(total, what="a scorer prompt plus its answer", custom_mask=False)
+    digits = {str(d): i for d, i in enumerate(backend.digit_ids)}
+    tokens: list[str] = []
+    tops: list[dict[str, float]] = []
+    with backend._lock, torch.no_grad():
+        prefix = _prefix_ids(backend, request, full)
+        kwargs: dict[str, Any] = {}
+        if prefix:
+            kwargs["past_key_values"] = DynamicCache(ddp_cache_data=_prefix_kv(backend, prefix))
+        pending = full[len(prefix):] + piece_ids[0]
+        first = [_decode(tok, i) for i in piece_ids[0]]
+        tokens += first
+        tops += [{t: 0.0} for t in first]
+        processed = 0
+        for slot in range(len(pieces) - 1):
+            out = backend.model(input_ids=torch.tensor([pending]), use_cache=True, **kwargs, **backend._keep_last())
+            processed += len(pending)
+            kwargs["past_key_values"] = out.past_key_values
+            logp = torch.log_softmax(out.logits[0, -1].double(), dim=-1)
+            best = max(choice_ids, key=lambda i: float(logp[i]))
+            top = _top(tok, logp, digits)
+            for c, i in zip(request.choices or (), choice_ids):
+                top.setdefault(c, float(logp[i]))  # every choice is listed, exactly
+            tokens.append(_decode(tok, best))
+            tops.append(top)
+            after = piece_ids[slot + 1]
+            tokens += [_decode(tok, i) for i in after]
+            tops += [{_decode(tok, i): 0.0} for i in after]
+            pending = [best] + after
+        backend.tokens_processed += processed
+        backend.forward_passes += 1
+    return Generation("".join(tokens), tokens, tops, "local-exact", n_calls=1, n_cached=0, n_tokens=processed)
+
+
+def _decode(tok: Any, i: int) -> str:
+    return tok.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
 def _greedy(backend: "LocalBackend", request: ScoredRequest) -> Generation:
     from transformers import DynamicCache
 
+    if request.pieces is not None:
+        return _constrained(backend, request)
     tok = backend.tokenizer
     full = backend.render(request.as_messages())
     backend._check_length(len(full) + int(request.max_tokens), what="a scorer prompt plus its answer",

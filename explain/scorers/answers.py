@@ -51,6 +51,18 @@ def _probs(top: dict[str, float], options: Sequence[str]) -> list[float]:
     return [mass[o] for o in options]
 
 
+def choice_mass(gen: Generation, options: Sequence[str]) -> float | None:
+    """Mean probability the answer's judgement positions put on `options` at all (None without logprobs).
+
+    A judgement read as P("1") / (P("0") + P("1")) hides how much the model
+    wanted to write something else: this keeps it visible.
+    """
+    if gen.top_logprobs is None:
+        return None
+    masses = [sum(_probs(top, options)) for tok, top in zip(gen.tokens, gen.top_logprobs) if _core(tok) in options]
+    return sum(masses) / len(masses) if masses else None
+
+
 def read_binary_list(gen: Generation, n: int) -> tuple[list[float], int]:
     """(P(yes) per example, how many were read from the text only) for an answer like "[1,0,0,1,1]"."""
     text = gen.text

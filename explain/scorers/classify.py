@@ -34,7 +34,7 @@ import numpy as np
 from activations.errors import UserError
 from explain.llm.base import Generation, LLMBackend, ScoredRequest
 from explain.records import Examples, ScoringSet, compact
-from explain.scorers.answers import AnswerError, read_binary_list
+from explain.scorers.answers import AnswerError, choice_mass, read_binary_list
 from explain.scorers.base import Cost, Job, Scorer, ScoreResult
 from explain.scorers.metrics import CLASSIFICATION_METRICS, classification_metrics
 from explain.settings import ScoringConfig
@@ -44,6 +44,12 @@ def example_seed(config: ScoringConfig, scoring: ScoringSet, salt: int) -> np.ra
     """A generator seeded by the examples themselves, so the same examples always get the same order."""
     where = json.dumps([[e.fragment, e.start, e.kind] for e in scoring.examples + scoring.intruders])
     return np.random.default_rng([int(config.seed), zlib.crc32(where.encode()), salt])
+
+
+def mean_mass(answers: Sequence[Generation], options: Sequence[str]) -> float | None:
+    """Mean over answers of the probability on the allowed answers at the judgement positions (see `choice_mass`)."""
+    masses = [m for m in (choice_mass(g, options) for g in answers) if m is not None]
+    return compact(sum(masses) / len(masses), 4) if masses else None
 
 
 def undefined(metric_names: Sequence[str], why: str) -> ScoreResult:
@@ -129,5 +135,6 @@ class ClassifierScorer(Scorer):
                     n_cached=sum(g.n_cached for g in answers), n_tokens=sum(g.n_tokens for g in answers))
         detail = {"mode": "+".join(sorted({g.mode for g in answers})), "batches": batches,
                   "answers": [g.text for g in answers], "p_yes": [None if p is None else compact(p, 4) for p in p_yes],
-                  "failed_batches": failed, "n_text_answers": n_text}
+                  "failed_batches": failed, "n_text_answers": n_text,
+                  "choice_mass": mean_mass(answers, ("0", "1"))}
         return ScoreResult(metrics=metrics, notes=notes, cost=cost, record={self.name: detail})

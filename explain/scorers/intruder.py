@@ -27,7 +27,7 @@ from explain.llm.base import Generation, LLMBackend, ScoredRequest
 from explain.records import Examples, ScoringSet, compact
 from explain.scorers.answers import AnswerError, read_choice
 from explain.scorers.base import Cost, Job, Scorer, ScoreResult
-from explain.scorers.classify import example_seed, undefined
+from explain.scorers.classify import example_seed, mean_mass, undefined
 from explain.scorers.fuzzing import active_marks
 from explain.scorers.prompts import intruder_request, marked_text
 from explain.settings import ScoringConfig
@@ -126,5 +126,6 @@ class IntruderScorer(Scorer):
         detail = {"mode": "+".join(sorted({g.mode for g in answers})),
                   "rounds": [{"shown": m, "intruder": r, "slot": s} for m, r, s in rounds],
                   "answers": [g.text for g in answers], "chosen": chosen,
-                  "p_correct": [None if p is None else compact(p, 4) for p in per_round], "failed_rounds": failed}
+                  "p_correct": [None if p is None else compact(p, 4) for p in per_round], "failed_rounds": failed,
+                  "choice_mass": mean_mass(answers, [str(i) for i in range(1, self.config.batch_size + 1)])}
         return ScoreResult(metrics=metrics, notes=notes, cost=cost, record={self.name: detail})

@@ -104,9 +104,19 @@ def _numbered(texts: Sequence[str]) -> str:
     return "\n".join(f"{i}. {t}" for i, t in enumerate(texts, 1))
 
 
-def _request(system: str, fewshot_user: str, fewshot_answer: str, user: str, max_tokens: int) -> ScoredRequest:
+BINARY = ("0", "1")
+
+
+def _request(system: str, fewshot_user: str, fewshot_answer: str, user: str, max_tokens: int,
+             pieces: tuple[str, ...], choices: tuple[str, ...]) -> ScoredRequest:
     messages = (("system", system), ("user", fewshot_user), ("assistant", fewshot_answer), ("user", user))
-    return ScoredRequest(messages=messages, max_tokens=max_tokens, shared=SHARED_MESSAGES)
+    return ScoredRequest(messages=messages, max_tokens=max_tokens, shared=SHARED_MESSAGES, pieces=pieces,
+                         choices=choices)
+
+
+def list_pieces(n: int) -> tuple[str, ...]:
+    """The fixed text of an answer list of n judgements: "[", n - 1 commas, "]"."""
+    return ("[",) + (",",) * (n - 1) + ("]",)
 
 
 def list_answer_tokens(n: int) -> int:
@@ -119,17 +129,20 @@ def detection_request(explanation: str, texts: Sequence[str]) -> ScoredRequest:
     """`texts` are already plain text (`plain_text`)."""
     expl, shots, answer = DETECTION_FEWSHOT
     return _request(DETECTION_SYSTEM, f"Explanation: {expl}\n\n{_numbered(shots)}", answer,
-                    f"Explanation: {explanation.strip()}\n\n{_numbered(texts)}", list_answer_tokens(len(texts)))
+                    f"Explanation: {explanation.strip()}\n\n{_numbered(texts)}", list_answer_tokens(len(texts)),
+                    list_pieces(len(texts)), BINARY)
 
 
 def fuzzing_request(explanation: str, texts: Sequence[str]) -> ScoredRequest:
     """`texts` are already marked (`marked_text`)."""
     expl, shots, answer = FUZZING_FEWSHOT
     return _request(FUZZING_SYSTEM, f"Explanation: {expl}\n\n{_numbered(shots)}", answer,
-                    f"Explanation: {explanation.strip()}\n\n{_numbered(texts)}", list_answer_tokens(len(texts)))
+                    f"Explanation: {explanation.strip()}\n\n{_numbered(texts)}", list_answer_tokens(len(texts)),
+                    list_pieces(len(texts)), BINARY)
 
 
 def intruder_request(texts: Sequence[str]) -> ScoredRequest:
     """`texts` are already marked; the answer is one number."""
     shots, answer = INTRUDER_FEWSHOT
-    return _request(INTRUDER_SYSTEM, _numbered(shots), answer, _numbered(texts), 4)
+    return _request(INTRUDER_SYSTEM, _numbered(shots), answer, _numbered(texts), 4, ("", ""),
+                    tuple(str(i) for i in range(1, len(texts) + 1)))
