@@ -15,7 +15,8 @@ time per feature, with nothing answered from a cache. Three token counts:
 Targets: detection and fuzzing each at most 1/3 of simulation's tokens per
 feature; the embedding scorer at least 100 features/s on this CPU (cold:
 every example window embedded for the first time; warm: windows already in
-the store, as for a second explainer or basis over the same fragments).
+the store, as for a second explainer or basis over the same fragments;
+batched: all features' explanations embedded in one call).
 
     python benchmarks/bench_scorers.py --cache runs/i15/frags.h5 --dict runs/i15/L3/sae/untied_R2_l1_0.003 \
         --features 10 --scorers simulation,detection,fuzzing,intruder,embedding
@@ -115,14 +116,20 @@ def main() -> None:
 
 
 def bench_embedding(spec: str, jobs: list[Any], config: ScoringConfig) -> list[dict[str, Any]]:
-    from explain.llm.embedder import Embedder
+    """Cold: nothing embedded yet. Warm: every example window already in the store (as for a second explainer
+    or basis over the same fragments), each explanation embedded afresh."""
+    from explain.llm.embedder import Embedder, VectorStore
 
     embedder = Embedder.from_spec(spec, None)
-    scorer = make_scorer("embedding", embedder, spec, config)
     rows = []
-    for label, variant in (("embedding (cold)", str), ("embedding (warm)", lambda e: e + " ")):
+    for label in ("embedding (cold)", "embedding (warm)", "embedding (warm, batched)"):
+        embedder.store = VectorStore(None)
+        if "warm" in label:
+            embedder.embed([e.text.strip() for _, ex in jobs for e in ex.scoring.examples])
+        scorer = make_scorer("embedding", embedder, spec, config)
         start, before = time.perf_counter(), embedder.tokens_processed
-        results = [scorer.score(variant(e), ex) for e, ex in jobs]
+        # per feature as the pipeline calls it, or every feature in one call (`score_many`)
+        results = scorer.score_many(jobs) if "batched" in label else [scorer.score(e, ex) for e, ex in jobs]
         wall = time.perf_counter() - start
         n = len(jobs)
         rows.append({"scorer": label, "prompts": 0.0, "tokens": sum(r.cost.n_tokens or 0 for r in results) / n,

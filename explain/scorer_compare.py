@@ -160,6 +160,7 @@ def plot_scorers(rows: list[dict[str, Any]], agree: list[dict[str, Any]], path: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     heads = [r for r in rows if r["metric"] == HEADLINE.get(r["scorer"], r["metric"]) and r["layer"] is not None]
     scorers = sorted({r["scorer"] for r in heads})
@@ -178,6 +179,7 @@ def plot_scorers(rows: list[dict[str, Any]], agree: list[dict[str, Any]], path: 
                         marker="o", capsize=2, label=label)
         ax.set_title(f"{scorer} ({HEADLINE.get(scorer, '')})", fontsize=9)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if scorers:
         axes[0][0].legend(fontsize=6, loc="best")
     for ax, explainer in zip(axes[0][len(scorers) or 1:], explainers):

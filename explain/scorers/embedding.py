@@ -58,23 +58,32 @@ class EmbeddingScorer(Scorer):
         return cls(backend, config)
 
     def _score_many(self, jobs: Sequence[Job]) -> list[ScoreResult]:
-        return [self._one(explanation, ex.scoring) for explanation, ex in jobs]
-
-    def _one(self, explanation: str, scoring: Any) -> ScoreResult:
-        if scoring is None or not scoring.examples:
-            return undefined(self.metric_names, "no sampled test examples for this feature")
-        query = query_text(explanation)
-        if not query:
-            return undefined(self.metric_names, "the explanation is empty")
-        texts = [query] + [e.text.strip() for e in scoring.examples]
-        before = self.embedder.n_embedded
-        vectors = self.embedder.embed(texts)
-        similarity = vectors[1:] @ vectors[0]
-        value, why = auroc(scoring.labels, similarity)
-        embedded = self.embedder.n_embedded - before
-        cost = Cost(n_prompts=0, n_calls=embedded, n_cached=len(texts) - embedded,
-                    n_tokens=self.embedder.count_tokens(texts))
-        detail = {"model": self.embedder.name, "query": query,
-                  "similarity": [compact(float(s), 4) for s in np.asarray(similarity)]}
-        return ScoreResult(metrics={"auroc": value}, notes={"auroc": why} if why else {}, cost=cost,
-                           record={self.name: detail})
+        """All jobs' texts embedded in one call (batched across features), then one AUROC per job."""
+        texts: list[list[str]] = []
+        for explanation, ex in jobs:
+            query = query_text(explanation)
+            ok = ex.scoring is not None and ex.scoring.examples and query
+            texts.append([query] + [e.text.strip() for e in ex.scoring.examples] if ok else [])
+        flat = [t for ts in texts for t in ts]
+        new = self.embedder.missing(flat)
+        vectors = self.embedder.embed(flat) if flat else None
+        out, pos = [], 0
+        for (explanation, ex), ts in zip(jobs, texts):
+            if not ts:
+                why = "no sampled test examples for this feature" if ex.scoring is None or not ex.scoring.examples \
+                    else "the explanation is empty"
+                out.append(undefined(self.metric_names, why))
+                continue
+            v = vectors[pos:pos + len(ts)]
+            pos += len(ts)
+            similarity = v[1:] @ v[0]
+            value, why = auroc(ex.scoring.labels, similarity)
+            embedded = sum(1 for t in dict.fromkeys(ts) if t in new)
+            new -= set(ts)  # a text shared by two jobs is embedded once, by the first
+            cost = Cost(n_prompts=0, n_calls=embedded, n_cached=len(ts) - embedded,
+                        n_tokens=self.embedder.count_tokens(ts))
+            detail = {"model": self.embedder.name, "query": ts[0],
+                      "similarity": [compact(float(x), 4) for x in np.asarray(similarity)]}
+            out.append(ScoreResult(metrics={"auroc": value}, notes={"auroc": why} if why else {}, cost=cost,
+                                   record={self.name: detail}))
+        return out
