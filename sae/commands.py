@@ -32,7 +32,7 @@ def train_sae_command(settings: TrainSettings) -> list[Path]:
     check_output_folder(settings.out)
     with output_lock(settings.out, folder=True):
         source, held_out = split_cache(settings.cache, settings.hook, settings.eval_fraction,
-                                       skip_first=not settings.keep_first_position)
+                                       skip_first=not settings.keep_first_position, sink_factor=settings.sink_factor)
         folders = train_sweep(source, settings, settings.out, device=settings.device, eval_source=held_out)
         _export_each(folders, settings.export)
     return folders
@@ -47,7 +47,7 @@ def baselines_command(settings: BaselinesSettings) -> list[Path]:
     with output_lock(s.out, folder=True):
         folders = fit_baselines_from_cache(s.cache, s.hook, list(s.kinds), s.out, tokens=s.tokens, k=s.k,
                                            topk_from=s.topk_from, seed=s.seed, eval_fraction=s.eval_fraction,
-                                           skip_first=not s.keep_first_position,
+                                           skip_first=not s.keep_first_position, sink_factor=s.sink_factor,
                                            ica_samples=ICA_MAX_SAMPLES if s.ica_samples is None else s.ica_samples)
         _export_each(folders, s.export)
     return folders
@@ -70,7 +70,7 @@ def evaluate_command(settings: EvaluateSettings) -> list[dict]:
         return evaluate_dictionaries(s.cache, list(s.dicts), tokens=s.tokens, mmcs_to=s.mmcs_to, model=s.model,
                                      no_model=s.no_model, ce_contexts=s.ce_contexts, plot=s.plot,
                                      eval_fraction=s.eval_fraction, keep_first_position=s.keep_first_position,
-                                     density_plot=s.density_plot)
+                                     density_plot=s.density_plot, sink_factor=s.sink_factor)
 
 
 def export_command(settings: ExportSettings) -> Path:

@@ -27,7 +27,7 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
                           model: str | None = None, no_model: bool = False, ce_contexts: int = 64,
                           plot: str | None = None, progress: bool = True, device: str = "cpu",
                           eval_fraction: float | None = None, keep_first_position: bool = False,
-                          density_plot: str | None = None) -> list[dict]:
+                          density_plot: str | None = None, sink_factor: float = 0.0) -> list[dict]:
     """Measure every dictionary on the cache's held-out contexts and store the metrics in its config.json.
 
     `eval_fraction` None takes the split the dictionaries were trained with
@@ -51,7 +51,7 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
         by_hook[d.hook].append(i)
     sources = {}
     for hook in by_hook:  # raises if a hook is missing
-        train_part, held_out = split_cache(cache, hook, fraction, skip_first=skip_first)
+        train_part, held_out = split_cache(cache, hook, fraction, skip_first=skip_first, sink_factor=sink_factor)
         sources[hook] = held_out if held_out is not None else train_part
     for hook, idx in by_hook.items():
         for i in idx:
@@ -70,7 +70,8 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
         stats = reconstruction_metrics(group, source.batches(batch, n, EVAL_SEED), device=device,
                                        progress=progress, desc=f"{hook}: {len(group)} dictionaries")
         measured = {"split": "held-out" if fraction > 0 else "all (no held-out split)",
-                    "contexts": source.info["contexts"], "position_0": source.info["position_0"]}
+                    "contexts": source.info["contexts"], "position_0": source.info["position_0"],
+                    "sink_norm_limit": source.max_norm}
         for i, st in zip(idx, stats):
             st["density"] = density_histogram(st.pop("firing_rates"))
             results[i].update(st, measured_on={**measured, "n_tokens": st["eval_tokens"]})
@@ -85,7 +86,9 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
             results[i]["mmcs_to"] = reference.name
     if not no_model:
         contexts = {hook: sources[hook].info["contexts"] for hook in by_hook}
-        _model_metrics(cache, loaded, by_hook, results, model, ce_contexts, device, progress, contexts, skip_first)
+        limits = {hook: sources[hook].max_norm for hook in by_hook}
+        _model_metrics(cache, loaded, by_hook, results, model, ce_contexts, device, progress, contexts, skip_first,
+                       limits)
     rows = []
     for path, d, r in zip(dicts, loaded, results):
         if d.config.get("source"):  # a SAELens / sparsify folder: read-only here (see sae.foreign)
@@ -127,7 +130,7 @@ def _trained_on(d, cache: str | Path, measured: list[int]) -> str | None:
 
 
 def _model_metrics(cache, loaded, by_hook, results, model, ce_contexts, device, progress, contexts,
-                   skip_first: bool) -> None:
+                   skip_first: bool, limits: dict[str, float | None]) -> None:
     from activations.models import load_model
     from activations.reader import ActivationCache
 
@@ -143,7 +146,7 @@ def _model_metrics(cache, loaded, by_hook, results, model, ce_contexts, device, 
     lm = load_model(model_id, device=device)
     for hook, idx in by_hook.items():
         stats = model_metrics([loaded[i] for i in idx], lm.model, per_hook_ids[hook], hook, keep_first=keep_first,
-                              device=device, progress=progress)
+                              device=device, progress=progress, max_norm=limits.get(hook))
         for i, st in zip(idx, stats):
             results[i].update(st)
 

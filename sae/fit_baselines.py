@@ -79,6 +79,8 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
              "data_tokens": source.info.get("cache_tokens")}
     if source.info.get("contexts") is not None:  # a split of a cache: which part was fitted on decides the fit
         ident.update(data_contexts=source.info["contexts"], position_0=source.info.get("position_0"))
+    if source.info.get("sink_norm_limit") is not None:  # absent (old folders still match) when no token is left out
+        ident["sink_norm_limit"] = source.info["sink_norm_limit"]
     # The ICA subsample size changes only the ICA fit; left out of the identity at its default so
     # folders fitted before the option existed still match.
     ica_ident = ident if ica_samples == ICA_MAX_SAMPLES else {**ident, "ica_samples": ica_samples}
@@ -143,7 +145,8 @@ def _digest(ident: dict) -> str:
 
 
 def fit_baselines_from_cache(cache: str | Path, hook: str, kinds: list[str], out: str | Path,
-                             eval_fraction: float = 0.1, skip_first: bool = True, **kwargs) -> list[Path]:
+                             eval_fraction: float = 0.1, skip_first: bool = True, sink_factor: float = 0.0,
+                             **kwargs) -> list[Path]:
     """Fit on the training part of the cache only: the held-out contexts stay unseen, as for the SAEs."""
-    source, _ = split_cache(cache, hook, eval_fraction, skip_first=skip_first)
+    source, _ = split_cache(cache, hook, eval_fraction, skip_first=skip_first, sink_factor=sink_factor)
     return fit_baselines(source, hook, kinds, out, eval_fraction=eval_fraction, **kwargs)

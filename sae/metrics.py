@@ -123,14 +123,17 @@ def mmcs(a: Tensor, b: Tensor, chunk: int = 4096) -> float:
 
 @torch.no_grad()
 def model_metrics(dictionaries: Sequence, model, tokens: Tensor, hook: str, batch_contexts: int = 8,
-                  keep_first: bool = False, device: str = "cpu", progress: bool = False) -> list[dict]:
+                  keep_first: bool = False, device: str = "cpu", progress: bool = False,
+                  max_norm: float | None = None) -> list[dict]:
     """Next-token KL(clean ‖ spliced) and CE increase when x̂ replaces the activation at `hook`, and the
     same for zero-ablating it, from which the fractions of CE loss and KL recovered follow (SAEBench).
 
     `keep_first` leaves position 0 untouched: when every context starts with
     BOS, that position's activation is an outlier the dictionaries were not
     trained on (the cache reader skips it), and splicing garbage there would
-    measure the BOS, not the dictionary.
+    measure the BOS, not the dictionary. `max_norm` leaves every token whose
+    activation norm exceeds it untouched too, for the same reason (the
+    massive-activation sinks the dictionaries were trained without).
     """
     from activations.hooks import logits_with_edits
 
@@ -152,19 +155,23 @@ def model_metrics(dictionaries: Sequence, model, tokens: Tensor, hook: str, batc
         n_tok += ids.numel()
         bar.update(ids.shape[0])
 
+        def untouched(x: Tensor, new: Tensor) -> Tensor:
+            """`new` except where the dictionaries were not trained: position 0 (keep_first), sinks (max_norm)."""
+            if keep_first:
+                new = torch.cat([x[:, :1], new[:, 1:]], dim=1)
+            if max_norm is not None:
+                new = torch.where((x.float().norm(dim=-1) > max_norm).unsqueeze(-1), x, new)
+            return new
+
         def zero(x: Tensor) -> Tensor:
-            new = torch.zeros_like(x)
-            return torch.cat([x[:, :1], new[:, 1:]], dim=1) if keep_first else new
+            return untouched(x, torch.zeros_like(x))
 
         logp = torch.log_softmax(logits_with_edits(model, ids, {hook: zero}).float(), dim=-1)
         kl_zero += float((logp_clean.exp() * (logp_clean - logp)).sum())
         ce_zero += float(-logp[:, :-1].gather(-1, targets.unsqueeze(-1)).sum())
         for i, d in enumerate(dictionaries):
             def splice(x: Tensor, d=d) -> Tensor:
-                new = d.decode(d.encode(x.float())).to(x.dtype)
-                if keep_first:
-                    new = torch.cat([x[:, :1], new[:, 1:]], dim=1)
-                return new
+                return untouched(x, d.decode(d.encode(x.float())).to(x.dtype))
 
             logp = torch.log_softmax(logits_with_edits(model, ids, {hook: splice}).float(), dim=-1)
             kl_sum[i] += float((logp_clean.exp() * (logp_clean - logp)).sum())

@@ -24,6 +24,11 @@ L1_KINDS = ("tied_sae", "untied_sae")
 TOPK_KINDS = ("topk", "batchtopk")
 
 
+SINK_HELP = ("leave out tokens whose norm exceeds this x the median token norm of the training split (massive "
+             "activations: attention sinks beyond position 0, e.g. position 1 at SmolLM2's deep layers); 0 keeps "
+             "every token")
+
+
 @dataclass
 class TrainSettings:
     """A sweep of SAEs trained in one pass over the cache; what decides the weights is `public()`."""
@@ -49,6 +54,7 @@ class TrainSettings:
                                             "every stored metric is measured there")
     keep_first_position: bool = option(False, help="also train and measure on position 0 of each context "
                                                    "(BOS or attention sink; excluded by default)")
+    sink_factor: float = option(20.0, help=SINK_HELP + " (training and every metric)")
     auxk_alpha: float = option(1 / 32, help="weight of the AuxK loss against dead latents (topk, batchtopk)")
     dead_tokens: int = option(100_000, help="a latent that has not fired for this many tokens is dead (AuxK)")
     seed: int = option(0, help="seed of initialisation and batch order")
@@ -136,6 +142,7 @@ class BaselinesSettings:
     eval_fraction: float = option(0.1, help="last fraction of the cache's contexts held out (never fitted on)")
     keep_first_position: bool = option(False, help="also fit on position 0 of each context (BOS or attention sink; "
                                                    "excluded by default)")
+    sink_factor: float = option(20.0, help=SINK_HELP + " (fitting)")
     export: str | None = option(None, identity=False, choices=EXPORT_FORMATS, help=_EXPORT_HELP)
 
 
@@ -157,6 +164,7 @@ class EvaluateSettings:
                                                     "the smallest split the dictionaries record, else 0.1)")
     keep_first_position: bool = option(False, help="also measure on position 0 of each context (BOS or attention "
                                                    "sink; excluded by default)")
+    sink_factor: float = option(20.0, help=SINK_HELP + " (metrics; the KL/CE splice leaves them untouched)")
 
 
 @dataclass

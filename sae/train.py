@@ -293,6 +293,7 @@ def _persist(run: _Finished, *, source: BatchSource, eval_source: BatchSource | 
                                      measured.batches(eval_batch, n_eval, settings.seed + 1), device=device)
     tokens_used = {"split": "held-out" if eval_source is not None else "training",
                    "contexts": measured.info.get("contexts"), "position_0": measured.info.get("position_0"),
+                   "sink_norm_limit": measured.info.get("sink_norm_limit"),
                    "n_tokens": metrics[0].get("eval_tokens") if metrics else None}
     final = [{k: float(v[i]) for k, v in grp.items()} for grp in last for i in range(len(grp["loss"]))] \
         if last else [{} for _ in dicts]

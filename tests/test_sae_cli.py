@@ -120,6 +120,13 @@ def test_model_metrics_are_zero_for_a_perfect_reconstruction(tiny_cache, tmp_pat
     assert exact["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4) and exact["kl_recovered"] == pytest.approx(1.0, abs=1e-4)
     assert dead["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-6) and dead["kl_recovered"] == pytest.approx(0.0, abs=1e-6)
     assert exact["explained_variance"] == pytest.approx(1.0, abs=1e-8) and dead["explained_variance"] < 0.01
+    # tokens over the sink limit are left out of the metrics and left untouched by the splice: with the limit at
+    # the median norm about half the tokens are out, so the dead dictionary loses less
+    _, half = evaluate_dictionaries(tiny_cache, [str(tmp_path / "exact"), str(tmp_path / "dead")], tokens=512,
+                                    ce_contexts=6, progress=False, sink_factor=1.0)
+    assert 0.3 * dead["eval_tokens"] < half["eval_tokens"] < 0.7 * dead["eval_tokens"]
+    assert 0 < half["kl"] < dead["kl"]
+    assert half["measured_on"]["sink_norm_limit"] > 0
 
 
 def test_dictionary_of_the_wrong_width_fails_clearly(tiny_cache, tmp_path, capsys):

@@ -132,6 +132,28 @@ def test_the_held_out_contexts_and_position_0_are_never_drawn_for_training(tmp_p
         split_cache(tmp_path / "c.h5", hook, 1.0, skip_first=True)
 
 
+def test_massive_activation_tokens_are_left_out_of_training_and_held_out_batches(tmp_path):
+    """Sinks beyond position 0 (norm ~100x the rest, as position 1 at SmolLM2's layer 23) are dropped by norm."""
+    n_ctx, ctx, d = 40, 8, 6
+    acts = np.random.default_rng(0).normal(size=(n_ctx, ctx, d)).astype(np.float32)
+    acts[::5, 1] *= 100.0  # position 1 of every fifth context, in training and held-out contexts alike
+    hook = _write_marked_cache(tmp_path / "c.h5", n_ctx, ctx, d)
+    with h5py.File(tmp_path / "c.h5", "r+") as f:
+        f["acts"][hook][...] = acts
+    body = np.linalg.norm(acts[:30, 1:], axis=-1)
+    train, held = split_cache(tmp_path / "c.h5", hook, 0.25, skip_first=True, sink_factor=20)
+    assert train.max_norm == pytest.approx(20 * np.median(body), rel=0.1)  # the median of a sample of the split
+    assert train.info["sink_norm_limit"] == train.max_norm == held.max_norm
+    seen = torch.cat(list(train.batches(10, train.n_tokens, seed=1)))
+    held_seen = torch.cat(list(held.batches(7, held.n_tokens, seed=0)))
+    assert seen.norm(dim=1).max() < 20 and held_seen.norm(dim=1).max() < 20
+    assert seen.shape[0] == 30 * 7 - 6 and held_seen.shape[0] == 10 * 7 - 2  # exactly the planted ones are gone
+    kept, _ = split_cache(tmp_path / "c.h5", hook, 0.25, skip_first=True, sink_factor=0)
+    assert kept.max_norm is None and torch.cat(list(kept.batches(10, kept.n_tokens, seed=1))).norm(dim=1).max() > 50
+    with pytest.raises(Exception, match="sink-factor"):
+        split_cache(tmp_path / "c.h5", hook, 0.25, skip_first=True, sink_factor=0.5)
+
+
 class _Interrupt(Stepper):
     """Stops the run (as a kill would) after `stop_after` steps."""
 
