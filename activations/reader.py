@@ -57,6 +57,11 @@ class ActivationCache:
         except (OSError, KeyError) as err:
             self._file.close()
             raise UserError(f"{self.path} is not an activation cache written by `cli.py cache`: check the path") from err
+        if "pool" in attrs:
+            self._file.close()
+            raise UserError(f"{self.path} is a document-level cache (--pool {attrs['pool']}): it has one vector per "
+                            "document and no token activations; use it with `cli.py describe`, or cache tokens "
+                            "without --pool")
         self.attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()}
         self.model_id: str = str(attrs["model_id"])
         self.hooks: list[str] = json.loads(attrs["hooks"])

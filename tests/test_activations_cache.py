@@ -268,7 +268,7 @@ def test_bad_cache_arguments_are_one_line_errors_before_any_file(override, patte
         raise AssertionError("the model must not be loaded for an argument error")
 
     monkeypatch.setattr(writer, "load_model", no_model)
-    csv = tmp_path / "corpus.csv"
+    csv = tmp_path / "corpus.tsv"  # .csv is a corpus kind since issue 14; .tsv is not
     csv.write_text("text\nhello world\n")
     out = tmp_path / "sub" / "c.h5"
     args = {"--model": str(tmp_path / "no-such-model"), "--corpus": str(text_corpus),
