@@ -6,7 +6,9 @@ pca_topk_k* controls, at one layer into one meaningless row. The dictionary is
 its folder name, so the same name at several layers (one sweep per layer) is
 one line across layers. The scorer is "explainer/simulator" from each record,
 so a `tokens` run and an LLM run over the same features stay apart instead of
-being averaged together. Means and CIs use `ok` records with
+being averaged together; so do scores read from log-probabilities and from
+text answers (`mode`, see `explain.scorers.base.record_mode`: an expected
+value over 0..10 and one written integer are different measurements). Means and CIs use `ok` records with
 a defined score (a null score is counted as `n_null`, never as 0); failed and
 skipped features are reported as fractions of all records of the group.
 CI half-width = 1.96 · sd / √n with the sample sd (ddof = 1).
@@ -22,6 +24,7 @@ from activations.errors import UserError
 from activations.hooknames import HookError, parse_hook as parse_hook_name
 from activations.runstate import check_output_file, write_json_atomic
 from explain.records_file import RESULTS_FILE, read_records
+from explain.scorers.base import record_mode
 from explain.scorers.stats import mean_ci
 
 REPORTED = ("top_and_random", "random", "top")
@@ -60,7 +63,7 @@ def load_all(paths: list[str | Path]) -> list[dict[str, Any]]:
     out = []
     for p in paths:
         for r in read_records(_results_path(p)):
-            key = (r.get("explainer"), r.get("simulator"), r.get("dictionary_path"), r.get("feature"))
+            key = (r.get("explainer"), r.get("simulator"), record_mode(r), r.get("dictionary_path"), r.get("feature"))
             if key in seen:
                 _merge_scorers(seen[key], r)
                 continue
@@ -79,18 +82,19 @@ def _merge_scorers(kept: dict[str, Any], other: dict[str, Any]) -> None:
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (scorer, dictionary, site, layer), sorted by scorer, site, kind, dictionary, layer."""
+    """One row per (scorer, mode, dictionary, site, layer), sorted by scorer, mode, site, kind, dictionary, layer."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         layer, site = parse_hook(r.get("hook", ""))
         scorer = f"{r.get('explainer')}/{r.get('simulator')}"
         name = r.get("dictionary") or r.get("kind")
-        groups[(scorer, name, r.get("kind"), site, layer)].append(r)
+        groups[(scorer, record_mode(r, "simulation"), name, r.get("kind"), site, layer)].append(r)
     rows = []
-    for (scorer, name, kind, site, layer), rs in groups.items():
+    for (scorer, mode, name, kind, site, layer), rs in groups.items():
         n = len(rs)
         status = {s: sum(r.get("status") == s for r in rs) for s in ("ok", "skipped", "failed")}
-        row: dict[str, Any] = {"scorer": scorer, "dictionary": name, "kind": kind, "site": site, "layer": layer, "n": n,
+        row: dict[str, Any] = {"scorer": scorer, "mode": mode, "dictionary": name, "kind": kind, "site": site,
+                               "layer": layer, "n": n,
                                "n_ok": status["ok"], "n_skipped": status["skipped"], "n_failed": status["failed"],
                                "frac_skipped": status["skipped"] / n, "frac_failed": status["failed"] / n}
         ok = [r for r in rs if r.get("status") == "ok"]
@@ -100,7 +104,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             stats["n_null"] = sum(v is None for v in values)
             row[kind_name] = stats
         rows.append(row)
-    rows.sort(key=lambda r: (r["scorer"], r["site"], r["kind"] or "", str(r["dictionary"]),
+    rows.sort(key=lambda r: (r["scorer"], r["mode"], r["site"], r["kind"] or "", str(r["dictionary"]),
                              -1 if r["layer"] is None else r["layer"]))
     return rows
 
@@ -119,9 +123,9 @@ def _fmt(stats: dict[str, Any]) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ["scorer", "site", "layer", "basis", "dictionary", "n", "top+random (95% CI)", "random-only (95% CI)",
-            "top-only (95% CI)", "skipped", "failed"]
-    body = [[r["scorer"], r["site"], "-" if r["layer"] is None else str(r["layer"]), str(r["kind"]),
+    head = ["scorer", "mode", "site", "layer", "basis", "dictionary", "n", "top+random (95% CI)",
+            "random-only (95% CI)", "top-only (95% CI)", "skipped", "failed"]
+    body = [[r["scorer"], r.get("mode", "logprobs"), r["site"], "-" if r["layer"] is None else str(r["layer"]), str(r["kind"]),
              str(r["dictionary"]), str(r["n"]),
              _fmt(r["top_and_random"]), _fmt(r["random"]), _fmt(r["top"]),
              f"{r['frac_skipped']:.0%}", f"{r['frac_failed']:.0%}"] for r in rows]
@@ -140,7 +144,8 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     series: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    scorers = {r["scorer"] for r in rows}
+    scorers = {r["scorer"] + ("" if r.get("mode") in ("logprobs", "none", None) else f" ({r['mode']})")
+               for r in rows}
     sites = {r["site"] for r in rows}
     for r in rows:
         if r["layer"] is None:
@@ -148,8 +153,9 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
         label = dictionary_label(r)
         if len(sites) > 1:
             label += f" ({r['site']})"
+        mode = "" if r.get("mode") in ("logprobs", "none", None) else f" ({r['mode']})"
         if len(scorers) > 1:
-            label += f" [{r['scorer']}]"
+            label += f" [{r['scorer']}{mode}]"
         series[label].append(r)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, key, title in zip(axes, ("top_and_random", "random"), ("top-and-random", "random-only")):

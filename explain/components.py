@@ -10,7 +10,9 @@ Scorers: `--scorers` (see `ExplainSettings.resolved_scorers`). The one
 among best-of-k candidates and its metrics are the record's top-level
 `scores`, as before there were others. Every other scorer is an extra one,
 run on test for the chosen explanation: the LLM ones on the `--simulator`
-backend, the embedding scorer on `--embedder`.
+backend, the embedding scorer on `--embedder`. Every scorer reads answers as
+`--score-mode` says. With `--rescore SRC` the explainer is SRC's, answered
+from SRC's call cache (`explain.rescore`), and no explainer backend is opened.
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ def build_components(settings: ExplainSettings, out: Path, concurrency: int, exp
     main = scorer_name(settings)
     extras = [n for n in names if n != main]
     specs = set()
+    opened: list[Any] = []
+    if explainer is None and settings.rescore:
+        from explain.rescore import source_explainer, source_folder
+
+        explainer, replay = source_explainer(settings, source_folder(settings, out))
+        opened += [replay] if replay is not None else []
     if explainer is None and settings.explainer != TOKENS:
         specs.add(settings.explainer)
     llm_scorers = [n for n in ([main] if scorer is None and main in names else []) + extras
@@ -73,7 +81,7 @@ def build_components(settings: ExplainSettings, out: Path, concurrency: int, exp
     if llm_scorers and settings.simulator != TOKENS:
         specs.add(settings.simulator)
     backends = _open_backends(sorted(specs), settings, out, concurrency)
-    opened: list[Any] = list(backends.values())
+    opened += list(backends.values())
     config = settings.scoring_config
     try:
         if explainer is None:
@@ -94,6 +102,8 @@ def build_components(settings: ExplainSettings, out: Path, concurrency: int, exp
         for b in opened:
             b.close()
         raise
+    for s in ([scorer] if scorer is not None and main in names else []) + extra_scorers:
+        s.score_mode = settings.score_mode
     sampled = bool(SAMPLED_SCORERS & set(extras))
     return Components(explainer=explainer, scorer=scorer, extra_scorers=extra_scorers, backends=opened,
                       scoring=config if sampled else None, intruders="intruder" in extras)

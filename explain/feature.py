@@ -10,7 +10,13 @@ them); the sampled test examples of the other scorers are kept in
 `scoring_examples`, so each score can be traced to the windows it read.
 
 An LLM failure becomes a `failed` record (retried on the next run), never a
-score. `BackendConfigError` is caught here too: it can depend on the feature
+score. The record says which step failed (`failed_step`: "explain" or
+"scoring", with `failed_scorer`): a scoring failure keeps the explanation
+and candidates the explainer wrote (and any scores already made), so they can
+be scored again by another simulator (`explain --rescore`). `mode` says how
+the record's LLM answers were read: "logprobs", "text" or "logprobs+text"
+(absent when no LLM scored; `explain.scorers.base.record_mode` reads old
+records as "logprobs"). `BackendConfigError` is caught here too: it can depend on the feature
 (a prompt longer than a local model's context), and one such feature must
 not abort a run of hundreds; its message still names the fix.
 """
@@ -22,6 +28,7 @@ from typing import Any, Sequence
 from explain.exemplars import FeatureExemplars, Splits
 from explain.explainer import Candidate, Explainer
 from explain.scorers import Scorer, ScoreResult
+from explain.scorers.base import coarse_mode
 from explain.settings import ExemplarConfig
 
 NO_SCORES = {"top_and_random": None, "top": None, "random": None}  # a record's `scores` until it is scored
@@ -43,28 +50,39 @@ def explain_feature(ex: FeatureExemplars, explainer: Explainer, scorer: Scorer |
         rec.update(status="skipped", error=ex.skipped, exemplars=exemplars)
         return rec
     splits = ex.splits(exemplar_config.random_scored)
+    rec["exemplars"] = exemplars
     try:
         cands = explainer.candidates(splits.train, feature_seed=ex.feature)
-        cand_json = [{"explanation": c.explanation, "fewshot": c.fewshot, "shown": c.shown, "valid_scores": None}
-                     for c in cands]
-        best = _select(scorer, cands, splits, cand_json, rec["score_notes"]) if len(cands) > 1 and scorer else 0
-        test = splits.examples("test")
-        result = scorer.score(cands[best].explanation, test) if scorer is not None else None
-        extras = [(s, s.score(cands[best].explanation, test)) for s in extra_scorers]
     except (LLMError, BackendConfigError) as err:
-        rec.update(status="failed", error=f"{type(err).__name__}: {err}", exemplars=exemplars)
+        rec.update(status="failed", error=f"{type(err).__name__}: {err}", failed_step="explain")
         return rec
-    rec.update(explanation=cands[best].explanation, candidates=cand_json, best=best)
-    if result is not None and scorer is not None:
-        rec["scores"] = dict(result.metrics)
-        rec["score_notes"].update(result.notes)
-        extras.insert(0, (scorer, result))
-    else:
-        rec["score_notes"]["main"] = "the --simulator scorer is not in --scorers: no top-level scores"
-    _add_extras(rec, extras)
-    rec["exemplars"] = exemplars
+    cand_json = [{"explanation": c.explanation, "fewshot": c.fewshot, "shown": c.shown, "valid_scores": None}
+                 for c in cands]
+    rec.update(explanation=cands[0].explanation, candidates=cand_json, best=0)
     if ex.scoring is not None:
         rec["scoring_examples"] = ex.scoring.to_json()
+    step = scorer
+    done: list[tuple[Scorer, ScoreResult]] = []
+    try:
+        best = _select(scorer, cands, splits, cand_json, rec["score_notes"]) if len(cands) > 1 and scorer else 0
+        rec.update(explanation=cands[best].explanation, best=best)
+        test = splits.examples("test")
+        for step in ([scorer] if scorer is not None else []) + list(extra_scorers):
+            done.append((step, step.score(cands[best].explanation, test)))
+    except (LLMError, BackendConfigError) as err:
+        rec.update(status="failed", error=f"{type(err).__name__}: {err}", failed_step="scoring",
+                   failed_scorer=step.name if step is not None else None)
+    if scorer is not None and done and done[0][0] is scorer:
+        rec["scores"] = dict(done[0][1].metrics)
+        rec["score_notes"].update(done[0][1].notes)
+    elif scorer is None:
+        rec["score_notes"]["main"] = "the --simulator scorer is not in --scorers: no top-level scores"
+    _add_extras(rec, done)
+    details = [r.record.get(s.name) for s, r in done]
+    modes = {coarse_mode(d.get("mode")) for d in details if isinstance(d, dict)}  # scorers that read LLM answers
+    parts = {m for mode in modes if mode for m in mode.split("+")}
+    if parts:
+        rec["mode"] = "+".join(sorted(parts))
     return rec
 
 

@@ -13,7 +13,8 @@ feature costs no calls. `OUT/config.json` must match the settings of a rerun
 plan (cache and dictionaries checked against each other, settings record,
 features) -> build (explainer, scorer, backends) -> persist (config.json,
 records repaired) -> run (exemplars of all pending features on one hook
-come from one pass over the cache; see `explain.exemplars`).
+come from one pass over the cache; see `explain.exemplars`). With `--rescore
+SRC` the explanations are SRC's, replayed from its call cache (`explain.rescore`).
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ def _validate(settings: ExplainSettings, out: str | Path | None, injected: bool)
     if target is None:
         raise UserError("no --out given: pass the folder the explanations go to")
     out_path = check_output_folder(target)
+    if settings.rescore:
+        from explain.rescore import source_folder
+
+        source_folder(settings, out_path)
     if injected:
         settings.validate()
     else:
@@ -114,6 +119,10 @@ def _plan(settings: ExplainSettings, cache_path: Path, cache: Any, out: Path) ->
                             "the dictionary belongs to another model")
     doc = config_doc(settings, cache_path, cache, folders, dictionaries)
     check_settings(out, doc)
+    if settings.rescore:
+        from explain.rescore import check_source, source_folder
+
+        check_source(source_folder(settings, out), doc)
     chosen = [choose_features(d.n_features, d.name, settings.features, settings.feature_ids, settings.seed)
               for d in dictionaries]
     return Plan(folders=folders, dictionaries=dictionaries, doc=doc, chosen=chosen)
@@ -151,6 +160,8 @@ def _run_pending(cache: Any, plan: Plan, pending: list[list[int]], settings: Exp
             d = dictionaries[i]
             base = {"dictionary": d.name, "dictionary_path": str(plan.folders[i]), "kind": d.kind, "hook": d.hook,
                     "explainer": settings.explainer, "simulator": settings.simulator}
+            if settings.rescore:
+                base["rescored_from"] = str(Path(settings.rescore).resolve())
             for ex in exs:
                 record = explain_feature(ex, components.explainer, components.scorer, exemplar_config, base,
                                          components.extra_scorers)

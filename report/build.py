@@ -116,7 +116,9 @@ def _scores_section(records: list[dict[str, Any]], out: Path) -> str:
     head = ('<h2 id="scores">Explanation scores by basis</h2>'
             '<p class="muted small">Mean Pearson correlation between simulated and true activations on held-out '
             'fragments (top-and-random, random-only, top-only), with 95% CIs (1.96·sd/√n), per scorer '
-            '(explainer/simulator), basis and layer. Failed and skipped features are counted, never scored as 0.</p>'
+            '(explainer/simulator), basis and layer. Failed and skipped features are counted, never scored as 0. '
+            '<em>mode</em>: how the simulator\'s answers were read, from log-probabilities (an expected value over 0–10) '
+            'or, for a server without them, from text (one written integer per token); the two are shown apart.</p>'
             f'<p class="small">{OFFLINE_NOTE}</p>')
     if not records:
         return head + _not_run("Explanation (`cli.py explain`)", "run `cli.py explain ... --out RUN/explanations/NAME`")
@@ -129,10 +131,10 @@ def _scores_section(records: list[dict[str, Any]], out: Path) -> str:
             return "n/a"
         return fmt(stats["mean"]) + ("" if stats.get("ci") is None else f" ± {fmt(stats['ci'])}")
 
-    body = [[esc(r["scorer"]), esc(r["site"]), "–" if r["layer"] is None else esc(r["layer"]), esc(r["kind"]),
+    body = [[esc(r["scorer"]), esc(r.get("mode", "logprobs")), esc(r["site"]), "–" if r["layer"] is None else esc(r["layer"]), esc(r["kind"]),
              esc(r.get("dictionary", "")), fmt(r["n"], "d"), ci(r["top_and_random"]), ci(r["random"]),
              ci(r["top"]), fmt(r["frac_skipped"], ".0%"), fmt(r["frac_failed"], ".0%")] for r in rows]
-    html_table = table(["scorer", "site", "layer", "basis", "dictionary", "n", "top+random", "random-only",
+    html_table = table(["scorer", "mode", "site", "layer", "basis", "dictionary", "n", "top+random", "random-only",
                         "top-only", "skipped", "failed"], body, "scores")
     png = plot_comparison(rows, out / "scores.png")
     img = png_img(png, "mean explanation score by basis and layer") if png else ""

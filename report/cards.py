@@ -45,14 +45,18 @@ def feature_card(record: dict[str, Any]) -> str:
     scores = record.get("scores") or {}
     explanation = record.get("explanation")
     if status == "failed":
-        body_expl = f'<div class="explanation">failed: {esc(record.get("error") or "unknown error")}</div>'
+        step = f' ({esc(record["failed_step"])})' if record.get("failed_step") else ""
+        body_expl = f'<div class="explanation">failed{step}: {esc(record.get("error") or "unknown error")}</div>'
+        if explanation:  # a scoring failure keeps what the explainer wrote
+            body_expl += f'<div class="explanation">{esc(explanation)}</div>'
     elif explanation:
         body_expl = f'<div class="explanation">{esc(explanation)}</div>'
     else:
         body_expl = '<div class="explanation muted">(empty explanation)</div>'
     score_html = (f'<div class="scores">score top+random <b>{fmt(scores.get("top_and_random"))}</b> · '
                   f'top <b>{fmt(scores.get("top"))}</b> · random <b>{fmt(scores.get("random"))}</b> '
-                  f'<span class="muted">({esc(record.get("explainer"))} → {esc(record.get("simulator"))})</span></div>')
+                  f'<span class="muted">({esc(record.get("explainer"))} → {esc(record.get("simulator"))}'
+                  f'{", mode " + esc(record["mode"]) if record.get("mode") else ""})</span></div>')
     stats = (f'<div class="muted small">active in {fmt(ex.get("n_active"), "d")} of {fmt(ex.get("n_fragments"), "d")} '
              f'fragments · max activation {fmt(ex.get("max_activation"), ".3g")}</div>')
     hist = svg_histogram([("top", TOP_COLOUR, [a for f in top for a in _acts(f) if a > 0]),

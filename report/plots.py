@@ -36,7 +36,8 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> bytes | None:
     for r in rows:
         if r.get("layer") is None:
             continue
-        label = f"{r['scorer']} · layer {r['layer']}" + (f" {r['site']}" if len({x['site'] for x in rows}) > 1 else "")
+        mode = "" if r.get("mode") in ("logprobs", "none", None) else f" ({r['mode']})"
+        label = f"{r['scorer']}{mode} · layer {r['layer']}" + (f" {r['site']}" if len({x['site'] for x in rows}) > 1 else "")
         series.setdefault(label, {})[dictionary_label(r)] = r
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     width = 0.8 / max(1, len(series))

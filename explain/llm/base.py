@@ -15,6 +15,10 @@ Two operations cover the explainer and the simulator:
   P("0") for each answer of a detection / fuzzing / intruder prompt
   (local: exact; OpenAI-compatible: `logprobs` + `top_logprobs`; a server
   without them: the text only, `mode="text"`).
+* ``generate_text(requests) -> list[Generation]``: the same greedy answers
+  read as text only (`mode="text"`), for the text scoring mode (a server
+  without logprobs, or `--score-mode text`): any backend that can generate
+  can answer, and the answers are cached under their own op.
 
 Both consult the `LLMCache` first and store only validated answers, so a
 rerun sends no request and a failure raises `LLMError` and is retried next
@@ -155,6 +159,23 @@ class LLMBackend:
         """Greedy answers with top log-probabilities where available (see the module docstring)."""
         raise BackendConfigError(f"{self.name} cannot answer detection / fuzzing / intruder prompts: "
                                  "use a local: or openai: backend")
+
+    def generate_text(self, requests: Sequence[ScoredRequest]) -> list[Generation]:
+        """Greedy (temperature 0) answers as text only, one request each, cached (see the module docstring)."""
+        return self.map_concurrent(self._text_answer, list(requests))
+
+    def _text_answer(self, req: ScoredRequest) -> Generation:
+        messages = req.as_messages()
+        check_messages(messages)
+        request = {"op": "text-answer", **self.identity(), "messages": messages, "max_tokens": int(req.max_tokens)}
+        hit = self.cache.get(request)
+        if hit is not None:
+            return Generation(hit["text"], [hit["text"]], None, "text", n_cached=1)
+        texts = self._generate_uncached(messages, n=1, temperature=0.0, max_tokens=int(req.max_tokens), seed=0)
+        if len(texts) != 1 or not isinstance(texts[0], str):
+            raise LLMError(f"{self.name}: asked for one text answer, got {len(texts)}")
+        self.cache.put(request, {"text": texts[0]})
+        return Generation(texts[0], [texts[0]], None, "text", n_calls=1)
 
     # -- helpers --------------------------------------------------------------------------
     def map_concurrent(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:

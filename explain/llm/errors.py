@@ -18,6 +18,15 @@ class LLMError(RuntimeError):
     """An LLM request failed or returned an unusable answer; record the item as failed."""
 
 
+class NoLogprobs(LLMError):
+    """The server answers but returns no log-probabilities at all (transformers serve, some gateways).
+
+    An `LLMError`, so where logprobs are required (`--score-mode logprobs`) the
+    feature's scoring fails with this message; in `--score-mode auto` the
+    scorers catch it and score from text answers instead (`explain.scorers.text_sim`).
+    """
+
+
 class BackendConfigError(UserError):
     """A backend cannot be built from what the user passed; the message says what to pass."""
 

@@ -30,7 +30,10 @@ Simulation modes (the readout's `mode` says which ran):
   by a question asking for that token's value; the answer's first token's
   ``top_logprobs`` are read. The model sees exactly the context the
   all-at-once prompt gives that slot (everything before it), so the two
-  modes agree in meaning; it costs one request per token.
+  modes agree in meaning; it costs one request per token. A server that
+  answers without any logprobs raises `NoLogprobs` (slot 0 is asked alone
+  first, so that costs one request), which the simulation scorer turns
+  into its text mode (`explain.scorers.text_sim`) unless logprobs are required.
 * ``auto`` (default) tries echo on the first prompt and falls back to chat,
   for the rest of the run, when the server refuses it (400/404/405/422/501)
   or returns no prompt log-probabilities. Server errors (5xx after retries)
@@ -61,7 +64,7 @@ import numpy as np
 from activations.errors import first_line
 from explain.llm.base import DigitReadout, Generation, LLMBackend, Messages, ScoredRequest
 from explain.llm.digits import combine_digit_probs, digits_from_top_logprobs
-from explain.llm.errors import BackendConfigError, EndpointUnreachable, LLMError
+from explain.llm.errors import BackendConfigError, EndpointUnreachable, LLMError, NoLogprobs
 from explain.llm.cache import LLMCache
 from explain.prompts import SlotPrompt
 
@@ -145,6 +148,7 @@ class OpenAIBackend(LLMBackend):
         self.max_connection_failures = max(1, int(max_connection_failures))
         self._connection_failures = 0  # in a row, over all requests and threads (under _count_lock)
         self._unreachable: str | None = None  # the message, once the endpoint is given up on
+        self._chat_logprobs_seen = False  # a chat answer with top_logprobs has come back (slots go concurrently)
 
     def identity(self) -> dict[str, Any]:
         return {"backend": "openai", "model": self.model_name, "base_url": self.base_url}
@@ -346,7 +350,9 @@ class OpenAIBackend(LLMBackend):
         return p, int(cached)
 
     def _chat_readout(self, prompt: SlotPrompt) -> DigitReadout:
-        results = self.map_concurrent(lambda i: self._chat_slot(prompt, i), range(prompt.n_slots))
+        first = [] if self._chat_logprobs_seen else [self._chat_slot(prompt, 0)]  # no logprobs: one request lost
+        self._chat_logprobs_seen = True
+        results = first + self.map_concurrent(lambda i: self._chat_slot(prompt, i), range(len(first), prompt.n_slots))
         rows = [r for r, _ in results]
         hits = sum(h for _, h in results)
         single = any(ten is not None for _, ten in rows)
@@ -364,8 +370,8 @@ class OpenAIBackend(LLMBackend):
         def parse(resp: Any) -> dict[str, Any]:
             content = resp.choices[0].logprobs.content if resp.choices and resp.choices[0].logprobs else None
             if not content:
-                raise LLMError(f"{self.name}: chat completion returned no logprobs; the server must support "
-                               "logprobs=True with top_logprobs")
+                raise NoLogprobs(f"{self.name}: chat completion returned no logprobs (logprobs=True with "
+                                 "top_logprobs); --score-mode auto or text scores from text answers instead")
             return {"top_logprobs": {t.token: t.logprob for t in content[0].top_logprobs}}
 
         def send() -> dict[str, Any]:

@@ -62,6 +62,29 @@ class Cost:
         return {"n_prompts": self.n_prompts, "n_tokens": self.n_tokens}
 
 
+def coarse_mode(detail_mode: str | None) -> str | None:
+    """A scorer's fine-grained answer mode(s) ("completions-echo", "chat-logprobs+text", ...) as "logprobs",
+    "text" or "logprobs+text"; None for a scorer that reads no LLM answers (the token-list lookup)."""
+    parts = {"text" if m == "text" else "logprobs" for m in str(detail_mode or "").split("+")
+             if m and m not in ("token-lookup",)}
+    return "+".join(sorted(parts)) or None
+
+
+def record_mode(record: dict[str, Any], scorer: str | None = None) -> str:
+    """How a record's LLM answers were read: its `scorer`'s own mode where the record keeps it, else the
+    record's `mode`; records from before modes existed were all read from logprobs ("none": no LLM scored)."""
+    if scorer in ("tokens", "embedding"):
+        return "none"
+    if scorer is not None:
+        detail = record.get(scorer)
+        mode = coarse_mode(detail.get("mode")) if isinstance(detail, dict) else None
+        if mode:
+            return mode
+    if record.get("mode"):
+        return str(record["mode"])
+    return "none" if record.get("simulator") == "tokens" else "logprobs"
+
+
 #: Keys of `scores.<scorer>` that are costs, not metrics (readers such as `compare` skip them).
 COST_KEYS = frozenset({"n_prompts", "n_tokens", "n_cached", "n_failed"})
 
@@ -94,6 +117,9 @@ class Scorer(ABC):
 
     def __init__(self) -> None:
         self.spent = Cost()  # everything this scorer object has cost so far
+        #: How LLM answers are read (`--score-mode`): "auto" (log-probabilities where the backend returns them,
+        #: else text), "logprobs" (required: a backend without them fails the feature's scoring) or "text".
+        self.score_mode = "auto"
 
     @classmethod
     def create(cls, backend: "LLMBackend | None", config: "ScoringConfig | None" = None) -> "Scorer":

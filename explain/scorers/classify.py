@@ -17,6 +17,12 @@ every batch fails, the metrics are None with that reason. A request that
 fails (HTTP errors after retries) raises `LLMError`: the feature is a
 failed record, retried by the next run.
 
+How answers are read follows the scorer's `score_mode` (`read_answers`):
+``auto`` asks for log-probabilities and reads whatever comes back (a
+server without them gives text answers, `mode="text"`), ``text`` asks for
+text only (`LLMBackend.generate_text`), ``logprobs`` fails the feature's
+scoring when an answer has none.
+
 The record keeps, under the scorer's name, the batches (positions in the
 record's `scoring_examples.examples`), every answer as written, P(yes) per
 example and how the answers were read (`mode`).
@@ -33,6 +39,7 @@ import numpy as np
 
 from activations.errors import UserError
 from explain.llm.base import Generation, LLMBackend, ScoredRequest
+from explain.llm.errors import NoLogprobs
 from explain.records import Examples, ScoringSet, compact
 from explain.scorers.answers import AnswerError, choice_mass, read_binary_list
 from explain.scorers.base import Cost, Job, Scorer, ScoreResult
@@ -50,6 +57,19 @@ def mean_mass(answers: Sequence[Generation], options: Sequence[str]) -> float | 
     """Mean over answers of the probability on the allowed answers at the judgement positions (see `choice_mass`)."""
     masses = [m for m in (choice_mass(g, options) for g in answers) if m is not None]
     return compact(sum(masses) / len(masses), 4) if masses else None
+
+
+def read_answers(scorer: Scorer, backend: LLMBackend, requests: list[ScoredRequest]) -> list[Generation]:
+    """The backend's answers to `requests`, read as the scorer's `score_mode` says (see the module docstring)."""
+    if not requests:
+        return []
+    if scorer.score_mode == "text":
+        return backend.generate_text(requests)
+    answers = backend.generate_scored(requests)
+    if scorer.score_mode == "logprobs" and any(g.mode == "text" for g in answers):
+        raise NoLogprobs(f"{backend.name}: the {scorer.name} answers came back without logprobs; "
+                         "--score-mode auto or text reads them as text instead")
+    return answers
 
 
 def undefined(metric_names: Sequence[str], why: str) -> ScoreResult:
@@ -98,7 +118,7 @@ class ClassifierScorer(Scorer):
             texts, batches = self.texts(ex.scoring), self.batches(ex.scoring)
             plans.append((batches, len(requests)))
             requests.extend(self.request(explanation, [texts[i] for i in b]) for b in batches)
-        answers = self.backend.generate_scored(requests) if requests else []
+        answers = read_answers(self, self.backend, requests)
         results = []
         for (_, ex), plan in zip(jobs, plans):
             if plan is None:

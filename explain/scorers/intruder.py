@@ -27,7 +27,7 @@ from explain.llm.base import Generation, LLMBackend, ScoredRequest
 from explain.records import Examples, ScoringSet, compact
 from explain.scorers.answers import AnswerError, read_choice
 from explain.scorers.base import Cost, Job, Scorer, ScoreResult
-from explain.scorers.classify import example_seed, mean_mass, undefined
+from explain.scorers.classify import example_seed, mean_mass, read_answers, undefined
 from explain.scorers.fuzzing import active_marks
 from explain.scorers.prompts import intruder_request, marked_text
 from explain.settings import ScoringConfig
@@ -78,7 +78,7 @@ class IntruderScorer(Scorer):
                 continue
             plans.append((rounds, len(requests)))
             requests.extend(intruder_request(self.texts(ex.scoring, rnd)) for rnd in rounds)
-        answers = self.backend.generate_scored(requests) if requests else []
+        answers = read_answers(self, self.backend, requests)
         out = []
         for (_, ex), plan in zip(jobs, plans):
             if plan is None:

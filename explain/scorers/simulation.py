@@ -21,6 +21,14 @@ tokens of the scored fragments, for top + random, top only and random only
 interface; any object with `simulate_many` can be its simulator (the
 token-list scorer reuses it with a lookup table).
 
+Backends without log-probabilities: `SimulationScorer` then simulates from
+text answers (`explain.scorers.text_sim`; `--score-mode`: ``auto`` switches
+to text when the backend raises `NoLogprobs`, ``text`` always, ``logprobs``
+never: that feature's scoring fails). A fragment whose text answer cannot be
+read is left out of the correlation and listed in the record; when none can
+be read the scoring step fails (`LLMError`), so the feature is a `failed`
+record that keeps its explanation.
+
 Simulator API::
 
     sim = AllAtOnceSimulator(backend)                       # backend from make_backend(...)
@@ -42,6 +50,7 @@ import numpy as np
 from activations.errors import UserError
 from explain.llm.base import LLMBackend
 from explain.llm.digits import expected_value
+from explain.llm.errors import LLMError, NoLogprobs
 from explain.prompts import SlotPrompt, build_simulation_prompt
 from explain.records import ActivationRecord, Examples, SimulationResult, compact, load_fewshot
 from explain.scorers.base import Cost, Job, Scorer, ScoreResult
@@ -172,7 +181,8 @@ class SimulationScorer(Scorer):
 
     Its record fields are ``simulation``: the backend, how the values were
     read (`mode`, `ten`) and the simulated values per fragment of the
-    scored split, rounded to 2 digits.
+    scored split, rounded to 2 digits (None for a fragment whose text answer
+    could not be read; those are in `failed_fragments` with the answer).
     """
 
     name = "simulation"
@@ -180,25 +190,61 @@ class SimulationScorer(Scorer):
     metric_names = SCORE_KINDS
     selection_metric = "top_and_random"
 
-    def __init__(self, simulator: Simulator):
+    def __init__(self, simulator: Simulator, text_simulator: Simulator | None = None):
         super().__init__()
         self.simulator = simulator
+        self.text_simulator = text_simulator  # None: this scorer has no text mode (the token-list lookup)
+        self.no_logprobs = False  # the backend answered without logprobs once: text mode for the rest of the run
 
     @classmethod
     def create(cls, backend: LLMBackend | None, config: object | None = None) -> "SimulationScorer":
         if backend is None:
             raise UserError("the simulation scorer needs an LLM backend: pass --simulator local:... or openai:...")
-        return cls(AllAtOnceSimulator(backend))
+        from explain.scorers.text_sim import TextSimulator
+
+        return cls(AllAtOnceSimulator(backend), TextSimulator(backend))
 
     def _score_many(self, jobs: Sequence[Job]) -> list[ScoreResult]:
-        sims = self.simulator.simulate_many([(explanation, ex.records) for explanation, ex in jobs])
+        work = [(explanation, ex.records) for explanation, ex in jobs]
+        sims = self._simulate(work)
         return [self._result(sim, ex) for sim, (_, ex) in zip(sims, jobs)]
 
+    def _simulate(self, work: list[tuple[str, Fragments]]) -> list[SimulationResult]:
+        text = self.text_simulator
+        if text is not None and (self.score_mode == "text" or (self.score_mode == "auto" and self.no_logprobs)):
+            return text.simulate_many(work)
+        try:
+            return self.simulator.simulate_many(work)
+        except NoLogprobs as err:
+            if text is None or self.score_mode != "auto":
+                raise
+            import sys
+
+            print(f"{err}: simulating from text answers (mode text) for the rest of the run", file=sys.stderr)
+            self.no_logprobs = True
+            return text.simulate_many(work)
+
     def _result(self, sim: SimulationResult, ex: Examples) -> ScoreResult:
-        scores = score_simulation(sim.expected_values, ex.top, ex.random)
+        evs = sim.expected_values
+        failed = list(sim.extra.get("failed_fragments") or [])
+        n_top = len(ex.top)
+        if failed and len(failed) == len(evs):
+            raise LLMError(f"{sim.backend}: none of the {len(evs)} fragments' text answers could be read "
+                           f"(first: {failed[0]['error']})")
+        kept = [i for i, v in enumerate(evs) if v is not None]
+        scores = score_simulation([evs[i] for i in kept], [ex.top[i] for i in kept if i < n_top],
+                                  [ex.random[i - n_top] for i in kept if i >= n_top])
+        notes = dict(scores.notes)
+        metrics: dict[str, float | None] = dict(scores.values())
+        if failed:
+            for kind in SCORE_KINDS:
+                notes.setdefault(kind, f"{len(failed)} of {len(evs)} fragments left out: their text answers "
+                                       "could not be read")
+            metrics["n_failed"] = len(failed)
         cost = Cost(n_prompts=int(sim.extra.get("n_prompts", 0)), n_calls=sim.n_calls, n_cached=sim.n_cached,
                     n_tokens=sim.extra.get("n_tokens"))
         detail = {"backend": sim.backend, "mode": sim.mode, "ten": sim.ten,
-                  ex.split: [[compact(v, 2) for v in ev] for ev in sim.expected_values]}
-        return ScoreResult(metrics=scores.values(), notes=dict(scores.notes), cost=cost,
-                           record={"simulation": detail})
+                  ex.split: [None if ev is None else [compact(v, 2) for v in ev] for ev in evs]}
+        if failed:
+            detail["failed_fragments"] = failed
+        return ScoreResult(metrics=metrics, notes=notes, cost=cost, record={"simulation": detail})

@@ -1,0 +1,130 @@
+"""The text scoring mode without a server: reading answers, and scores of two modes kept apart downstream.
+
+The end-to-end runs against a real server without logprobs are in
+`tests.test_explain_served`; here are the parts that need none: the parser
+of the simulator's JSON lists, how records of each mode are told apart
+(records written before modes existed read as logprobs), and that
+`compare` and the report never average a text-mode score with a logprob one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from explain.commands import compare_command
+from explain.scorers.answers import AnswerError
+from explain.scorers.base import coarse_mode, record_mode
+from explain.scorers.text_sim import parse_values, text_request
+from explain.records import load_fewshot
+from explain.settings import CompareSettings, ExplainSettings
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+@pytest.mark.parametrize("text, n, values", [
+    ("[0, 3, 10]", 3, [0, 3, 10]),
+    ('Sure: [1,0] and then some text', 2, [1, 0]),
+])
+def test_a_json_list_of_integers_0_to_10_of_the_right_length_is_read(text, n, values):
+    assert parse_values(text, n) == values
+
+
+@pytest.mark.parametrize("text, n, why", [
+    ("[0, 3]", 3, "2 values for 3 tokens"),
+    ("[0, 3, 4, 5]", 3, "4 values for 3 tokens"),
+    ("[0, 11, 2]", 3, "integers 0..10"),
+    ("[0, -1, 2]", 3, "integers 0..10"),
+    ("[0, 2.5, 2]", 3, "integers 0..10"),
+    ("[true, 1, 2]", 3, "integers 0..10"),
+    ('["0", "1", "2"]', 3, "integers 0..10"),
+    ("[0 1 2]", 3, "not JSON"),
+    ("0, 1, 2", 3, "no JSON list"),
+    ("[0, 1, 2", 3, "no JSON list"),
+])
+def test_any_other_answer_is_an_error_never_a_padded_guess(text, n, why):
+    with pytest.raises(AnswerError, match=why):
+        parse_values(text, n)
+
+
+def test_the_text_prompt_lists_every_token_and_shows_the_fewshot_answer_in_the_asked_form():
+    fewshot = load_fewshot(["negation"])[0]
+    req = text_request("dogs", [" the", " dog", "\n"], fewshot)
+    roles = [r for r, _ in req.messages]
+    assert roles == ["system", "user", "assistant", "user"] and req.shared == 3
+    shot = fewshot.records[0]
+    answer = json.loads(req.messages[2][1])
+    assert len(answer) == len(shot.tokens) and all(isinstance(v, int) and 0 <= v <= 10 for v in answer)
+    assert max(answer) == 10  # the few-shot record holds the feature's maximum
+    question = req.messages[3][1]
+    assert question.startswith("Explanation: dogs") and '3. "\\n"' in question and "exactly 3 integers" in question
+
+
+def test_modes_of_records_old_and_new():
+    assert coarse_mode("completions-echo") == coarse_mode("local-exact") == "logprobs"
+    assert coarse_mode("chat-logprobs+text") == "logprobs+text" and coarse_mode("text") == "text"
+    assert coarse_mode("token-lookup") is None and coarse_mode(None) is None
+    old = {"explainer": "openai:m", "simulator": "openai:m", "simulation": {"mode": "chat-top-logprobs"}}
+    assert record_mode(old) == "logprobs" and record_mode(old, "simulation") == "logprobs"
+    assert record_mode({"simulator": "openai:m"}) == "logprobs"  # before modes existed: logprobs
+    assert record_mode({"simulator": "tokens"}) == "none"
+    new = {"simulator": "openai:m", "mode": "logprobs+text", "simulation": {"mode": "text"},
+           "detection": {"mode": "chat-logprobs"}}
+    assert record_mode(new, "simulation") == "text" and record_mode(new, "detection") == "logprobs"
+    assert record_mode(new) == "logprobs+text"
+
+
+def test_score_mode_and_rescore_are_settings_and_cli_flags():
+    import cli
+    from activations.errors import UserError
+    from activations.options import from_namespace
+
+    args = cli.build_parser().parse_args(["explain", "--cache", "c", "--dict", "d", "--out", "o",
+                                          "--score-mode", "text", "--rescore", "runs/old"])
+    got = from_namespace(ExplainSettings, args)
+    assert got.score_mode == "text" and got.rescore == "runs/old"
+    doc = got.to_json()
+    assert doc["score_mode"] == "text" and doc["rescore"] == str(Path("runs/old").resolve())
+    plain = ExplainSettings(cache="c", dicts=["d"]).to_json()
+    assert "score_mode" not in plain and "rescore" not in plain  # older run folders still resume
+    with pytest.raises(UserError, match="--score-mode 'exact'"):
+        ExplainSettings(cache="c", dicts=["d"], score_mode="exact").validate()
+
+
+def _record(feature: int, score: float, mode: str | None) -> dict:
+    rec = {"dictionary": "sae", "dictionary_path": "/d/sae", "kind": "tied_sae", "hook": HOOK, "explainer": "openai:m",
+           "simulator": "openai:m", "feature": feature, "status": "ok", "explanation": f"feature {feature}",
+           "scores": {"top_and_random": score, "top": score, "random": score,
+                      "simulation": {"top_and_random": score, "top": score, "random": score, "n_prompts": 1}},
+           "score_notes": {}}
+    if mode is not None:
+        rec["mode"] = mode
+        rec["simulation"] = {"mode": mode, "test": []}
+    return rec
+
+
+def _write(folder: Path, records: list[dict]) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def test_compare_and_the_report_show_scores_of_each_mode_apart(tmp_path):
+    old = _write(tmp_path / "run" / "explanations" / "old", [_record(f, 0.5, None) for f in range(3)])
+    text = _write(tmp_path / "run" / "explanations" / "text", [_record(f, 0.1, "text") for f in range(3)])
+    rows = compare_command(CompareSettings(explanations=[str(old), str(text)], json_path=str(tmp_path / "c.json")))
+    by_mode = {r["mode"]: r for r in rows}
+    assert len(rows) == 2 and set(by_mode) == {"logprobs", "text"}  # same features, same simulator: two rows
+    assert by_mode["logprobs"]["top_and_random"]["mean"] == pytest.approx(0.5) and by_mode["logprobs"]["n"] == 3
+    assert by_mode["text"]["top_and_random"]["mean"] == pytest.approx(0.1) and by_mode["text"]["n"] == 3
+    doc = json.loads((tmp_path / "c.json").read_text())
+    heads = {g["scorer"]: g for g in doc["scorer_groups"] if g["metric"] == "top_and_random"}
+    assert heads["simulation"]["mean"] == pytest.approx(0.5) and heads["simulation [text]"]["mean"] == pytest.approx(0.1)
+
+    from report.build import build_report
+
+    html = build_report(tmp_path / "run", tmp_path / "report").read_text()
+    section = html[html.index('id="scores"'):html.index('id="dictionaries"')]
+    assert "<th>mode</th>" in section and "<td>text</td>" in section and "<td>logprobs</td>" in section
