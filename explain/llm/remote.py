@@ -30,10 +30,8 @@ Simulation modes (the readout's `mode` says which ran):
   by a question asking for that token's value; the answer's first token's
   ``top_logprobs`` are read. The model sees exactly the context the
   all-at-once prompt gives that slot (everything before it), so the two
-  modes agree in meaning; it costs one request per token. A server that
-  answers without any logprobs raises `NoLogprobs` (slot 0 is asked alone
-  first, so that costs one request), which the simulation scorer turns
-  into its text mode (`explain.scorers.text_sim`) unless logprobs are required.
+  modes agree in meaning; it costs one request per token. No logprobs at
+  all: `NoLogprobs` after one request (see `explain.scorers.text_sim`).
 * ``auto`` (default) tries echo on the first prompt and falls back to chat,
   for the rest of the run, when the server refuses it (400/404/405/422/501)
   or returns no prompt log-probabilities. Server errors (5xx after retries)
