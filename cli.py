@@ -53,6 +53,13 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
                "causal.commands:patch_ioi_command", "causal.settings:PatchIOISettings"),
     Subcommand("report", "write a static HTML dashboard (index.html) of a run folder",
                "report.commands:report_command", "report.settings:ReportSettings"),
+    Subcommand("descriptors", "descriptors for every document (annotation field or LLM), clustered into a vocabulary",
+               "explain.descriptors.build:descriptors_command", "explain.descriptors.settings:DescriptorsSettings"),
+    Subcommand("probe", "a probe dictionary: one logistic-regression direction per label of an annotation field",
+               "explain.descriptors.probe:probe_command", "explain.descriptors.settings:ProbeSettings"),
+    Subcommand("describe", "assign descriptors to the features of any dictionary from their top documents; "
+               "consistency and precision@K", "explain.descriptors.describe:describe_command",
+               "explain.descriptors.settings:DescribeSettings"),
 )
 
 

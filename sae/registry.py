@@ -26,6 +26,7 @@ _KINDS: dict[str, str] = {
     "random": "sae.kinds.fitted:RandomBasis",
     "pca_topk": "sae.kinds.fitted:PCATopK",
     "ica_topk": "sae.kinds.fitted:ICATopK",
+    "probe": "sae.kinds.probe:ProbeBasis",
 }
 
 # Kinds the trainer learns (`cli.py train-sae --kind`): kind -> its training objective, beside its inference class.

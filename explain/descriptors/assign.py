@@ -1,0 +1,146 @@
+"""Descriptor assignment and its measures, as array operations over all features at once.
+
+Assignment (Mondal et al.): a feature's exemplars are its top k % documents
+by activation; a descriptor is assigned when its frequency among them is at
+least T. We add a lift condition: the frequency must also be at least
+`min_lift` times the descriptor's base rate in the corpus. Without it the
+most common descriptor of a corpus (e.g. "neutral" for a third of the
+tweets) clears any T below its base rate for *every* feature, which says
+nothing about the feature. Only documents where the feature is active (> 0)
+count as exemplars, so a feature that is zero almost everywhere is not
+described by an arbitrary tie-broken set of zeros.
+
+Everything is matrix algebra: exemplar membership is a sparse [F, n]
+matrix, descriptor frequencies are its product with the [n, V] document x
+descriptor matrix; there is no Python loop over features.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Assignment:
+    """Per feature: exemplar count [F], descriptor frequency and lift [F, V], and what is assigned [F, V]."""
+
+    n_exemplars: np.ndarray
+    frequency: np.ndarray
+    lift: np.ndarray
+    assigned: np.ndarray
+
+    def ranked(self, feature: int, names: Sequence[str]) -> list[dict]:
+        """The assigned descriptors of one feature, most frequent first (then by lift, then name)."""
+        idx = np.flatnonzero(self.assigned[feature])
+        order = sorted(idx.tolist(), key=lambda v: (-self.frequency[feature, v], -self.lift[feature, v], names[v]))
+        return [{"descriptor": names[v], "frequency": round(float(self.frequency[feature, v]), 4),
+                 "lift": round(float(self.lift[feature, v]), 3)} for v in order]
+
+
+def descriptor_matrix(doc_descriptors: Sequence[Sequence[int]], n_descriptors: int) -> torch.Tensor:
+    """[n_documents, V] float 0/1: document i carries descriptor v."""
+    m = torch.zeros((len(doc_descriptors), n_descriptors), dtype=torch.float32)
+    for i, vs in enumerate(doc_descriptors):
+        if len(vs):
+            m[i, list(vs)] = 1.0
+    return m
+
+
+def assign(acts: torch.Tensor, docs: torch.Tensor, *, top_percent: float, threshold: float, min_lift: float,
+           min_exemplars: int) -> Assignment:
+    """Assign descriptors to every feature: `acts` [n, F] feature activations, `docs` [n, V] from `descriptor_matrix`."""
+    n, n_features = acts.shape
+    m = max(1, math.ceil(n * top_percent / 100.0))
+    values, rows = torch.topk(acts, min(m, n), dim=0)  # [m, F]
+    valid = values > 0
+    feats = torch.arange(n_features).expand_as(rows)
+    member = torch.sparse_coo_tensor(torch.stack([feats[valid], rows[valid]]), torch.ones(int(valid.sum())),
+                                     (n_features, n), check_invariants=False).coalesce()  # built valid
+    counts = torch.sparse.mm(member, docs)  # [F, V] exemplars carrying each descriptor
+    n_ex = valid.sum(0).to(torch.float32)  # [F]
+    freq = counts / n_ex.clamp_min(1.0).unsqueeze(1)
+    base = docs.mean(0)  # [V]
+    lift = torch.where(base > 0, freq / base.clamp_min(1e-12), torch.zeros_like(freq))
+    assigned = (freq >= threshold) & (lift >= min_lift) & (n_ex >= min_exemplars).unsqueeze(1) & (counts > 0)
+    return Assignment(n_ex.numpy().astype(np.int64), freq.numpy(), lift.numpy(), assigned.numpy())
+
+
+def balanced_halves(doc_descriptors: Sequence[Sequence[int]], counts: Sequence[int], seed: int) -> np.ndarray:
+    """A seeded 50/50 split of the documents, balanced over descriptors; True = the first half.
+
+    Documents are grouped by their most frequent descriptor (those without
+    any form one group), and each group is shuffled and dealt alternately, so
+    every descriptor's documents fall about half in each half (the paper's
+    calibration / validation split).
+    """
+    rng = np.random.default_rng(seed)
+    key = [max(vs, key=lambda v: (counts[v], -v)) if len(vs) else -1 for vs in doc_descriptors]
+    first = np.zeros(len(key), dtype=bool)
+    groups: dict[int, list[int]] = {}
+    for i, k in enumerate(key):
+        groups.setdefault(k, []).append(i)
+    flip = 0
+    for k in sorted(groups):
+        members = np.asarray(groups[k])[rng.permutation(len(groups[k]))]
+        first[members[flip::2]] = True
+        flip ^= len(members) % 2  # an odd group's extra document goes to the other half next time
+    return first
+
+
+def jaccard_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise Jaccard of two [F, V] boolean sets; NaN where both rows are empty (nothing to compare)."""
+    inter = (a & b).sum(1).astype(np.float64)
+    union = (a | b).sum(1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, np.nan)
+
+
+def jaccard(a: set, b: set) -> float | None:
+    """|a ∩ b| / |a ∪ b|; None when both are empty."""
+    union = a | b
+    return len(a & b) / len(union) if union else None
+
+
+def majority_labels(doc_descriptors: Sequence[Sequence[int]], labels: Sequence[str | None],
+                    n_descriptors: int) -> list[str | None]:
+    """Each descriptor's most common gold label among the documents that carry it (None: no labelled document)."""
+    tallies: list[dict[str, int]] = [dict() for _ in range(n_descriptors)]
+    for vs, label in zip(doc_descriptors, labels):
+        if label is None:
+            continue
+        for v in vs:
+            tallies[v][label] = tallies[v].get(label, 0) + 1
+    return [min(t, key=lambda lab: (-t[lab], lab)) if t else None for t in tallies]
+
+
+def precision_recall_at_k(ranked: Sequence[Sequence[str]], truth: Sequence[str], gold_of: dict[str, str | None],
+                          k: int) -> dict:
+    """Precision@K over features with >= 1 descriptor, recall@K over all features (truth among the top K).
+
+    A descriptor is correct for a feature when its gold label (`gold_of`,
+    its majority label in the corpus) is the feature's true label.
+    """
+    precisions, hits = [], 0
+    for names, label in zip(ranked, truth):
+        top = list(names)[:k]
+        correct = [gold_of.get(d) == label for d in top]
+        if top:
+            precisions.append(sum(correct) / len(top))
+        hits += any(correct)
+    return {"k": k, "precision": float(np.mean(precisions)) if precisions else None,
+            "recall": hits / len(truth) if len(truth) else None, "features_with_descriptors": len(precisions),
+            "features": len(truth)}
+
+
+def mean_ci(values: Sequence[float]) -> dict:
+    """Mean with a normal-approximation 95 % interval (NaNs dropped)."""
+    x = np.asarray([v for v in values if v is not None and not np.isnan(v)], dtype=np.float64)
+    if x.size == 0:
+        return {"mean": None, "ci95": None, "n": 0}
+    half = 1.96 * x.std(ddof=1) / math.sqrt(x.size) if x.size > 1 else 0.0
+    return {"mean": float(x.mean()), "ci95": [float(x.mean() - half), float(x.mean() + half)], "n": int(x.size)}

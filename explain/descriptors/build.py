@@ -1,0 +1,106 @@
+"""`cli.py descriptors`: every document's descriptors and the clustered vocabulary, written to one folder.
+
+Outputs (all JSON, written atomically): `settings.json` (what a rerun is
+checked against), `documents.jsonl` (per document: id, its descriptor
+clusters, the raw descriptors, status, the LLM's answer when unreadable, and
+its annotation fields, so later stages join gold labels without the
+corpus), `vocabulary.json` (cluster name, members with counts, documents),
+`summary.json`. LLM calls are cached in `llm_cache.sqlite` and descriptor
+embeddings in `embeddings.sqlite`, so a rerun recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from activations.corpus import resolve_corpus
+from activations.errors import UserError
+from activations.options import identity_fields
+from activations.runstate import (check_output_folder, output_lock, read_json, require_same_settings,
+                                  write_json_atomic, write_text_atomic)
+from explain.descriptors.cluster import cluster_descriptors
+from explain.descriptors.generate import DocDescriptors, from_field, from_llm
+from explain.descriptors.settings import DescriptorsSettings
+
+SETTINGS_FILE = "settings.json"
+DOCUMENTS_FILE = "documents.jsonl"
+VOCABULARY_FILE = "vocabulary.json"
+
+
+def descriptors_command(settings: DescriptorsSettings) -> dict:
+    """Generate, cluster and write (see the module docstring); returns the summary."""
+    settings.validate()
+    out = check_output_folder(settings.out)
+    corpus = resolve_corpus(settings.corpus, settings.text_column)
+    record = {**identity_fields(settings), "corpus": corpus.describe()}
+    with output_lock(out, folder=True):
+        if (out / SETTINGS_FILE).exists() and not settings.overwrite:
+            old = read_json(out / SETTINGS_FILE, "descriptor settings", "delete the folder or pass --overwrite")
+            require_same_settings(old, record, out, "rerun with the same settings, pass --overwrite, or choose "
+                                                    "another --out")
+        documents = []
+        for doc in corpus.records():
+            documents.append(doc)
+            if settings.max_documents is not None and len(documents) >= settings.max_documents:
+                break
+        kind, _, target = settings.generator.partition(":")
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / SETTINGS_FILE, record)
+        if kind == "field":
+            described = from_field(documents, target)
+        else:
+            described = from_llm(documents, settings.generator, out / "llm_cache.sqlite",
+                                 max_tokens=settings.max_tokens, base_url=settings.base_url,
+                                 concurrency=settings.concurrency)
+        return _cluster_and_write(out, settings, described)
+
+
+def _cluster_and_write(out: Path, settings: DescriptorsSettings, described: list[DocDescriptors]) -> dict:
+    from explain.llm.embedder import Embedder
+
+    counts = Counter(r for d in described for r in d.raw)
+    embedder = Embedder.from_spec(settings.embedder, store_path=out / "embeddings.sqlite")
+    try:
+        vocab = cluster_descriptors(counts, embedder.embed, settings.cluster_threshold)
+    finally:
+        embedder.store.close()
+    doc_counts = [0] * len(vocab.names)
+    lines = []
+    for d in described:
+        clusters = sorted({vocab.cluster_of[r] for r in d.raw})
+        for c in clusters:
+            doc_counts[c] += 1
+        row = {"id": d.id, "descriptors": [vocab.names[c] for c in clusters], "raw": d.raw, "status": d.status,
+               "fields": d.fields}
+        if d.answer is not None:
+            row["answer"] = d.answer
+        lines.append(json.dumps(row, ensure_ascii=False, default=str))
+    write_text_atomic(out / DOCUMENTS_FILE, "\n".join(lines) + "\n")
+    write_json_atomic(out / VOCABULARY_FILE, vocab.to_json(doc_counts))
+    statuses = Counter(d.status for d in described)
+    summary = {"documents": len(described), "statuses": dict(statuses), "raw_descriptors": len(counts),
+               "clusters": len(vocab.names), "generator": settings.generator}
+    write_json_atomic(out / "summary.json", summary)
+    print(f"{len(described)} documents, {len(counts)} distinct descriptors -> {len(vocab.names)} clusters in {out} "
+          f"({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))})")
+    return summary
+
+
+def read_descriptors(folder: str | Path) -> tuple[list[dict], list[dict]]:
+    """(documents, vocabulary) of a `cli.py descriptors` folder, checked."""
+    folder = Path(folder)
+    if not (folder / DOCUMENTS_FILE).exists() or not (folder / VOCABULARY_FILE).exists():
+        raise UserError(f"{folder} is not a descriptors folder (no {DOCUMENTS_FILE} / {VOCABULARY_FILE}): write one "
+                        "with `python cli.py descriptors --corpus C --generator G --out DIR`")
+    vocabulary = read_json(folder / VOCABULARY_FILE, "vocabulary", "rerun `cli.py descriptors`")
+    documents = []
+    for lineno, raw in enumerate((folder / DOCUMENTS_FILE).read_text(encoding="utf-8").splitlines(), start=1):
+        if raw.strip():
+            try:
+                documents.append(json.loads(raw))
+            except json.JSONDecodeError as err:
+                raise UserError(f"{folder / DOCUMENTS_FILE}:{lineno} is not JSON ({err.msg}): rerun "
+                                "`cli.py descriptors` with --overwrite") from err
+    return documents, vocabulary

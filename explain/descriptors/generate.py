@@ -1,0 +1,118 @@
+"""Per-document descriptors: from an annotation field, or proposed by an LLM (Mondal et al.'s first step).
+
+`field:<name>` takes a document's annotation (the Wikipedia leads'
+`description`, the tweets' `sentiment`): no model, exact, and the honest
+offline source, since no local LLM good enough to describe documents ships
+through PyPI. `local:` / `openai:` ask the existing backends for up to five
+descriptors of one to three words as a JSON list; every call goes through
+the SQLite call cache, and an answer that is not such a list is recorded
+(`status: malformed` with the raw answer) and gives the document no
+descriptors, never a crash and never a silent empty answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from activations.corpus import Document
+from activations.errors import UserError
+
+MAX_DESCRIPTORS = 5
+MAX_WORDS = 3
+_MAX_CHARS = 1500  # of a document in the prompt: descriptors need the gist, and short prompts keep calls cheap
+
+SYSTEM = ("You label documents with short descriptors. A descriptor is 1 to 3 words naming a topic, entity type, "
+          "sentiment, style or other property of the document. Answer with a JSON list of at most 5 strings and "
+          "nothing else.")
+EXAMPLE_DOC = "The common kingfisher is a small bird found across Eurasia and North Africa; it dives for fish."
+EXAMPLE_ANSWER = '["bird species", "animals", "Eurasia", "fishing"]'
+
+
+@dataclass
+class DocDescriptors:
+    """One document's raw descriptors (normalised), and how they were obtained."""
+
+    id: str
+    raw: list[str]
+    fields: dict[str, Any] = field(default_factory=dict)
+    status: str = "ok"  # ok | empty | malformed | failed
+    answer: str | None = None  # the LLM's text when it could not be read
+
+
+def normalise(descriptor: str) -> str:
+    """Lower case, single spaces, no surrounding punctuation: so "Birds." and "birds" are one descriptor."""
+    return re.sub(r"\s+", " ", descriptor).strip().strip(".,;:!?\"'").strip().lower()
+
+
+def from_field(documents: Sequence[Document], name: str) -> list[DocDescriptors]:
+    """Descriptors from the annotation `name` (a string, or a list of strings); missing or empty -> status empty."""
+    if documents and not any(name in d.fields for d in documents):
+        fields = sorted({k for d in documents for k in d.fields})
+        raise UserError(f"no document has the field {name!r} (fields: {', '.join(fields) or 'none'}): pass "
+                        "--generator field:<one of those>")
+    out = []
+    for doc in documents:
+        value = doc.fields.get(name)
+        values = value if isinstance(value, list) else [value]
+        raw = list(dict.fromkeys(n for n in (normalise(str(v)) for v in values if v is not None) if n))
+        out.append(DocDescriptors(doc.id, raw, dict(doc.fields), "ok" if raw else "empty"))
+    return out
+
+
+def messages_for(text: str) -> list[dict[str, str]]:
+    """The chat that asks for one document's descriptors (one worked example, then the document)."""
+    doc = text if len(text) <= _MAX_CHARS else text[:_MAX_CHARS] + " ..."
+    return [{"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"Document:\n{EXAMPLE_DOC}\n\nDescriptors:"},
+            {"role": "assistant", "content": EXAMPLE_ANSWER},
+            {"role": "user", "content": f"Document:\n{doc}\n\nDescriptors:"}]
+
+
+def parse_answer(answer: str) -> list[str] | None:
+    """The descriptors in an answer, or None when it holds no JSON list of strings.
+
+    The first `[...]` is read (models often add prose around it); items
+    longer than three words are dropped, at most five are kept.
+    """
+    match = re.search(r"\[.*?\]", answer, flags=re.S)
+    if not match:
+        return None
+    try:
+        items = json.loads(match.group(0))
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        return None
+    kept = [n for n in (normalise(i) for i in items) if n and len(n.split()) <= MAX_WORDS]
+    return list(dict.fromkeys(kept))[:MAX_DESCRIPTORS]
+
+
+def from_llm(documents: Sequence[Document], spec: str, cache_path: Path, *, max_tokens: int,
+             base_url: str | None, concurrency: int) -> list[DocDescriptors]:
+    """Ask the backend `spec` for every document's descriptors (greedy, cached); failures are recorded per document."""
+    from explain.llm.backends import LLMCache, LLMError, make_backend
+
+    cache = LLMCache(cache_path)
+    kind = spec.partition(":")[0]
+    backend = make_backend(spec, cache=cache, **({"base_url": base_url, "concurrency": concurrency}
+                                                 if kind == "openai" else {}))
+    try:
+        def ask(doc: Document) -> DocDescriptors:
+            try:
+                answer = backend.generate(messages_for(doc.text), n=1, temperature=0.0, max_tokens=max_tokens)[0]
+            except LLMError as err:
+                return DocDescriptors(doc.id, [], dict(doc.fields), "failed", str(err))
+            parsed = parse_answer(answer)
+            if parsed is None:
+                return DocDescriptors(doc.id, [], dict(doc.fields), "malformed", answer)
+            return DocDescriptors(doc.id, parsed, dict(doc.fields), "ok" if parsed else "empty",
+                                  None if parsed else answer)
+
+        return backend.map_concurrent(ask, list(documents))
+    finally:
+        backend.close()
+        cache.close()

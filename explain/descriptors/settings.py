@@ -1,0 +1,94 @@
+"""Settings of `cli.py descriptors`, `cli.py probe` and `cli.py describe` (descriptor discovery, Mondal et al.).
+
+One dataclass per subcommand; `cli.py` builds the flags from their
+`option()` fields. Imports nothing heavy, so `cli.py --help` stays instant.
+The identity fields are what each output folder's `settings.json` records;
+a rerun into a folder made with other identity settings is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from activations.errors import UserError
+from activations.options import option
+
+GENERATOR_HELP = ("field:<name> (the descriptors are an annotation field of the corpus: the honest offline source), "
+                  "local:<hub id|folder|default> or openai:<model> (an LLM proposes up to 5 descriptors per document)")
+
+
+@dataclass
+class DescriptorsSettings:
+    """Descriptors for every document of a corpus, clustered into a vocabulary."""
+
+    corpus: str = option("default", help="the corpus, as for `cli.py cache` (.jsonl, .csv, 'default', 'tweets', ...)")
+    text_column: str | None = option(None, help="the .jsonl field or .csv column holding the text (default: text)")
+    generator: str = option("field:description", help=GENERATOR_HELP)
+    max_documents: int | None = option(None, help="the first N documents (default: all; must match the pooled cache)")
+    cluster_threshold: float = option(0.25, help="cosine distance under which descriptors join one cluster "
+                                                 "(average linkage; 0 keeps only identical ones together)")
+    embedder: str = option("default", help="sentence-embedding model for clustering: default (all-MiniLM-L6-v2), "
+                                           "hub id or folder")
+    max_tokens: int = option(60, help="LLM generators: answer length in tokens")
+    base_url: str | None = option(None, identity=False, help="openai: generator: an OpenAI-compatible endpoint")
+    concurrency: int = option(4, identity=False, help="openai: generator: requests in flight")
+    out: str = option("descriptors", required=True, identity=False, help="the output folder")
+    overwrite: bool = option(False, identity=False, help="replace a folder made with other settings")
+
+    def validate(self) -> None:
+        kind, sep, target = self.generator.partition(":")
+        if not sep or kind not in ("field", "local", "openai") or not target.strip():
+            raise UserError(f"--generator {self.generator!r} is not a generator: use {GENERATOR_HELP}")
+        if not 0.0 <= self.cluster_threshold <= 2.0:
+            raise UserError(f"--cluster-threshold {self.cluster_threshold} is not a cosine distance: use 0..2 "
+                            "(0.2-0.4 merges near-synonyms)")
+        if self.max_documents is not None and self.max_documents < 1:
+            raise UserError(f"--max-documents {self.max_documents} must be at least 1")
+
+
+@dataclass
+class ProbeSettings:
+    """A `probe` dictionary: one logistic-regression direction per label of an annotation field."""
+
+    cache: str = option(help="a pooled cache (`cli.py cache --pool ...`)")
+    hook: str = option(help="the hook of the pooled cache to probe")
+    descriptors: str = option(help="a `cli.py descriptors` folder: its documents.jsonl carries the annotation fields")
+    field: str = option("topic", help="the annotation field whose values are the labels")
+    min_documents: int = option(20, help="labels with fewer documents are left out")
+    l2: float = option(1.0, help="inverse L2 strength C of scikit-learn's LogisticRegression")
+    out: str = option("probe", required=True, identity=False, help="the dictionary folder to write")
+
+
+@dataclass
+class DescribeSettings:
+    """Assign descriptors to every feature of some dictionaries from their top documents; measure it."""
+
+    cache: str = option(help="a pooled cache (`cli.py cache --pool ...`)")
+    dictionaries: list[str] = option(flag="--dict", help="dictionary folders (any kind)")
+    descriptors: str = option(help="a `cli.py descriptors` folder")
+    top_percent: float = option(1.0, help="a feature's exemplars: its top k percent of documents (the paper: 1)")
+    threshold: float = option(0.2, help="a descriptor is assigned when its frequency among the exemplars is >= T ...")
+    min_lift: float = option(2.0, help="... and at least this many times its frequency in the whole corpus")
+    min_exemplars: int = option(5, help="features active (> 0) on fewer documents get status none")
+    top_k: int = option(2, help="K of precision@K / recall@K (probe dictionaries and --judge)")
+    seed: int = option(0, help="seed of the 50/50 corpus split for consistency")
+    gold_field: str | None = option(None, help="annotation field that maps each descriptor to a gold label (its "
+                                               "majority label); default: the probe dictionary's field")
+    judge: str | None = option(None, help="openai:<model> or local:<...>: asks whether each assigned descriptor "
+                                          "fits the exemplars (precision@K from its answers)")
+    base_url: str | None = option(None, identity=False, help="the judge's OpenAI-compatible endpoint")
+    out: str = option("described", required=True, identity=False, help="the output folder")
+    overwrite: bool = option(False, identity=False, help="replace a folder made with other settings")
+
+    def validate(self) -> None:
+        if not 0.0 < self.top_percent <= 100.0:
+            raise UserError(f"--top-percent {self.top_percent} must be in (0, 100]: the paper uses 1")
+        if not 0.0 < self.threshold <= 1.0:
+            raise UserError(f"--threshold {self.threshold} is a frequency: use a value in (0, 1]")
+        if self.min_lift < 1.0:
+            raise UserError(f"--min-lift {self.min_lift} below 1 would assign descriptors rarer among the exemplars "
+                            "than in the corpus: use 1 or more")
+        if self.top_k < 1 or self.min_exemplars < 1:
+            raise UserError("--top-k and --min-exemplars must be at least 1")
+        if not self.dictionaries:
+            raise UserError("no --dict given: pass at least one dictionary folder")
