@@ -32,6 +32,16 @@ def data() -> torch.Tensor:
     return x * torch.linspace(0.5, 3.0, D) + torch.linspace(-1, 1, D)
 
 
+def _probe(base: dict, g: torch.Generator):
+    """A probe dictionary (issue 14) as `cli.py probe` stores it: logistic-regression rows, unit decoder rows."""
+    from sae.kinds.probe import ProbeBasis
+    from sae.dictionaries import unit_rows
+
+    w = torch.randn(3, D, generator=g)
+    return ProbeBasis({"W_enc": w, "b_enc": torch.randn(3, generator=g), "W_dec": unit_rows(w), "b_dec": torch.zeros(D)},
+                      {**base, "d_in": D, "n_features": 3, "labels": ["a", "b", "c"], "label_field": "topic"})
+
+
 @pytest.fixture(scope="module")
 def every_kind(data) -> list:
     g = torch.Generator().manual_seed(0)
@@ -50,7 +60,7 @@ def every_kind(data) -> list:
     batchtopk = BatchTopKSAE({**untied_tensors, "threshold": torch.full((30,), 0.3)}, {**base, "d_in": D, "n_features": 30})
     jumprelu = JumpReLUSAE({**untied_tensors, "threshold": thresholds}, {**base, "d_in": D, "n_features": 30})
     kinds = [tied, untied, topk, batchtopk, jumprelu, pca, ica, random_basis(D, dict(base), seed=1), neuron_basis(D, dict(base)),
-             signed_neuron_basis(D, dict(base)), topk_control(pca, 3, {}), topk_control(ica, 3, {})]
+             signed_neuron_basis(D, dict(base)), topk_control(pca, 3, {}), topk_control(ica, 3, {}), _probe(base, g)]
     assert sorted(d.kind for d in kinds) == sorted(KINDS)
     return kinds
 
