@@ -62,13 +62,28 @@ def load_all(paths: list[str | Path]) -> list[dict[str, Any]]:
     seen: dict[tuple, dict[str, Any]] = {}
     out = []
     for p in paths:
-        for r in read_records(_results_path(p)):
+        for r in _with_run_mode(read_records(_results_path(p))):
             key = (r.get("explainer"), r.get("simulator"), record_mode(r), r.get("dictionary_path"), r.get("feature"))
             if key in seen:
                 _merge_scorers(seen[key], r)
                 continue
             seen[key] = r
             out.append(r)
+    return out
+
+
+def _with_run_mode(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records of one run, its skipped and failed ones given the mode its scored ones share (in memory only),
+    so that they are counted in the row of that mode instead of in a row of their own."""
+    modes: dict[tuple, set[str]] = {(r.get("explainer"), r.get("simulator")): set() for r in records}
+    for r in records:
+        if r.get("status") == "ok":
+            modes[(r.get("explainer"), r.get("simulator"))].add(record_mode(r, "simulation"))
+    out = []
+    for r in records:
+        run = modes[(r.get("explainer"), r.get("simulator"))]
+        out.append({**r, "mode": next(iter(run))} if r.get("status") != "ok" and not r.get("mode") and len(run) == 1
+                   else r)
     return out
 
 

@@ -153,3 +153,35 @@ def test_compare_parses_hooks_with_the_one_parser_and_tolerates_unknown_names():
            "scores": {"top_and_random": 0.5, "top": 0.5, "random": 0.1}}
     (row,) = summarise([rec])
     assert row["layer"] is None and row["site"] == "encoder.layer.1" and row["top_and_random"]["mean"] == 0.5
+
+
+class _FailingScorer(_LengthScorer):
+    """A scorer whose every request fails (an LLM server that errors), to see what a record keeps."""
+
+    name = "broken"
+
+    def _score_many(self, jobs):
+        from explain.llm.errors import LLMError
+
+        raise LLMError("HTTP 500 after 3 attempts")
+
+
+def test_a_scoring_failure_keeps_the_explanation_and_the_scores_already_made():
+    ex, cands = _dog_exemplars(), ['" the" (10)', '" dog" (10)']
+    rec = explain_feature(ex, _Stub(cands), TokenListScorer(), ExemplarConfig(), {"dictionary": "d"},
+                          extra_scorers=[_FailingScorer()])
+    assert rec["status"] == "failed" and rec["failed_step"] == "scoring" and rec["failed_scorer"] == "broken"
+    assert rec["error"] == "LLMError: HTTP 500 after 3 attempts"
+    assert rec["explanation"] == cands[1] and [c["explanation"] for c in rec["candidates"]] == cands
+    assert rec["scores"]["top_and_random"] == pytest.approx(1.0) and "broken" not in rec["scores"]
+    assert "mode" not in rec  # the token lookup reads no LLM answers
+    # a failing explainer: nothing to keep, and the step says so
+    failing = explain_feature(ex, _FailingExplainer(), TokenListScorer(), ExemplarConfig(), {"dictionary": "d"})
+    assert failing["status"] == "failed" and failing["failed_step"] == "explain" and failing["explanation"] is None
+
+
+class _FailingExplainer:
+    def candidates(self, train_records, *, feature_seed=0):
+        from explain.llm.errors import LLMError
+
+        raise LLMError("none of 1 answers held an explanation")

@@ -113,12 +113,14 @@ def _write(folder: Path, records: list[dict]) -> Path:
 
 def test_compare_and_the_report_show_scores_of_each_mode_apart(tmp_path):
     old = _write(tmp_path / "run" / "explanations" / "old", [_record(f, 0.5, None) for f in range(3)])
-    text = _write(tmp_path / "run" / "explanations" / "text", [_record(f, 0.1, "text") for f in range(3)])
+    skipped = {**_record(9, 0.0, None), "status": "skipped", "scores": {}, "explanation": None}
+    text = _write(tmp_path / "run" / "explanations" / "text", [_record(f, 0.1, "text") for f in range(3)] + [skipped])
     rows = compare_command(CompareSettings(explanations=[str(old), str(text)], json_path=str(tmp_path / "c.json")))
     by_mode = {r["mode"]: r for r in rows}
     assert len(rows) == 2 and set(by_mode) == {"logprobs", "text"}  # same features, same simulator: two rows
     assert by_mode["logprobs"]["top_and_random"]["mean"] == pytest.approx(0.5) and by_mode["logprobs"]["n"] == 3
-    assert by_mode["text"]["top_and_random"]["mean"] == pytest.approx(0.1) and by_mode["text"]["n"] == 3
+    assert by_mode["text"]["top_and_random"]["mean"] == pytest.approx(0.1) and by_mode["text"]["n_ok"] == 3
+    assert by_mode["text"]["n_skipped"] == 1  # a skipped record has no mode: it counts with its run's scored ones
     doc = json.loads((tmp_path / "c.json").read_text())
     heads = {g["scorer"]: g for g in doc["scorer_groups"] if g["metric"] == "top_and_random"}
     assert heads["simulation"]["mean"] == pytest.approx(0.5) and heads["simulation [text]"]["mean"] == pytest.approx(0.1)

@@ -220,7 +220,8 @@ class SimulationScorer(Scorer):
                 raise
             import sys
 
-            print(f"{err}: simulating from text answers (mode text) for the rest of the run", file=sys.stderr)
+            print(f"{str(err).split(';')[0]}: simulating from text answers (mode text) for the rest of the run",
+                  file=sys.stderr)
             self.no_logprobs = True
             return text.simulate_many(work)
 
