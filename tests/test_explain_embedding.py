@@ -121,3 +121,31 @@ def test_batching_by_length_changes_no_vector_and_counts_tokens_as_the_tokenizer
     assert fresh.count_tokens(texts + texts[:2]) == sum(len(ids) for ids in enc)
     cold = Embedder(embedder.model, embedder.tokenizer, name="t", store=VectorStore(None))
     assert cold.count_tokens(texts) == sum(len(ids) for ids in enc[:len(texts)])  # never embedded: tokenised
+
+
+def test_a_store_keeps_token_counts_and_an_old_store_gains_the_column(embedder, tmp_path, monkeypatch):
+    """A warm run reads each window's token count from the store instead of tokenising it again; a store written
+    before the count was kept still opens, and its texts are counted by the tokenizer."""
+    import sqlite3
+
+    from explain.llm.embedder import Embedder, VectorStore
+
+    old = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(old)
+    conn.execute("CREATE TABLE vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+    conn.commit()
+    conn.close()
+    first = Embedder(embedder.model, embedder.tokenizer, name="t", store=VectorStore(old))
+    first.embed(DOG)
+    expected = first.count_tokens(DOG)
+    first.close()
+    conn = sqlite3.connect(old)
+    conn.execute("INSERT INTO vectors (key, vec) VALUES ('legacy', ?)", (np.zeros(384, np.float32).tobytes(),))
+    conn.commit()
+    conn.close()
+    second = Embedder(embedder.model, embedder.tokenizer, name="t", store=VectorStore(old))
+    second.embed(DOG)
+    monkeypatch.setattr(second, "_lengths", lambda texts: pytest.fail(f"tokenised {list(texts)} again"))
+    assert second.n_embedded == 0 and second.count_tokens(DOG) == expected
+    assert second.store.get_many(["legacy"])["legacy"].shape == (384,) and "legacy" not in second.store.n_tokens
+    second.close()

@@ -69,11 +69,15 @@ def _threads(n: int | None) -> Iterator[None]:
 
 
 class VectorStore:
-    """SQLite key -> float32 vector, thread-safe; `path=None` keeps vectors in memory only."""
+    """SQLite key -> float32 vector (and the text's token count), thread-safe; `path=None` keeps them in memory.
+
+    The token count is stored so that a warm run (every window already embedded) need not tokenise each window
+    again just to report what embedding it costs; a store written before the column existed gains it, empty."""
 
     def __init__(self, path: str | Path | None):
         self._lock = threading.Lock()
         self._memory: dict[str, np.ndarray] = {}
+        self.n_tokens: dict[str, int] = {}  # key -> token count, for the keys read or written that have one
         self._conn: sqlite3.Connection | None = None
         if path is None:
             return
@@ -84,7 +88,10 @@ class VectorStore:
             # WAL + NORMAL: a commit is not fsynced (the store stays consistent; a power cut can only lose the last
             # vectors, which a rerun recomputes); with FULL, each feature's one new explanation cost an fsync.
             self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+            self._conn.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL, "
+                               "n_tokens INTEGER)")
+            if "n_tokens" not in {row[1] for row in self._conn.execute("PRAGMA table_info(vectors)")}:
+                self._conn.execute("ALTER TABLE vectors ADD COLUMN n_tokens INTEGER")
             self._conn.commit()
         except sqlite3.DatabaseError as err:
             raise UserError(f"cannot open the embedding store {path}: {first_line(err)}; delete it") from err
@@ -96,18 +103,23 @@ class VectorStore:
             if self._conn is not None:
                 for i in range(0, len(missing), 500):
                     part = missing[i:i + 500]
-                    rows = self._conn.execute(f"SELECT key, vec FROM vectors WHERE key IN ({','.join('?' * len(part))})",
-                                              part).fetchall()
-                    for k, blob in rows:
+                    rows = self._conn.execute("SELECT key, vec, n_tokens FROM vectors WHERE key IN "
+                                              f"({','.join('?' * len(part))})", part).fetchall()
+                    for k, blob, n in rows:
                         found[k] = self._memory[k] = np.frombuffer(blob, dtype=np.float32)
+                        if n is not None:
+                            self.n_tokens[k] = int(n)
         return found
 
-    def put_many(self, items: dict[str, np.ndarray]) -> None:
+    def put_many(self, items: dict[str, np.ndarray], n_tokens: dict[str, int] | None = None) -> None:
+        n_tokens = n_tokens or {}
         with self._lock:
             self._memory.update(items)
+            self.n_tokens.update(n_tokens)
             if self._conn is not None and items:
-                self._conn.executemany("INSERT OR REPLACE INTO vectors (key, vec) VALUES (?, ?)",
-                                       [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()])
+                self._conn.executemany("INSERT OR REPLACE INTO vectors (key, vec, n_tokens) VALUES (?, ?, ?)",
+                                       [(k, np.asarray(v, dtype=np.float32).tobytes(), n_tokens.get(k))
+                                        for k, v in items.items()])
                 self._conn.commit()
 
     def close(self) -> None:
@@ -189,7 +201,7 @@ class Embedder:
         if todo:
             vectors = self._compute(todo)
             new = {self._key(t): v for t, v in zip(todo, vectors)}
-            self.store.put_many(new)
+            self.store.put_many(new, {self._key(t): self._n_tokens[t] for t in todo})
             found.update(new)
         if not texts:
             return np.zeros((0, 0), dtype=np.float32), todo
@@ -197,10 +209,18 @@ class Embedder:
 
     def count_tokens(self, texts: Sequence[str]) -> int:
         """Encoder tokens of `texts` (what embedding them costs, whether or not they are in the store);
-        each distinct text is tokenised once per embedder (or not at all, if this embedder computed it)."""
+        each distinct text is tokenised at most once per embedder, and not at all if it was embedded by this
+        embedder or read from a store that kept its count."""
         if not texts:
             return 0
-        unknown = [t for t in dict.fromkeys(texts) if t not in self._n_tokens]
+        unknown = []
+        for t in dict.fromkeys(texts):
+            if t not in self._n_tokens:
+                stored = self.store.n_tokens.get(self._key(t))
+                if stored is None:
+                    unknown.append(t)
+                else:
+                    self._n_tokens[t] = stored
         if unknown:
             self._n_tokens.update(zip(unknown, self._lengths(unknown)))
         return sum(self._n_tokens[t] for t in texts)
