@@ -9,6 +9,7 @@ generator with SmolLM2 on a few documents).
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -199,6 +200,29 @@ def test_field_generator_probe_and_describe_end_to_end(annotated, tmp_path, monk
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     probe = next(s for s in summary["dictionaries"] if s["kind"] == "probe")
     assert probe["at_k"]["precision"] == 1.0 and probe["at_k"]["recall"] == 1.0 and probe["gold_field"] == "kind"
+    # an LLM judge (a fake endpoint): yes for alpha, no for beta, an unreadable answer for gamma
+    asked = []
+
+    class Judge:
+        def generate(self, messages, **kw):
+            asked.append(messages[-1]["content"])
+            word = messages[-1]["content"].split('descriptor "')[1].split('"')[0]
+            return [{"alpha": "Yes.", "beta": "no", "gamma": "It depends"}[word]]
+
+        def map_concurrent(self, fn, items):
+            return [fn(x) for x in items]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("explain.llm.backends.make_backend", lambda spec, **kw: Judge())
+    assert cli.main(["describe", "--cache", str(cache), "--dict", str(tmp_path / "neuron"), "--descriptors",
+                     str(tmp_path / "desc"), "--top-percent", "20", "--threshold", "0.5", "--judge", "openai:fake",
+                     "--out", str(tmp_path / "judged")]) == 0
+    judged = json.loads((tmp_path / "judged" / "summary.json").read_text())["dictionaries"][0]["judge"]
+    assert judged["precision"] == 0.5 and judged["malformed"] == 1 and judged["features_judged"] == 2
+    shown = [int(n) for n in re.findall(r"document number (\d+)", asked[0])]  # feature 0's exemplars: alpha docs
+    assert len(asked) == 3 and len(shown) == 5 and all(n % 3 == 0 for n in shown)
     # a rerun into the same folder with another setting is refused before anything is overwritten
     before = (tmp_path / "out" / "descriptors.jsonl").read_bytes()
     assert cli.main(["describe", "--cache", str(cache), "--dict", str(tmp_path / "neuron"), "--descriptors",

@@ -3,8 +3,8 @@
 Outputs (all JSON, written atomically): `settings.json` (what a rerun is
 checked against), `documents.jsonl` (per document: id, its descriptor
 clusters, the raw descriptors, status, the LLM's answer when unreadable, and
-its annotation fields, so later stages join gold labels without the
-corpus), `vocabulary.json` (cluster name, members with counts, documents),
+its annotation fields and its first 1000 characters, so later stages join
+gold labels and show exemplars without the corpus), `vocabulary.json` (cluster name, members with counts, documents),
 `summary.json`. LLM calls are cached in `llm_cache.sqlite` and descriptor
 embeddings in `embeddings.sqlite`, so a rerun recomputes nothing.
 """
@@ -27,6 +27,7 @@ from explain.descriptors.settings import DescriptorsSettings
 SETTINGS_FILE = "settings.json"
 DOCUMENTS_FILE = "documents.jsonl"
 VOCABULARY_FILE = "vocabulary.json"
+_TEXT_CHARS = 1000  # of each document kept in documents.jsonl: what a judge is shown as an exemplar
 
 
 def descriptors_command(settings: DescriptorsSettings) -> dict:
@@ -54,10 +55,12 @@ def descriptors_command(settings: DescriptorsSettings) -> dict:
             described = from_llm(documents, settings.generator, out / "llm_cache.sqlite",
                                  max_tokens=settings.max_tokens, base_url=settings.base_url,
                                  concurrency=settings.concurrency)
-        return _cluster_and_write(out, settings, described)
+        texts = {doc.id: doc.text[:_TEXT_CHARS] for doc in documents}
+        return _cluster_and_write(out, settings, described, texts)
 
 
-def _cluster_and_write(out: Path, settings: DescriptorsSettings, described: list[DocDescriptors]) -> dict:
+def _cluster_and_write(out: Path, settings: DescriptorsSettings, described: list[DocDescriptors],
+                       texts: dict[str, str]) -> dict:
     from explain.llm.embedder import Embedder
 
     counts = Counter(r for d in described for r in d.raw)
@@ -73,7 +76,7 @@ def _cluster_and_write(out: Path, settings: DescriptorsSettings, described: list
         for c in clusters:
             doc_counts[c] += 1
         row = {"id": d.id, "descriptors": [vocab.names[c] for c in clusters], "raw": d.raw, "status": d.status,
-               "fields": d.fields}
+               "fields": d.fields, "text": texts.get(d.id, "")}
         if d.answer is not None:
             row["answer"] = d.answer
         lines.append(json.dumps(row, ensure_ascii=False, default=str))

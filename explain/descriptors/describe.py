@@ -11,7 +11,9 @@ PCA, ICA, random, probe: all through `encode`), assigns descriptors
   both are empty);
 * precision@K / recall@K for `probe` dictionaries, whose features' true
   labels are known: a descriptor counts as correct when its majority gold
-  label in the corpus is the feature's label.
+  label in the corpus is the feature's label;
+* with `--judge`, precision@K from an LLM's yes/no on whether each top-K
+  descriptor fits the feature's top documents (`explain.descriptors.judge`).
 
 Writes `OUT/descriptors.jsonl` (one record per (dictionary, feature)) and
 `OUT/summary.json` (per dictionary), and prints the per-basis table.
@@ -129,6 +131,15 @@ def _describe_one(dictionary, acts: torch.Tensor, matrix: torch.Tensor, first: n
              "fraction_described": float(np.mean([bool(r) for r in ranked_names])),
              "descriptors_per_feature": float(np.mean([len(r) for r in ranked_names])),
              "consistency": mean_ci(consistency.tolist())}
+    if settings.judge is not None:
+        from explain.descriptors.judge import judge_features
+
+        stats["judge"], verdicts = judge_features(
+            settings.judge, Path(settings.out) / "llm_cache.sqlite", acts, ranked_names,
+            [d.get("text", "") for d in docs], k=settings.top_k, n_features=settings.judge_features,
+            seed=settings.seed, base_url=settings.base_url)
+        for j, v in verdicts.items():
+            records[j]["judge"] = v
     if truth is not None:
         field = settings.gold_field or dictionary.config.get("label_field")
         labels = [None if d.get("fields", {}).get(field) is None else str(d["fields"][field]) for d in docs]
@@ -140,12 +151,14 @@ def _describe_one(dictionary, acts: torch.Tensor, matrix: torch.Tensor, first: n
 
 def _print_table(summary: dict) -> None:
     print(f"{'dictionary':<28} {'kind':<10} {'features':>8} {'described':>9} {'desc/feat':>9} {'consistency (95% CI)':<26}"
-          f" {'P@K':>6} {'R@K':>6}")
+          f" {'P@K':>6} {'R@K':>6} {'judge P@K':>9}")
     for s in summary["dictionaries"]:
         c = s["consistency"]
         cons = "-" if c["mean"] is None else f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}] n={c['n']}"
         at = s.get("at_k", {})
         p = "-" if at.get("precision") is None else f"{at['precision']:.2f}"
         r = "-" if at.get("recall") is None else f"{at['recall']:.2f}"
+        judged = s.get("judge", {}).get("precision")
+        j = "-" if judged is None else f"{judged:.2f}"
         print(f"{s['dictionary'][:28]:<28} {s['kind']:<10} {s['n_features']:>8} {s['fraction_described']:>9.2f} "
-              f"{s['descriptors_per_feature']:>9.2f} {cons:<26} {p:>6} {r:>6}")
+              f"{s['descriptors_per_feature']:>9.2f} {cons:<26} {p:>6} {r:>6} {j:>9}")

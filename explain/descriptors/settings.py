@@ -76,6 +76,7 @@ class DescribeSettings:
                                                "majority label); default: the probe dictionary's field")
     judge: str | None = option(None, help="openai:<model> or local:<...>: asks whether each assigned descriptor "
                                           "fits the exemplars (precision@K from its answers)")
+    judge_features: int = option(50, help="with --judge: described features judged per dictionary (seeded sample)")
     base_url: str | None = option(None, identity=False, help="the judge's OpenAI-compatible endpoint")
     out: str = option("described", required=True, identity=False, help="the output folder")
     overwrite: bool = option(False, identity=False, help="replace a folder made with other settings")
@@ -88,7 +89,12 @@ class DescribeSettings:
         if self.min_lift < 1.0:
             raise UserError(f"--min-lift {self.min_lift} below 1 would assign descriptors rarer among the exemplars "
                             "than in the corpus: use 1 or more")
-        if self.top_k < 1 or self.min_exemplars < 1:
-            raise UserError("--top-k and --min-exemplars must be at least 1")
+        if self.top_k < 1 or self.min_exemplars < 1 or self.judge_features < 1:
+            raise UserError("--top-k, --min-exemplars and --judge-features must be at least 1")
+        if self.judge is not None:
+            kind, sep, target = self.judge.partition(":")
+            if not sep or kind not in ("local", "openai") or not target.strip():
+                raise UserError(f"--judge {self.judge!r} is not an LLM: use openai:<model> or local:<hub id|folder|"
+                                "default>")
         if not self.dictionaries:
             raise UserError("no --dict given: pass at least one dictionary folder")
