@@ -191,7 +191,8 @@ def test_field_generator_probe_and_describe_end_to_end(annotated, tmp_path, monk
                      "--out", str(tmp_path / "probe")]) == 0
     assert cli.main(["describe", "--cache", str(cache), "--dict", str(tmp_path / "neuron"), str(tmp_path / "probe"),
                      "--descriptors", str(tmp_path / "desc"), "--top-percent", "20", "--threshold", "0.5",
-                     "--out", str(tmp_path / "out")]) == 0
+                     "--out", str(tmp_path / "out"), "--plot", str(tmp_path / "cmp.png")]) == 0
+    assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     recs = [json.loads(line) for line in (tmp_path / "out" / "descriptors.jsonl").read_text().splitlines()]
     neuron = {r["feature"]: r for r in recs if r["kind"] == "neuron"}
     assert [neuron[i]["descriptors"][0]["descriptor"] for i in range(3)] == kinds
@@ -200,6 +201,9 @@ def test_field_generator_probe_and_describe_end_to_end(annotated, tmp_path, monk
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     probe = next(s for s in summary["dictionaries"] if s["kind"] == "probe")
     assert probe["at_k"]["precision"] == 1.0 and probe["at_k"]["recall"] == 1.0 and probe["gold_field"] == "kind"
+    neuron_stats = next(s for s in summary["dictionaries"] if s["kind"] == "neuron")
+    assert neuron_stats["basis"] == "neuron @ L0" and neuron_stats["fraction_described"] == 0.75
+    assert neuron_stats["consistency"] == {"mean": 1.0, "ci95": [1.0, 1.0], "n": 3}
     # an LLM judge (a fake endpoint): yes for alpha, no for beta, an unreadable answer for gamma
     asked = []
 

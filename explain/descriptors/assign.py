@@ -137,10 +137,11 @@ def precision_recall_at_k(ranked: Sequence[Sequence[str]], truth: Sequence[str],
             "features": len(truth)}
 
 
-def mean_ci(values: Sequence[float]) -> dict:
-    """Mean with a normal-approximation 95 % interval (NaNs dropped)."""
+def mean_ci(values: Sequence[float], lo: float = 0.0, hi: float = 1.0) -> dict:
+    """Mean with a normal-approximation 95 % interval (NaNs dropped), clipped to the values' range [lo, hi]."""
     x = np.asarray([v for v in values if v is not None and not np.isnan(v)], dtype=np.float64)
     if x.size == 0:
         return {"mean": None, "ci95": None, "n": 0}
     half = 1.96 * x.std(ddof=1) / math.sqrt(x.size) if x.size > 1 else 0.0
-    return {"mean": float(x.mean()), "ci95": [float(x.mean() - half), float(x.mean() + half)], "n": int(x.size)}
+    return {"mean": float(x.mean()), "ci95": [max(lo, float(x.mean() - half)), min(hi, float(x.mean() + half))],
+            "n": int(x.size)}

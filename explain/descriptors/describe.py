@@ -35,6 +35,7 @@ from activations.runstate import (check_output_folder, output_lock, read_json, r
 from explain.descriptors.assign import (assign, balanced_halves, descriptor_matrix, jaccard_rows, majority_labels,
                                         mean_ci, precision_recall_at_k)
 from explain.descriptors.build import read_descriptors
+from explain.descriptors.plot import label_of
 from explain.descriptors.settings import DescribeSettings
 
 _ENCODE_ROWS = 4096
@@ -99,6 +100,10 @@ def describe_command(settings: DescribeSettings) -> dict:
         write_text_atomic(out / "descriptors.jsonl", "\n".join(lines) + "\n")
         write_json_atomic(out / "summary.json", summary)
     _print_table(summary)
+    if settings.plot:
+        from explain.descriptors.plot import plot_comparison
+
+        print(f"wrote {plot_comparison(summary, settings.plot)}")
     return summary
 
 
@@ -126,7 +131,8 @@ def _describe_one(dictionary, acts: torch.Tensor, matrix: torch.Tensor, first: n
         if truth is not None:
             rec["truth"] = truth[j]
         records.append(rec)
-    stats = {"dictionary": dictionary.name, "kind": dictionary.kind, "hook": dictionary.hook,
+    stats = {"dictionary": dictionary.name, "kind": dictionary.kind, "hook": dictionary.hook, "basis": label_of(
+                 {"kind": dictionary.kind, "hook": dictionary.hook}),
              "n_features": dictionary.n_features,
              "fraction_described": float(np.mean([bool(r) for r in ranked_names])),
              "descriptors_per_feature": float(np.mean([len(r) for r in ranked_names])),
@@ -150,7 +156,7 @@ def _describe_one(dictionary, acts: torch.Tensor, matrix: torch.Tensor, first: n
 
 
 def _print_table(summary: dict) -> None:
-    print(f"{'dictionary':<28} {'kind':<10} {'features':>8} {'described':>9} {'desc/feat':>9} {'consistency (95% CI)':<26}"
+    print(f"{'dictionary':<28} {'basis':<14} {'features':>8} {'described':>9} {'desc/feat':>9} {'consistency (95% CI)':<26}"
           f" {'P@K':>6} {'R@K':>6} {'judge P@K':>9}")
     for s in summary["dictionaries"]:
         c = s["consistency"]
@@ -160,5 +166,5 @@ def _print_table(summary: dict) -> None:
         r = "-" if at.get("recall") is None else f"{at['recall']:.2f}"
         judged = s.get("judge", {}).get("precision")
         j = "-" if judged is None else f"{judged:.2f}"
-        print(f"{s['dictionary'][:28]:<28} {s['kind']:<10} {s['n_features']:>8} {s['fraction_described']:>9.2f} "
+        print(f"{s['dictionary'][:28]:<28} {s['basis'][:14]:<14} {s['n_features']:>8} {s['fraction_described']:>9.2f} "
               f"{s['descriptors_per_feature']:>9.2f} {cons:<26} {p:>6} {r:>6} {j:>9}")

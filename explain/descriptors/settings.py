@@ -78,6 +78,8 @@ class DescribeSettings:
                                           "fits the exemplars (precision@K from its answers)")
     judge_features: int = option(50, help="with --judge: described features judged per dictionary (seeded sample)")
     base_url: str | None = option(None, identity=False, help="the judge's OpenAI-compatible endpoint")
+    plot: str | None = option(None, identity=False, help="PNG comparing the bases (described fraction, consistency "
+                                                         "with 95% CI, descriptors per feature)")
     out: str = option("described", required=True, identity=False, help="the output folder")
     overwrite: bool = option(False, identity=False, help="replace a folder made with other settings")
 
