@@ -156,11 +156,14 @@ class SimulationResult:
     (11 probabilities). `mode` names how the distributions were read
     (`local-exact`, `completions-echo`, `chat-top-logprobs`) and
     `ten` how the value 10 was obtained (`single-token`, `two-step`,
-    `unavailable`), so a record says which path produced its numbers.
+    `unavailable`), so a record says which path produced its numbers. In the
+    text mode (`mode="text"`, `explain.scorers.text_sim`) each value is the
+    integer the model wrote, and a fragment whose answer could not be read
+    is None (listed in `extra["failed_fragments"]`), never a row of zeros.
     """
 
     explanation: str
-    expected_values: list[list[float]]
+    expected_values: list[list[float] | None]
     distributions: list[list[list[float]]]
     mode: str
     ten: str

@@ -112,8 +112,9 @@ def _explainer_identities(path: Path, spec: str) -> list[dict[str, Any]]:
     return list(found.values())
 
 
-def source_explainer(settings: ExplainSettings, src: Path) -> Any:
-    """The explainer of the rescore run: SRC's, answered from SRC's cache (the token-list one needs no LLM)."""
+def source_explainer(settings: ExplainSettings, src: Path) -> tuple[Any, CachedExplainerBackend | None]:
+    """(the rescore run's explainer, its replaying backend to close): SRC's explainer answered from SRC's cache
+    (the token-list one needs no LLM, so it is simply run again)."""
     if settings.explainer == TOKENS:
         from explain.token_list import TokenListExplainer
 

@@ -130,3 +130,32 @@ def test_compare_and_the_report_show_scores_of_each_mode_apart(tmp_path):
     html = build_report(tmp_path / "run", tmp_path / "report").read_text()
     section = html[html.index('id="scores"'):html.index('id="dictionaries"')]
     assert "<th>mode</th>" in section and "<td>text</td>" in section and "<td>logprobs</td>" in section
+
+
+def test_forced_text_mode_on_a_local_model_fails_unreadable_answers_and_caches_them(tmp_path):
+    from explain.llm.cache import LLMCache
+    from explain.llm.errors import LLMError
+    from explain.llm.local import LocalBackend
+    from explain.records import ActivationRecord, Examples
+    from explain.scorers import make_scorer
+    from tests.conftest import make_tiny_model, make_tokenizer
+
+    tok = make_tokenizer()
+    model = make_tiny_model("llama", len(tok))
+    model.config.max_position_embeddings = 2048  # the text prompt (few-shot turn included) is ~600 byte tokens
+    backend = LocalBackend(model, tok, name="local:tiny", cache=LLMCache(tmp_path / "c.sqlite"))
+    scorer = make_scorer("simulation", backend)
+    scorer.score_mode = "text"
+    ex = Examples("test", [ActivationRecord([" the", " dog"], [0.0, 1.0])], [ActivationRecord([" a"], [0.0])])
+    with pytest.raises(LLMError, match="none of the 2 fragments' text answers could be read"):
+        scorer.score("dogs", ex)  # a random model writes no JSON list: the scoring fails, no zeros are made up
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(tmp_path / "c.sqlite")) as conn:
+        requests = conn.execute("SELECT request FROM calls").fetchall()
+    assert len(requests) == 2 and all(json.loads(r)["op"] == "text-answer" for (r,) in requests)
+    passes = backend.tokens_processed
+    with pytest.raises(LLMError):
+        scorer.score("dogs", ex)
+    assert backend.tokens_processed == passes  # the answers came from the cache

@@ -107,7 +107,7 @@ class TextSimulator:
                 values.append(None)
                 failed.append({"fragment": i, "error": str(err), "answer": gen.text[:300]})
         return SimulationResult(
-            explanation=explanation, expected_values=values, distributions=[[] for _ in values],  # type: ignore[arg-type]
+            explanation=explanation, expected_values=values, distributions=[[] for _ in values],
             mode=TEXT_MODE, ten="n/a", backend=self.backend.name,
             n_calls=sum(g.n_calls for g in answers), n_cached=sum(g.n_cached for g in answers),
             extra={"fewshot": self.fewshot.id, "n_prompts": len(answers), "n_tokens": 0, "failed_fragments": failed})
