@@ -66,9 +66,21 @@ def test_assignment_recovers_a_planted_feature_with_precision_one():
     assert without_lift.assigned[1, 1]  # what the lift condition is there to prevent
 
 
+def test_streaming_top_documents_equal_one_topk_over_the_whole_corpus():
+    from explain.descriptors.assign import TopTracker
+
+    acts = torch.from_numpy(np.random.default_rng(1).normal(size=(103, 7)).astype(np.float32))
+    tracker = TopTracker(9)
+    for start in range(0, 103, 10):  # uneven blocks, the last one short
+        tracker.update(acts[start:start + 10], torch.arange(start, min(103, start + 10)))
+    want = torch.topk(acts, 9, dim=0)
+    torch.testing.assert_close(tracker.values, want.values)
+    assert torch.equal(tracker.rows, want.indices)
+
+
 def test_halves_are_balanced_and_seeded():
     names, doc_desc, _ = _planted()
-    counts = descriptor_matrix(doc_desc, len(names)).sum(0).tolist()
+    counts = np.asarray(descriptor_matrix(doc_desc, len(names)).sum(0)).ravel().tolist()
     first = balanced_halves(doc_desc, counts, seed=3)
     assert abs(int(first.sum()) - len(doc_desc) // 2) <= 1
     birds = np.asarray([0 in vs for vs in doc_desc])

@@ -10,9 +10,11 @@ nothing about the feature. Only documents where the feature is active (> 0)
 count as exemplars, so a feature that is zero almost everywhere is not
 described by an arbitrary tie-broken set of zeros.
 
-Everything is matrix algebra: exemplar membership is a sparse [F, n]
-matrix, descriptor frequencies are its product with the [n, V] document x
-descriptor matrix; there is no Python loop over features.
+Everything is matrix algebra: each feature's top documents come from a
+streaming `torch.topk` over blocks of documents (all features at once),
+exemplar membership is a sparse [F, n] matrix, and descriptor frequencies
+are its product with the sparse [n, V] document x descriptor matrix; there
+is no Python loop over features and no dense [n, F] matrix.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from scipy import sparse
 
 
 @dataclass
@@ -42,32 +45,69 @@ class Assignment:
                  "lift": round(float(self.lift[feature, v]), 3)} for v in order]
 
 
-def descriptor_matrix(doc_descriptors: Sequence[Sequence[int]], n_descriptors: int) -> torch.Tensor:
-    """[n_documents, V] float 0/1: document i carries descriptor v."""
-    m = torch.zeros((len(doc_descriptors), n_descriptors), dtype=torch.float32)
-    for i, vs in enumerate(doc_descriptors):
-        if len(vs):
-            m[i, list(vs)] = 1.0
-    return m
+def descriptor_matrix(doc_descriptors: Sequence[Sequence[int]], n_descriptors: int) -> sparse.csr_matrix:
+    """[n_documents, V] sparse 0/1 (float32): document i carries descriptor v."""
+    indptr = np.cumsum([0] + [len(vs) for vs in doc_descriptors])
+    indices = np.asarray([v for vs in doc_descriptors for v in vs], dtype=np.int64)
+    return sparse.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr),
+                             shape=(len(doc_descriptors), n_descriptors))
 
 
-def assign(acts: torch.Tensor, docs: torch.Tensor, *, top_percent: float, threshold: float, min_lift: float,
+class TopTracker:
+    """The m largest activations of every feature and their document rows, over blocks of documents.
+
+    Streaming keeps memory at O((m + block) x F) whatever the corpus size:
+    each block is merged with the running top m by one `torch.topk` over
+    the document axis (all features at once).
+    """
+
+    def __init__(self, m: int):
+        self.m = m
+        self.values: torch.Tensor | None = None  # [<=m, F] descending
+        self.rows: torch.Tensor | None = None  # [<=m, F] document rows (int64)
+
+    def update(self, block: torch.Tensor, rows: torch.Tensor) -> None:
+        """Merge activations `block` [b, F] of the documents `rows` [b]."""
+        if block.shape[0] == 0:
+            return
+        block_rows = rows.to(torch.int64).unsqueeze(1).expand(-1, block.shape[1])
+        if self.values is not None:
+            block = torch.cat([self.values, block])
+            block_rows = torch.cat([self.rows, block_rows])
+        values, idx = torch.topk(block, min(self.m, block.shape[0]), dim=0)
+        self.values, self.rows = values, torch.gather(block_rows, 0, idx)
+
+
+def assign_top(values: torch.Tensor, rows: torch.Tensor, docs: sparse.csr_matrix, base: np.ndarray, *,
+               threshold: float, min_lift: float, min_exemplars: int) -> Assignment:
+    """Assign from each feature's top documents (`TopTracker`); `base` [V] is each descriptor's corpus rate."""
+    n_features = values.shape[1]
+    valid = (values > 0).numpy()
+    feats = np.broadcast_to(np.arange(n_features), valid.shape)[valid]
+    member = sparse.csr_matrix((np.ones(int(valid.sum()), dtype=np.float32), (feats, rows.numpy()[valid])),
+                               shape=(n_features, docs.shape[0]))
+    counts = np.asarray((member @ docs).todense(), dtype=np.float32)  # [F, V] exemplars carrying each descriptor
+    n_ex = valid.sum(0)
+    freq = counts / np.maximum(n_ex, 1)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lift = np.where(base > 0, freq / np.maximum(base, 1e-12), 0.0).astype(np.float32)
+    assigned = (freq >= threshold) & (lift >= min_lift) & (n_ex >= min_exemplars)[:, None] & (counts > 0)
+    return Assignment(n_ex.astype(np.int64), freq, lift, assigned)
+
+
+def n_top(n_documents: int, top_percent: float) -> int:
+    """Exemplars per feature: the top k % of the documents, at least one."""
+    return max(1, math.ceil(n_documents * top_percent / 100.0))
+
+
+def assign(acts: torch.Tensor, docs: sparse.csr_matrix, *, top_percent: float, threshold: float, min_lift: float,
            min_exemplars: int) -> Assignment:
     """Assign descriptors to every feature: `acts` [n, F] feature activations, `docs` [n, V] from `descriptor_matrix`."""
-    n, n_features = acts.shape
-    m = max(1, math.ceil(n * top_percent / 100.0))
-    values, rows = torch.topk(acts, min(m, n), dim=0)  # [m, F]
-    valid = values > 0
-    feats = torch.arange(n_features).expand_as(rows)
-    member = torch.sparse_coo_tensor(torch.stack([feats[valid], rows[valid]]), torch.ones(int(valid.sum())),
-                                     (n_features, n), check_invariants=False).coalesce()  # built valid
-    counts = torch.sparse.mm(member, docs)  # [F, V] exemplars carrying each descriptor
-    n_ex = valid.sum(0).to(torch.float32)  # [F]
-    freq = counts / n_ex.clamp_min(1.0).unsqueeze(1)
-    base = docs.mean(0)  # [V]
-    lift = torch.where(base > 0, freq / base.clamp_min(1e-12), torch.zeros_like(freq))
-    assigned = (freq >= threshold) & (lift >= min_lift) & (n_ex >= min_exemplars).unsqueeze(1) & (counts > 0)
-    return Assignment(n_ex.numpy().astype(np.int64), freq.numpy(), lift.numpy(), assigned.numpy())
+    tracker = TopTracker(n_top(acts.shape[0], top_percent))
+    tracker.update(acts, torch.arange(acts.shape[0]))
+    base = np.asarray(docs.mean(0)).ravel()
+    return assign_top(tracker.values, tracker.rows, docs, base, threshold=threshold, min_lift=min_lift,
+                      min_exemplars=min_exemplars)
 
 
 def balanced_halves(doc_descriptors: Sequence[Sequence[int]], counts: Sequence[int], seed: int) -> np.ndarray:

@@ -32,8 +32,8 @@ from activations.options import identity_fields
 from activations.pooled_reader import PooledCache
 from activations.runstate import (check_output_folder, output_lock, read_json, require_same_settings,
                                   write_json_atomic, write_text_atomic)
-from explain.descriptors.assign import (assign, balanced_halves, descriptor_matrix, jaccard_rows, majority_labels,
-                                        mean_ci, precision_recall_at_k)
+from explain.descriptors.assign import (TopTracker, assign_top, balanced_halves, descriptor_matrix, jaccard_rows,
+                                        majority_labels, mean_ci, n_top, precision_recall_at_k)
 from explain.descriptors.build import read_descriptors
 from explain.descriptors.plot import label_of
 from explain.descriptors.settings import DescribeSettings
@@ -52,14 +52,26 @@ def joined(cache: PooledCache, documents: list[dict]) -> tuple[np.ndarray, list[
     return rows, [by_id[ids[i]] for i in rows]
 
 
-def encode_all(dictionary, x: np.ndarray) -> torch.Tensor:
-    """[n, F] feature activations of pooled vectors `x` [n, d], encoded in row blocks."""
+def check_width(dictionary, x: np.ndarray) -> None:
     if x.shape[1] != dictionary.d_in:
         raise UserError(f"dictionary {dictionary.name!r} takes width {dictionary.d_in}, the pooled cache's hook "
                         f"{dictionary.hook!r} has {x.shape[1]}: use a dictionary of this model and hook")
+
+
+def track_top(dictionary, x: np.ndarray, first: np.ndarray, top_percent: float) -> list[TopTracker]:
+    """Top documents of every feature in the whole corpus and in each half, from one encoding pass in row blocks."""
+    check_width(dictionary, x)
+    trackers = [TopTracker(n_top(len(x), top_percent)), TopTracker(n_top(int(first.sum()), top_percent)),
+                TopTracker(n_top(int((~first).sum()), top_percent))]
     with torch.no_grad():
-        return torch.cat([dictionary.encode(torch.from_numpy(x[i:i + _ENCODE_ROWS])).float()
-                          for i in range(0, len(x), _ENCODE_ROWS)])
+        for i in range(0, len(x), _ENCODE_ROWS):
+            acts = dictionary.encode(torch.from_numpy(x[i:i + _ENCODE_ROWS])).float()
+            rows = torch.arange(i, i + acts.shape[0])
+            half = torch.from_numpy(first[i:i + acts.shape[0]])
+            trackers[0].update(acts, rows)
+            trackers[1].update(acts[half], rows[half])
+            trackers[2].update(acts[~half], rows[~half])
+    return trackers
 
 
 def describe_command(settings: DescribeSettings) -> dict:
@@ -87,14 +99,14 @@ def describe_command(settings: DescribeSettings) -> dict:
                                 "pass dictionaries of a cached hook")
         doc_desc = [[index[n] for n in d["descriptors"] if n in index] for d in docs]
         matrix = descriptor_matrix(doc_desc, len(names))
-        counts = matrix.sum(0).numpy()
+        counts = np.asarray(matrix.sum(0)).ravel()
         first = balanced_halves(doc_desc, counts.tolist(), settings.seed)
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "settings.json", record)
         lines, summary = [], {"documents": len(docs), "descriptors": len(names), "dictionaries": []}
         for dictionary in dictionaries:
-            recs, stats = _describe_one(dictionary, encode_all(dictionary, pooled[dictionary.hook]), matrix, first,
-                                        names, docs, doc_desc, settings)
+            trackers = track_top(dictionary, pooled[dictionary.hook], first, settings.top_percent)
+            recs, stats = _describe_one(dictionary, trackers, matrix, first, names, docs, doc_desc, settings)
             lines.extend(json.dumps(r, ensure_ascii=False) for r in recs)
             summary["dictionaries"].append(stats)
         write_text_atomic(out / "descriptors.jsonl", "\n".join(lines) + "\n")
@@ -107,12 +119,11 @@ def describe_command(settings: DescribeSettings) -> dict:
     return summary
 
 
-def _describe_one(dictionary, acts: torch.Tensor, matrix: torch.Tensor, first: np.ndarray, names: list[str],
+def _describe_one(dictionary, trackers: list[TopTracker], matrix, first: np.ndarray, names: list[str],
                   docs: list[dict], doc_desc: list[list[int]], settings: DescribeSettings) -> tuple[list[dict], dict]:
-    knobs = dict(top_percent=settings.top_percent, threshold=settings.threshold, min_lift=settings.min_lift,
-                 min_exemplars=settings.min_exemplars)
-    whole = assign(acts, matrix, **knobs)
-    halves = [assign(acts[torch.from_numpy(m)], matrix[torch.from_numpy(m)], **knobs) for m in (first, ~first)]
+    knobs = dict(threshold=settings.threshold, min_lift=settings.min_lift, min_exemplars=settings.min_exemplars)
+    bases = [np.asarray(matrix[m].mean(0)).ravel() for m in (np.ones(len(first), dtype=bool), first, ~first)]
+    whole, *halves = [assign_top(t.values, t.rows, matrix, base, **knobs) for t, base in zip(trackers, bases)]
     consistency = jaccard_rows(halves[0].assigned, halves[1].assigned)
     truth = [str(x) for x in dictionary.config.get("labels", [])] if dictionary.kind == "probe" else None
     records, ranked_names = [], []
@@ -141,7 +152,7 @@ def _describe_one(dictionary, acts: torch.Tensor, matrix: torch.Tensor, first: n
         from explain.descriptors.judge import judge_features
 
         stats["judge"], verdicts = judge_features(
-            settings.judge, Path(settings.out) / "llm_cache.sqlite", acts, ranked_names,
+            settings.judge, Path(settings.out) / "llm_cache.sqlite", trackers[0].rows, ranked_names,
             [d.get("text", "") for d in docs], k=settings.top_k, n_features=settings.judge_features,
             seed=settings.seed, base_url=settings.base_url)
         for j, v in verdicts.items():
