@@ -42,7 +42,7 @@ def test_a_json_list_of_integers_0_to_10_of_the_right_length_is_read(text, n, va
     ('["0", "1", "2"]', 3, "integers 0..10"),
     ("[0 1 2]", 3, "not JSON"),
     ("0, 1, 2", 3, "no JSON list"),
-    ("[0, 1, 2", 3, "no JSON list"),
+    ("[0, 1, 2", 3, "never closed"),
 ])
 def test_any_other_answer_is_an_error_never_a_padded_guess(text, n, why):
     with pytest.raises(AnswerError, match=why):

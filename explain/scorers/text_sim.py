@@ -55,13 +55,15 @@ def text_request(explanation: str, tokens: Sequence[str], fewshot: FewShotExampl
     answer = json.dumps([display_value(a, peak) for a in shot.activations])
     messages = (("system", SYSTEM), ("user", _user(fewshot.explanation, shot.tokens)), ("assistant", answer),
                 ("user", _user(explanation, tokens)))
-    # "10, " is at most 3 tokens in common tokenizers; slack for the brackets and a stray space
-    return ScoredRequest(messages=messages, max_tokens=3 * len(tokens) + 8, shared=3)
+    # "10, " is 4 tokens where digits are split one per token (SmolLM2, Llama 3); slack for the brackets
+    return ScoredRequest(messages=messages, max_tokens=4 * len(tokens) + 8, shared=3)
 
 
 def parse_values(text: str, n: int) -> list[int]:
     """The n integers 0..10 of an answer like "[0, 3, 10]"; AnswerError for anything else (nothing is padded)."""
     found = _LIST.search(text)
+    if found is None and "[" in text:
+        raise AnswerError(f"the answer's list is never closed (cut off, or longer than asked): {text.strip()[:60]!r}")
     if found is None:
         raise AnswerError(f"no JSON list in the answer {text.strip()[:60]!r}")
     try:
