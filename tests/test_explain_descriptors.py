@@ -76,6 +76,9 @@ def test_streaming_top_documents_equal_one_topk_over_the_whole_corpus():
     want = torch.topk(acts, 9, dim=0)
     torch.testing.assert_close(tracker.values, want.values)
     assert torch.equal(tracker.rows, want.indices)
+    tracker.update(torch.full((5, 7), -100.0), torch.arange(200, 205))  # nobody enters: the prefilter's early exit
+    tracker.update(torch.full((1, 7), 100.0), torch.tensor([300]))  # everybody's new best
+    assert torch.equal(tracker.rows[0], torch.full((7,), 300)) and torch.equal(tracker.rows[1:], want.indices[:8])
 
 
 def test_halves_are_balanced_and_seeded():

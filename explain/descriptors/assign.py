@@ -56,26 +56,59 @@ def descriptor_matrix(doc_descriptors: Sequence[Sequence[int]], n_descriptors: i
 class TopTracker:
     """The m largest activations of every feature and their document rows, over blocks of documents.
 
-    Streaming keeps memory at O((m + block) x F) whatever the corpus size:
-    each block is merged with the running top m by one `torch.topk` over
-    the document axis (all features at once).
+    Streaming keeps memory at O((m + block) x F) whatever the corpus size.
+    Held feature-major ([F, m], unsorted) because `torch.topk` along the last
+    axis is the fast one. Once m values are held, only block entries above a
+    feature's current m-th value can enter, so each block costs one
+    comparison plus a top-k of the few entrants (not of m + block rows): the
+    merge shrinks as the corpus streams by. All features at once, always.
     """
 
     def __init__(self, m: int):
         self.m = m
-        self.values: torch.Tensor | None = None  # [<=m, F] descending
-        self.rows: torch.Tensor | None = None  # [<=m, F] document rows (int64)
+        self._values: torch.Tensor | None = None  # [F, <=m] unsorted
+        self._rows: torch.Tensor | None = None  # [F, <=m] document rows (int64)
+        self._sorted: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(self, block: torch.Tensor, rows: torch.Tensor) -> None:
         """Merge activations `block` [b, F] of the documents `rows` [b]."""
         if block.shape[0] == 0:
             return
-        block_rows = rows.to(torch.int64).unsqueeze(1).expand(-1, block.shape[1])
-        if self.values is not None:
-            block = torch.cat([self.values, block])
-            block_rows = torch.cat([self.rows, block_rows])
-        values, idx = torch.topk(block, min(self.m, block.shape[0]), dim=0)
-        self.values, self.rows = values, torch.gather(block_rows, 0, idx)
+        self._sorted = None
+        by_feature, rows = block.T, rows.to(torch.int64)
+        if self._values is not None and self._values.shape[1] == self.m:
+            kth = self._values.min(1).values
+            k_new = int((by_feature > kth.unsqueeze(1)).sum(1).max())
+            if k_new == 0:
+                return
+        else:
+            k_new = min(block.shape[0], self.m)
+        values, idx = torch.topk(by_feature, k_new, dim=1, sorted=False)
+        found = rows[idx]
+        if self._values is not None:
+            values, found = torch.cat([self._values, values], 1), torch.cat([self._rows, found], 1)
+        if values.shape[1] > self.m:
+            values, keep = torch.topk(values, self.m, dim=1, sorted=False)
+            found = torch.gather(found, 1, keep)
+        self._values, self._rows = values, found
+
+    def _result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._sorted is None:
+            if self._values is None:
+                raise ValueError("no documents were tracked")
+            values, order = torch.sort(self._values, dim=1, descending=True, stable=True)
+            self._sorted = (values.T.contiguous(), torch.gather(self._rows, 1, order).T.contiguous())
+        return self._sorted
+
+    @property
+    def values(self) -> torch.Tensor:
+        """[m, F] the top activations of every feature, largest first."""
+        return self._result()[0]
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """[m, F] the document rows of `values`."""
+        return self._result()[1]
 
 
 def assign_top(values: torch.Tensor, rows: torch.Tensor, docs: sparse.csr_matrix, base: np.ndarray, *,
