@@ -161,6 +161,30 @@ def test_llm_answers_are_parsed_and_malformed_ones_recorded(tmp_path, monkeypatc
     assert (got[1].raw, got[1].status, got[1].answer) == ([], "malformed", "I cannot answer that")
 
 
+def test_a_run_where_every_answer_is_malformed_keeps_the_answers(annotated, tmp_path, monkeypatch, capsys):
+    import cli
+
+    class Mute:
+        def generate(self, messages, **kw):
+            return ["no idea"]
+
+        def map_concurrent(self, fn, items):
+            return [fn(x) for x in items]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("explain.llm.backends.make_backend", lambda spec, **kw: Mute())
+    monkeypatch.setattr("explain.llm.embedder.Embedder.from_spec", classmethod(
+        lambda cls, spec, store_path=None: _StubEmbedder()))
+    assert cli.main(["descriptors", "--corpus", str(annotated), "--generator", "openai:x", "--max-documents", "3",
+                     "--out", str(tmp_path / "d")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "d" / "documents.jsonl").read_text().splitlines()]
+    assert [(r["status"], r["answer"]) for r in rows] == [("malformed", "no idea")] * 3
+    assert json.loads((tmp_path / "d" / "vocabulary.json").read_text()) == []
+    assert "no document got a descriptor" in capsys.readouterr().out
+
+
 @pytest.fixture
 def annotated(tmp_path) -> Path:
     rows = [{"id": f"r{i}", "text": f"document number {i}", "kind": ["alpha", "beta", "gamma"][i % 3],
@@ -247,6 +271,10 @@ def test_field_generator_probe_and_describe_end_to_end(annotated, tmp_path, monk
     assert cli.main(["describe", "--cache", str(cache), "--dict", str(tmp_path / "neuron"), "--descriptors",
                      str(tmp_path / "desc"), "--threshold", "0.9", "--out", str(tmp_path / "out")]) == 2
     assert (tmp_path / "out" / "descriptors.jsonl").read_bytes() == before
+    NeuronBasis({}, {"d_in": 5, "n_features": 5, "hook": "blocks.0.hook_resid_post"}).save(tmp_path / "wide")
+    assert cli.main(["describe", "--cache", str(cache), "--dict", str(tmp_path / "wide"), "--descriptors",
+                     str(tmp_path / "desc"), "--out", str(tmp_path / "wide_out")]) == 2
+    assert not (tmp_path / "wide_out" / "descriptors.jsonl").exists()
 
 
 class _StubEmbedder:
@@ -275,19 +303,24 @@ def test_bad_descriptor_arguments_are_one_line_errors(annotated, tmp_path, capsy
     assert "is not a generator" in capsys.readouterr().err
 
 
-def test_local_generator_with_the_real_offline_model(tmp_path):
-    """SmolLM2-135M on two documents: every call lands in the call cache, every answer is recorded."""
-    from activations.corpus import Document
-    from explain.descriptors.generate import from_llm
+def test_local_generator_end_to_end_with_the_real_offline_model(tmp_path):
+    """`descriptors --generator local:default` (SmolLM2-135M) on two documents: every call lands in the call cache,
+    every answer is recorded in documents.jsonl (read, or kept verbatim when malformed), and clustering runs."""
+    import cli
     from explain.llm.cache import LLMCache
 
-    docs = [Document("0", "The robin is a small songbird of Europe.", {}),
-            Document("1", "I hate waiting in traffic every morning.", {})]
-    got = from_llm(docs, "local:default", tmp_path / "c.sqlite", max_tokens=20, base_url=None, concurrency=1)
-    assert [d.id for d in got] == ["0", "1"]
-    assert all(d.status in ("ok", "empty", "malformed") for d in got)
-    assert all((d.answer is not None) == (d.status != "ok") for d in got)
-    assert all(len(r.split()) <= 3 for d in got for r in d.raw) and all(len(d.raw) <= 5 for d in got)
-    cache = LLMCache(tmp_path / "c.sqlite")
+    corpus = tmp_path / "two.jsonl"
+    corpus.write_text(json.dumps({"id": "robin", "text": "The robin is a small songbird of Europe."}) + "\n" +
+                      json.dumps({"id": "traffic", "text": "I hate waiting in traffic every morning."}) + "\n")
+    assert cli.main(["descriptors", "--corpus", str(corpus), "--generator", "local:default", "--max-tokens", "20",
+                     "--out", str(tmp_path / "d")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "d" / "documents.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["robin", "traffic"]
+    assert all(r["status"] in ("ok", "empty", "malformed") for r in rows)
+    assert all(("answer" in r) == (r["status"] != "ok") for r in rows)
+    assert all(len(x.split()) <= 3 for r in rows for x in r["raw"]) and all(len(r["raw"]) <= 5 for r in rows)
+    vocab = json.loads((tmp_path / "d" / "vocabulary.json").read_text())
+    assert {m for v in vocab for m in v["members"]} == {x for r in rows for x in r["raw"]}
+    cache = LLMCache(tmp_path / "d" / "llm_cache.sqlite")
     assert len(cache) == 2
     cache.close()

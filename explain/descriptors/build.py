@@ -83,6 +83,8 @@ def _cluster_and_write(out: Path, settings: DescriptorsSettings, described: list
     write_text_atomic(out / DOCUMENTS_FILE, "\n".join(lines) + "\n")
     write_json_atomic(out / VOCABULARY_FILE, vocab.to_json(doc_counts))
     statuses = Counter(d.status for d in described)
+    if not vocab.names:
+        print(f"warning: no document got a descriptor; see the statuses and answers in {out / DOCUMENTS_FILE}")
     summary = {"documents": len(described), "statuses": dict(statuses), "raw_descriptors": len(counts),
                "clusters": len(vocab.names), "generator": settings.generator}
     write_json_atomic(out / "summary.json", summary)

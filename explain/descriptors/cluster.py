@@ -18,7 +18,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from activations.errors import UserError
 
 #: Agglomerative clustering keeps an n x n distance matrix: beyond this many distinct descriptors it would need
 #: gigabytes; the most frequent ones are clustered and the rest join their nearest cluster.
@@ -46,8 +45,7 @@ def cluster_descriptors(counts: Counter, embed: Callable[[list[str]], np.ndarray
     from sklearn.cluster import AgglomerativeClustering
 
     if not counts:
-        raise UserError("no document has any descriptor: check the --generator (field name, model answers in "
-                        "documents.jsonl)")
+        return Vocabulary([], [], {})  # nothing to cluster; the caller says so and keeps documents.jsonl
     raw = sorted(counts, key=lambda r: (-counts[r], r))
     head = raw[:MAX_CLUSTERED]
     vectors = np.asarray(embed(raw), dtype=np.float32)

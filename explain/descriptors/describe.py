@@ -89,6 +89,9 @@ def describe_command(settings: DescribeSettings) -> dict:
         documents, vocabulary = read_descriptors(settings.descriptors)
         dictionaries = [sae.load(d) for d in settings.dictionaries]
         names = [v["name"] for v in vocabulary]
+        if not names:
+            raise UserError(f"{settings.descriptors} has no descriptors (its documents.jsonl says why per document): "
+                            "rerun `cli.py descriptors` with another --generator")
         index = {n: i for i, n in enumerate(names)}
         with PooledCache(settings.cache) as cache:
             rows, docs = joined(cache, documents)
@@ -97,6 +100,8 @@ def describe_command(settings: DescribeSettings) -> dict:
             if missing:
                 raise UserError(f"dictionaries {missing} name no hook of {cache.path} ({', '.join(cache.hooks)}): "
                                 "pass dictionaries of a cached hook")
+        print(f"{len(docs)} documents of {settings.cache} have descriptors ({len(documents)} in "
+              f"{settings.descriptors})")
         doc_desc = [[index[n] for n in d["descriptors"] if n in index] for d in docs]
         matrix = descriptor_matrix(doc_desc, len(names))
         counts = np.asarray(matrix.sum(0)).ravel()
