@@ -42,6 +42,7 @@ pipeline records the feature as failed.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, Sequence, Union
 
@@ -218,8 +219,6 @@ class SimulationScorer(Scorer):
         except NoLogprobs as err:
             if text is None or self.score_mode != "auto":
                 raise
-            import sys
-
             print(f"{str(err).split(';')[0]}: simulating from text answers (mode text) for the rest of the run",
                   file=sys.stderr)
             self.no_logprobs = True
