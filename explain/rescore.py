@@ -54,6 +54,8 @@ def source_folder(settings: ExplainSettings, out: Path) -> Path:
 def check_source(src: Path, doc: dict[str, Any]) -> None:
     """Refuse a SRC whose explanations are not the ones this run's settings describe (nothing written yet)."""
     old = read_json(src / CONFIG_FILE, "the settings of an explain run", "pass another --rescore folder")
+    if not isinstance(old, dict):
+        raise UserError(f"--rescore: {src / CONFIG_FILE} is not the settings of an explain run; pass another folder")
     for key in EXPLANATION_KEYS:
         if old.get(key) != doc.get(key):
             raise UserError(f"--rescore {src}: its {key} is {json.dumps(old.get(key))[:120]}, this run's is "
