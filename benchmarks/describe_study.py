@@ -53,7 +53,7 @@ def sample_corpus(name: str, n: int, out: Path, seed: int = 0) -> Path:
     return path
 
 
-def fitted_bases(cache: Path, hook: str, out: Path) -> list[Path]:
+def fitted_bases(cache: Path, hook: str, out: Path, ica: bool) -> list[Path]:
     """Neuron, PCA, ICA and random bases of the pooled vectors at `hook` (fitted on them, as `baselines` does on tokens)."""
     from sae.baselines import collect, fit_ica, neuron_basis, pca_from_moments, random_basis
 
@@ -64,7 +64,7 @@ def fitted_bases(cache: Path, hook: str, out: Path) -> list[Path]:
     moments, sample = collect([x], x.shape[1], max_sample=len(x), progress=False)
     bases = {"neuron": neuron_basis(x.shape[1], dict(config)), "pca": pca_from_moments(moments, sample, dict(config)),
              "random": random_basis(x.shape[1], dict(config), seed=0)}
-    if len(x) >= 2 * x.shape[1]:  # FastICA needs more documents than dimensions
+    if ica and len(x) >= 2 * x.shape[1]:  # FastICA needs more documents than dimensions
         bases["ica"] = fit_ica(sample, dict(config), seed=0)
     folders = []
     for kind, basis in bases.items():
@@ -86,6 +86,12 @@ def main() -> None:
     parser.add_argument("--top-percent", type=float, default=1.0)
     parser.add_argument("--threshold", type=float, default=0.2)
     parser.add_argument("--subjects", default="0,1,2", help="indices into SUBJECTS")
+    parser.add_argument("--causal-documents", type=int, default=None,
+                        help="the causal model pools only the first N documents of each sample (it is ~5x slower)")
+    parser.add_argument("--ica", action="store_true", help="also fit FastICA on the pooled vectors (slow: on 2 busy "
+                                                           "cores it did not finish 100 iterations in 5 minutes)")
+    parser.add_argument("--extra", nargs="*", default=[], metavar="MODEL@HOOK=DIR",
+                        help="more dictionaries (e.g. an SAE trained on the token-level cache) for one subject")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,8 +110,10 @@ def main() -> None:
             tag = f"{corpus_name}_{model}_{pool}"
             cache = out / f"{tag}.h5"
             cache_activations(model=model, corpus=str(corpus), hooks=[hook], context_length=128, batch_size=32,
-                              dtype="float32", out=cache, pool=pool, progress=False)
-            dicts = fitted_bases(cache, hook, out / f"{tag}_dicts")
+                              dtype="float32", out=cache, pool=pool, progress=False,
+                              max_documents=args.causal_documents if model == "default" else None)
+            dicts = fitted_bases(cache, hook, out / f"{tag}_dicts", args.ica)
+            dicts += [Path(p) for key, p in (e.split("=", 1) for e in args.extra) if key == f"{model}@{hook}"]
             probe = out / f"{tag}_dicts" / "probe"
             probe_command(ProbeSettings(cache=str(cache), hook=hook, descriptors=str(descriptors), field=gold,
                                         min_documents=10, out=str(probe)))
