@@ -124,12 +124,15 @@ def main() -> None:
     parser.add_argument("--corpus-size", type=int, default=100_000, help="documents in part (2)")
     parser.add_argument("--descriptors", type=int, default=500)
     parser.add_argument("--skip-pooling", action="store_true")
+    parser.add_argument("--skip-assignment", action="store_true")
     args = parser.parse_args()
     if not args.skip_pooling:
         p = bench_pooling(args.documents, args.batch_size, args.context_length, args.repeats)
         print(f"(1) pooled caching, all-MiniLM-L6-v2 mean pool at {HOOK}, {p['documents']} documents "
               f"({p['tokens']} tokens; tokenizing {p['tokenize_s']:.2f}s): bare forward {p['bare_docs_per_s']:.1f} "
               f"docs/s, cache --pool {p['pooled_docs_per_s']:.1f} docs/s, ratio {p['ratio']:.2f} (target >= 0.9)")
+    if args.skip_assignment:
+        return
     a = bench_assignment(args.corpus_size, args.features, 384, args.descriptors)
     print(f"(2) assignment, {a['features']} features x {a['documents']} documents, {a['descriptors']} descriptors: "
           f"setup {a['setup_s']:.1f}s, encode + streaming top-k (whole + halves) {a['encode_and_topk_s']:.1f}s, "
