@@ -118,6 +118,15 @@ def test_clustering_on_a_hand_made_descriptor_list():
     assert vocab.cluster_of["rivers"] == 1
 
 
+def test_a_cluster_of_equally_frequent_members_is_named_by_its_most_central_member():
+    from explain.descriptors.cluster import cluster_descriptors
+
+    points = {"american actor": [1.0, 0.0], "american singer": [0.8, 0.6], "american writer": [0.6, 0.8]}
+    vocab = cluster_descriptors(Counter(dict.fromkeys(points, 1)),
+                                lambda texts: np.asarray([points[t] for t in texts], dtype=np.float32), threshold=0.5)
+    assert vocab.names == ["american singer"]  # alphabetical order would have said "american actor"
+
+
 def test_real_sentence_embeddings_cluster_synonyms_apart_from_other_topics():
     from explain.descriptors.cluster import cluster_descriptors
     from explain.llm.embedder import Embedder

@@ -7,7 +7,8 @@ distinct raw descriptor is embedded with a sentence-embedding model and the
 embeddings are clustered agglomeratively (cosine distance, average linkage,
 a distance threshold instead of a cluster count: the vocabulary's size
 follows the data). Each cluster is named by its most frequent member (ties:
-alphabetical), so names are real descriptors, never invented.
+the member nearest the cluster's mean direction), so names are real
+descriptors, never invented.
 """
 
 from __future__ import annotations
@@ -62,13 +63,30 @@ def cluster_descriptors(counts: Counter, embed: Callable[[list[str]], np.ndarray
         groups.setdefault(label, []).append(r)
     # clusters ordered by total count, then by name, so the output does not depend on sklearn's label numbering
     ordered = sorted(groups.values(), key=lambda ms: (-sum(counts[m] for m in ms), min(ms, key=lambda m: (-counts[m], m))))
+    row_of = {r: i for i, r in enumerate(raw)}
     names, members, cluster_of = [], [], {}
     for index, ms in enumerate(ordered):
         ms = sorted(ms, key=lambda m: (-counts[m], m))
-        names.append(ms[0])
+        names.append(_name(ms, counts, vectors, row_of))
         members.append({m: int(counts[m]) for m in ms})
         cluster_of.update({m: index for m in ms})
     return Vocabulary(names, members, cluster_of)
+
+
+def _name(members: list[str], counts: Counter, vectors: np.ndarray, row_of: dict[str, int]) -> str:
+    """The most frequent member; among equally frequent ones, the one nearest the cluster's mean direction.
+
+    With human annotations every description is often unique (all counts 1),
+    and an alphabetical tie-break would name a cluster of "American actor
+    (1899-1957)", "American singer", ... by whichever sorts first; the
+    member most similar to the cluster as a whole is its most typical one.
+    """
+    top = [m for m in members if counts[m] == counts[members[0]]]
+    if len(top) == 1:
+        return top[0]
+    centre = vectors[[row_of[m] for m in members]].mean(0)
+    scores = vectors[[row_of[m] for m in top]] @ centre
+    return top[int(np.argmax(scores))]  # argmax takes the first of equal scores: `top` is sorted by name
 
 
 def _nearest(head: np.ndarray, labels: np.ndarray, rest: np.ndarray) -> np.ndarray:
