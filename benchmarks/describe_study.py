@@ -53,6 +53,16 @@ def sample_corpus(name: str, n: int, out: Path, seed: int = 0) -> Path:
     return path
 
 
+def subset(corpus: Path, n: int, out: Path, seed: int = 1) -> Path:
+    """A seeded random `n` of the sample's lines, in their original order (same ids: joins with its descriptors)."""
+    path = out / f"{corpus.stem}_random{n}.jsonl"
+    if not path.exists():
+        lines = corpus.read_text(encoding="utf-8").splitlines()
+        keep = sorted(np.random.default_rng(seed).choice(len(lines), size=min(n, len(lines)), replace=False).tolist())
+        path.write_text("\n".join(lines[i] for i in keep) + "\n", encoding="utf-8")
+    return path
+
+
 def fitted_bases(cache: Path, hook: str, out: Path, ica: bool) -> list[Path]:
     """Neuron, PCA, ICA and random bases of the pooled vectors at `hook` (fitted on them, as `baselines` does on tokens)."""
     from sae.baselines import collect, fit_ica, neuron_basis, pca_from_moments, random_basis
@@ -87,7 +97,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.2)
     parser.add_argument("--subjects", default="0,1,2", help="indices into SUBJECTS")
     parser.add_argument("--causal-documents", type=int, default=None,
-                        help="the causal model pools only the first N documents of each sample (it is ~5x slower)")
+                        help="the causal model pools a seeded random N of each sample's documents (it is ~5x slower)")
     parser.add_argument("--ica", action="store_true", help="also fit FastICA on the pooled vectors (slow: on 2 busy "
                                                            "cores it did not finish 100 iterations in 5 minutes)")
     parser.add_argument("--extra", nargs="*", default=[], metavar="MODEL@HOOK=DIR",
@@ -109,9 +119,15 @@ def main() -> None:
             model, pool, hook = SUBJECTS[i]
             tag = f"{corpus_name}_{model}_{pool}"
             cache = out / f"{tag}.h5"
-            cache_activations(model=model, corpus=str(corpus), hooks=[hook], context_length=128, batch_size=32,
-                              dtype="float32", out=cache, pool=pool, progress=False,
-                              max_documents=args.causal_documents if model == "default" else None)
+            source = corpus
+            if model == "default" and args.causal_documents:
+                # a seeded random subset, not the first N: the samples keep the corpus's order, and the tweets
+                # file is sorted by sentiment (the first 1,000 held almost no positive tweet)
+                source = subset(corpus, args.causal_documents, out)
+                tag += f"_{args.causal_documents}"
+                cache = out / f"{tag}.h5"
+            cache_activations(model=model, corpus=str(source), hooks=[hook], context_length=128, batch_size=32,
+                              dtype="float32", out=cache, pool=pool, progress=False)
             dicts = fitted_bases(cache, hook, out / f"{tag}_dicts", args.ica)
             dicts += [Path(p) for key, p in (e.split("=", 1) for e in args.extra) if key == f"{model}@{hook}"]
             probe = out / f"{tag}_dicts" / "probe"
