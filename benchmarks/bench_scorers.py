@@ -20,7 +20,9 @@ batched: all features' explanations embedded in one call), with the vector
 store on disk as in a run. Wall time on a shared machine includes waiting
 for a core, so CPU time (this process's own) is printed beside it, and the
 load average. A last section times the bare encoder forward on the same
-texts: the features/s that the hardware bounds each mode to.
+texts: the features/s that the hardware bounds each mode to. `--control`
+instead checks that the embedding scorer reads the explanation: AUROC with
+each feature's own explanation vs with another feature's.
 
     python benchmarks/bench_scorers.py --cache runs/i15/frags.h5 --dict runs/i15/L3/sae/untied_R2_l1_0.003 \
         --features 10 --scorers simulation,detection,fuzzing,intruder,embedding
@@ -38,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import sae  # noqa: E402
@@ -94,6 +97,8 @@ def main() -> None:
     ap.add_argument("--embedder", default="default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--control", action="store_true",
+                    help="instead of costs: embedding AUROC of each feature's own explanation vs another feature's")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load0 = _load()
@@ -102,6 +107,9 @@ def main() -> None:
     n = len(features)
     explainer = TokenListExplainer()
     jobs = [(explainer.candidates(ex.splits(5).train)[0].explanation, ex.splits(5).examples("test")) for ex in features]
+    if args.control:
+        control(args.embedder, jobs, config)
+        return
     print(f"{n} features of {args.dict}, explanations from the token-list explainer, {args.simulator}, "
           f"{torch.get_num_threads()} threads, no cache")
     rows = []
@@ -162,6 +170,19 @@ def bench_embedding(spec: str, jobs: list[Any], config: ScoringConfig) -> list[d
                          "all": (embedder.tokens_processed - before) / n, "billed": None, "wall": wall / n,
                          "cpu": cpu / n})
     return rows
+
+
+def control(spec: str, jobs: list[Any], config: ScoringConfig) -> None:
+    """Does the embedding scorer read the explanation? Each feature scored with its own token-list explanation and
+    with the next feature's (a cyclic shift: every explanation used once, never on its own feature)."""
+    from explain.llm.embedder import Embedder
+
+    scorer = make_scorer("embedding", Embedder.from_spec(spec, None), spec, config)
+    shifted = [(jobs[(i + 1) % len(jobs)][0], ex) for i, (_, ex) in enumerate(jobs)]
+    for label, batch in (("own explanation", jobs), ("another feature's", shifted)):
+        values = np.array([r.metrics["auroc"] for r in scorer.score_many(batch) if r.metrics["auroc"] is not None])
+        print(f"{label}: embedding AUROC {values.mean():.3f} ± {1.96 * values.std(ddof=1) / np.sqrt(len(values)):.3f} "
+              f"(n = {len(values)})")
 
 
 def raw_encoder(spec: str, jobs: list[Any]) -> None:
