@@ -333,3 +333,14 @@ def test_local_generator_end_to_end_with_the_real_offline_model(tmp_path):
     cache = LLMCache(tmp_path / "d" / "llm_cache.sqlite")
     assert len(cache) == 2
     cache.close()
+
+
+def test_descriptor_settings_import_nothing_heavy():
+    """`cli.py --help` builds these subcommands' flags from the settings module: it must stay instant."""
+    import subprocess
+    import sys
+
+    code = ("import sys, explain.descriptors.settings; "
+            "heavy = [m for m in ('numpy', 'torch', 'transformers', 'h5py') if m in sys.modules]; "
+            "sys.exit(f'heavy imports: {heavy}' if heavy else 0)")
+    subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], check=True)
