@@ -12,7 +12,7 @@ import torch
 
 import sae
 from sae.data import TensorSource, split_cache
-from sae.kinds.stack import StackOptions, auxk_fvu, batched_top_k
+from sae.kinds.stack import StackOptions, auxk_fvu, batched_top_k, sparse_decode
 from sae.registry import LEARNED_KINDS, objective_class
 from sae.settings import TrainSettings
 from sae.step import Stepper, lr_factor
@@ -52,6 +52,24 @@ def test_batched_top_k_keeps_each_models_own_k():
     pre = torch.tensor([[[3.0, -1.0, 2.0, 1.0]], [[3.0, -1.0, 2.0, 1.0]]])
     c = batched_top_k(pre, torch.tensor([1, 3]), 3)
     assert c.tolist() == [[[3.0, 0.0, 0.0, 0.0]], [[3.0, 0.0, 2.0, 1.0]]]
+
+
+def test_the_sparse_decoder_gives_the_dense_product_and_its_gradients():
+    """x̂ from the k kept (value, index) pairs equals codes @ W_d, and so do the gradients to W_d and the values."""
+    torch.manual_seed(0)
+    pre = torch.randn(2, 7, 12, requires_grad=True)
+    w = torch.randn(2, 12, 5, requires_grad=True)
+    ks = [2, 4]
+    dense = batched_top_k(pre, torch.tensor(ks), 4)
+    target = torch.randn(2, 7, 5)
+    ((dense @ w - target) ** 2).sum().backward()
+    g_pre, g_w = pre.grad.clone(), w.grad.clone()
+    pre.grad, w.grad = None, None
+    values, index = torch.relu(pre).topk(4, dim=-1)
+    sparse = sparse_decode(values, index, w, ks)
+    assert torch.allclose(sparse, dense @ w, atol=1e-5)
+    ((sparse - target) ** 2).sum().backward()
+    assert torch.allclose(pre.grad, g_pre, atol=1e-5) and torch.allclose(w.grad, g_w, atol=1e-5)
 
 
 def test_batchtopk_keeps_k_per_token_on_average_and_learns_a_threshold():

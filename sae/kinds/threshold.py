@@ -66,6 +66,12 @@ class BatchTopKStack(TopKStack):
         super().__init__(d_in, ratio, values, seed, options)
         self.register_buffer("theta", torch.full((len(self.values),), -1.0))  # < 0: not estimated yet
 
+    def codes_and_reconstruction(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+        """Dense: a token keeps however many latents the batch-wide top k·batch gives it, so there is no fixed k
+        per row for `sparse_decode`."""
+        c = self.codes(pre)
+        return c, torch.baddbmm(self.b_d.unsqueeze(1), c, self.W_d)
+
     def codes(self, pre: Tensor) -> Tensor:
         batch = pre.shape[1]
         relu = torch.relu(pre)

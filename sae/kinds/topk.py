@@ -66,9 +66,11 @@ class TopKStack(SweepStack):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         n, batch = len(self.values), x.shape[0]
         xs = x.unsqueeze(0).expand(n, batch, self.d_in)
-        pre = torch.baddbmm(self.b_e.unsqueeze(1), xs - self.b_d.unsqueeze(1), self.W_e.transpose(1, 2))
-        c = self.codes(pre)
-        x_hat = torch.baddbmm(self.b_d.unsqueeze(1), c, self.W_d)
+        # W_e(x − b_d) + b_e written as W_e·x + (b_e − W_e·b_d): the same numbers, but the gradient to b_d is then a
+        # matrix-vector product instead of a second dense [batch × d × F] product through x − b_d
+        w_t = self.W_e.transpose(1, 2)
+        pre = torch.baddbmm((self.b_e - torch.bmm(self.b_d.unsqueeze(1), w_t).squeeze(1)).unsqueeze(1), xs, w_t)
+        c, x_hat = self.codes_and_reconstruction(pre)
         err = x_hat - xs
         variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
         fvu = err.pow(2).sum(dim=(1, 2)) / variance
@@ -80,6 +82,18 @@ class TopKStack(SweepStack):
                 self.since_fired.add_(batch).masked_fill_(fired, 0)
         return {"loss": fvu + self.options.auxk_alpha * aux, "mse": err.pow(2).mean(dim=(1, 2)),
                 "l1": c.sum(dim=(1, 2)) / batch, "aux": aux, "c": c, "x_hat": x_hat}
+
+    def codes_and_reconstruction(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+        """(c, x̂): the gradient flows through the k kept values into x̂ by the sparse decoder (`sparse_decode`'s
+        embedding_bag); the dense codes c are built without gradient, for L0 and the dead-latent counter only."""
+        relu = torch.relu(pre)
+        x_hats, c = [], torch.zeros_like(pre, requires_grad=False)
+        for i, k in enumerate(self.values):  # each model its own k: a top-10 is much cheaper than a top-100
+            values, index = relu[i].topk(k, dim=-1, sorted=False)
+            x_hats.append(torch.nn.functional.embedding_bag(index, self.W_d[i], per_sample_weights=values, mode="sum"))
+            with torch.no_grad():
+                c[i].scatter_(-1, index, values)
+        return c, torch.stack(x_hats) + self.b_d.unsqueeze(1)
 
     @torch.no_grad()
     def before_update(self) -> None:
