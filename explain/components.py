@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from explain.explainer import Explainer
+from explain.feature_pool import parallel_safe
 from explain.run_folder import EMBEDDINGS_FILE, LLM_CACHE_FILE
 from explain.scorers import Scorer, make_scorer, scorer_class
 from explain.settings import SAMPLED_SCORERS, TOKENS, ExplainSettings, ScoringConfig
@@ -35,6 +36,7 @@ class Components:
     backends: list[Any] = field(default_factory=list)  # LLM backends (and the embedder) to close when the run ends
     scoring: ScoringConfig | None = None  # the sampled test examples' protocol, when a scorer reads them
     intruders: bool = False  # whether intruder fragments are sampled
+    workers: int = 1  # features in flight at once (`explain.feature_pool`): --concurrency where all is thread-safe
 
     @property
     def scorers(self) -> list[Scorer]:
@@ -64,6 +66,7 @@ def check_specs(settings: ExplainSettings) -> None:
 def build_components(settings: ExplainSettings, out: Path, concurrency: int, explainer: Explainer | None = None,
                      scorer: Scorer | None = None) -> Components:
     """(explainer, scorers, backends) for the run; LLM backends share one cache in OUT and are built once per spec."""
+    injected = explainer is not None or scorer is not None
     names = settings.resolved_scorers()
     main = scorer_name(settings)
     extras = [n for n in names if n != main]
@@ -105,8 +108,9 @@ def build_components(settings: ExplainSettings, out: Path, concurrency: int, exp
     for s in ([scorer] if scorer is not None and main in names else []) + extra_scorers:
         s.score_mode = settings.score_mode
     sampled = bool(SAMPLED_SCORERS & set(extras))
+    workers = concurrency if parallel_safe(opened, injected) else 1
     return Components(explainer=explainer, scorer=scorer, extra_scorers=extra_scorers, backends=opened,
-                      scoring=config if sampled else None, intruders="intruder" in extras)
+                      scoring=config if sampled else None, intruders="intruder" in extras, workers=workers)
 
 
 def _open_backends(specs: list[str], settings: ExplainSettings, out: Path, concurrency: int) -> dict[str, Any]:

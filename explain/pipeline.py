@@ -13,7 +13,8 @@ feature costs no calls. `OUT/config.json` must match the settings of a rerun
 plan (cache and dictionaries checked against each other, settings record,
 features) -> build (explainer, scorer, backends) -> persist (config.json,
 records repaired) -> run (exemplars of all pending features on one hook
-come from one pass over the cache; see `explain.exemplars`). With `--rescore
+come from one pass over the cache; see `explain.exemplars`; with a served model, up to `--concurrency`
+features at once, records still in feature order: `explain.feature_pool`). With `--rescore
 SRC` the explanations are SRC's, replayed from its call cache (`explain.rescore`).
 """
 
@@ -32,6 +33,7 @@ from explain.components import Components, build_components, check_specs
 from explain.exemplars import FeatureJob, TokenDecoder, collect_exemplars
 from explain.explainer import Explainer
 from explain.feature import explain_feature
+from explain.feature_pool import ordered_map
 from explain.records_file import RESULTS_FILE, ResultsWriter, read_records
 from explain.run_folder import CONFIG_FILE, LLM_CACHE_FILE, check_settings, choose_features, config_doc, \
     done_features, write_config
@@ -162,9 +164,11 @@ def _run_pending(cache: Any, plan: Plan, pending: list[list[int]], settings: Exp
                     "explainer": settings.explainer, "simulator": settings.simulator}
             if settings.rescore:
                 base["rescored_from"] = str(Path(settings.rescore).resolve())
-            for ex in exs:
-                record = explain_feature(ex, components.explainer, components.scorer, exemplar_config, base,
-                                         components.extra_scorers)
+            def one(ex: Any, base: dict[str, Any] = base) -> dict[str, Any]:
+                return explain_feature(ex, components.explainer, components.scorer, exemplar_config, base,
+                                       components.extra_scorers)
+
+            for record in ordered_map(one, exs, components.workers):  # in feature order, whatever the workers
                 writer.write(record)
                 counts[record["status"]] += 1
                 if record["status"] == "failed" and first_error is None:

@@ -67,6 +67,7 @@ class CachedExplainerBackend(LLMBackend):
     """An explainer backend that only replays SRC's cached `generate` answers; it never sends a request."""
 
     capabilities = frozenset({"generation"})
+    thread_safe = True  # it only reads SRC's cache, whose reads are under the cache's lock
 
     def __init__(self, spec: str, src: Path):
         self.src = src

@@ -136,7 +136,8 @@ class ExplainSettings:
     scoring: ScoringConfig | None = None
     out: str | None = option(None, required=True, identity=False,
                              help="output folder (rerun the same command to resume)")
-    concurrency: int = option(4, identity=False, help="requests in flight to an openai: backend")
+    concurrency: int = option(4, identity=False, help="requests in flight to an openai: backend (explainer and "
+                              "every scorer that calls it; features run concurrently, records stay in order)")
 
     def __post_init__(self) -> None:
         self.dicts = list(self.dicts)
@@ -200,6 +201,8 @@ class ExplainSettings:
                             "--scorers or use --best-of 1")
         if self.score_mode not in SCORE_MODES:
             raise UserError(f"--score-mode {self.score_mode!r}: use one of {', '.join(SCORE_MODES)}")
+        if self.concurrency < 1:
+            raise UserError(f"--concurrency {self.concurrency}: pass 1 or more (requests in flight to the server)")
         if self.hard_negatives < 0:
             raise UserError(f"--hard-negatives {self.hard_negatives}: pass 0 or more")
 

@@ -107,6 +107,9 @@ class LLMBackend:
     #: What scorers may ask of this backend (see `explain.scorers.base.Scorer.needs`): "generation"
     #: (`generate`) and "logprobs" (`digit_distributions`); an embedding backend would add "embeddings".
     capabilities: frozenset[str] = frozenset({"generation", "logprobs"})
+    #: Whether several features may use this backend from threads at once (`explain.feature_pool`): True only
+    #: for backends whose every call is safe on threads (remote HTTP, cache replay); a local model is not.
+    thread_safe: bool = False
 
     def __init__(self, cache: LLMCache | None = None):
         self.cache = cache if cache is not None else LLMCache.disabled()

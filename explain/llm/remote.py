@@ -94,6 +94,8 @@ def _public_url(base_url: str | None) -> str | None:
 class OpenAIBackend(LLMBackend):
     """Explain and simulate through an OpenAI-compatible HTTP API."""
 
+    thread_safe = True  # requests bounded by `_sem`, shared state under locks, the cache has its own lock
+
     def __init__(
         self,
         model: str,

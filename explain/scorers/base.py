@@ -21,6 +21,7 @@ pipeline records the feature as failed, never as a score.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 CAPABILITIES = frozenset({"generation", "logprobs", "embeddings"})
 
 Job = tuple[str, Examples]  # (explanation, examples)
+#: Guards `Scorer.spent`: features may be scored on several threads at once (`explain.feature_pool`).
+_SPENT_LOCK = threading.Lock()
 
 
 @dataclass
@@ -135,8 +138,9 @@ class Scorer(ABC):
         results = self._score_many(list(jobs))
         if len(results) != len(jobs):
             raise RuntimeError(f"{type(self).__name__} returned {len(results)} results for {len(jobs)} jobs")
-        for r in results:
-            self.spent = self.spent + r.cost
+        with _SPENT_LOCK:
+            for r in results:
+                self.spent = self.spent + r.cost
         return results
 
     def score(self, explanation: str, examples: Examples) -> ScoreResult:

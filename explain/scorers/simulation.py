@@ -219,8 +219,9 @@ class SimulationScorer(Scorer):
         except NoLogprobs as err:
             if text is None or self.score_mode != "auto":
                 raise
-            print(f"{str(err).split(';')[0]}: simulating from text answers (mode text) for the rest of the run",
-                  file=sys.stderr)
+            if not self.no_logprobs:  # once, though several features may find it out at once (--concurrency)
+                print(f"{str(err).split(';')[0]}: simulating from text answers (mode text) for the rest of the run",
+                      file=sys.stderr)
             self.no_logprobs = True
             return text.simulate_many(work)
 
