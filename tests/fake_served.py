@@ -16,7 +16,7 @@ intruder chat answers with top log-probabilities; ``GET /v1/stats`` returns
 the counters. `script` holds HTTP
 statuses to answer first (429 comes with ``Retry-After: 0``);
 ``logprobs=False`` plays a server with none (echo refused, chat answers
-without logprobs).
+without logprobs); `echo_refusal` refuses only echo, with that status.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class FakeServed:
         self.latency = latency
         self.logprobs = logprobs
         self.script: list[int] = []
+        self.echo_refusal: int | None = None  # an HTTP status that refuses completions with echo (e.g. 501)
         self.n_requests = 0
         self.statuses: dict[int, int] = {}
         self.in_flight = 0
@@ -68,8 +69,8 @@ class FakeServed:
 
     # -- answers -----------------------------------------------------------------------------
     def completions(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        if not self.logprobs and body.get("echo"):
-            return 400, {"error": {"message": "echo is not supported"}}
+        if body.get("echo") and (self.echo_refusal or not self.logprobs):
+            return self.echo_refusal or 400, {"error": {"message": "echo is not supported"}}
         text = body["prompt"]
         tokens = re.findall(r"[A-Za-z]+|\d|\s|.", text, flags=re.S)
         offsets, at = [], 0
@@ -90,7 +91,18 @@ class FakeServed:
         key = json.dumps(body["messages"], sort_keys=True)
         lines = re.findall(r"^\d+\. (.*)$", user, flags=re.M)
         system = body["messages"][0]["content"] if body["messages"][0]["role"] == "system" else ""
-        if "odd one out" in system:  # intruder: one number
+        if "single integer" in system:  # the simulator's chat mode: the value of the token before the last TAB
+            words = re.findall(r"[A-Za-z]+", user.rsplit("\t", 1)[0])
+            top = digit_top(words[-1] if words else "")
+            tokens = [max(top, key=top.get)]
+            if body.get("logprobs") and self.logprobs:
+                tops = [{"token": t, "logprob": lp, "bytes": None} for t, lp in top.items()]
+                return 200, {"id": "chat", "object": "chat.completion", "created": 0, "model": body["model"],
+                             "choices": [{"index": 0, "finish_reason": "length",
+                                          "message": {"role": "assistant", "content": tokens[0]},
+                                          "logprobs": {"content": [{"token": tokens[0], "logprob": top[tokens[0]],
+                                                                    "bytes": None, "top_logprobs": tops}]}}]}
+        elif "odd one out" in system:  # intruder: one number
             tokens = [str(crc(key) % max(len(lines), 1) + 1)]
         elif "list of 0s and 1s" in system:  # detection / fuzzing: one judgement per example
             bits = [str(crc(line) % 2) for line in lines]
@@ -152,7 +164,8 @@ class FakeServed:
                 finally:
                     with server.lock:
                         server.in_flight -= 1
-                        server.statuses[status] = server.statuses.get(status, 0) + 1
+                with server.lock:  # what was answered (a scripted status or the answer's own)
+                    server.statuses[code] = server.statuses.get(code, 0) + 1
                 data = json.dumps(obj).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")

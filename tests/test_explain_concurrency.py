@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,23 @@ def test_two_processes_with_threads_writing_one_cache_lose_nothing(tmp_path):
     assert all(cache.get({"p": p, "t": t, "i": i}) == {"v": [p, t, i]}
                for p in range(2) for t in range(4) for i in range(60))
     cache.close()
+
+
+def test_a_server_that_does_not_implement_echo_is_asked_once_then_simulated_through_chat(monkeypatch):
+    """HTTP 501 (Not Implemented) says the server lacks prompt logprobs: no retry schedule, one switch to chat."""
+    from explain.llm.backends import make_backend
+    from explain.scorers.simulation import AllAtOnceSimulator
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    server = FakeServed()
+    server.echo_refusal = 501
+    try:
+        backend = make_backend("openai:fake", base_url=server.url, concurrency=4, max_retries=3, backoff_base=0.001)
+        result = AllAtOnceSimulator(backend).simulate("rivers", [[" the", " river", " Paris"], [" blue", " song"]])
+        backend.close()
+    finally:
+        server.close()
+    assert result.mode == "chat-top-logprobs" and server.statuses[501] == 1  # not 1 + max_retries
+    assert server.n_requests == 1 + 5  # then one chat request per token
+    assert [round(v, 6) for v in result.expected_values[0]] == [float(zlib.crc32(w.encode()) % 10)
+                                                                for w in ("the", "river", "Paris")]

@@ -7,7 +7,8 @@ only; it is never logged, cached or written. A base URL on this machine
 servers usually ignore it.
 
 Reliability: the client's own retries are off; `_call` retries 429, 408,
-409, 5xx, timeouts and connection errors with exponential backoff
+409, 5xx but 501 (Not Implemented: the server lacks it, asking again is no
+use), timeouts and connection errors with exponential backoff
 (`backoff_base`·2^attempt seconds, capped, jittered, honouring Retry-After)
 up to `max_retries` times, then raises `LLMError`. Other errors (400, 401,
 404...) raise at once. A semaphore keeps at most `concurrency` requests in
@@ -180,7 +181,7 @@ class OpenAIBackend(LLMBackend):
                 return response if parse is None else _parse_response(self.name, what, response, parse)
             except err_cls.APIStatusError as err:
                 self._reached()
-                if err.status_code not in RETRY_STATUS and err.status_code < 500:
+                if err.status_code not in RETRY_STATUS and (err.status_code < 500 or err.status_code == 501):
                     if err.status_code in UNSUPPORTED_STATUS and what == "completions-echo":
                         raise _EchoUnsupported(str(err)) from err
                     raise LLMError(f"{self.name} {what}: HTTP {err.status_code}: {_short(err)}") from err
