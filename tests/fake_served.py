@@ -43,6 +43,11 @@ def digit_top(word: str) -> dict[str, float]:
     return {str(crc(word) % 10): math.log(0.6), "unknown": math.log(0.4)}
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # listen() backlog: a burst of 64+ connections must not overflow it (default 5)
+
+
 class FakeServed:
     """The server; `url` is its base URL (`.../v1`). Start on construction, `close()` to stop."""
 
@@ -56,9 +61,7 @@ class FakeServed:
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self.httpd.daemon_threads = True
-        self.httpd.request_queue_size = 512  # a burst of 64+ connections must not be refused
+        self.httpd = _Server(("127.0.0.1", port), self._handler())
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
