@@ -6,11 +6,11 @@ Nothing heavy is imported here; see `report.build`.
 from __future__ import annotations
 
 
-def build_report(run_dir, out_dir):
+def build_report(run_dir, out_dir, descriptors=()):
     """Write OUT/index.html from a run folder; returns its path (see `report.build`)."""
     from report.build import build_report as _build
 
-    return _build(run_dir, out_dir)
+    return _build(run_dir, out_dir, descriptors)
 
 
 __all__ = ["build_report"]

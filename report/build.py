@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from activations.runstate import check_output_folder, output_lock, write_text_atomic
 from report.cards import feature_card, skipped_table
+from report.descriptors import (DescriptorResults, chips_html, descriptors_section,
+                                load_descriptor_results)
 from report.html import esc, fmt, page, png_img, table
 from report.layout import RunContents, RunFolderError, discover, read_json
 from report.plots import plot_comparison, plot_frontier_png, plot_ioi
@@ -37,14 +39,19 @@ def _is_offline_llm(spec: Any) -> bool:
     return s.startswith("local:") and ("default" in s or "smollm2" in s.lower())
 
 
-def build_report(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write OUT/index.html (and its PNGs) from whatever stages of the run exist; returns the path."""
+def build_report(run_dir: str | Path, out_dir: str | Path, descriptors: Sequence[str | Path] = ()) -> Path:
+    """Write OUT/index.html (and its PNGs) from whatever stages of the run exist; returns the path.
+
+    `descriptors`: `cli.py describe` output folders whose chips and comparison of bases join the report
+    (read and checked here, before anything is written); none leaves the report as it was.
+    """
     out = check_output_folder(out_dir)  # before the run folder is read, and before anything is written
+    described = load_descriptor_results(descriptors) if descriptors else None
     with output_lock(out, folder=True):
-        return _build_report_locked(run_dir, out)
+        return _build_report_locked(run_dir, out, described)
 
 
-def _build_report_locked(run_dir: str | Path, out: Path) -> Path:
+def _build_report_locked(run_dir: str | Path, out: Path, described: DescriptorResults | None = None) -> Path:
     contents = discover(run_dir, skip=out)
     if not (contents.dictionaries or contents.explanation_runs or contents.ioi_results or contents.stages
             or contents.settings):
@@ -54,11 +61,12 @@ def _build_report_locked(run_dir: str | Path, out: Path) -> Path:
     records = _load_records(contents)
     out.mkdir(parents=True, exist_ok=True)
     sections = [
-        _header(contents, records),
+        _header(contents, records, described is not None),
         _scores_section(records, out),
         _dictionaries_section(contents, out),
+        *([descriptors_section(described)] if described is not None else []),
         _ioi_section(contents, out),
-        _features_section(records),
+        _features_section(records, described),
         _run_section(contents),
         _footer(),
     ]
@@ -93,14 +101,15 @@ def _dictionary_rows(contents: RunContents) -> list[dict[str, Any]]:
 
 # -- sections -----------------------------------------------------------------------------------------
 
-def _header(contents: RunContents, records: list[dict[str, Any]]) -> str:
+def _header(contents: RunContents, records: list[dict[str, Any]], with_descriptors: bool = False) -> str:
     settings = contents.settings or {}
     model = settings.get("model")
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime())
     parts = [f"<h1>dictlens report</h1><p class=\"muted\">run folder <code>{esc(contents.root.resolve())}</code>"
              + (f" · model <code>{esc(model)}</code>" if model else "") + f" · written {esc(when)}</p>",
              '<nav><a href="#scores">Explanation scores</a><a href="#dictionaries">Dictionaries</a>'
-             '<a href="#ioi">IOI patching</a><a href="#features">Features</a><a href="#run">Run</a></nav>']
+             + ('<a href="#descriptors">Descriptors</a>' if with_descriptors else '')
+             + '<a href="#ioi">IOI patching</a><a href="#features">Features</a><a href="#run">Run</a></nav>']
     if any(_is_offline_llm(r.get("explainer")) or _is_offline_llm(r.get("simulator")) for r in records):
         parts.append('<div class="banner"><b>Read the LLM scores with care:</b> this run has scores from the offline '
                      '135M explainer <code>local:default</code>, which mean little (see '
@@ -220,7 +229,7 @@ def _ioi_section(contents: RunContents, out: Path) -> str:
     return "\n".join(parts)
 
 
-def _features_section(records: list[dict[str, Any]]) -> str:
+def _features_section(records: list[dict[str, Any]], described: DescriptorResults | None = None) -> str:
     head = ('<h2 id="features">Features</h2><p class="muted small">One card per explained feature, best score first '
             'within each basis. Token backgrounds: the feature\'s activation relative to its largest activation in '
             'the shown fragments (hover a token for its value). Top fragments are ranked by maximum activation; '
@@ -240,7 +249,8 @@ def _features_section(records: list[dict[str, Any]]) -> str:
         skipped = [r for r in rs if r.get("status") == "skipped"]
         parts.append(f"<h3>{esc(name)} <span class=\"muted small\">{esc(kind)} · {esc(hook)} · scorer "
                      f"{esc(scorer)} · {len(shown)} card(s), {len(skipped)} skipped</span></h3>")
-        parts.append('<div class="cards">' + "".join(feature_card(r) for r in shown) + "</div>")
+        parts.append('<div class="cards">' + "".join(feature_card(r, chips_html(described, r.get("dictionary"), r.get("feature")))
+                                             for r in shown) + "</div>")
         if skipped:
             parts.append(skipped_table(skipped))
     return "\n".join(parts)

@@ -34,7 +34,8 @@ def _fragments_html(fragments: Sequence[dict[str, Any]], scale: float) -> str:
     return f'<ul class="frags">{"".join(items)}</ul>'
 
 
-def feature_card(record: dict[str, Any]) -> str:
+def feature_card(record: dict[str, Any], chips: str = "") -> str:
+    """One card; `chips` (HTML from `report.descriptors.chips_html`, "" for none) goes under the explanation."""
     ex = record.get("exemplars") or {}
     top = list(ex.get("top") or [])
     rnd = list(ex.get("random") or [])
@@ -66,7 +67,7 @@ def feature_card(record: dict[str, Any]) -> str:
     return (f'<div class="{css}" data-dictionary="{esc(record.get("dictionary"))}" data-feature="{esc(record.get("feature"))}">'
             f'<header><span class="fid">{esc(record.get("dictionary"))} #{esc(record.get("feature"))} {badge}</span>'
             f'<span class="where">{esc(record.get("kind"))} · {esc(record.get("hook"))}</span></header>'
-            f"{body_expl}{score_html}"
+            f"{body_expl}{chips}{score_html}"
             f'<div class="top-row"><div>{hist}</div><div>{stats}</div></div>'
             f'<div class="fraglabel">top fragments ({len(shown_top)} of {len(top)})</div>{_fragments_html(shown_top, scale)}'
             f'<div class="fraglabel">random fragments ({len(shown_rnd)} of {len(rnd)})</div>{_fragments_html(shown_rnd, scale)}'

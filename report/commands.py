@@ -11,6 +11,7 @@ def report_command(settings: ReportSettings) -> Path:
     from report.build import build_report
     from report.layout import REPORT_DIR
 
-    index = build_report(settings.run, settings.out if settings.out else Path(settings.run) / REPORT_DIR)
+    index = build_report(settings.run, settings.out if settings.out else Path(settings.run) / REPORT_DIR,
+                         settings.descriptors)
     print(f"report: {index.resolve()}")
     return index

@@ -15,3 +15,6 @@ class ReportSettings:
                       help="run folder (from `demo`, or any folder of dictionaries, explanations, ioi.json)")
     out: str | None = option(None, identity=False,
                              help="output folder for index.html and its PNGs (default: RUN/report)")
+    descriptors: list[str] = option(default_factory=list, identity=False, metavar="DESCRIBE_OUT",
+                                    help="`cli.py describe` output folders (descriptors.jsonl, summary.json): "
+                                         "descriptor chips on the feature cards and the comparison of bases")
