@@ -107,18 +107,7 @@ def _create_file(out: Path, settings: CacheSettings, record: dict, loaded, token
             if settings.dtype == "bfloat16":
                 ds.attrs["encoding"] = BFLOAT16_ENCODING
         f.attrs.update({
-            "format_version": FORMAT_VERSION,
-            "settings": record_json(record),
-            "model_id": settings.model,
-            "model_source": loaded.source,
-            "model_revision": loaded.revision,
-            "model_type": str(loaded.model.config.model_type),
-            "tokenizer": str(getattr(loaded.tokenizer, "name_or_path", "")),
-            "dtype": settings.dtype,
-            "context_length": ctx,
-            "hooks": json.dumps(list(settings.hooks)),
-            "widths": json.dumps(widths),
-            "corpus": record["corpus"],
+            **run_attrs(settings, loaded, record, ctx, widths),
             "fragments": settings.fragments,
             "bos_prepended": bool(stats["bos_prepended"]),
             "documents_read": int(stats["documents_read"]),
@@ -127,6 +116,24 @@ def _create_file(out: Path, settings: CacheSettings, record: dict, loaded, token
             "n_contexts_done": 0,
         })
     move_into_place(partial, out)
+
+
+def run_attrs(settings: CacheSettings, loaded, record: dict, ctx: int, widths: dict[str, int]) -> dict:
+    """The file attributes every cache shares (token-level and pooled): what model, data and layout wrote it."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "settings": record_json(record),
+        "model_id": settings.model,
+        "model_source": loaded.source,
+        "model_revision": loaded.revision,
+        "model_type": str(loaded.model.config.model_type),
+        "tokenizer": str(getattr(loaded.tokenizer, "name_or_path", "")),
+        "dtype": settings.dtype,
+        "context_length": ctx,
+        "hooks": json.dumps(list(settings.hooks)),
+        "widths": json.dumps(widths),
+        "corpus": record["corpus"],
+    }
 
 
 class _OrderedWriter:

@@ -20,7 +20,6 @@ each batch flushed before `n_contexts_done` (here: documents) counts it.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -29,14 +28,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from activations.cache_writer import (BFLOAT16_ENCODING, FORMAT_VERSION, STORAGE, CacheResult, _check_existing,
-                                      _early_alloc_dcpl, _stored)
+from activations.cache_writer import (BFLOAT16_ENCODING, STORAGE, CacheResult, _check_existing, _early_alloc_dcpl,
+                                      _stored, run_attrs)
 from activations.corpus import Corpus
 from activations.errors import UserError
 from activations.hooks import hook_width, is_encoder, run_with_cache, validate_hooks
 from activations.models import load_model
 from activations.runstate import move_into_place
-from activations.settings import CacheSettings, record_json
+from activations.settings import CacheSettings
 
 _TOKENIZE_BATCH = 256
 
@@ -142,19 +141,8 @@ def _create(out: Path, settings: CacheSettings, record: dict, loaded, doc_ids: l
             if settings.dtype == "bfloat16":
                 ds.attrs["encoding"] = BFLOAT16_ENCODING
         f.attrs.update({
-            "format_version": FORMAT_VERSION,
-            "settings": record_json(record),
-            "model_id": settings.model,
-            "model_source": loaded.source,
-            "model_revision": loaded.revision,
-            "model_type": str(loaded.model.config.model_type),
+            **run_attrs(settings, loaded, record, ctx, widths),
             "encoder": is_encoder(loaded.model),
-            "tokenizer": str(getattr(loaded.tokenizer, "name_or_path", "")),
-            "dtype": settings.dtype,
-            "context_length": ctx,
-            "hooks": json.dumps(list(settings.hooks)),
-            "widths": json.dumps(widths),
-            "corpus": record["corpus"],
             "pool": settings.pool,
             "fragments": False,
             "bos_prepended": False,
