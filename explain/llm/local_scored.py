@@ -120,8 +120,6 @@ def _choice_ids(backend: "LocalBackend", choices: tuple[str, ...]) -> list[int]:
 
 def _constrained(backend: "LocalBackend", request: ScoredRequest) -> Generation:
     """Write the pieces, and at each slot the most likely choice (see the module docstring)."""
-    from transformers import DynamicCache
-
     tok = backend.tokenizer
     full = backend.render(request.as_messages())
     pieces = list(request.pieces or ())
@@ -133,10 +131,7 @@ def _constrained(backend: "LocalBackend", request: ScoredRequest) -> Generation:
     tokens: list[str] = []
     tops: list[dict[str, float]] = []
     with backend._lock, torch.no_grad():
-        prefix = _prefix_ids(backend, request, full)
-        kwargs: dict[str, Any] = {}
-        if prefix:
-            kwargs["past_key_values"] = DynamicCache(ddp_cache_data=_prefix_kv(backend, prefix))
+        prefix, kwargs = _resume_prefix(backend, request, full)
         pending = full[len(prefix):] + piece_ids[0]
         first = [_decode(tok, i) for i in piece_ids[0]]
         tokens += first
@@ -162,13 +157,22 @@ def _constrained(backend: "LocalBackend", request: ScoredRequest) -> Generation:
     return Generation("".join(tokens), tokens, tops, "local-exact", n_calls=1, n_cached=0, n_tokens=processed)
 
 
+def _resume_prefix(backend: "LocalBackend", request: ScoredRequest, full: list[int]) -> tuple[list[int], dict[str, Any]]:
+    """The cached shared prefix of `full` and the forward kwargs that start after it (empty: start at token 0)."""
+    from transformers import DynamicCache
+
+    prefix = _prefix_ids(backend, request, full)
+    kwargs: dict[str, Any] = {}
+    if prefix:
+        kwargs["past_key_values"] = DynamicCache(ddp_cache_data=_prefix_kv(backend, prefix))
+    return prefix, kwargs
+
+
 def _decode(tok: Any, i: int) -> str:
     return tok.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
 def _greedy(backend: "LocalBackend", request: ScoredRequest) -> Generation:
-    from transformers import DynamicCache
-
     if request.pieces is not None:
         return _constrained(backend, request)
     tok = backend.tokenizer
@@ -180,10 +184,7 @@ def _greedy(backend: "LocalBackend", request: ScoredRequest) -> Generation:
     tokens: list[str] = []
     tops: list[dict[str, float]] = []
     with backend._lock, torch.no_grad():
-        prefix = _prefix_ids(backend, request, full)
-        kwargs: dict[str, Any] = {}
-        if prefix:
-            kwargs["past_key_values"] = DynamicCache(ddp_cache_data=_prefix_kv(backend, prefix))
+        prefix, kwargs = _resume_prefix(backend, request, full)
         step_ids = full[len(prefix):]
         processed = 0
         for _ in range(int(request.max_tokens)):
