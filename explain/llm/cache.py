@@ -24,7 +24,9 @@ Use::
 from __future__ import annotations
 
 import hashlib
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -64,14 +66,21 @@ class LLMCache:
             return self._conn
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60.0)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, request TEXT NOT NULL, "
-                "response TEXT NOT NULL, created REAL NOT NULL)"
-            )
-            conn.commit()
+            folder = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                # Two processes opening a new cache file at once: one creates it, switches it to WAL and makes
+                # the table while the other waits (a lock on the folder, so no lock file is left behind).
+                fcntl.flock(folder, fcntl.LOCK_EX)
+                conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60.0)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, request TEXT NOT NULL, "
+                    "response TEXT NOT NULL, created REAL NOT NULL)"
+                )
+                conn.commit()
+            finally:
+                os.close(folder)  # releases the lock
         except sqlite3.DatabaseError as err:
             raise UserError(f"cannot open the LLM cache {self.path}: {first_line(err)}; "
                             "delete it or pass another path") from err
