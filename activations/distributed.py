@@ -1,0 +1,66 @@
+"""Where this process stands in a `torchrun` launch: rank, world size, and the process group.
+
+Why one small module: caching (activations/) and training (sae/) both run
+under `torchrun --nproc_per_node N cli.py ...` with the same flags as a
+single process, so both read the launch the same way. Nothing here starts
+processes or schedules work: torchrun does that, torch.distributed joins the
+ranks (gloo on CPU, NCCL on CUDA). Outside torchrun (no WORLD_SIZE, or 1)
+every function is a no-op, so single-process behaviour stays exactly as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in the launch; `world_size == 1` is a plain single-process run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launch_from_env() -> Launch:
+    """The launch torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK (a single process without them)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Launch()
+    return Launch(rank=int(os.environ["RANK"]), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_process_group(launch: Launch, device: str = "cpu") -> None:
+    """Join the ranks (gloo on CPU, NCCL on CUDA) once per process; a single process does nothing."""
+    import torch.distributed as dist
+
+    if not launch.distributed or dist.is_initialized():
+        return
+    backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size)
+
+
+def barrier(launch: Launch) -> None:
+    """Wait for every rank (no-op for a single process)."""
+    import torch.distributed as dist
+
+    if launch.distributed and dist.is_initialized():
+        dist.barrier()
+
+
+def destroy_process_group(launch: Launch) -> None:
+    import torch.distributed as dist
+
+    if launch.distributed and dist.is_initialized():
+        dist.destroy_process_group()
