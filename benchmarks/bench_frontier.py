@@ -71,12 +71,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from frontier_runs import run_worker, speed_compare, sparsify_spec
+from frontier_sparsify import EVAL_BATCH, SparsifyMaths, heldout_tokens
+from frontier_tables import CONTROL, _fmt, hook_of, interpolate, layer_report, plot_layer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -84,167 +86,8 @@ sys.path.insert(0, str(REPO))
 CACHE_HOOKS = "blocks.1.hook_resid_post,blocks.3.hook_resid_post,blocks.23.hook_resid_post"
 CONTEXT_LENGTH = 128
 SPARSIFY_DEFAULT_SEQUENCES = 32  # sparsify TrainConfig.batch_size (sequences per step)
-TARGET_L0 = (10, 20, 50, 100)
 KINDS = ("tied_sae", "untied_sae", "topk", "batchtopk")
-SPEED_WARMUP = 3  # untimed steps before a speed measurement
-EVAL_BATCH = 4096  # held-out tokens per evaluation batch
 SINK_FACTOR = 20.0  # tokens with norm above this × the median norm are attention sinks (fvu_nosink leaves them out)
-CONTROL = " (control)"  # series suffix of the fitted top-k controls: shown, never counted as "ours"
-EXTRAPOLATE = 1.05  # a target L0 up to 5% outside a sweep's measured range is extrapolated (marked ~)
-
-
-def hook_of(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_post"
-
-
-# -- the sparsify side (runs in --reference-python; never imported by the toolkit process) -----------
-
-class _SparsifyRun:
-    """sparsify SparseCoders (one per k) and its Trainer's default optimiser; `step(x)` is one Trainer step."""
-
-    def __init__(self, spec: dict, d_in: int):
-        import torch
-        from schedulefree import ScheduleFreeWrapper
-        from sparsify import SparseCoder, SparseCoderConfig
-        from sparsify.sign_sgd import SignSGD
-
-        self.saes = {}
-        for k in spec["ks"]:
-            torch.manual_seed(spec["seed"])  # sparsify's Trainer: torch.manual_seed(seed) right before each SparseCoder
-            self.saes[k] = SparseCoder(d_in, SparseCoderConfig(k=k, num_latents=spec["num_latents"]), "cpu",
-                                       dtype=torch.float32)
-        self.lrs = {k: spec["lr"] or 5e-3 / (sae.num_latents / 2 ** 14) ** 0.5 for k, sae in self.saes.items()}
-        self.opt = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=self.lrs[k])
-                                                for k, sae in self.saes.items()]), momentum=0.95)
-        self.opt.train()
-        self.auxk_alpha, self.dead_after = spec["auxk_alpha"], spec["dead_feature_threshold"]
-        self.since_fired = {k: torch.zeros(spec["num_latents"], dtype=torch.long) for k in self.saes}
-        self.did_fire = {k: torch.zeros(spec["num_latents"], dtype=torch.bool) for k in self.saes}
-        self.fvu_sum = {k: 0.0 for k in self.saes}
-        self.steps = 0
-
-    def step(self, x) -> None:
-        import torch
-
-        total_variance = (x - x.mean(0)).pow(2).sum()
-        for k, sae in self.saes.items():
-            if self.steps == 0:
-                sae.b_dec.data = x.mean(0).to(sae.dtype)
-            if sae.cfg.normalize_decoder:
-                sae.set_decoder_norm_to_unit_norm()
-            dead_mask = self.since_fired[k] > self.dead_after if self.auxk_alpha > 0 else None
-            o = sae(x=x, y=x, dead_mask=dead_mask, total_variance=total_variance)
-            self.did_fire[k][o.latent_indices.flatten()] = True
-            self.fvu_sum[k] += float(o.fvu.detach())
-            (o.fvu + self.auxk_alpha * o.auxk_loss + o.multi_topk_fvu / 8).backward()
-        for sae in self.saes.values():
-            sae.remove_gradient_parallel_to_decoder_directions()
-        self.opt.step()
-        self.opt.zero_grad()
-        with torch.no_grad():
-            for k in self.saes:
-                self.since_fired[k] += x.shape[0]
-                self.since_fired[k][self.did_fire[k]] = 0
-                self.did_fire[k].zero_()
-        self.steps += 1
-
-
-def _without_sinks(x, max_norm: float | None):
-    """The batch as `sae.data.CacheSource` hands it to our trainer: rows over the sink limit dropped."""
-    if max_norm is None:
-        return x
-    keep = x.norm(dim=1) <= max_norm
-    return x[keep] if bool(keep.any()) else x
-
-
-def sparsify_worker(spec: dict) -> None:
-    """Train one sparsify TopK SAE per k on our cache's training split; save, time and measure them.
-
-    With spec["mode"] == "speed": time `steps` steps on batches already in memory (after 3 untimed ones).
-    """
-    os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
-    import torch
-
-    torch.set_num_threads(spec["threads"])
-    import sparsify
-
-    from activations.reader import ActivationCache
-
-    hook, batch = spec["hook"], spec["batch_size"]
-    steps = spec["tokens"] // batch
-    with ActivationCache(spec["cache"]) as cache:
-        d_in = cache.width(hook)
-        if spec.get("mode") == "speed":
-            data = [_without_sinks(x, spec.get("max_norm")) for x in cache.iter_batches(
-                hook, batch, n_tokens=(steps + SPEED_WARMUP) * batch, seed=spec["seed"],
-                contexts=tuple(spec["train_contexts"]), skip_first=True)]
-    run = _SparsifyRun(spec, d_in)
-    if spec.get("mode") == "speed":
-        for x in data[:SPEED_WARMUP]:
-            run.step(x)
-        started = time.perf_counter()
-        for x in data[SPEED_WARMUP:]:
-            run.step(x)
-        print(json.dumps({"seconds": time.perf_counter() - started, "steps": len(data) - SPEED_WARMUP}))
-        return
-    out = Path(spec["out"])
-    tokens_seen = 0
-    started = time.perf_counter()
-    with ActivationCache(spec["cache"]) as cache:
-        for x in cache.iter_batches(hook, batch, n_tokens=steps * batch, seed=spec["seed"],
-                                    contexts=tuple(spec["train_contexts"]), skip_first=True):
-            x = _without_sinks(x, spec.get("max_norm"))
-            run.step(x)
-            tokens_seen += x.shape[0]
-            if spec.get("progress") and run.steps % max(1, steps // 10) == 0:
-                print(f"  sparsify {hook} batch {batch}: step {run.steps}/{steps}, "
-                      f"{time.perf_counter() - started:.0f}s", flush=True)
-    seconds = time.perf_counter() - started
-    run.opt.eval()  # sparsify's Trainer saves the schedule-free average (optimizer.eval() in _checkpoint)
-    hookpoint = f"layers.{hook.split('.')[1]}"  # sparsify's name for the output of decoder layer L
-    folders = {}
-    for k, sae in run.saes.items():
-        folder = out / f"k{k}" / hookpoint
-        sae.save_to_disk(folder)
-        folders[k] = str(folder)
-    metrics = _sparsify_heldout(run.saes, spec, hook)
-    record = {"library": f"sparsify {sparsify.__version__}", "torch": torch.__version__, "threads": spec["threads"],
-              "hook": hook, "batch_size": batch, "steps": steps, "tokens": tokens_seen,
-              "num_latents": spec["num_latents"], "lr": {str(k): v for k, v in run.lrs.items()},
-              "optimizer": "ScheduleFreeWrapper(SignSGD, momentum=0.95)", "auxk_alpha": run.auxk_alpha,
-              "seconds": seconds, "models": len(run.saes), "tokens_per_s_per_model": tokens_seen * len(run.saes) / seconds,
-              "decoder_norm_range": {str(k): [float(s.W_dec.detach().norm(dim=1).min()),
-                                             float(s.W_dec.detach().norm(dim=1).max())]
-                                     for k, s in run.saes.items()},
-              "train_fvu_mean": {str(k): run.fvu_sum[k] / max(1, steps) for k in run.saes},
-              "folders": {str(k): v for k, v in folders.items()}, "heldout_sparsify_forward": metrics}
-    (out / "run.json").write_text(json.dumps(record, indent=1))
-
-
-def _sparsify_heldout(saes: dict, spec: dict, hook: str) -> dict:
-    """FVU, L0, dead fraction with sparsify's own forward, by the formula of sae.metrics.reconstruction_metrics."""
-    import torch
-
-    n, total, total_sq = 0, None, None
-    acc = {k: {"sq": 0.0, "l0": 0.0, "fired": torch.zeros(s.num_latents, dtype=torch.bool)} for k, s in saes.items()}
-    with torch.no_grad():
-        x_all = heldout_tokens(Path(spec["cache"]), hook, spec["eval_contexts"])
-        for x in _without_sinks(x_all, spec.get("max_norm")).split(EVAL_BATCH):
-            x64 = x.to(torch.float64)
-            total = x64.sum(0) if total is None else total + x64.sum(0)
-            total_sq = (x64 ** 2).sum(0) if total_sq is None else total_sq + (x64 ** 2).sum(0)
-            n += x.shape[0]
-            for k, sae in saes.items():
-                top_acts, top_idx, _ = sae.encode(x)
-                x_hat = sae.decode(top_acts, top_idx)
-                acc[k]["sq"] += float((x_hat.to(torch.float64) - x64).pow(2).sum())
-                active = top_acts > 0
-                acc[k]["l0"] += float(active.sum())
-                acc[k]["fired"][top_idx[active]] = True
-    mean = total / n
-    variance = float((total_sq / n - mean ** 2).clamp_min(0).sum())
-    return {str(k): {"fvu": a["sq"] / n / variance, "l0": a["l0"] / n,
-                     "dead_fraction": float((~a["fired"]).float().mean()), "eval_tokens": n} for k, a in acc.items()}
 
 
 # -- the toolkit side ---------------------------------------------------------------------------------
@@ -312,41 +155,14 @@ def train_sparsify(args, cache: Path, layer: int, batch: int, out: Path, lr_mult
     record = out / "run.json"
     if record.exists():
         return json.loads(record.read_text())
-    spec = {**_sparsify_spec(args, cache, layer, batch, args.tokens), "out": str(out), "progress": True}
+    spec = {**sparsify_spec(args, cache, layer, batch, args.tokens), "out": str(out), "progress": True}
     if lr_mult != 1.0:  # a multiple of the given --reference-lr, else of sparsify's own rule 5e-3 / sqrt(F / 2^14)
         spec["lr"] = (args.reference_lr or 5e-3 / (spec["num_latents"] / 2 ** 14) ** 0.5) * lr_mult
     out.mkdir(parents=True, exist_ok=True)
     print(f"\n== sparsify: layer {layer} k {list(args.ks)} batch {batch} lr {spec['lr'] or 'its rule'} -> {out}",
           flush=True)
-    _run_worker(args, spec)
+    run_worker(args, spec)
     return json.loads(record.read_text())
-
-
-class SparsifyMaths:
-    """A sparsify save read with safetensors and evaluated with sparsify's own maths, for `reconstruction_metrics`.
-
-    c = TopK_k(ReLU(W_enc (x − b_dec) + b_enc)) (sparsify's `encode`; its
-    ranking ignores decoder norms), x̂ = c W_dec + b_dec (its `decode`). Used
-    when `sae.load` refuses the save; sparsify itself is not imported.
-    """
-
-    def __init__(self, folder: Path):
-        from safetensors.torch import load_file
-
-        cfg = json.loads((Path(folder) / "cfg.json").read_text())
-        t = load_file(str(Path(folder) / "sae.safetensors"))
-        self.w_enc, self.b_enc, self.w_dec, self.b_dec = t["encoder.weight"], t["encoder.bias"], t["W_dec"], t["b_dec"]
-        self.k, self.d_in, self.n_features = int(cfg["k"]), int(cfg["d_in"]), int(self.w_enc.shape[0])
-
-    def encode(self, x):
-        import torch
-
-        pre = torch.relu((x - self.b_dec) @ self.w_enc.T + self.b_enc)
-        values, index = pre.topk(self.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre).scatter(-1, index, values)
-
-    def decode(self, c):
-        return c @ self.w_dec + self.b_dec
 
 
 def measure(cache: Path, layer: int, folders: list[Path], eval_fraction: float, sink_factor: float) -> list[dict]:
@@ -391,146 +207,6 @@ def measure(cache: Path, layer: int, folders: list[Path], eval_fraction: float, 
         m2.pop("firing_rates", None)
         row.update(m2, fvu_all=m["fvu"], l0_all=m["l0"], sink_limit=limit, sinks_excluded=int((~keep).sum()))
     return rows
-
-
-def heldout_tokens(cache: Path, hook: str, contexts) -> "torch.Tensor":
-    """Every held-out token vector (position 0 excluded), float32, in the reader's seeded order.
-
-    Read one context's worth per batch (so the reader drops nothing) and
-    concatenated: evaluation then runs in a few large batches. Tiny batches
-    are slow on a loaded machine, where every op waits for all its threads.
-    """
-    import torch
-
-    from activations.reader import ActivationCache
-
-    with ActivationCache(cache) as c:
-        return torch.cat(list(c.iter_batches(hook, c.context_length - 1, n_tokens=None, seed=1,
-                                             contexts=tuple(contexts), skip_first=True)))
-
-
-def interpolate(points: list[tuple[float, float]], target: float) -> tuple[float | None, bool]:
-    """Log-log linear FVU at L0 = target from (L0, FVU) points; (value, extrapolated) or (None, False)."""
-    pts = sorted((l0, f) for l0, f in points if l0 > 0 and f > 0)
-    if len(pts) < 2:
-        return None, False
-    lo, hi = pts[0][0], pts[-1][0]
-    if target < lo / EXTRAPOLATE or target > hi * EXTRAPOLATE:
-        return None, False
-    if target <= lo:
-        a, b = pts[0], pts[1]
-    elif target >= hi:
-        a, b = pts[-2], pts[-1]
-    else:
-        i = max(j for j in range(len(pts)) if pts[j][0] <= target)
-        if pts[i][0] == target:
-            return pts[i][1], False
-        a, b = pts[i], pts[i + 1]
-    t = (math.log(target) - math.log(a[0])) / (math.log(b[0]) - math.log(a[0]))
-    return math.exp(math.log(a[1]) + t * (math.log(b[1]) - math.log(a[1]))), not (lo <= target <= hi)
-
-
-def _fmt(v: float | None, extrap: bool = False, digits: int = 4) -> str:
-    return "–" if v is None else ("~" if extrap else "") + f"{v:.{digits}f}"
-
-
-def _verdict_table(series: dict[str, list[tuple[float, float]]], metric: str) -> tuple[list[str], dict]:
-    controls = [s for s in series if s.endswith(CONTROL)]
-    ours = [s for s in series if not s.startswith("sparsify") and s not in controls]
-    refs = [s for s in series if s.startswith("sparsify")]
-    lines = [f"{metric} at equal L0:", "", "| L0 | " + " | ".join(ours + refs + controls) + " | our best | best sparsify | "
-             "ours ≤ sparsify? |", "|---" * (len(ours) + len(refs) + len(controls) + 4) + "|"]
-    verdict = {}
-    for t in TARGET_L0:
-        vals = {s: interpolate(series[s], t) for s in ours + refs + controls}
-        best_ours = min(((vals[s][0], s) for s in ours if vals[s][0] is not None), default=(None, None))
-        best_ref = min(((vals[s][0], s) for s in refs if vals[s][0] is not None), default=(None, None))
-        holds = None if best_ours[0] is None or best_ref[0] is None else best_ours[0] <= best_ref[0]
-        per_ref = {s: (None if vals[s][0] is None or best_ours[0] is None else best_ours[0] <= vals[s][0]) for s in refs}
-        verdict[t] = {"best_ours": best_ours, "best_ref": best_ref, "holds": holds, "per_ref": per_ref,
-                      "values": {s: vals[s][0] for s in vals}}
-        cells = [_fmt(*vals[s]) for s in ours + refs + controls]
-        mark = {True: "yes", False: "**no**", None: "n/a"}[holds]
-        lines.append(f"| {t} | " + " | ".join(cells) + f" | {_fmt(best_ours[0])} ({best_ours[1]}) | "
-                     f"{_fmt(best_ref[0])} ({best_ref[1]}) | {mark} |")
-    return lines, verdict
-
-
-def layer_report(layer: int, rows: list[dict], speeds: dict[str, dict], batch_size: int) -> tuple[str, dict]:
-    """The per-layer markdown tables and the verdict data."""
-    lines = [f"### Layer {layer} (`{hook_of(layer)}`)", "",
-             "| series | sweep | held-out L0 | held-out FVU | FVU incl. sinks | dead % | train s (sweep) | tokens/s per model |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    series: dict[str, list[tuple[float, float]]] = {}
-    robust: dict[str, list[tuple[float, float]]] = {}
-    for r in rows:
-        if "fvu" not in r:
-            continue
-        sp = speeds.get(r["series"], {})
-        lines.append(f"| {r['series']} | {r['sweep']} | {r['l0']:.1f} | {r['fvu']:.4f} | {r['fvu_all']:.4f} "
-                     f"| {100 * r['dead_fraction']:.1f} | {sp.get('seconds', float('nan')):.0f} "
-                     f"| {sp.get('tokens_per_s_per_model', float('nan')):,.0f} |")
-        series.setdefault(r["series"], []).append((r["l0"], r["fvu"]))
-        robust.setdefault(r["series"], []).append((r["l0_all"], r["fvu_all"]))
-    r0 = next(r for r in rows if "fvu" in r)
-    lines += ["", f"{r0['eval_tokens']:,} held-out tokens: the {r0['sinks_excluded']} held-out tokens whose norm exceeds "
-              f"the sink limit ({r0['sink_limit']:.0f}, train-sae's --sink-factor × the training split's median norm) "
-              "are left out, as train-sae and evaluate do; \"incl. sinks\" measures on them too.", ""]
-    table, verdict = _verdict_table(series, "Held-out FVU")
-    table2, verdict2 = _verdict_table(robust, "Held-out FVU including sink tokens")
-    lines += table + [""] + table2 + [""]
-    lines.append("FVU at each L0 is log-log interpolated between a series' measured points (~: extrapolated up to 5% "
-                 "beyond its measured L0 range; –: outside it).")
-    refused = [r for r in rows if r.get("load_error")]
-    if refused:
-        same = [r for r in refused if r.get("sparsify_forward", {}).get("eval_tokens") == r["eval_tokens"]]
-        worst = max((abs(r["sparsify_forward"]["fvu"] - r["fvu"]) for r in same), default=None)
-        check = (f"sparsify's own forward in its process agrees to {worst:.1e} in FVU." if worst is not None else
-                 "sparsify's own forward in its process was measured on another number of held-out tokens "
-                 f"({refused[0].get('sparsify_forward', {}).get('eval_tokens')}), so it is not compared.")
-        lines.append(f"\n{len(refused)} sparsify saves were refused by `sae.load` (first: \"{refused[0]['load_error']}\"); "
-                     "they were measured by `reconstruction_metrics` on sparsify's own maths (TopK of "
-                     "ReLU(W_enc(x − b_dec) + b_enc), x̂ = c·W_dec + b_dec) read from sae.safetensors; " + check)
-    return "\n".join(lines), {"fvu": verdict, "fvu_all": verdict2}
-
-
-def plot_layer(layer: int, rows: list[dict], path: Path, tokens: int) -> None:
-    """FVU vs L0 (log x), sink tokens left out on the left (the default protocol), all tokens on the right."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-
-    markers = {"tied_sae": "o", "untied_sae": "s", "topk": "P", "batchtopk": "X"}
-    series: dict[str, list[dict]] = {}
-    for r in rows:
-        if "fvu" in r:
-            series.setdefault(r["series"], []).append(r)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for ax, (l0, fvu, title) in zip(axes, [("l0", "fvu", "sink tokens left out (the toolkit's default)"),
-                                          ("l0_all", "fvu_all", "all held-out tokens, sinks included")]):
-        for name, pts in series.items():
-            pts = sorted(pts, key=lambda r: r[l0])
-            ref = name.startswith("sparsify")
-            ax.plot([p[l0] for p in pts], [p[fvu] for p in pts], "--" if ref else (":" if name.endswith(CONTROL) else "-"),
-                    marker="D" if ref else markers.get(name, "o"), label=name,
-                    color=({"B=256": "black", "B=4064": "grey"}.get(name.split()[-1]) if ref else None))
-        ax.axvspan(10, 100, color="0.93", zorder=0)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("held-out L0 (mean active latents per token)")
-        ax.set_ylabel("held-out FVU")
-        ax.set_title(title, fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"SmolLM2-135M {hook_of(layer)}: 1,152 latents, {tokens:,} training tokens per model")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def run_layer(args, cache: Path, layer: int) -> tuple[str, dict, list[dict], dict]:
@@ -582,83 +258,6 @@ def run_layer(args, cache: Path, layer: int) -> tuple[str, dict, list[dict], dic
     return table, verdict, rows, speeds
 
 
-def _sparsify_spec(args, cache: Path, layer: int, batch: int, tokens: int) -> dict:
-    from sae.data import split_cache
-    from sae.kinds.stack import n_features_for
-
-    train, held = split_cache(cache, hook_of(layer), args.eval_fraction, skip_first=True, sink_factor=args.sink_factor)
-    return {"cache": str(cache), "hook": hook_of(layer), "max_norm": train.max_norm, "ks": list(args.ks), "batch_size": batch, "tokens": tokens,
-            "num_latents": n_features_for(args.ratio, train.d_in), "seed": args.seed, "lr": args.reference_lr,
-            "auxk_alpha": args.reference_auxk_alpha, "dead_feature_threshold": args.reference_dead_tokens,
-            "threads": args.threads, "train_contexts": list(train.contexts), "eval_contexts": list(held.contexts)}
-
-
-def _run_worker(args, spec: dict, capture: bool = False) -> str:
-    env = {**os.environ, "SPARSIFY_DISABLE_TRITON": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
-    done = subprocess.run([args.reference_python, str(Path(__file__).resolve()), "--_sparsify-worker", json.dumps(spec)],
-                          check=True, cwd=REPO, env=env, capture_output=capture, text=True)
-    return done.stdout if capture else ""
-
-
-def ours_speed(args, cache: Path, layer: int, batch: int, steps: int) -> float:
-    """Seconds of `steps` steps of our TopK sweep (all --ks in one stack) on batches already in memory.
-
-    The same objects and calls as `sae.train._Loop.run` (build_groups, build_optimizer, Stepper, set_lr with
-    the schedule), without its data reading, NaN checks every 20 steps and progress bar.
-    """
-    import torch
-
-    from activations.reader import ActivationCache
-    from sae.data import split_cache
-    from sae.settings import TrainSettings
-    from sae.step import Stepper, lr_factor, set_lr
-    from sae.train import build_groups, build_optimizer
-
-    train, _ = split_cache(cache, hook_of(layer), args.eval_fraction, skip_first=True)
-    with ActivationCache(cache) as c:
-        data = list(c.iter_batches(hook_of(layer), batch, n_tokens=(steps + SPEED_WARMUP) * batch, seed=args.seed,
-                                   contexts=train.contexts, skip_first=True))
-    settings = TrainSettings(hook=hook_of(layer), kind="topk", ks=list(args.ks), ratios=[args.ratio], batch_size=batch,
-                             tokens=len(data) * batch, cache=str(cache), out="unused")
-    scale = math.sqrt(train.d_in) / float(torch.cat(data).norm(dim=-1).mean())
-    groups = build_groups(settings, train.d_in, "cpu", data_mean=torch.cat(data).mean(0) * scale)
-    optimizer = build_optimizer(groups, settings, "cpu")
-    stepper = Stepper(groups, optimizer, "cpu")
-    started = 0.0
-    for step, x in enumerate(data):
-        if step == SPEED_WARMUP:
-            started = time.perf_counter()
-        set_lr(optimizer, settings.learning_rate * lr_factor(step, settings.steps, settings.lr_warmup, settings.lr_decay))
-        stepper(x * scale)
-    return time.perf_counter() - started
-
-
-def speed_compare(args, cache: Path, layer: int) -> str:
-    """Interleaved rounds (ours, sparsify, ours, ...) of the step loop alone, so machine load hits both alike."""
-    import statistics
-
-    lines = ["### Step-loop speed, interleaved (tokens/s per model)", "",
-             f"{args.speed_rounds} alternating rounds of {args.speed_steps} steps each (after {SPEED_WARMUP} untimed), "
-             f"layer {layer}, k = {list(args.ks)} ({len(args.ks)} models per run), batches in memory, "
-             f"{args.threads} torch threads; median over rounds (min–max in brackets).", "",
-             f"| batch | ours (TopK sweep) | sparsify ({len(args.ks)} SparseCoders, one optimiser) | ours ÷ sparsify |",
-             "|---:|---:|---:|---:|"]
-    for batch in args.speed_batches:
-        ours, ref = [], []
-        for _ in range(args.speed_rounds):
-            tokens = args.speed_steps * batch * len(args.ks)
-            ours.append(tokens / ours_speed(args, cache, layer, batch, args.speed_steps))
-            spec = {**_sparsify_spec(args, cache, layer, batch, args.speed_steps * batch), "mode": "speed"}
-            rec = json.loads(_run_worker(args, spec, capture=True).strip().splitlines()[-1])
-            ref.append(rec["steps"] * batch * len(args.ks) / rec["seconds"])
-            print(f"  speed batch {batch}: ours {ours[-1]:,.0f}, sparsify {ref[-1]:,.0f} tokens/s per model", flush=True)
-        mo, mr = statistics.median(ours), statistics.median(ref)
-        lines.append(f"| {batch} | {mo:,.0f} ({min(ours):,.0f}–{max(ours):,.0f}) | {mr:,.0f} ({min(ref):,.0f}–"
-                     f"{max(ref):,.0f}) | {mo / mr:.2f} |")
-    return "\n".join(lines)
-
-
 def lr_probe(args, cache: Path, layer: int, frontier_rows: list[dict]) -> str:
     """×m of each kind's default lr for one sweep value at `layer`; FVU compared at equal L0 with the default frontier."""
     from sae.settings import DEFAULT_LR
@@ -699,9 +298,6 @@ def lr_probe(args, cache: Path, layer: int, frontier_rows: list[dict]) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--_sparsify-worker":
-        sparsify_worker(json.loads(sys.argv[2]))
-        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/frontier", help="run folder (cache, dictionaries, results)")
     parser.add_argument("--cache", default=None, help="activation cache (default <out>/frontier.h5, made if missing)")
