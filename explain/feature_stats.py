@@ -1,0 +1,462 @@
+"""Per-feature numbers of the report's feature pages (`explain.feature_summary`), from one pass over the cache per hook.
+
+What is counted, and why it agrees with the explain stage: tokens are the
+cache's contexts without the BOS position when the cache prepended one
+(`explain.exemplars` excludes it too), encoded with the dictionary's own
+`encode`, so a feature's examples here and its exemplars there come from the
+same numbers. A token is active when its code is > 0; density = active
+tokens / tokens counted (`DictionarySummaries.n_tokens`).
+
+The pass (per hook, every dictionary of that hook sharing it): per batch of
+contexts each dictionary encodes the batch once and keeps only its non-zero
+codes, as (token, feature, value) triplets: a TopK SAE straight from its
+top-k (the dense [tokens × features] code is never built), any other kind
+from `encode`. From the triplets: active counts, the maximum per (context,
+feature), and, while they fit the memory budget, the triplets themselves.
+Those answer everything else without a second pass: the histogram and each
+example's per-token activations. A dense basis whose triplets overflow the
+budget gets one more pass over the cache for the histogram and examples.
+
+Memory bound (`SummaryConfig.memory_bytes`, default 1 GiB): half for the
+per-context maxima (float32 [n_contexts × features]; more features than fit
+are split into several passes), half for the stored triplets (12 bytes each).
+Plus one batch of codes (batch_contexts × context length × n_features floats)
+and the returned examples themselves.
+
+Selection per feature, from its per-context maxima (only contexts where the
+feature is active qualify):
+
+* **top**: the `n_top` contexts with the largest maximum (ties by context index);
+* **quantiles**: `n_quantiles` equal-width bins of the activation value over
+  (0, max] (as sae_vis does, not equal-mass: the bins show what the feature
+  does at low, middle and high strength, however rare), each with up to
+  `per_quantile` contexts whose maximum lies in (lo, hi], drawn without
+  replacement by a generator seeded with (seed, feature) alone, shown by
+  maximum descending; contexts already among the top are not drawn again;
+* **histogram**: `hist_bins` equal-width bins of (0, max] over every non-zero
+  token activation (a bin holds (lo, hi]); counts sum to the active tokens.
+  A never-active feature has no bins and no examples.
+
+Logit effects (`sae.logit_effects`) are computed for dictionaries on a
+d_model hook (resid_pre / resid_post / mlp_out) when the model has an LM
+head; other dictionaries get empty lists. Neighbours: the other features
+with the largest decoder cosine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from activations.errors import UserError
+from explain.feature_summary import DictionarySummaries, Example, FeatureSummary, Quantile
+
+D_MODEL_HOOKS = ("hook_resid_pre", "hook_resid_post", "hook_mlp_out")
+_TRIPLET_BYTES = 12  # int32 token, int32 feature, float32 value
+
+
+@dataclass
+class SummaryConfig:
+    """What a feature page shows of each feature, and the resources spent finding it (serialisable: `asdict`)."""
+
+    n_top: int = 10  # top examples
+    n_quantiles: int = 5  # activation quantile bins of (0, max]
+    per_quantile: int = 3  # examples per bin
+    n_logits: int = 10  # promoted / suppressed tokens
+    n_neighbours: int = 5  # by decoder cosine
+    hist_bins: int = 24
+    seed: int = 0
+    batch_contexts: int = 32  # contexts encoded at once
+    memory_bytes: int = 1 << 30  # bound on the maxima + stored codes (see the module docstring)
+    digits: int = 3  # decimals the example activations are rounded to (pages and files stay small)
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            low = 1 if f.name in ("batch_contexts", "memory_bytes", "hist_bins") else 0
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise UserError(f"summary setting {f.name}={value!r} must be an integer >= {low}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Chunk:
+    """Features [lo, hi) of one dictionary, summarised in one pass, and what the pass gathered for them."""
+
+    member: int  # index into the hook's dictionaries
+    lo: int
+    hi: int
+    counts: np.ndarray | None = None  # [n] active tokens
+    maxima: np.ndarray | None = None  # [n_contexts, n] max activation per context
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None  # stored triplets; None once over budget
+    maxima_t: np.ndarray | None = None  # maxima transposed: [n, n_contexts]
+    selection: list[Any] | None = None  # per feature, its _Selection
+
+    @property
+    def n(self) -> int:
+        return self.hi - self.lo
+
+
+def summarize_dictionaries(cache: str | Path, dictionaries: Sequence[str | Path], *, features: int | None = None,
+                           config: SummaryConfig = SummaryConfig(), progress: bool = True,
+                           timings: dict[str, float] | None = None
+                           ) -> tuple[list[DictionarySummaries], list[tuple[str, str]]]:
+    """Per dictionary folder, the summaries of its first `features` features (None: all), from one pass over the
+    cache per hook; the second list names dictionaries that could not be summarised from this cache and why
+    (e.g. (name, "hook blocks.5.hook_resid_post is not in cache_frags.h5")). Bad input (unreadable cache,
+    a dictionary of another model than the cache's) -> UserError, one line.
+
+    `timings`, when given, receives the seconds spent per stage (encode, examples, logits, ...).
+    """
+    import sae
+    from activations.reader import ActivationCache
+    from sae.data import check_fits
+
+    config.validate()
+    if features is not None and (isinstance(features, bool) or not isinstance(features, int) or features < 1):
+        raise UserError(f"features={features!r} must be a positive number of features, or None for all")
+    clock = _Clock(timings)
+    path = Path(cache)
+    with ActivationCache(path) as c:
+        loaded = [sae.load(p) for p in dictionaries]
+        usable, skipped = [], []
+        for d in loaded:
+            if d.hook not in c.hooks:
+                skipped.append((d.name, f"hook {d.hook} is not in {path.name} (it has {', '.join(c.hooks)})"))
+                continue
+            check_fits(d, c.width(d.hook), d.hook, c.model_id, f"cache {path.name}")
+            usable.append(d)
+        decoder, unembed = _model_parts(c, usable, clock)
+        summaries: dict[int, DictionarySummaries] = {}
+        for hook in dict.fromkeys(d.hook for d in usable):
+            members = [d for d in usable if d.hook == hook]
+            for d, summary in zip(members, _summarize_hook(c, hook, members, features, config, decoder, progress,
+                                                          clock)):
+                summaries[id(d)] = summary
+        for d in usable:
+            _add_directions(d, summaries[id(d)], unembed, decoder, config, clock)
+    return [summaries[id(d)] for d in usable], skipped
+
+
+class _Clock:
+    """Adds elapsed seconds per stage into the caller's dict (or nowhere)."""
+
+    def __init__(self, into: dict[str, float] | None):
+        self.into = into
+        self.t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self.into is not None:
+            self.into[stage] = self.into.get(stage, 0.0) + now - self.t
+        self.t = now
+
+
+def _model_parts(cache: Any, dictionaries: list[Any], clock: _Clock) -> tuple[Any, torch.Tensor | None]:
+    """The token decoder, and the folded unembedding when some dictionary is on a d_model hook (else None)."""
+    from activations.hooknames import parse_hook
+    from explain.exemplars import TokenDecoder
+
+    if not any(parse_hook(d.hook).kind in D_MODEL_HOOKS for d in dictionaries):
+        decoder = TokenDecoder.for_cache(cache)
+        clock.lap("model")
+        return decoder, None
+    from activations.models import load_model
+    from sae.logit_effects import unembedding
+
+    stored = str(cache.attrs.get("model_source", "") or "")
+    loaded = load_model(stored if stored and Path(stored).exists() else cache.model_id)
+    unembed = unembedding(loaded.model)  # a copy: the model itself is freed on return
+    clock.lap("model")
+    return TokenDecoder(loaded.tokenizer), unembed
+
+
+# -- the pass over the cache -----------------------------------------------------------------------
+
+def _codes(d: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Non-zero codes of d on the token rows x [N, d_in] as (row, feature, value), rows ascending.
+
+    A plain TopK dictionary (the affine encode followed by top-k) keeps its
+    top-k values as they are; that is exactly what `encode` computes before
+    it scatters them into a dense [N, n_features] tensor.
+    """
+    from sae.kinds.affine import AffineDictionary
+
+    k = getattr(d, "k", None)
+    if isinstance(d, AffineDictionary) and type(d).encode is AffineDictionary.encode and k is not None \
+            and k < d.n_features:
+        w, b = d.effective()[:2]
+        values, ids = torch.relu(x.to(w.dtype) @ w.T + b).topk(k, dim=-1)
+        keep = values > 0
+        rows = torch.arange(x.shape[0]).unsqueeze(1).expand_as(ids)
+        return rows[keep], ids[keep], values[keep]
+    c = d.encode(x)
+    rows, cols = (c > 0).nonzero(as_tuple=True)
+    return rows, cols, c[rows, cols]
+
+
+def _plan_chunks(members: list[Any], features: int | None, n_contexts: int, config: SummaryConfig
+                 ) -> list[list[_Chunk]]:
+    """Passes of chunks whose maxima fit half the memory budget (most often: one pass, one chunk per dictionary)."""
+    cap = max(1, (config.memory_bytes // 2) // (4 * n_contexts))
+    chunks = []
+    for m, d in enumerate(members):
+        n = d.n_features if features is None else min(features, d.n_features)
+        chunks += [_Chunk(m, lo, min(n, lo + cap)) for lo in range(0, n, cap)]
+    passes: list[list[_Chunk]] = [[]]
+    for ch in chunks:
+        if passes[-1] and sum(x.n for x in passes[-1]) + ch.n > cap:
+            passes.append([])
+        passes[-1].append(ch)
+    return passes
+
+
+def _summarize_hook(cache: Any, hook: str, members: list[Any], features: int | None, config: SummaryConfig,
+                    decoder: Any, progress: bool, clock: _Clock) -> list[DictionarySummaries]:
+    first = 1 if cache.bos_prepended else 0
+    length = cache.context_length - first
+    n_tokens = cache.n_contexts * length
+    out = [DictionarySummaries(name=d.name, kind=d.kind, hook=hook, n_tokens=n_tokens) for d in members]
+    for chunks in _plan_chunks(members, features, cache.n_contexts, config):
+        _first_pass(cache, hook, members, chunks, first, config, progress)
+        clock.lap("encode")
+        for ch in chunks:
+            ch.maxima_t = np.ascontiguousarray(ch.maxima.T)  # [n, n_contexts]: one feature's column is a row
+            ch.selection = [_select(ch.maxima_t[j], ch.lo + j, config) for j in range(ch.n)]
+        clock.lap("select")
+        fallback = [ch for ch in chunks if ch.parts is None]
+        results = {id(ch): _from_store(ch, length, config) for ch in chunks if ch.parts is not None}
+        if fallback:
+            results.update(_second_pass(cache, hook, members, fallback, first, config, progress))
+        clock.lap("examples")
+        for ch in chunks:
+            hists, acts = results[id(ch)]
+            summary = out[ch.member]
+            for j in range(ch.n):
+                summary.features.append(_feature(ch, j, n_tokens, hists[j], acts, config))
+            ch.maxima = ch.maxima_t = ch.parts = None
+        clock.lap("assemble")
+    for summary in out:
+        used = sorted({e.fragment for f in summary.features for e in f.top + [x for q in f.quantiles
+                                                                             for x in q.examples]})
+        for i, toks in zip(used, cache.tokens(used) if used else []):
+            summary.fragments[i] = decoder(toks[first:])
+    clock.lap("decode")
+    return out
+
+
+def _first_pass(cache: Any, hook: str, members: list[Any], chunks: list[_Chunk], first: int, config: SummaryConfig,
+                progress: bool) -> None:
+    """Counts, per-context maxima and (within budget) the non-zero triplets of every chunk, in one read."""
+    store_cap = (config.memory_bytes // 2) // _TRIPLET_BYTES
+    stored = 0
+    for ch in chunks:
+        ch.counts = np.zeros(ch.n, dtype=np.int64)
+        ch.maxima = np.zeros((cache.n_contexts, ch.n), dtype=np.float32)
+        ch.parts = []
+    used = sorted({ch.member for ch in chunks})
+    bar = tqdm(total=cache.n_contexts, desc=f"summaries {hook}", unit="frag", leave=False, disable=not progress)
+    with torch.no_grad():
+        for idx, _tokens, acts in cache.iter_contexts(hook, batch_contexts=config.batch_contexts):
+            x = acts[:, first:]
+            b, t = x.shape[0], x.shape[1]
+            x = x.reshape(b * t, -1)
+            codes = {m: _codes(members[m], x) for m in used}
+            for ch in chunks:
+                rows, cols, vals = codes[ch.member]
+                if ch.lo or ch.hi < members[ch.member].n_features:
+                    keep = (cols >= ch.lo) & (cols < ch.hi)
+                    rows, cols, vals = rows[keep], cols[keep] - ch.lo, vals[keep]
+                ch.counts += np.bincount(cols.numpy(), minlength=ch.n)
+                flat = torch.zeros(b * ch.n, dtype=torch.float32)
+                flat.scatter_reduce_(0, (rows // t) * ch.n + cols, vals.to(torch.float32), "amax")
+                ch.maxima[idx[0]:idx[-1] + 1] = flat.view(b, ch.n).numpy()
+                if ch.parts is not None:
+                    stored += rows.numel()
+                    if stored > store_cap:
+                        ch.parts = None  # this chunk's histogram and examples come from a second pass
+                    else:
+                        ch.parts.append(((rows + int(idx[0]) * t).to(torch.int32).numpy(),
+                                         cols.to(torch.int32).numpy(), vals.to(torch.float32).numpy()))
+            bar.update(len(idx))
+    bar.close()
+
+
+# -- selection, histograms, examples ---------------------------------------------------------------
+
+@dataclass
+class _Selection:
+    top: np.ndarray
+    quantiles: list[tuple[float, float, np.ndarray]]
+    edges: np.ndarray  # histogram edges (empty when never active)
+
+
+def _select(maxima: np.ndarray, feature: int, config: SummaryConfig) -> _Selection:
+    """Top and quantile contexts of one feature from its per-context maxima (see the module docstring)."""
+    active = np.flatnonzero(maxima > 0)
+    if active.size == 0:
+        return _Selection(np.empty(0, np.int64), [], np.empty(0))
+    values = maxima[active]
+    top_max = float(values.max())
+    cand = active
+    if active.size > config.n_top > 0:
+        cand = active[values >= np.partition(values, -config.n_top)[-config.n_top]]  # ties at the cut all compete
+    top = cand[np.lexsort((cand, -maxima[cand]))][:config.n_top]
+    quantiles = []
+    if config.n_quantiles:
+        edges = _edges(top_max, config.n_quantiles)
+        bins = _bin_of(values.astype(np.float64), edges)
+        rest = ~np.isin(active, top)
+        rng = np.random.default_rng([int(config.seed), int(feature)])
+        for q in range(config.n_quantiles):
+            pool = active[(bins == q) & rest]
+            take = min(config.per_quantile, pool.size)
+            chosen = rng.choice(pool, size=take, replace=False) if take else pool[:0]
+            quantiles.append((float(edges[q]), float(edges[q + 1]), chosen[np.lexsort((chosen, -maxima[chosen]))]))
+    return _Selection(top, quantiles, _edges(top_max, config.hist_bins))
+
+
+def _edges(top: float, bins: int) -> np.ndarray:
+    """Equal-width edges of (0, top]: edge i = i·(top/bins), the last exactly top (so the maximum is in the last bin)."""
+    edges = np.arange(bins + 1, dtype=np.float64) * (top / bins)
+    edges[-1] = top
+    return edges
+
+
+def _bin_of(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin i of values in (edges[i], edges[i+1]] (values > 0, <= edges[-1])."""
+    return np.clip(np.searchsorted(edges, values, side="left") - 1, 0, len(edges) - 2)
+
+
+def _histograms(cols: np.ndarray, vals: np.ndarray, tops: np.ndarray, bins: int) -> np.ndarray:
+    """[n, bins] counts of the non-zero values per (chunk-local) feature, bins as `_edges(tops[j], bins)` makes them.
+
+    Vectorised over features: the bin is found arithmetically, then moved by
+    one where rounding put a value on the wrong side of an edge, so the
+    result equals `_bin_of` with each feature's own edges.
+    """
+    n = tops.shape[0]
+    out = np.zeros(n * bins, np.int64)
+    if cols.size:
+        v, top = vals.astype(np.float64), tops[cols]
+        step = top / bins
+        b = np.clip(np.ceil(v / step).astype(np.int64) - 1, 0, bins - 1)
+        down = (b > 0) & (v <= b * step)
+        b[down] -= 1
+        upper = np.where(b + 1 == bins, top, (b + 1) * step)
+        b[(b < bins - 1) & (v > upper)] += 1
+        out += np.bincount(cols.astype(np.int64) * bins + b, minlength=n * bins)
+    return out.reshape(n, bins)
+
+
+def _needs(ch: _Chunk) -> dict[int, list[int]]:
+    """Context -> chunk-local features that show it as an example."""
+    needs: dict[int, list[int]] = {}
+    for j, sel in enumerate(ch.selection):
+        for i in np.concatenate([sel.top] + [q[2] for q in sel.quantiles]):
+            needs.setdefault(int(i), []).append(j)
+    return needs
+
+
+def _from_store(ch: _Chunk, length: int, config: SummaryConfig
+                ) -> tuple[list[np.ndarray], dict[tuple[int, int], np.ndarray]]:
+    """Histograms and example activations from the stored triplets (no second read of the cache)."""
+    toks = np.concatenate([p[0] for p in ch.parts]) if ch.parts else np.zeros(0, np.int32)
+    cols = np.concatenate([p[1] for p in ch.parts]) if ch.parts else np.zeros(0, np.int32)
+    vals = np.concatenate([p[2] for p in ch.parts]) if ch.parts else np.zeros(0, np.float32)
+    ch.parts = []
+    hists = _histograms(cols, vals, ch.maxima_t.max(axis=1, initial=0.0).astype(np.float64), config.hist_bins)
+    order = np.argsort(cols, kind="stable")  # per feature, tokens stay ascending
+    toks, cols, vals = toks[order], cols[order], vals[order]
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=ch.n))])
+    acts: dict[tuple[int, int], np.ndarray] = {}
+    for i, feats in _needs(ch).items():
+        for j in feats:
+            t = toks[ptr[j]:ptr[j + 1]]
+            a, z = np.searchsorted(t, [i * length, (i + 1) * length])
+            row = np.zeros(length, np.float32)
+            row[t[a:z] - i * length] = vals[ptr[j] + a:ptr[j] + z]
+            acts[(i, j)] = row
+    return hists, acts
+
+
+def _second_pass(cache: Any, hook: str, members: list[Any], chunks: list[_Chunk], first: int,
+                 config: SummaryConfig, progress: bool) -> dict[int, tuple[np.ndarray, dict]]:
+    """Histograms and examples of chunks whose triplets did not fit: one more read and encode of the cache."""
+    hists = {id(ch): np.zeros((ch.n, config.hist_bins), np.int64) for ch in chunks}
+    tops = {id(ch): ch.maxima_t.max(axis=1, initial=0.0).astype(np.float64) for ch in chunks}
+    needs = {id(ch): _needs(ch) for ch in chunks}
+    acts: dict[int, dict[tuple[int, int], np.ndarray]] = {id(ch): {} for ch in chunks}
+    bar = tqdm(total=cache.n_contexts, desc=f"histograms {hook}", unit="frag", leave=False, disable=not progress)
+    with torch.no_grad():
+        for idx, _tokens, batch in cache.iter_contexts(hook, batch_contexts=config.batch_contexts):
+            x = batch[:, first:]
+            b, t = x.shape[0], x.shape[1]
+            dense = {m: members[m].encode(x.reshape(b * t, -1)).view(b, t, -1)
+                     for m in {ch.member for ch in chunks}}
+            for ch in chunks:
+                c = dense[ch.member][..., ch.lo:ch.hi]
+                _, pos, cols = (c > 0).nonzero(as_tuple=True)
+                hists[id(ch)] += _histograms(cols.numpy(), c[c > 0].numpy(), tops[id(ch)], config.hist_bins)
+                for r, i in enumerate(idx):
+                    for j in needs[id(ch)].get(int(i), []):
+                        acts[id(ch)][(int(i), j)] = c[r, :, j].numpy().copy()
+            bar.update(len(idx))
+    bar.close()
+    return {key: (hists[key], acts[key]) for key in hists}
+
+
+def _feature(ch: _Chunk, j: int, n_tokens: int, hist: np.ndarray, acts: dict[tuple[int, int], np.ndarray],
+             config: SummaryConfig) -> FeatureSummary:
+    sel = ch.selection[j]
+
+    def example(i: Any) -> Example:
+        return Example(int(i), np.round(acts[(int(i), j)], config.digits).tolist())
+
+    return FeatureSummary(
+        index=ch.lo + j, density=float(ch.counts[j]) / max(1, n_tokens),
+        max_act=float(ch.maxima_t[j].max(initial=0.0)),
+        hist_edges=[float(e) for e in sel.edges], hist_counts=[int(c) for c in hist] if sel.edges.size else [],
+        top=[example(i) for i in sel.top],
+        quantiles=[Quantile(lo, hi, [example(i) for i in chosen]) for lo, hi, chosen in sel.quantiles])
+
+
+# -- what the directions do ------------------------------------------------------------------------
+
+def _add_directions(d: Any, summary: DictionarySummaries, unembed: torch.Tensor | None, decoder: Any,
+                    config: SummaryConfig, clock: _Clock) -> None:
+    """Logit effects (d_model hooks with an unembedding) and decoder neighbours of the summarised features."""
+    from activations.hooknames import parse_hook
+    from sae.logit_effects import decoder_neighbours, logit_effects
+
+    n = len(summary.features)
+    if not n:
+        return
+    directions = d.directions.detach().to("cpu", torch.float32)
+    if unembed is not None and parse_hook(d.hook).kind in D_MODEL_HOOKS and d.d_in == unembed.shape[1] \
+            and config.n_logits:
+        found = logit_effects(directions[:n], unembed, config.n_logits)
+        names = _token_names(decoder, torch.cat([found.top_ids.flatten(), found.bottom_ids.flatten()]))
+        for f, tv, ti, bv, bi in zip(summary.features, found.top_values.tolist(), found.top_ids.tolist(),
+                                     found.bottom_values.tolist(), found.bottom_ids.tolist()):
+            f.promoted = [(names[i], float(v)) for i, v in zip(ti, tv)]
+            f.suppressed = [(names[i], float(v)) for i, v in zip(bi, bv)]
+        clock.lap("logits")
+    if config.n_neighbours:
+        cosines, ids = decoder_neighbours(directions, n, config.n_neighbours)
+        for f, cs, js in zip(summary.features, cosines.tolist(), ids.tolist()):
+            f.neighbours = [(int(i), float(cos)) for i, cos in zip(js, cs)]
+        clock.lap("neighbours")
+
+
+def _token_names(decoder: Any, ids: torch.Tensor) -> dict[int, str]:
+    """Each distinct token id decoded alone (a page shows the raw string; making spaces visible is its job)."""
+    return {int(i): decoder([int(i)])[0] for i in torch.unique(ids).tolist()}
