@@ -23,12 +23,18 @@ def _export_each(folders: list[Path], export: str | None) -> None:
 
 
 def train_sae_command(settings: TrainSettings) -> list[Path]:
+    from activations.distributed import launch_from_env
     from activations.runstate import check_output_folder, output_lock
     from sae.data import split_cache
     from sae.train import train_sweep
 
     check_device(settings.device)
     settings.validate()
+    launch = launch_from_env()
+    if launch.distributed:  # under torchrun with N > 1; a single process takes the path below, unchanged
+        from sae.distributed_command import train_sae_distributed
+
+        return train_sae_distributed(settings, launch, export=lambda folders: _export_each(folders, settings.export))
     check_output_folder(settings.out)
     with output_lock(settings.out, folder=True):
         source, held_out = split_cache(settings.cache, settings.hook, settings.eval_fraction,

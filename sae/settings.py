@@ -64,6 +64,10 @@ class TrainSettings:
     out: str = option("dictionaries", required=True, identity=False, help="folder for the dictionary folders")
     device: str = option("cpu", identity=False, help="cpu or cuda")
     export: str | None = option(None, identity=False, choices=EXPORT_FORMATS, help=_EXPORT_HELP)
+    distribute: str | None = option(None, identity=False, choices=("data", "sweep"),
+                                    help="under torchrun: data = every rank steps on its rows of each batch, "
+                                         "gradients averaged (default); sweep = the (ratio, l1/k) members are shared "
+                                         "out, each rank trains its own on the whole batch; one process: ignored")
 
     def validate(self) -> None:
         if self.kind not in DEFAULT_LR:
@@ -111,7 +115,7 @@ class TrainSettings:
     def public(self) -> dict:
         """What decides the trained weights (stored in each dictionary's config as `training`)."""
         data = {k: v for k, v in asdict(self).items()
-                if k not in ("checkpoint_every", "cache", "out", "device", "export")}
+                if k not in ("checkpoint_every", "cache", "out", "device", "export", "distribute")}
         if self.kind in L1_KINDS:
             data.pop("ks")
             for key in ("auxk_alpha", "dead_tokens"):

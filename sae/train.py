@@ -14,6 +14,11 @@ tokens when the source has a held-out split, and says so.
 Training is resumable: rerunning the same command finds the checkpoint
 (keyed by a hash of everything that decides the result) and continues to
 a bit-identical end on CPU.
+
+Under torchrun (`launch` with world size > 1, see `sae.distributed`) the
+same loop runs on every rank: data-parallel, rank 0 writes checkpoints and
+dictionaries and a checkpoint is independent of the number of ranks;
+sweep-parallel, each rank trains, checkpoints and writes its own members.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from activations.distributed import Launch, barrier
 from activations.errors import UserError
 from activations.runstate import settings_digest
 from sae.checkpoint import load_checkpoint, read_state, remove_stale, save_checkpoint
@@ -110,22 +116,38 @@ def _existing(out: Path, names: list[str], digest: str) -> bool:
 
 
 def build_groups(settings: TrainSettings, d_in: int, device: str,
-                 data_mean: torch.Tensor | None = None) -> list[SweepStack]:
-    """One stack per ratio, each holding every swept value, in a fixed (sorted) order."""
+                 data_mean: torch.Tensor | None = None,
+                 members: list[tuple[float, float]] | None = None) -> list[SweepStack]:
+    """One stack per ratio, each holding every swept value, in a fixed (sorted) order.
+
+    `members` (ratio, value) pairs restrict the sweep to those models (a rank's
+    share under `--distribute sweep`); each model's initial weights depend on its
+    own (seed, kind, R, value) only, so it starts the same in any share.
+    """
     options = StackOptions(auxk_alpha=settings.auxk_alpha, dead_tokens=settings.dead_tokens, data_mean=data_mean)
     cls = objective_class(settings.kind)
-    return [cls(d_in, r, sorted(settings.sweep_values), settings.seed, options).to(device)
-            for r in sorted(map(float, settings.ratios))]
+    if members is None:
+        return [cls(d_in, r, sorted(settings.sweep_values), settings.seed, options).to(device)
+                for r in sorted(map(float, settings.ratios))]
+    by_ratio: dict[float, list[float]] = {}
+    for r, v in members:
+        by_ratio.setdefault(float(r), []).append(v)
+    return [cls(d_in, r, sorted(vs), settings.seed, options).to(device) for r, vs in sorted(by_ratio.items())]
 
 
 def build_optimizer(groups: list[SweepStack], settings: TrainSettings, device: str) -> torch.optim.Adam:
     return make_optimizer([p for g in groups for p in g.parameters()], settings.learning_rate, settings.betas, device)
 
 
-def member_names(settings: TrainSettings) -> list[str]:
+def member_names(settings: TrainSettings, members: list[tuple[float, float]] | None = None) -> list[str]:
     """Folder names in the order `build_groups` lays the models out (ratio, then swept value, both sorted)."""
+    return [dictionary_name(settings.kind, r, v) for r, v in (sweep_members(settings) if members is None else members)]
+
+
+def sweep_members(settings: TrainSettings) -> list[tuple[float, float]]:
+    """Every (ratio, value) of the sweep, in `build_groups`' order."""
     values = sorted(settings.sweep_values)
-    return [dictionary_name(settings.kind, r, v) for r in sorted(map(float, settings.ratios)) for v in values]
+    return [(r, v) for r in sorted(map(float, settings.ratios)) for v in values]
 
 
 # -- run -------------------------------------------------------------------------------------------
@@ -133,36 +155,65 @@ def member_names(settings: TrainSettings) -> list[str]:
 def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, device: str = "cpu",
                 progress: bool = True, eval_tokens: int = EVAL_TOKENS, log_every: int = 20,
                 eval_source: BatchSource | None = None,
-                stepper_factory: Callable[..., Stepper] = Stepper) -> list[Path]:
+                stepper_factory: Callable[..., Stepper] = Stepper,
+                launch: Launch | None = None, distribute: str | None = None) -> list[Path]:
     """Train every (ratio, value) pair together; returns one dictionary folder per pair under `out`.
 
     `eval_source` holds the held-out tokens every stored metric is measured
     on (None: the training source, and the metrics say so). `stepper_factory`
     makes the object that performs one optimisation step (tests pass one
-    that misbehaves on purpose).
+    that misbehaves on purpose). `launch` / `distribute`: this process's place
+    in a torchrun launch (process group already joined) and the mode
+    ('data' or 'sweep', see `sae.distributed`); a single process ignores both.
+    Under 'sweep' the folders returned are this rank's members only.
     """
+    from sae.distributed import DataParallelStepper, resolve_mode, share_members
+
     settings.validate()
+    launch = launch or Launch()
+    mode = resolve_mode(launch, distribute, settings.kind)
     out = Path(out)
     ident, digest = _identity(settings, source)
+    members = sweep_members(settings)
     names = member_names(settings)
     if _existing(out, names, digest):
-        print(f"{len(names)} dictionaries in {out} are already trained with these settings; nothing to do.")
+        if launch.is_main:
+            print(f"{len(names)} dictionaries in {out} are already trained with these settings; nothing to do.")
         return [out / n for n in names]
-    stats = input_stats(source, settings)
-    groups = build_groups(settings, source.d_in, device, data_mean=stats.mean)
-    optimizer = build_optimizer(groups, settings, device)
     ckpt = out / f".train-{digest}"
+    writer = launch.is_main  # the rank that checkpoints and persists
+    if mode == "sweep":
+        members = [members[i] for i in share_members([r for r, _ in members], launch.world_size)[launch.rank]]
+        names, writer = member_names(settings, members), True
+        ckpt = out / f".train-{digest}-{settings_digest({'members': names})[:12]}"
+        if not members or _existing(out, names, digest):
+            print(f"rank {launch.rank}: {'no sweep member is' if not members else 'my members are'} left to train")
+            return [out / n for n in names]
+        print(f"rank {launch.rank} of {launch.world_size} trains {', '.join(names)}")
+    stats = input_stats(source, settings)
+    groups = build_groups(settings, source.d_in, device, data_mean=stats.mean,
+                          members=members if mode == "sweep" else None)
+    optimizer = build_optimizer(groups, settings, device)
     start = 0
-    if read_state(ckpt) is not None:
+    if writer and read_state(ckpt) is not None:
         remove_stale(ckpt)
+    if mode == "data":
+        barrier(launch)  # rank 0 has tidied the checkpoint folder before any rank reads it
+    if read_state(ckpt) is not None:
         start = load_checkpoint(ckpt, groups, optimizer)
-        print(f"resuming from the checkpoint at step {start} of {settings.steps} in {ckpt}")
-    loop = _Loop(settings, groups, optimizer, names, ckpt, ident, device, progress, log_every, start, stats.scale)
-    last, elapsed = loop.run(source, stepper_factory(groups, optimizer, device))
-    paths = _persist(_Finished(settings=settings, groups=groups, names=names, digest=digest, last=last,
-                               elapsed=elapsed, start=start, stats=stats),
-                     source=source, eval_source=eval_source, out=out, device=device, eval_tokens=eval_tokens)
-    shutil.rmtree(ckpt, ignore_errors=True)
+        if writer:
+            print(f"resuming from the checkpoint at step {start} of {settings.steps} in {ckpt}")
+    loop = _Loop(settings, groups, optimizer, names, ckpt, ident, device, progress and writer, log_every, start,
+                 stats.scale, writer=writer)
+    stepper = (DataParallelStepper(groups, optimizer, device, launch) if mode == "data"
+               else stepper_factory(groups, optimizer, device))
+    last, elapsed = loop.run(source, stepper)
+    paths = [out / n for n in names]
+    if writer:
+        paths = _persist(_Finished(settings=settings, groups=groups, names=names, digest=digest, last=last,
+                                   elapsed=elapsed, start=start, stats=stats),
+                         source=source, eval_source=eval_source, out=out, device=device, eval_tokens=eval_tokens)
+        shutil.rmtree(ckpt, ignore_errors=True)
     return paths
 
 
@@ -170,8 +221,10 @@ class _Loop:
     """The step loop: schedule, NaN checks, checkpoints, progress."""
 
     def __init__(self, settings: TrainSettings, groups: list[SweepStack], optimizer, names: list[str], ckpt: Path,
-                 ident: dict, device: str, progress: bool, log_every: int, start: int, scale: float):
+                 ident: dict, device: str, progress: bool, log_every: int, start: int, scale: float,
+                 writer: bool = True):
         self.s, self.groups, self.optimizer, self.names = settings, groups, optimizer, names
+        self.writer = writer  # False on data-parallel ranks other than 0: they step but never write
         self.ckpt, self.ident, self.device, self.progress = ckpt, ident, device, progress
         self.log_every, self.start, self.scale = log_every, start, scale
         self.last_good = start if start else None
@@ -220,8 +273,9 @@ class _Loop:
                 # the losses were computed before this step's update: only the weights themselves can
                 # show that the state about to become "the last good checkpoint" really is finite
                 self.check(step, flags, weights=True)
-                save_checkpoint(self.ckpt, step, self.groups, self.optimizer, {"identity": self.ident,
-                                                                             "names": self.names})
+                if self.writer:  # atomic on disk, and no rank reads it during the run: no barrier needed
+                    save_checkpoint(self.ckpt, step, self.groups, self.optimizer, {"identity": self.ident,
+                                                                                 "names": self.names})
                 self.last_good = step
         bar.close()
         self.check(step, flags, weights=True)

@@ -1,0 +1,198 @@
+"""train-sae under torchrun on CPU (gloo): 2 processes against 1, sweep sharing, and kill -9 of one rank.
+
+Each torchrun run is a real `python -m torch.distributed.run --nproc_per_node 2 cli.py train-sae ...` on a
+real tiny cache, compared with the same command run in one process (in this process, through `cli.main`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import cli
+from activations.distributed import Launch
+from activations.errors import UserError
+from sae.distributed import resolve_mode, row_block, share_members
+from sae.settings import TrainSettings
+from sae.train import member_names
+from tests.test_sae_support import HOOK, one_thread, tiny_cache  # noqa: F401 (fixtures)
+
+REPO = Path(__file__).resolve().parents[1]
+TOL = 1e-5  # float tolerance: measured max |difference| is printed by each test (pytest -s shows it)
+
+# an odd batch (26 + 25 rows) and a low sink limit (rows dropped inside batches) make the two ranks' blocks unequal
+COMMON = ["--hook", HOOK, "--batch-size", "51", "--sink-factor", "1.2", "--seed", "3"]
+TIED = ["--kind", "tied_sae", "--ratio", "1", "2", "--l1", "1e-3", "1e-2", "--tokens", str(51 * 40)]
+# a small dead-token limit so AuxK and the dead-latent counter it reads take part from the first steps
+TOPK = ["--kind", "topk", "--ratio", "2", "--k", "2", "6", "--dead-tokens", "60", "--tokens", str(51 * 40)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun_cmd(args: list[str], n: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_addr", "127.0.0.1",
+            "--master_port", str(_free_port()), "cli.py", "train-sae", *args]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+
+
+def torchrun(args: list[str], n: int = 2) -> subprocess.CompletedProcess:
+    done = subprocess.run(_torchrun_cmd(args, n), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def one_process(args: list[str]) -> None:
+    assert cli.main(["train-sae", *args]) == 0
+
+
+def max_difference(a: Path, b: Path) -> float:
+    """Largest |a - b| over every tensor of two dictionary folders (which must hold the same tensors)."""
+    ta, tb = load_file(str(a / "weights.safetensors")), load_file(str(b / "weights.safetensors"))
+    assert ta.keys() == tb.keys()
+    return max(float((ta[k] - tb[k]).abs().max()) for k in ta)
+
+
+def folders(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if (p / "weights.safetensors").exists())
+
+
+@pytest.fixture(scope="module")
+def tied_alone(tiny_cache, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tied_one")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the torchrun ranks run (OMP_NUM_THREADS=1)
+    try:
+        one_process(["--cache", str(tiny_cache), "--out", str(out), *COMMON, *TIED])
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+@pytest.mark.parametrize("kind_args", [TIED, TOPK], ids=["tied_sae", "topk"])
+def test_two_processes_give_the_weights_of_one_process_with_the_same_global_batch(kind_args, tiny_cache, tmp_path,
+                                                                                  tied_alone):
+    alone = tied_alone
+    if kind_args is TOPK:
+        alone = tmp_path / "one"
+        one_process(["--cache", str(tiny_cache), "--out", str(alone), *COMMON, *kind_args])
+    two = tmp_path / "two"
+    done = torchrun(["--cache", str(tiny_cache), "--out", str(two), *COMMON, *kind_args])
+    assert "trained 4 dictionaries" in done.stdout or "trained 2 dictionaries" in done.stdout
+    assert folders(two) == folders(alone) and len(folders(two)) in (2, 4)
+    assert not list(two.glob(".train-*")), "the checkpoint folder is removed at the end"
+    diffs = {name: max_difference(alone / name, two / name) for name in folders(two)}
+    print(f"max |1 process - 2 processes| per dictionary: {diffs}")
+    assert max(diffs.values()) < TOL
+    # the comparison can fail: the same run with another seed is far away
+    other = tmp_path / "other_seed"
+    one_process(["--cache", str(tiny_cache), "--out", str(other), *COMMON[:-1], "4", *kind_args])
+    assert max_difference(other / folders(two)[0], two / folders(two)[0]) > 100 * TOL
+
+
+def test_distribute_sweep_gives_each_member_its_single_process_weights(tiny_cache, tmp_path, tied_alone):
+    out = tmp_path / "sweep"
+    done = torchrun(["--cache", str(tiny_cache), "--out", str(out), *COMMON, *TIED, "--distribute", "sweep"])
+    assert "rank 0 of 2 trains" in done.stdout and "rank 1 of 2 trains" in done.stdout
+    assert folders(out) == folders(tied_alone)
+    diffs = {name: max_difference(tied_alone / name, out / name) for name in folders(out)}
+    print(f"max |single-process sweep - shared sweep| per member: {diffs}")
+    assert max(diffs.values()) < TOL
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def _rank_pid(root: int, rank: int) -> int | None:
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            env = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+        except OSError:
+            env = []
+        if f"RANK={rank}".encode() in env and pid != root:
+            return pid
+        todo.extend(_children(pid))
+    return None
+
+
+def test_sigkill_of_one_rank_after_a_checkpoint_then_rerun_resumes_to_the_uninterrupted_weights(tiny_cache, tmp_path):
+    args = ["--cache", str(tiny_cache), *COMMON, "--kind", "tied_sae", "--ratio", "1", "--l1", "1e-3",
+            "--tokens", str(51 * 1500), "--checkpoint-every", "20"]
+    whole = tmp_path / "whole"
+    one_process([*args, "--out", str(whole)])
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_torchrun_cmd([*args, "--out", str(out)]), cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not list(out.glob(".train-*/state.json")):
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.02)
+        victim = _rank_pid(proc.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        log = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, log[-2000:]
+    assert not folders(out), "the killed run finished before the kill: lengthen it"
+    done = torchrun([*args, "--out", str(out)])
+    assert "resuming from the checkpoint at step" in done.stdout
+    [name] = folders(out)
+    diff = max_difference(whole / name, out / name)
+    print(f"max |uninterrupted - killed and resumed|: {diff}")
+    assert diff < TOL
+
+
+def test_modes_and_shares():
+    two = Launch(rank=1, world_size=2)
+    assert resolve_mode(Launch(), "sweep", "batchtopk") is None  # one process: --distribute changes nothing
+    assert resolve_mode(two, None, "topk") == "data"
+    assert resolve_mode(two, "sweep", "batchtopk") == "sweep"
+    with pytest.raises(UserError, match="--distribute sweep"):
+        resolve_mode(two, None, "batchtopk")
+    # every member once, largest ratios spread first; blocks of a batch cover it exactly
+    shares = share_members([1, 1, 2, 2, 4], 2)
+    assert sorted(i for s in shares for i in s) == [0, 1, 2, 3, 4] and shares == [[0, 4], [1, 2, 3]]
+    assert share_members([1], 3) == [[0], [], []]
+    assert [row_block(51, Launch(rank=r, world_size=2)) for r in (0, 1)] == [(0, 26), (26, 51)]
+    # --distribute decides where the run goes, not what it computes: it is not part of the training identity
+    assert TrainSettings(hook="h", distribute="sweep").public() == TrainSettings(hook="h").public()
+    assert member_names(TrainSettings(hook="h", ratios=[1, 2], l1s=[1e-3]), [(2.0, 1e-3)]) == ["tied_R2_l1_0.001"]
+
+
+def test_the_comparisons_above_split_batches_unevenly(tiny_cache):
+    """COMMON's sink limit really drops rows inside batches, so the ranks' blocks differ by more than the odd row."""
+    from sae.data import split_cache
+
+    train, _ = split_cache(tiny_cache, HOOK, 0.1, skip_first=True, sink_factor=1.2)
+    sizes = [b.shape[0] for b in train.batches(51, 51 * 40, 3)]
+    assert len(sizes) == 40 and min(sizes) < 50 and max(sizes) <= 51
