@@ -6,11 +6,11 @@ Nothing heavy is imported here; see `report.build`.
 from __future__ import annotations
 
 
-def build_report(run_dir, out_dir, descriptors=()):
-    """Write OUT/index.html from a run folder; returns its path (see `report.build`)."""
+def build_report(run_dir, out_dir, descriptors=(), **options):
+    """Write OUT/index.html (and OUT/features/) from a run folder; returns its path (see `report.build`)."""
     from report.build import build_report as _build
 
-    return _build(run_dir, out_dir, descriptors)
+    return _build(run_dir, out_dir, descriptors, **options)
 
 
 __all__ = ["build_report"]

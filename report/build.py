@@ -12,14 +12,18 @@ gets a report.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from activations.errors import UserError
 from activations.runstate import check_output_folder, output_lock, write_text_atomic
 from report.cards import feature_card, skipped_table
 from report.descriptors import (DescriptorResults, chips_html, descriptors_section,
                                 load_descriptor_results)
+from report.feature_pages import FeatureTable, write_feature_pages
+from report.feature_section import FeatureSource, find_features_cache, summarise, table_scripts, table_section
 from report.html import esc, fmt, page, png_img, table
 from report.layout import RunContents, RunFolderError, discover, read_json
 from report.plots import plot_comparison, plot_frontier_png, plot_ioi
@@ -39,19 +43,32 @@ def _is_offline_llm(spec: Any) -> bool:
     return s.startswith("local:") and ("default" in s or "smollm2" in s.lower())
 
 
-def build_report(run_dir: str | Path, out_dir: str | Path, descriptors: Sequence[str | Path] = ()) -> Path:
-    """Write OUT/index.html (and its PNGs) from whatever stages of the run exist; returns the path.
+def build_report(run_dir: str | Path, out_dir: str | Path, descriptors: Sequence[str | Path] = (), *,
+                 features_cache: str | Path | None = None, max_features: int | None = None,
+                 progress: bool = True, summaries: tuple[Sequence[Any], Sequence[tuple[str, str]]] | None = None
+                 ) -> Path:
+    """Write OUT/index.html (and its PNGs, and OUT/features/) from whatever stages of the run exist; returns the path.
 
     `descriptors`: `cli.py describe` output folders whose chips and comparison of bases join the report
     (read and checked here, before anything is written); none leaves the report as it was.
+    Feature pages (`report.feature_pages`) are computed from `features_cache` (default: see
+    `report.feature_section.find_features_cache`) for the first `max_features` features of every dictionary
+    (None: all; 0: no pages). `summaries`: (DictionarySummaries list, skipped list) as
+    `explain.feature_stats.summarize_dictionaries` returns them, computed by the caller (a benchmark, a notebook):
+    then no cache is read.
     """
     out = check_output_folder(out_dir)  # before the run folder is read, and before anything is written
+    if max_features is not None and max_features < 0:
+        raise UserError(f"--max-features {max_features} is negative: pass 0 (no feature pages) or more")
     described = load_descriptor_results(descriptors) if descriptors else None
     with output_lock(out, folder=True):
-        return _build_report_locked(run_dir, out, described)
+        return _build_report_locked(run_dir, out, described, features_cache, max_features, progress, summaries)
 
 
-def _build_report_locked(run_dir: str | Path, out: Path, described: DescriptorResults | None = None) -> Path:
+def _build_report_locked(run_dir: str | Path, out: Path, described: DescriptorResults | None = None,
+                         features_cache: str | Path | None = None, max_features: int | None = None,
+                         progress: bool = True,
+                         given: tuple[Sequence[Any], Sequence[tuple[str, str]]] | None = None) -> Path:
     contents = discover(run_dir, skip=out)
     if not (contents.dictionaries or contents.explanation_runs or contents.ioi_results or contents.stages
             or contents.settings):
@@ -59,21 +76,65 @@ def _build_report_locked(run_dir: str | Path, out: Path, described: DescriptorRe
                              "weights.safetensors), explanations.jsonl, ioi.json or demo stage under it; pass the "
                              "folder given to `cli.py demo --out`, or one holding train-sae / explain / patch-ioi outputs")
     records = _load_records(contents)
+    # the feature summaries are the slow part and may refuse the cache (UserError): all before anything is written
+    if given is not None:
+        source, (summaries, skipped) = FeatureSource(None, "given by the caller"), given
+    else:
+        source = find_features_cache(contents, features_cache)
+        summaries, skipped = summarise(source, contents.dictionaries, max_features, progress)
     out.mkdir(parents=True, exist_ok=True)
+    feature_table: FeatureTable | None = None
+    if summaries or skipped:
+        feature_table = write_feature_pages(out, summaries, records, described, skipped,
+                                            scrub=lambda text: scrub_paths(text, contents.root, out))
+    note = _features_note(source, contents, out, max_features)
     sections = [
-        _header(contents, records, described is not None),
+        _header(contents, records, described is not None, out),
         _scores_section(records, out),
         _dictionaries_section(contents, out),
         *([descriptors_section(described)] if described is not None else []),
         _ioi_section(contents, out),
+        table_section(feature_table, note),
         _features_section(records, described),
         _run_section(contents),
         _footer(),
     ]
-    html_text = page(f"dictlens report: {contents.root.resolve().name}", "\n".join(sections))
+    html_text = page(f"dictlens report: {contents.root.resolve().name}", "\n".join(sections), table_scripts(feature_table))
     index = out / "index.html"
-    write_text_atomic(index, html_text)
+    write_text_atomic(index, scrub_paths(html_text, contents.root, out))
     return index
+
+
+def _features_note(source: Any, contents: RunContents, out: Path, max_features: int | None) -> str:
+    if max_features == 0:
+        return "--max-features 0 was given"
+    if source.how == "given by the caller":
+        return "Summaries computed by the caller of build_report."
+    if source.cache is None:
+        return source.missing_note
+    if not contents.dictionaries:
+        return "no dictionary folder under the run folder"
+    limit = "every feature" if max_features is None else f"the first {max_features} features"
+    return f"Computed from {_shown_path(source.cache, out)} ({source.how}), {limit} of each dictionary."
+
+
+def _shown_path(path: Path, out: Path) -> str:
+    """A path as the pages show it: relative to the report folder (never the machine's absolute path)."""
+    try:
+        return os.path.relpath(Path(path).resolve(), out.resolve())
+    except ValueError:  # another drive (Windows)
+        return Path(path).name
+
+
+def scrub_paths(text: str, root: Path, out: Path) -> str:
+    """Replace the run folder's, the report folder's and the home folder's absolute paths (as they may appear in
+    records, errors and settings) by relative ones: a report is shared, the machine's layout is not its business."""
+    for path in sorted({root.resolve(), out.resolve()}, key=lambda p: -len(str(p))):
+        text = text.replace(str(path), _shown_path(path, out))
+    home = str(Path.home())
+    if len(home) > 1:
+        text = text.replace(home + "/", "~/")
+    return text
 
 
 # -- data ---------------------------------------------------------------------------------------------
@@ -101,15 +162,19 @@ def _dictionary_rows(contents: RunContents) -> list[dict[str, Any]]:
 
 # -- sections -----------------------------------------------------------------------------------------
 
-def _header(contents: RunContents, records: list[dict[str, Any]], with_descriptors: bool = False) -> str:
+def _header(contents: RunContents, records: list[dict[str, Any]], with_descriptors: bool = False,
+            out: Path | None = None) -> str:
     settings = contents.settings or {}
     model = settings.get("model")
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime())
-    parts = [f"<h1>dictlens report</h1><p class=\"muted\">run folder <code>{esc(contents.root.resolve())}</code>"
+    where = _shown_path(contents.root, out) if out is not None else contents.root.resolve().name
+    parts = [f"<h1>dictlens report</h1><p class=\"muted\">run folder <code>{esc(contents.root.resolve().name)}</code> "
+             f"(<code>{esc(where)}</code> from this page)"
              + (f" · model <code>{esc(model)}</code>" if model else "") + f" · written {esc(when)}</p>",
              '<nav><a href="#scores">Explanation scores</a><a href="#dictionaries">Dictionaries</a>'
              + ('<a href="#descriptors">Descriptors</a>' if with_descriptors else '')
-             + '<a href="#ioi">IOI patching</a><a href="#features">Features</a><a href="#run">Run</a></nav>']
+             + '<a href="#ioi">IOI patching</a><a href="#features-table">Feature table</a><a href="#features">Features</a>'
+             '<a href="#run">Run</a></nav>']
     if any(_is_offline_llm(r.get("explainer")) or _is_offline_llm(r.get("simulator")) for r in records):
         parts.append('<div class="banner"><b>Read the LLM scores with care:</b> this run has scores from the offline '
                      '135M explainer <code>local:default</code>, which mean little (see '

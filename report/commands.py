@@ -12,6 +12,7 @@ def report_command(settings: ReportSettings) -> Path:
     from report.layout import REPORT_DIR
 
     index = build_report(settings.run, settings.out if settings.out else Path(settings.run) / REPORT_DIR,
-                         settings.descriptors)
+                         settings.descriptors, features_cache=settings.features_cache,
+                         max_features=settings.max_features)
     print(f"report: {index.resolve()}")
     return index

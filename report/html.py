@@ -24,9 +24,10 @@ import re
 from typing import Any, Iterable, Sequence
 
 
-# C0 controls other than TAB/LF/CR, DEL, C1 controls and lone surrogates: never copied raw into the page (NUL
-# and ESC are invalid in HTML and lone surrogates cannot even be written as UTF-8); shown as visible escapes.
-_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# C0 controls other than TAB/LF/CR, DEL, C1 controls, lone surrogates and the bidirectional embedding / override /
+# isolate controls: never copied raw into the page (NUL and ESC are invalid in HTML, lone surrogates cannot even be
+# written as UTF-8, and U+202E would reverse the text after it); shown as visible escapes.
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
 
 
 def visible(text: str) -> str:
@@ -170,12 +171,16 @@ details > summary { cursor: pointer; }
 """
 
 
-def page(title: str, body: str) -> str:
-    digest = base64.b64encode(hashlib.sha256(PAGE_SCRIPT.encode("utf-8")).digest()).decode("ascii")
+def page(title: str, body: str, scripts: Sequence[str] = ()) -> str:
+    """The page shell; `scripts` are more inline scripts (constants of this package), each allowed by its hash."""
+    allowed = (PAGE_SCRIPT, *scripts)
+    digests = " ".join("'sha256-" + base64.b64encode(hashlib.sha256(s.encode("utf-8")).digest()).decode("ascii") + "'"
+                       for s in allowed)
     csp = (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-           f"script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'")
+           f"script-src {digests}; base-uri 'none'; form-action 'none'")
+    tags = "".join(f"<script>{s}</script>\n" for s in allowed)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n"
-            f"<script>{PAGE_SCRIPT}</script>\n</body></html>\n")
+            f"{tags}</body></html>\n")

@@ -18,3 +18,10 @@ class ReportSettings:
     descriptors: list[str] = option(default_factory=list, identity=False, metavar="DESCRIBE_OUT",
                                     help="`cli.py describe` output folders (descriptors.jsonl, summary.json): "
                                          "descriptor chips on the feature cards and the comparison of bases")
+    features_cache: str | None = option(None, identity=False, metavar="CACHE",
+                                        help="activation cache the feature pages are computed from (default: "
+                                             "RUN/cache_frags.h5, else the cache an explanation run read; none: "
+                                             "no feature pages)")
+    max_features: int | None = option(None, identity=False, metavar="N",
+                                      help="feature pages for the first N features of each dictionary "
+                                           "(default: all; 0: none)")

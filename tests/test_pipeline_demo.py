@@ -91,7 +91,10 @@ def test_demo_runs_every_stage_and_writes_the_report(demo_run):
     assert set(ioi["dictionaries"]) == {chosen.name, "pca"}
     html = index.read_text(encoding="utf-8")
     assert html.count('class="feature-card') == sum(r["status"] in ("ok", "failed") for r in records)
-    assert html.count("<script") == 1 and "was not run" not in html
+    # the page's load check, the feature table's script and its JSON data block: no corpus script
+    assert html.count("<script") == 3 and "was not run" not in html
+    dict_names = {p.name for p in (run / "dicts").iterdir() if (p / "weights.safetensors").exists()}
+    assert {p.name for p in (run / "report" / "features").iterdir() if p.is_dir()} == dict_names  # pages, every basis
 
 
 def test_demo_rerun_skips_finished_stages_and_redoes_only_an_unmarked_one(demo_run, capsys):
@@ -156,7 +159,8 @@ def test_cli_demo_and_report_are_built_from_their_settings_classes():
 
     parser = cli.build_parser()
     for argv, cls, flags in ((["demo"], DemoSettings, {"out", "llm", "base_url", "device"}),
-                             (["report", "--run", "x"], ReportSettings, {"run", "out", "descriptors"})):
+                             (["report", "--run", "x"], ReportSettings,
+                              {"run", "out", "descriptors", "features_cache", "max_features"})):
         args = vars(parser.parse_args(argv))
         command = args.pop("_command")
         assert command.settings == f"{cls.__module__}:{cls.__name__}"

@@ -1,0 +1,237 @@
+"""Feature pages of `cli.py report`: one page per feature, the index's sortable/filterable table, search, safety.
+
+The per-feature numbers are hand-made `DictionarySummaries` (the contract of
+`explain.feature_stats`), with hostile corpus tokens: a <script> and an
+<img onerror> that would mark <body> if they ever ran, broken UTF-8 (U+FFFD,
+a lone surrogate), right-to-left text, a U+202E override and U+2028. The run
+folder is `test_report_build`'s synthetic one, plus an explanation run with a
+distinctive word and several scorers, so the joins are checked on known data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cli
+from activations.errors import UserError
+from explain.feature_summary import DictionarySummaries, Example, FeatureSummary, Quantile
+from report.build import build_report
+from report.feature_data import round_sig
+from tests.test_report_build import HOOK, IMG, SCRIPT, _chromium, _chromium_args, _record, make_run, parse
+
+SAE = "tied_R2_l1_0.001"
+HOSTILE = [" <script>alert(1)</script>", SCRIPT, IMG, " \ufffd\ufffd", "\ud800x", " שלום", " مرحبا",
+           " \u202eevil", " a\u2028b", "\n"]
+WORD = "giraffe"  # only the explanation of SAE feature 5 has it
+
+
+def _summaries(seed: int = 0) -> list[DictionarySummaries]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for name, kind, n in ((SAE, "tied_sae", 8), ("neuron", "neuron", 16)):  # the SAE's first 8 of 32 features
+        fragments = {0: list(HOSTILE)} | {k: [f" w{k}_{j}" for j in range(len(HOSTILE))] for k in (3, 7, 11)}
+        features = []
+        for i in range(n):
+            acts = lambda: [round(float(a), 4) for a in np.maximum(rng.normal(0.3, 1.0, len(HOSTILE)), 0)]
+            top = [Example(int(k), acts()) for k in (0, 3, 7)]
+            mx = max(max(e.acts) for e in top)
+            counts = [int(c) for c in rng.integers(0, 5, 24)]
+            features.append(FeatureSummary(
+                index=i, density=float(rng.uniform(0.001, 0.2)), max_act=mx,
+                hist_edges=[mx * b / 24 for b in range(25)], hist_counts=counts, top=top,
+                quantiles=[Quantile(mx * q / 5, mx * (q + 1) / 5, [Example(11, acts())] if q % 2 else [])
+                           for q in range(5)],
+                promoted=[(f" <b>up{j}</b>", 2.0 - j / 10) for j in range(10)],
+                suppressed=[(f"\u202edown{j}", -1.0 - j / 10) for j in range(10)],
+                neighbours=[((i + 1) % n, 0.5), (n + 3, 0.25)]))  # n + 3: a feature without a page
+        out.append(DictionarySummaries(name=name, kind=kind, hook=HOOK, n_tokens=640, fragments=fragments,
+                                       features=features))
+    return out
+
+
+def _extra_explanations(root: Path) -> None:
+    """An explanation run with a distinctive word and detection + embedding scores for SAE feature 5."""
+    rng = np.random.default_rng(1)
+    record = _record(root / "dicts" / SAE, "tied_sae", 5, "ok", rng, explainer="tokens")
+    record["explanation"] = f"long-necked {WORD} <img src=x onerror=alert(5)>"
+    record["scores"]["detection"] = {"auroc": 0.81, "balanced_accuracy": 0.7, "f1": 0.66, "n_prompts": 3}
+    record["scores"]["embedding"] = {"auroc": 0.62, "n_tokens": 100}
+    folder = root / "explanations" / "extra"
+    folder.mkdir(parents=True)
+    (folder / "explanations.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("run")
+    make_run(root, with_llm=False)
+    _extra_explanations(root)
+    summaries = _summaries()
+    index = build_report(root, root / "report", summaries=(summaries, [("ica_x", "hook blocks.9.hook_resid_post "
+                                                                         "is not in cache_frags.h5")]))
+    return {"root": root, "index": index, "summaries": summaries}
+
+
+def _data(page: Path) -> dict:
+    text = page.read_text(encoding="utf-8")
+    m = re.search(r'<script type="application/json" id="dl-data">(.*?)</script>', text, re.S)
+    assert m, page
+    return json.loads(m.group(1))
+
+
+def _table(index: Path) -> dict:
+    m = re.search(r'<script type="application/json" id="dl-table-data">(.*?)</script>',
+                  index.read_text(encoding="utf-8"), re.S)
+    assert m
+    return json.loads(m.group(1))
+
+
+def test_one_page_per_feature_with_its_numbers_joined_to_explanations_and_scores(report):
+    out = report["index"].parent / "features"
+    for s in report["summaries"]:
+        pages = sorted(int(p.stem) for p in (out / s.name).glob("*.html"))
+        assert pages == [f.index for f in s.features]
+    sae = report["summaries"][0]
+    f5 = sae.features[5]
+    data = _data(out / SAE / "5.html")
+    assert data["index"] == 5 and data["dictionary"]["kind"] == "tied_sae" and data["dictionary"]["layer"] == 3
+    assert data["density"] == pytest.approx(f5.density, rel=1e-2)
+    assert data["hist"]["counts"] == f5.hist_counts
+    assert [e[0] for e in data["top"]] == [0, 3, 7]
+    assert data["top"][0][1] == round_sig(np.array(f5.top[0].acts)).tolist()
+    assert [len(q[2]) for q in data["quantiles"]] == [len(q.examples) for q in f5.quantiles]
+    assert data["promoted"][0] == [" <b>up0</b>", 2.0]
+    assert data["suppressed"][0][0] == "\\u202edown0"  # the override is shown, not obeyed
+    assert data["neighbours"] == [[6, 0.5, True], [11, 0.25, False]]
+    assert (data["prev"], data["next"]) == (4, 6)
+    # both explanation runs joined by (dictionary, feature), every scorer with every metric, costs left out
+    explanations = {e["explanation"]: e for e in data["explanations"]}
+    extra = explanations[f"long-necked {WORD} <img src=x onerror=alert(5)>"]
+    assert extra["scores"]["detection"] == {"auroc": 0.81, "balanced_accuracy": 0.7, "f1": 0.66}
+    assert extra["scores"]["embedding"] == {"auroc": 0.62}
+    table = _table(report["index"])
+    assert table["scorers"] == ["tokens", "detection", "embedding"]
+    rows = {(table["dicts"][r[0]]["name"], r[1]): r for r in table["rows"]}
+    assert len(rows) == len(table["rows"]) == 8 + 16 + 1  # + SAE feature 9: explained (failed), no page
+    assert rows[(SAE, 5)][6][1:] == [0.81, 0.62] and rows[(SAE, 5)][7] == 1
+    assert rows[(SAE, 9)][7] == 0 and rows[(SAE, 9)][2] is None
+
+
+def test_examples_are_stored_once_and_the_folder_is_compact(report):
+    folder = report["index"].parent / "features" / SAE
+    pages = list(folder.glob("*.html"))
+    token = " w7_3"
+    assert sum(p.read_text(encoding="utf-8").count(token) for p in pages) == 0  # tokens never per page
+    assert (folder / "fragments.js").read_text(encoding="ascii").count(token) == 1
+    assert max(p.stat().st_size for p in pages) < 8_000
+
+
+def test_every_written_file_escapes_corpus_strings_and_holds_no_absolute_path(report):
+    root, out = report["root"], report["index"].parent
+    secrets = {str(root.resolve()), str(Path.home()) + "/"}
+    for path in [p for p in out.rglob("*") if p.is_file()]:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for secret in secrets:
+            assert secret not in text, (path, secret)
+        if path.suffix == ".png":
+            continue
+        assert "<script>alert" not in text and "<img src" not in text and "<b>up" not in text, path
+        assert "\u2028" not in text and "\u202e" not in text, path
+        if path.suffix == ".js" and path.name != "feature.js":
+            json.loads(text[text.index("=") + 1:].rstrip().rstrip(";"))  # valid JSON, hence valid JS
+        if path.suffix == ".html" and path.parent.name == SAE:
+            assert text.count("<script") == 3  # the data block, fragments.js, feature.js: nothing else
+    visible = "".join(parse(report["index"].read_text(encoding="utf-8")).text)
+    assert "run folder" in visible and "(.. from this page)" in visible
+    assert "ica_x: hook blocks.9.hook_resid_post is not in cache_frags.h5" in visible  # skipped dictionaries said
+
+
+def test_feature_pages_need_a_cache_and_refuse_bad_options_before_writing(tmp_path, capsys):
+    make_run(tmp_path, with_ioi=False)
+    index = build_report(tmp_path, tmp_path / "report")  # no cache anywhere: no pages, and the report says how
+    visible = "".join(parse(index.read_text(encoding="utf-8")).text)
+    assert "No feature pages: no activation cache found" in visible and "--features-cache CACHE" in visible
+    assert not (tmp_path / "report" / "features").exists()
+    for argv, message in ((["--features-cache", str(tmp_path / "nope.h5")], "is not a file"),
+                          (["--max-features", "-1"], "is negative")):
+        rc = cli.main(["report", "--run", str(tmp_path), "--out", str(tmp_path / "r2"), *argv])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.count("\n") == 0 and message in err
+        assert not (tmp_path / "r2").exists()
+
+
+def test_a_rebuilt_report_replaces_its_feature_pages_at_once(report, tmp_path):
+    summaries = _summaries(seed=3)
+    summaries[0].features = summaries[0].features[:4]
+    out = tmp_path / "rep"
+    build_report(report["root"], out, summaries=(summaries, []))
+    build_report(report["root"], out, summaries=(summaries[:1], []))
+    assert sorted(p.name for p in (out / "features").iterdir()) == ["feature.css", "feature.js", SAE]
+    assert sorted(int(p.stem) for p in (out / "features" / SAE).glob("*.html")) == [0, 1, 2, 3]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+# -- headless Chromium -------------------------------------------------------------------------------------
+
+def _dom(url: str, profile: Path) -> str:
+    return subprocess.run(_chromium_args(profile) + ["--dump-dom", url], capture_output=True, text=True,
+                          timeout=120, check=True).stdout
+
+
+def _rows(dom: str) -> list[tuple[str, int]]:
+    return [(d, int(f)) for d, f in re.findall(r'<tr data-dictionary="([^"]*)" data-feature="(\d+)"', dom)]
+
+
+needs_chromium = pytest.mark.skipif(_chromium() is None,
+                                    reason="headless Chromium is not installed (Debian: apt-get install -y chromium)")
+
+
+@needs_chromium
+def test_index_table_sorts_filters_and_searches_from_the_address(report, tmp_path):
+    url = report["index"].resolve().as_uri()
+    density = {(s.name, f.index): f.density for s in report["summaries"] for f in s.features}
+    dom = _dom(url + "#sort=density&dir=desc", tmp_path / "p1")
+    page = parse(dom)
+    assert page.body.get("data-table-total") == "25" and "data-pwned" not in page.body
+    rows = _rows(dom)
+    assert len(rows) == 25 and [r for r in rows if r not in density] == [(SAE, 9)]  # no density: last
+    shown = [density[r] for r in rows[:-1]]
+    assert shown == sorted(shown, reverse=True)
+    assert f'href="features/{SAE}/5.html"' in dom
+
+    dom = _dom(url + "#basis=neuron&min=0.05&sort=feature", tmp_path / "p2")
+    rows = _rows(dom)
+    assert rows == [("neuron", i) for i in range(16) if density[("neuron", i)] >= 0.05] and rows
+
+    dom = _dom(url + f"#q={WORD.upper()}", tmp_path / "p3")
+    assert _rows(dom) == [(SAE, 5)]
+    assert parse(dom).body.get("data-table-matching") == "1"
+
+
+@needs_chromium
+def test_feature_page_draws_histogram_logit_tables_and_examples_as_text(report, tmp_path):
+    f5 = report["summaries"][0].features[5]
+    page_path = report["index"].parent / "features" / SAE / "5.html"
+    dom = _dom(page_path.resolve().as_uri(), tmp_path / "p")
+    page = parse(dom)
+    assert page.body.get("data-rendered") == "1" and "data-error" not in page.body, page.body
+    assert page.body.get("data-hist-bars") == str(sum(c > 0 for c in f5.hist_counts))
+    assert dom.count("<rect") == sum(c > 0 for c in f5.hist_counts)
+    assert page.body.get("data-examples") == str(len(f5.top) + sum(len(q.examples) for q in f5.quantiles))
+    promoted = next(t for t in page.tables if t and t[0] == ["token", "logit effect"])
+    assert [r[0] for r in promoted[1:]] == [t.strip() for t, _ in f5.promoted]  # (cells are stripped)
+    assert len([t for t in page.tables if t and t[0] == ["token", "logit effect"]]) == 2
+    # no corpus script ran, none became an element; the hostile strings are text
+    assert "data-pwned" not in page.body and len(page.scripts) == 3
+    assert not re.search(r"<img|<b>", dom)
+    visible = "".join(page.text)
+    for text in (" <script>alert(1)</script>", IMG, " שלום", " مرحبا", "\\u202eevil", "\\ud800x", WORD):
+        assert text in visible, text
+    assert 'title="' in dom and "Quantile 2 of 5" in visible and "\u2190 all features" in visible
