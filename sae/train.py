@@ -203,7 +203,7 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
         start = load_checkpoint(ckpt, groups, optimizer)
         if writer:
             print(f"resuming from the checkpoint at step {start} of {settings.steps} in {ckpt}")
-    loop = _Loop(settings, groups, optimizer, names, ckpt, ident, device, progress and writer, log_every, start,
+    loop = _Loop(settings, groups, optimizer, names, ckpt, ident, device, progress and launch.is_main, log_every, start,
                  stats.scale, writer=writer)
     stepper = (DataParallelStepper(groups, optimizer, device, launch) if mode == "data"
                else stepper_factory(groups, optimizer, device))

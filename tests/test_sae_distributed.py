@@ -23,7 +23,8 @@ from activations.distributed import Launch
 from activations.errors import UserError
 from sae.distributed import resolve_mode, row_block, share_members
 from sae.settings import TrainSettings
-from sae.train import member_names
+from sae.step import Stepper
+from sae.train import member_names, train_sweep
 from tests.test_sae_support import HOOK, one_thread, tiny_cache  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +145,7 @@ def _rank_pid(root: int, rank: int) -> int | None:
 
 def test_sigkill_of_one_rank_after_a_checkpoint_then_rerun_resumes_to_the_uninterrupted_weights(tiny_cache, tmp_path):
     args = ["--cache", str(tiny_cache), *COMMON, "--kind", "tied_sae", "--ratio", "1", "--l1", "1e-3",
-            "--tokens", str(51 * 1500), "--checkpoint-every", "20"]
+            "--tokens", str(51 * 1000), "--checkpoint-every", "20"]
     whole = tmp_path / "whole"
     one_process([*args, "--out", str(whole)])
     out = tmp_path / "killed"
@@ -196,3 +197,63 @@ def test_the_comparisons_above_split_batches_unevenly(tiny_cache):
     train, _ = split_cache(tiny_cache, HOOK, 0.1, skip_first=True, sink_factor=1.2)
     sizes = [b.shape[0] for b in train.batches(51, 51 * 40, 3)]
     assert len(sizes) == 40 and min(sizes) < 50 and max(sizes) <= 51
+
+
+class _Interrupt(Stepper):
+    """Stops the run (as a kill would) after 30 steps, past the checkpoint at step 20."""
+
+    def __call__(self, x):
+        if self.calls >= 30:
+            raise KeyboardInterrupt
+        return super().__call__(x)
+
+
+def _sources(cache: Path):
+    from sae.data import split_cache
+
+    return split_cache(cache, HOOK, 0.1, skip_first=True, sink_factor=1.2)
+
+
+def _settings(cache: Path, out: Path, **kw) -> TrainSettings:
+    """The settings `cli.py train-sae` builds from COMMON + these flags (so checkpoints are shared with it)."""
+    return TrainSettings(hook=HOOK, cache=str(cache), out=str(out), batch_size=51, sink_factor=1.2, seed=3,
+                         checkpoint_every=20, **kw)
+
+
+def test_a_one_process_checkpoint_resumes_data_parallel_to_the_same_weights(tiny_cache, tmp_path, tied_alone):
+    """A data-parallel checkpoint does not depend on N: one process stops, two finish, as one would have."""
+    out = tmp_path / "mixed"
+    settings = _settings(tiny_cache, out, ratios=[1, 2], l1s=[1e-3, 1e-2], tokens=51 * 40)
+    train, held_out = _sources(tiny_cache)
+    with pytest.raises(KeyboardInterrupt):
+        train_sweep(train, settings, out, progress=False, eval_source=held_out, stepper_factory=_Interrupt)
+    assert list(out.glob(".train-*/state.json"))
+    done = torchrun(["--cache", str(tiny_cache), "--out", str(out), *COMMON, *TIED])
+    assert "resuming from the checkpoint at step 20 of 40" in done.stdout
+    diffs = {name: max_difference(tied_alone / name, out / name) for name in folders(out)}
+    print(f"max |one process - (one process, resumed by two)|: {diffs}")
+    assert len(diffs) == 4 and max(diffs.values()) < TOL
+
+
+def test_a_sweep_share_resumes_from_its_own_checkpoint(tiny_cache, tmp_path, tied_alone, capsys):
+    """Under --distribute sweep each rank checkpoints its member set; a rerun picks up exactly that set.
+
+    Sweep sharing makes no collective call in the step loop, so a rank is run here in this process.
+    """
+    out = tmp_path / "share"
+    settings = _settings(tiny_cache, out, ratios=[1, 2], l1s=[1e-3, 1e-2], tokens=51 * 40)
+    train, held_out = _sources(tiny_cache)
+    rank1 = Launch(rank=1, world_size=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_sweep(train, settings, out, progress=False, eval_source=held_out, stepper_factory=_Interrupt,
+                    launch=rank1, distribute="sweep")
+    [ckpt] = out.glob(".train-*/state.json")
+    assert ckpt.parent.name.count("-") == 2  # keyed by the run and by the member set
+    capsys.readouterr()
+    paths = train_sweep(train, settings, out, progress=False, eval_source=held_out, launch=rank1, distribute="sweep")
+    assert "resuming from the checkpoint at step 20 of 40" in capsys.readouterr().out
+    assert [p.name for p in paths] == ["tied_R1_l1_0.01", "tied_R2_l1_0.01"] == folders(out)
+    assert not ckpt.parent.exists()
+    diffs = {p.name: max_difference(tied_alone / p.name, p) for p in paths}
+    print(f"max |single-process sweep - resumed share|: {diffs}")
+    assert max(diffs.values()) < TOL
