@@ -19,6 +19,7 @@ block without ever closing it.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -47,9 +48,9 @@ def js_json(data: Any) -> str:
 
 def round_sig(values: np.ndarray) -> np.ndarray:
     """Round to SIG_DIGITS significant digits; the result's repr is short (e.g. 0.123, not 0.12300000000000001)."""
-    a = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    a = np.asarray(values, dtype=np.float64)
     out = np.zeros_like(a)
-    nz = a != 0
+    nz = (a != 0) & np.isfinite(a)
     if not nz.any():
         return out
     x = a[nz]
@@ -66,19 +67,13 @@ def round_sig(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def numbers_json(values: np.ndarray) -> str:
-    """A JSON array of already-rounded numbers, whole ones without ".0" (most activations are 0)."""
-    text = json.dumps(values.tolist())
-    return text.replace(".0,", ",").replace(".0]", "]")
-
-
 def fnum(x: Any) -> float | None:
     """A finite float for JSON, else None (JSON has no NaN)."""
     try:
         v = float(x)
     except (TypeError, ValueError):
         return None
-    return float(round_sig(np.array([v]))[0]) if np.isfinite(v) else None
+    return float(f"{v:.{SIG_DIGITS}g}") if math.isfinite(v) else None
 
 
 def layer_of(hook: str) -> int | None:
@@ -180,17 +175,29 @@ def search_text(note: FeatureNotes | None) -> str:
 
 # -- one feature --------------------------------------------------------------------------------------------
 
-def examples_json(examples: Sequence[Any]) -> str:
-    """[[fragment, [acts...]], ...] with every activation rounded in one numpy pass."""
-    if not examples:
-        return "[]"
-    lengths = [len(e.acts) for e in examples]
-    flat = round_sig(np.concatenate([np.asarray(e.acts, dtype=np.float64) for e in examples]))
-    parts, start = [], 0
-    for e, n in zip(examples, lengths):
-        parts.append(f"[{int(e.fragment)},{numbers_json(flat[start:start + n])}]")
-        start += n
-    return "[" + ",".join(parts) + "]"
+def examples_json(summary: Any) -> tuple[str, str]:
+    """(top, quantiles) as JSON: [[fragment, [acts]], ...] and [[lo, hi, [[fragment, [acts]], ...]], ...].
+
+    Numbers only, so whole floats can lose their ".0" by a plain replace; every activation of the feature is rounded in one numpy call (this is the writer's hot loop).
+    """
+    groups = [summary.top] + [q.examples for q in summary.quantiles]
+    examples = [e for g in groups for e in g]
+    acts: list[Any] = []
+    if examples:
+        flat = round_sig(np.concatenate([np.asarray(e.acts, dtype=np.float64) for e in examples])).tolist()
+        start = 0
+        for e in examples:
+            acts.append(flat[start:start + len(e.acts)])
+            start += len(e.acts)
+    it = iter(acts)
+    top = [[int(e.fragment), next(it)] for e in summary.top]
+    quantiles = [[fnum(q.lo), fnum(q.hi), [[int(e.fragment), next(it)] for e in q.examples]]
+                 for q in summary.quantiles]
+    return _numbers(top), _numbers(quantiles)
+
+
+def _numbers(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).replace(".0,", ",").replace(".0]", "]")
 
 
 def feature_json(summary: Any, dictionary: dict[str, Any], note: FeatureNotes | None, has_page: set[int],
@@ -208,9 +215,8 @@ def feature_json(summary: Any, dictionary: dict[str, Any], note: FeatureNotes | 
         "prev": prev_next[0], "next": prev_next[1],
     }
     text = js_json(meta)
-    quantiles = "[" + ",".join(f"[{js_json(fnum(q.lo))},{js_json(fnum(q.hi))},{examples_json(q.examples)}]"
-                               for q in summary.quantiles) + "]"
-    return text.replace('"@TOP@"', examples_json(summary.top), 1).replace('"@QUANTILES@"', quantiles, 1)
+    top, quantiles = examples_json(summary)
+    return text.replace('"@TOP@"', top, 1).replace('"@QUANTILES@"', quantiles, 1)
 
 
 def fragments_js(fragments: dict[int, list[str]]) -> str:
