@@ -55,6 +55,7 @@ import torch
 from tqdm.auto import tqdm
 
 from activations.errors import UserError
+from explain.feature_select import example_pairs, example_rows, histograms, n_shown, select
 from explain.feature_summary import DictionarySummaries, Example, FeatureSummary, Quantile
 
 D_MODEL_HOOKS = ("hook_resid_pre", "hook_resid_post", "hook_mlp_out")
@@ -98,7 +99,7 @@ class _Chunk:
     maxima: np.ndarray | None = None  # [n_contexts, n] max activation per context
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None  # stored triplets; None once over budget
     maxima_t: np.ndarray | None = None  # maxima transposed: [n, n_contexts]
-    selection: list[Any] | None = None  # per feature, its _Selection
+    selection: list[Any] | None = None  # per feature, its feature_select.Selection
 
     @property
     def n(self) -> int:
@@ -194,7 +195,9 @@ def _codes(d: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     if isinstance(d, AffineDictionary) and type(d).encode is AffineDictionary.encode and k is not None \
             and k < d.n_features:
         w, b = d.effective()[:2]
-        values, ids = torch.relu(x.to(w.dtype) @ w.T + b).topk(k, dim=-1)
+        pre = x.to(w.dtype) @ w.T  # in place from here: the same values as encode's relu(x Wᵀ + b), one buffer
+        pre += b
+        values, ids = pre.relu_().topk(k, dim=-1)
         keep = values > 0
         rows = torch.arange(x.shape[0]).unsqueeze(1).expand_as(ids)
         return rows[keep], ids[keep], values[keep]
@@ -230,7 +233,7 @@ def _summarize_hook(cache: Any, hook: str, members: list[Any], features: int | N
         clock.lap("encode")
         for ch in chunks:
             ch.maxima_t = np.ascontiguousarray(ch.maxima.T)  # [n, n_contexts]: one feature's column is a row
-            ch.selection = [_select(ch.maxima_t[j], ch.lo + j, config) for j in range(ch.n)]
+            ch.selection = [select(ch.maxima_t[j], ch.lo + j, config) for j in range(ch.n)]
         clock.lap("select")
         fallback = [ch for ch in chunks if ch.parts is None]
         results = {id(ch): _from_store(ch, length, config) for ch in chunks if ch.parts is not None}
@@ -239,9 +242,10 @@ def _summarize_hook(cache: Any, hook: str, members: list[Any], features: int | N
         clock.lap("examples")
         for ch in chunks:
             hists, acts = results[id(ch)]
-            summary = out[ch.member]
-            for j in range(ch.n):
-                summary.features.append(_feature(ch, j, n_tokens, hists[j], acts, config))
+            rows = np.round(acts, config.digits).tolist()  # one conversion for all examples of the chunk
+            starts = np.cumsum([0] + [n_shown(sel) for sel in ch.selection])
+            out[ch.member].features.extend(_feature(ch, j, n_tokens, hists[j], rows, int(starts[j]))
+                                           for j in range(ch.n))
             ch.maxima = ch.maxima_t = ch.parts = None
         clock.lap("assemble")
     for summary in out:
@@ -290,111 +294,26 @@ def _first_pass(cache: Any, hook: str, members: list[Any], chunks: list[_Chunk],
     bar.close()
 
 
-# -- selection, histograms, examples ---------------------------------------------------------------
+# -- examples and histograms from what the pass gathered ----------------------------------------------
 
-@dataclass
-class _Selection:
-    top: np.ndarray
-    quantiles: list[tuple[float, float, np.ndarray]]
-    edges: np.ndarray  # histogram edges (empty when never active)
-
-
-def _select(maxima: np.ndarray, feature: int, config: SummaryConfig) -> _Selection:
-    """Top and quantile contexts of one feature from its per-context maxima (see the module docstring)."""
-    active = np.flatnonzero(maxima > 0)
-    if active.size == 0:
-        return _Selection(np.empty(0, np.int64), [], np.empty(0))
-    values = maxima[active]
-    top_max = float(values.max())
-    cand = active
-    if active.size > config.n_top > 0:
-        cand = active[values >= np.partition(values, -config.n_top)[-config.n_top]]  # ties at the cut all compete
-    top = cand[np.lexsort((cand, -maxima[cand]))][:config.n_top]
-    quantiles = []
-    if config.n_quantiles:
-        edges = _edges(top_max, config.n_quantiles)
-        bins = _bin_of(values.astype(np.float64), edges)
-        rest = ~np.isin(active, top)
-        rng = np.random.default_rng([int(config.seed), int(feature)])
-        for q in range(config.n_quantiles):
-            pool = active[(bins == q) & rest]
-            take = min(config.per_quantile, pool.size)
-            chosen = rng.choice(pool, size=take, replace=False) if take else pool[:0]
-            quantiles.append((float(edges[q]), float(edges[q + 1]), chosen[np.lexsort((chosen, -maxima[chosen]))]))
-    return _Selection(top, quantiles, _edges(top_max, config.hist_bins))
-
-
-def _edges(top: float, bins: int) -> np.ndarray:
-    """Equal-width edges of (0, top]: edge i = i·(top/bins), the last exactly top (so the maximum is in the last bin)."""
-    edges = np.arange(bins + 1, dtype=np.float64) * (top / bins)
-    edges[-1] = top
-    return edges
-
-
-def _bin_of(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin i of values in (edges[i], edges[i+1]] (values > 0, <= edges[-1])."""
-    return np.clip(np.searchsorted(edges, values, side="left") - 1, 0, len(edges) - 2)
-
-
-def _histograms(cols: np.ndarray, vals: np.ndarray, tops: np.ndarray, bins: int) -> np.ndarray:
-    """[n, bins] counts of the non-zero values per (chunk-local) feature, bins as `_edges(tops[j], bins)` makes them.
-
-    Vectorised over features: the bin is found arithmetically, then moved by
-    one where rounding put a value on the wrong side of an edge, so the
-    result equals `_bin_of` with each feature's own edges.
-    """
-    n = tops.shape[0]
-    out = np.zeros(n * bins, np.int64)
-    if cols.size:
-        v, top = vals.astype(np.float64), tops[cols]
-        step = top / bins
-        b = np.clip(np.ceil(v / step).astype(np.int64) - 1, 0, bins - 1)
-        down = (b > 0) & (v <= b * step)
-        b[down] -= 1
-        upper = np.where(b + 1 == bins, top, (b + 1) * step)
-        b[(b < bins - 1) & (v > upper)] += 1
-        out += np.bincount(cols.astype(np.int64) * bins + b, minlength=n * bins)
-    return out.reshape(n, bins)
-
-
-def _needs(ch: _Chunk) -> dict[int, list[int]]:
-    """Context -> chunk-local features that show it as an example."""
-    needs: dict[int, list[int]] = {}
-    for j, sel in enumerate(ch.selection):
-        for i in np.concatenate([sel.top] + [q[2] for q in sel.quantiles]):
-            needs.setdefault(int(i), []).append(j)
-    return needs
-
-
-def _from_store(ch: _Chunk, length: int, config: SummaryConfig
-                ) -> tuple[list[np.ndarray], dict[tuple[int, int], np.ndarray]]:
-    """Histograms and example activations from the stored triplets (no second read of the cache)."""
-    toks = np.concatenate([p[0] for p in ch.parts]) if ch.parts else np.zeros(0, np.int32)
-    cols = np.concatenate([p[1] for p in ch.parts]) if ch.parts else np.zeros(0, np.int32)
-    vals = np.concatenate([p[2] for p in ch.parts]) if ch.parts else np.zeros(0, np.float32)
+def _from_store(ch: _Chunk, length: int, config: SummaryConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Histograms [n, bins] and example activations [pairs, length] from the stored triplets (no second read)."""
+    parts = ch.parts or [(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32))]
+    toks, cols, vals = (np.concatenate([p[k] for p in parts]) for k in range(3))
     ch.parts = []
-    hists = _histograms(cols, vals, ch.maxima_t.max(axis=1, initial=0.0).astype(np.float64), config.hist_bins)
-    order = np.argsort(cols, kind="stable")  # per feature, tokens stay ascending
-    toks, cols, vals = toks[order], cols[order], vals[order]
-    ptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=ch.n))])
-    acts: dict[tuple[int, int], np.ndarray] = {}
-    for i, feats in _needs(ch).items():
-        for j in feats:
-            t = toks[ptr[j]:ptr[j + 1]]
-            a, z = np.searchsorted(t, [i * length, (i + 1) * length])
-            row = np.zeros(length, np.float32)
-            row[t[a:z] - i * length] = vals[ptr[j] + a:ptr[j] + z]
-            acts[(i, j)] = row
-    return hists, acts
+    hists = histograms(cols, vals, ch.maxima_t.max(axis=1, initial=0.0).astype(np.float64), config.hist_bins)
+    ctx, feat = example_pairs(ch.selection)
+    return hists, example_rows(toks, cols, vals, ctx, feat, ch.maxima_t.shape[1], length)
 
 
 def _second_pass(cache: Any, hook: str, members: list[Any], chunks: list[_Chunk], first: int,
-                 config: SummaryConfig, progress: bool) -> dict[int, tuple[np.ndarray, dict]]:
+                 config: SummaryConfig, progress: bool) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Histograms and examples of chunks whose triplets did not fit: one more read and encode of the cache."""
+    length = cache.context_length - first
     hists = {id(ch): np.zeros((ch.n, config.hist_bins), np.int64) for ch in chunks}
     tops = {id(ch): ch.maxima_t.max(axis=1, initial=0.0).astype(np.float64) for ch in chunks}
-    needs = {id(ch): _needs(ch) for ch in chunks}
-    acts: dict[int, dict[tuple[int, int], np.ndarray]] = {id(ch): {} for ch in chunks}
+    pairs = {id(ch): example_pairs(ch.selection) for ch in chunks}
+    acts = {id(ch): np.zeros((pairs[id(ch)][0].size, length), np.float32) for ch in chunks}
     bar = tqdm(total=cache.n_contexts, desc=f"histograms {hook}", unit="frag", leave=False, disable=not progress)
     with torch.no_grad():
         for idx, _tokens, batch in cache.iter_contexts(hook, batch_contexts=config.batch_contexts):
@@ -404,29 +323,33 @@ def _second_pass(cache: Any, hook: str, members: list[Any], chunks: list[_Chunk]
                      for m in {ch.member for ch in chunks}}
             for ch in chunks:
                 c = dense[ch.member][..., ch.lo:ch.hi]
-                _, pos, cols = (c > 0).nonzero(as_tuple=True)
-                hists[id(ch)] += _histograms(cols.numpy(), c[c > 0].numpy(), tops[id(ch)], config.hist_bins)
-                for r, i in enumerate(idx):
-                    for j in needs[id(ch)].get(int(i), []):
-                        acts[id(ch)][(int(i), j)] = c[r, :, j].numpy().copy()
+                cols = (c > 0).nonzero(as_tuple=True)[2]
+                hists[id(ch)] += histograms(cols.numpy(), c[c > 0].numpy(), tops[id(ch)], config.hist_bins)
+                ctx, feat = pairs[id(ch)]
+                here = np.flatnonzero((ctx >= idx[0]) & (ctx <= idx[-1]))
+                if here.size:
+                    rows = torch.from_numpy(ctx[here] - idx[0])
+                    acts[id(ch)][here] = c[rows, :, torch.from_numpy(feat[here])].numpy()
             bar.update(len(idx))
     bar.close()
     return {key: (hists[key], acts[key]) for key in hists}
 
 
-def _feature(ch: _Chunk, j: int, n_tokens: int, hist: np.ndarray, acts: dict[tuple[int, int], np.ndarray],
-             config: SummaryConfig) -> FeatureSummary:
+def _feature(ch: _Chunk, j: int, n_tokens: int, hist: np.ndarray, rows: list[list[float]], start: int
+             ) -> FeatureSummary:
+    """Feature j of the chunk; its examples are rows[start:], top then quantiles (the order of `example_pairs`)."""
     sel = ch.selection[j]
+    shown = iter(rows[start:start + n_shown(sel)])
 
-    def example(i: Any) -> Example:
-        return Example(int(i), np.round(acts[(int(i), j)], config.digits).tolist())
+    def examples(contexts: np.ndarray) -> list[Example]:
+        return [Example(int(i), next(shown)) for i in contexts]
 
     return FeatureSummary(
         index=ch.lo + j, density=float(ch.counts[j]) / max(1, n_tokens),
         max_act=float(ch.maxima_t[j].max(initial=0.0)),
         hist_edges=[float(e) for e in sel.edges], hist_counts=[int(c) for c in hist] if sel.edges.size else [],
-        top=[example(i) for i in sel.top],
-        quantiles=[Quantile(lo, hi, [example(i) for i in chosen]) for lo, hi, chosen in sel.quantiles])
+        top=examples(sel.top),
+        quantiles=[Quantile(lo, hi, examples(chosen)) for lo, hi, chosen in sel.quantiles])
 
 
 # -- what the directions do ------------------------------------------------------------------------

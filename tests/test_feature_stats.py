@@ -155,6 +155,25 @@ def test_unembedding_folds_the_final_norm_scale(arch):
     torch.testing.assert_close(unembedding(model), want)
 
 
+def test_histogram_bins_are_lo_exclusive_hi_inclusive_even_on_edges():
+    from explain.feature_select import bin_of, edges_of, histograms
+
+    rng = np.random.default_rng(2)
+    tops, bins = np.array([1.0, 0.7, 3.3, 1e-3]), 7
+    cols, vals, want = [], [], np.zeros((tops.size, bins), np.int64)
+    for j, top in enumerate(tops):
+        e = edges_of(top, bins)
+        v = np.concatenate([e[1:], np.nextafter(e[1:], 0), np.nextafter(e[1:-1], np.inf), rng.uniform(0, top, 50)])
+        v = v[v > 0]
+        for x in v:  # the definition, one value at a time
+            b = next(i for i in range(bins) if e[i] < x <= e[i + 1])
+            want[j, b] += 1
+            assert bin_of(np.array([x]), e)[0] == b
+        cols.append(np.full(v.size, j))
+        vals.append(v)
+    assert np.array_equal(histograms(np.concatenate(cols), np.concatenate(vals), tops, bins), want)
+
+
 def test_batched_topk_equals_one_product():
     g = torch.Generator().manual_seed(3)
     a, b = torch.randn(37, 8, generator=g), torch.randn(101, 8, generator=g)
