@@ -29,6 +29,8 @@ from report.layout import RunContents, RunFolderError, discover, read_json
 from report.plots import plot_comparison, plot_frontier_png, plot_ioi
 from sae.registry import kind_order
 
+CARDS_WITH_PAGES = 24  # cards drawn per (scorer, dictionary) group when the features have pages of their own
+
 OFFLINE_NOTE = (
     "Scores from the offline explainer and simulator <code>local:default</code> (SmolLM2-135M-Instruct, "
     "the only instruction model that installs offline) mean little: a 135M-parameter model explains and "
@@ -95,7 +97,7 @@ def _build_report_locked(run_dir: str | Path, out: Path, described: DescriptorRe
         *([descriptors_section(described)] if described is not None else []),
         _ioi_section(contents, out),
         table_section(feature_table, note),
-        _features_section(records, described),
+        _features_section(records, described, feature_table),
         _run_section(contents),
         _footer(),
     ]
@@ -294,7 +296,10 @@ def _ioi_section(contents: RunContents, out: Path) -> str:
     return "\n".join(parts)
 
 
-def _features_section(records: list[dict[str, Any]], described: DescriptorResults | None = None) -> str:
+def _features_section(records: list[dict[str, Any]], described: DescriptorResults | None = None,
+                      pages: FeatureTable | None = None) -> str:
+    """The explained features' cards; with feature pages, each links to its page and only the best
+    CARDS_WITH_PAGES per group are drawn here (10,000 cards would make index.html unusable; the table has all)."""
     head = ('<h2 id="features">Features</h2><p class="muted small">One card per explained feature, best score first '
             'within each basis. Token backgrounds: the feature\'s activation relative to its largest activation in '
             'the shown fragments (hover a token for its value). Top fragments are ranked by maximum activation; '
@@ -314,11 +319,25 @@ def _features_section(records: list[dict[str, Any]], described: DescriptorResult
         skipped = [r for r in rs if r.get("status") == "skipped"]
         parts.append(f"<h3>{esc(name)} <span class=\"muted small\">{esc(kind)} · {esc(hook)} · scorer "
                      f"{esc(scorer)} · {len(shown)} card(s), {len(skipped)} skipped</span></h3>")
-        parts.append('<div class="cards">' + "".join(feature_card(r, chips_html(described, r.get("dictionary"), r.get("feature")))
-                                             for r in shown) + "</div>")
+        hrefs = pages.hrefs if pages is not None else {}
+        drawn = shown[:CARDS_WITH_PAGES] if hrefs else shown
+        parts.append('<div class="cards">' + "".join(
+            feature_card(r, chips_html(described, r.get("dictionary"), r.get("feature")) + _page_link(hrefs, r))
+            for r in drawn) + "</div>")
+        if len(drawn) < len(shown):
+            parts.append(f'<p class="small">{len(shown) - len(drawn)} more card(s) of this group are not drawn here: '
+                         'every feature is in the <a href="#features-table">feature table</a>, with a page of its own.</p>')
         if skipped:
             parts.append(skipped_table(skipped))
     return "\n".join(parts)
+
+
+def _page_link(hrefs: dict[tuple[str, int], str], record: dict[str, Any]) -> str:
+    try:
+        href = hrefs.get((str(record.get("dictionary")), int(record.get("feature"))))
+    except (TypeError, ValueError):
+        return ""
+    return f'<div class="small"><a href="{esc(href)}">feature page →</a></div>' if href else ""
 
 
 def _score(record: dict[str, Any]) -> float:

@@ -48,6 +48,7 @@ class FeatureTable:
     n_rows: int = 0
     n_pages: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (dictionary, why it has no pages)
+    hrefs: dict[tuple[str, int], str] = field(default_factory=dict)  # (dictionary, feature) -> its page, from OUT
 
 
 def slugs(names: Sequence[str]) -> list[str]:
@@ -91,7 +92,7 @@ def write_feature_pages(out: Path, summaries: Sequence[Any], records: Sequence[d
     try:
         (tmp / "feature.js").write_text(FEATURE_JS, encoding="ascii")
         (tmp / "feature.css").write_text(FEATURE_CSS, encoding="ascii")
-        dicts, rows, n_pages = [], [], 0
+        dicts, rows, n_pages, hrefs = [], [], 0, {}
         for d_index, (summary, slug) in enumerate(zip(summaries, dict_slugs)):
             folder = tmp / slug
             folder.mkdir()
@@ -109,6 +110,7 @@ def write_feature_pages(out: Path, summaries: Sequence[Any], records: Sequence[d
                 (folder / f"{int(f.index)}.html").write_text(
                     scrub(feature_page(f"{clean_text(summary.name)} #{f.index} · dictlens", data)), encoding="utf-8")
                 rows.append(_row(d_index, int(f.index), fnum(f.density), fnum(f.max_act), note, columns, True))
+                hrefs[(str(summary.name), int(f.index))] = f"{FEATURES_DIR}/{slug}/{int(f.index)}.html"
             n_pages += len(indices)
             # explained features that have no page (beyond --max-features): still in the table
             for (name, feature), note in sorted(notes.items()):
@@ -127,7 +129,7 @@ def write_feature_pages(out: Path, summaries: Sequence[Any], records: Sequence[d
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     data = scrub(js_json({"dicts": dicts, "scorers": columns, "rows": rows, "page_size": PAGE_SIZE}))
-    return FeatureTable(data=data, scorers=columns, n_rows=len(rows), n_pages=n_pages,
+    return FeatureTable(data=data, scorers=columns, n_rows=len(rows), n_pages=n_pages, hrefs=hrefs,
                         skipped=[(clean_text(n), clean_text(w)) for n, w in skipped])
 
 

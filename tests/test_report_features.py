@@ -11,7 +11,6 @@ distinctive word and several scorers, so the joins are checked on known data.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -20,7 +19,6 @@ import numpy as np
 import pytest
 
 import cli
-from activations.errors import UserError
 from explain.feature_summary import DictionarySummaries, Example, FeatureSummary, Quantile
 from report.build import build_report
 from report.feature_data import round_sig
@@ -122,6 +120,9 @@ def test_one_page_per_feature_with_its_numbers_joined_to_explanations_and_scores
     assert len(rows) == len(table["rows"]) == 8 + 16 + 1  # + SAE feature 9: explained (failed), no page
     assert rows[(SAE, 5)][6][1:] == [0.81, 0.62] and rows[(SAE, 5)][7] == 1
     assert rows[(SAE, 9)][7] == 0 and rows[(SAE, 9)][2] is None
+    index = report["index"].read_text(encoding="utf-8")
+    assert f'<a href="features/{SAE}/5.html">feature page' in index  # the explained feature's card links its page
+    assert f'<a href="features/{SAE}/9.html">' not in index  # no page, no link
 
 
 def test_examples_are_stored_once_and_the_folder_is_compact(report):
@@ -235,3 +236,54 @@ def test_feature_page_draws_histogram_logit_tables_and_examples_as_text(report, 
     for text in (" <script>alert(1)</script>", IMG, " שלום", " مرحبا", "\\u202eevil", "\\ud800x", WORD):
         assert text in visible, text
     assert 'title="' in dom and "Quantile 2 of 5" in visible and "\u2190 all features" in visible
+
+
+# -- end to end: the real summariser on a tiny model's cache ---------------------------------------------------
+
+def test_cli_report_summarises_the_runs_cache_and_writes_every_dictionarys_pages(tmp_path):
+    """`cli.py report --run RUN` finds RUN/cache_frags.h5 by itself; --max-features limits the pages."""
+    import torch
+
+    from activations.cache_writer import cache_activations
+    from sae.kinds.neuron import NeuronBasis
+    from sae.kinds.topk import TopKSAE
+
+    from tests.conftest import make_tiny_model, make_tokenizer
+
+    tokenizer = make_tokenizer(add_bos=True)  # one tiny Llama (BOS prepended), not every family's
+    model_dir = tmp_path / "model"
+    make_tiny_model("llama", len(tokenizer)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+    words = ["Paris", "river", "<script>alert(1)</script>", "onerror=", "שלום", "fox", "dog", "42"]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": " ".join(rng.choice(words, 30))}) + "\n" for _ in range(40)),
+                      encoding="utf-8")
+    run = tmp_path / "run"
+    hook = "blocks.1.hook_resid_post"
+    cache_activations(model=str(model_dir), corpus=str(corpus), hooks=[hook], context_length=12, max_tokens=12 * 40,
+                      batch_size=8, dtype="float32", out=run / "cache_frags.h5", fragments=True, progress=False)
+    g = torch.Generator().manual_seed(0)
+    d = 32
+    w = torch.randn(24, d, generator=g)
+    base = {"hook": hook, "model_id": str(model_dir), "d_in": d}
+    TopKSAE({"W_e": w, "b_e": torch.zeros(24), "W_d": w.clone(), "b_d": torch.zeros(d)},
+            {**base, "n_features": 24, "k": 4}).save(run / "dicts" / "topk")
+    NeuronBasis({}, {**base, "n_features": d}).save(run / "dicts" / "neuron")
+    assert cli.main(["report", "--run", str(run), "--max-features", "6"]) == 0
+    out = run / "report" / "features"
+    for name in ("topk", "neuron"):
+        assert sorted(int(p.stem) for p in (out / name).glob("*.html")) == list(range(6))
+    data = _data(out / "topk" / "2.html")
+    assert len(data["promoted"]) == len(data["suppressed"]) == 10  # residual stream: logit effects present
+    assert len(data["neighbours"]) == 5 and data["max"] > 0 and 0 < data["density"] <= 1
+    fragments = json.loads((out / "topk" / "fragments.js").read_text(encoding="ascii")[len("window.DL_FRAGMENTS="):-2])
+    for example in data["top"] + [e for q in data["quantiles"] for e in q[2]]:
+        assert len(fragments[str(example[0])]) == len(example[1])  # tokens and activations align
+    maxima = [max(e[1]) for e in data["top"]]
+    assert maxima == sorted(maxima, reverse=True) and maxima[0] == pytest.approx(data["max"], rel=1e-2)
+    assert len(_table(run / "report" / "index.html")["rows"]) == 12
+    if _chromium() is not None:  # the real data draws without a script error
+        page = parse(_dom((out / "topk" / "2.html").resolve().as_uri(), tmp_path / "p"))
+        assert page.body.get("data-rendered") == "1" and "data-error" not in page.body
+        assert page.body.get("data-examples") == str(len(data["top"]) + sum(len(q[2]) for q in data["quantiles"]))
