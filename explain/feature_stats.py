@@ -198,8 +198,11 @@ def _codes(d: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
         pre = x.to(w.dtype) @ w.T  # in place from here: the same values as encode's relu(x Wᵀ + b), one buffer
         pre += b
         values, ids = pre.relu_().topk(k, dim=-1)
+        rows = torch.arange(x.shape[0]).repeat_interleave(k)
+        values, ids = values.reshape(-1), ids.reshape(-1)
         keep = values > 0
-        rows = torch.arange(x.shape[0]).unsqueeze(1).expand_as(ids)
+        if bool(keep.all()):  # the usual case: every token has k positive pre-activations
+            return rows, ids, values
         return rows[keep], ids[keep], values[keep]
     c = d.encode(x)
     rows, cols = (c > 0).nonzero(as_tuple=True)
