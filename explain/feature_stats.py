@@ -135,6 +135,8 @@ def summarize_dictionaries(cache: str | Path, dictionaries: Sequence[str | Path]
                 continue
             check_fits(d, c.width(d.hook), d.hook, c.model_id, f"cache {path.name}")
             usable.append(d)
+        if not usable:
+            return [], skipped
         decoder, unembed = _model_parts(c, usable, clock)
         summaries: dict[int, DictionarySummaries] = {}
         for hook in dict.fromkeys(d.hook for d in usable):

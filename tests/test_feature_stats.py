@@ -228,6 +228,8 @@ def test_dictionary_of_another_hook_is_listed_as_skipped(setup):
     assert [name for name, _ in setup["skipped"]] == ["elsewhere"]
     assert "blocks.2.hook_resid_post is not in frags.h5" in setup["skipped"][0][1]
     assert "elsewhere" not in setup["summaries"]
+    alone = summarize_dictionaries(setup["cache"], [setup["folders"]["elsewhere"]], progress=False)
+    assert alone == ([], setup["skipped"])
 
 
 def test_bad_inputs_are_one_line_user_errors(setup, tmp_path):
