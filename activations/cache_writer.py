@@ -27,6 +27,7 @@ from activations.corpus import build_contexts, resolve_corpus
 from activations.errors import UserError
 from activations.hooks import hook_width, run_with_cache, validate_hooks
 from activations.devices import check_device
+from activations.distributed import launch_from_env
 from activations.models import load_model
 from activations.reader import unreadable_cache
 from activations.runstate import check_output_file, differing_keys, move_into_place, output_lock
@@ -60,8 +61,11 @@ def _early_alloc_dcpl() -> h5py.h5p.PropDCID:
     return dcpl
 
 
-def _check_existing(out: Path, record: dict) -> int | None:
-    """Contexts already done in a file made with the same settings; None if no file."""
+def _check_existing(out: Path, record: dict, world_size: int = 1) -> int | None:
+    """Contexts already done in a file made with the same settings; None if no file.
+
+    An unfinished file begun by another number of processes (`world_size`, torchrun) is refused.
+    """
     if not out.exists():
         return None
     fix = "choose another --out or pass --overwrite"
@@ -73,10 +77,17 @@ def _check_existing(out: Path, record: dict) -> int | None:
         with f:
             stored = json.loads(f.attrs["settings"])
             done = int(f.attrs["n_contexts_done"])
+            total = int(f.attrs.get("n_contexts", done))
+            written_by = int(f.attrs.get("world_size", 1))
         if not isinstance(stored, dict):
             raise TypeError("settings is not a JSON object")
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise UserError(f"{out} exists but is not an activation cache this tool wrote: {fix}") from err
+    if written_by != world_size and done < total:  # which contexts go where depends on the number of processes
+        how = ("one process (without torchrun)" if written_by == 1 else
+               f"`torchrun --nproc_per_node {written_by} cli.py cache ...`")
+        raise UserError(f"{out} is an unfinished cache of {written_by} process(es), not {world_size}: resume it with "
+                        f"{how} (same arguments), or pass --overwrite")
     diffs = [f"{k}: file has {stored.get(k)!r}, command asks {record.get(k)!r}" for k in differing_keys(stored, record)]
     if diffs:
         raise UserError(
@@ -86,8 +97,19 @@ def _check_existing(out: Path, record: dict) -> int | None:
     return done
 
 
+def _chunk_rows(n: int, per_context_bytes: int) -> int:
+    """Contexts per HDF5 chunk: about 1 MiB, at least one context, at most all of them."""
+    return max(1, min(n, _TARGET_CHUNK_BYTES // per_context_bytes))
+
+
+def _create_tokens(f: h5py.File, n: int, ctx: int) -> h5py.Dataset:
+    return f.create_dataset("tokens", shape=(n, ctx), maxshape=(None, ctx), dtype=np.int32,
+                            chunks=(_chunk_rows(n, ctx * np.dtype(np.int32).itemsize), ctx), dcpl=_early_alloc_dcpl())
+
+
 def _create_file(out: Path, settings: CacheSettings, record: dict, loaded, tokens: np.ndarray, widths: dict[str, int],
-                 stats: dict) -> None:
+                 stats: dict, extra_attrs: dict | None = None) -> None:
+    """The empty cache at its final size; `extra_attrs` (a torchrun shard's place) go after the usual ones."""
     n, ctx = tokens.shape
     storage = STORAGE[settings.dtype][0]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -95,27 +117,30 @@ def _create_file(out: Path, settings: CacheSettings, record: dict, loaded, token
     # a kill during creation never leaves a file that a rerun cannot resume.
     partial = out.with_name(out.name + ".creating")
     with h5py.File(partial, "w") as f:
-        per_context = ctx * np.dtype(np.int32).itemsize
-        f.create_dataset("tokens", shape=(n, ctx), maxshape=(None, ctx), dtype=np.int32,
-                         chunks=(max(1, min(n, _TARGET_CHUNK_BYTES // per_context)), ctx), dcpl=_early_alloc_dcpl())
+        _create_tokens(f, n, ctx)
         acts = f.create_group("acts")
         for name, d in widths.items():
-            per_context = ctx * d * np.dtype(storage).itemsize
-            rows = max(1, min(n, _TARGET_CHUNK_BYTES // per_context))
+            rows = _chunk_rows(n, ctx * d * np.dtype(storage).itemsize)
             ds = acts.create_dataset(name, shape=(n, ctx, d), maxshape=(None, ctx, d), dtype=storage,
                                      chunks=(rows, ctx, d), dcpl=_early_alloc_dcpl())
             if settings.dtype == "bfloat16":
                 ds.attrs["encoding"] = BFLOAT16_ENCODING
-        f.attrs.update({
-            **run_attrs(settings, loaded, record, ctx, widths),
-            "fragments": settings.fragments,
-            "bos_prepended": bool(stats["bos_prepended"]),
-            "documents_read": int(stats["documents_read"]),
-            "documents_too_short": int(stats["documents_too_short"]),
-            "n_contexts": n,
-            "n_contexts_done": 0,
-        })
+        f.attrs.update({**cache_attrs(settings, record, loaded, n, ctx, widths, stats), **(extra_attrs or {})})
     move_into_place(partial, out)
+
+
+def cache_attrs(settings: CacheSettings, record: dict, loaded, n: int, ctx: int, widths: dict[str, int],
+                stats: dict) -> dict:
+    """Every attribute of a new token-level cache of `n` contexts (none finished yet), in the order written."""
+    return {
+        **run_attrs(settings, loaded, record, ctx, widths),
+        "fragments": settings.fragments,
+        "bos_prepended": bool(stats["bos_prepended"]),
+        "documents_read": int(stats["documents_read"]),
+        "documents_too_short": int(stats["documents_too_short"]),
+        "n_contexts": n,
+        "n_contexts_done": 0,
+    }
 
 
 def run_attrs(settings: CacheSettings, loaded, record: dict, ctx: int, widths: dict[str, int]) -> dict:
@@ -222,10 +247,17 @@ def write_cache(settings: CacheSettings, progress: bool = True) -> CacheResult:
     device, that --out can be written, the corpus, the hook names, and an
     existing file's settings. From the check of --out on, this process holds
     it (`output_lock`): a second `cache` into the same file is refused.
+    Under `torchrun` (WORLD_SIZE > 1) each rank caches every N-th context
+    into a shard file, joined by the main file (see `activations.shards`).
     """
     settings.validate()
     check_device(settings.device)
     out = check_output_file(settings.out)
+    launch = launch_from_env()
+    if launch.distributed:  # under torchrun: this rank writes its shard (see activations.shards)
+        from activations.shards import write_cache_distributed
+
+        return write_cache_distributed(settings, out, launch, progress)
     with output_lock(out, folder=False):
         return _write_cache_locked(settings, out, progress)
 

@@ -35,6 +35,14 @@ def unreadable_cache(path: Path, err: OSError, fix: str) -> str:
     return f"{path} is not an HDF5 file, so not an activation cache written by `cli.py cache`: {fix}"
 
 
+def _block_contexts(dataset: h5py.Dataset) -> int:
+    """Contexts per shuffle block: the chunk rows, or for a torchrun cache's virtual dataset (no chunks) the chunk
+    rows a single-process file would have, recorded at creation, so both draw the same batches."""
+    if dataset.chunks:
+        return int(dataset.chunks[0])
+    return int(dataset.attrs.get("block_contexts", 1))
+
+
 class IncompleteCacheWarning(UserWarning):
     """The cache's writer has not finished (killed, or still running)."""
 
@@ -70,6 +78,7 @@ class ActivationCache:
         self.fragments: bool = bool(attrs["fragments"])
         self._widths: dict[str, int] = json.loads(attrs["widths"])
         self.dtype: str = str(attrs.get("dtype", "float32"))
+        self._check_shards(attrs)
         if self.n_contexts == 0:
             raise UserError(f"{self.path} has no finished contexts yet: run (or resume) the cache command first")
         total = int(attrs.get("n_contexts", self.n_contexts))
@@ -79,6 +88,16 @@ class ActivationCache:
             warnings.warn(f"{self.path} is incomplete: {self.n_contexts} of {total} contexts are finished and only "
                           "those are read; rerun the cache command (same arguments) to finish it",
                           IncompleteCacheWarning, stacklevel=2)
+
+    def _check_shards(self, attrs: dict) -> None:
+        """A torchrun cache reads its activations from shard files: a missing one is an error, not rows of NaN."""
+        if "shards" not in attrs:
+            return
+        for name in json.loads(attrs["shards"]):
+            if not (self.path.parent / name).is_file():
+                self._file.close()
+                raise UserError(f"{self.path} reads its activations from {self.path.parent / name}, which is missing: "
+                                f"keep the folder {self.path.name}.shards beside {self.path.name} (move them together)")
 
     # -- basics ---------------------------------------------------------
     def __enter__(self) -> "ActivationCache":
@@ -180,7 +199,7 @@ class ActivationCache:
         first = self._first_position(skip_bos, skip_first)
         per_context = self.context_length - first
         lo, hi = self.context_range(contexts)
-        block = int(dataset.chunks[0]) if dataset.chunks else 1
+        block = _block_contexts(dataset)
         first_block = lo // block
         n_blocks = -(-hi // block) - first_block
         blocks_per_buffer = max(1, buffer_bytes // (block * per_context * d * 4))

@@ -1,0 +1,264 @@
+"""`cli.py cache` under torchrun: N processes, one shard file each, joined by an HDF5 virtual dataset.
+
+Why this shape: the forward passes are independent per context, so N
+processes can share a corpus pass without talking to each other, and each
+can keep the single-process crash safety (its own file, its own
+`n_contexts_done`) if it writes its own file. Rank r of N takes contexts
+r, r+N, r+2N, ... of the same deterministic token stream (`build_contexts`
+runs identically in every rank), so the union is exactly the single-process
+stream. Rank r writes `OUT.shards/rank{r}-of-{N}.h5`, a normal cache file of
+its own contexts. Rank 0 writes OUT itself: the full /tokens (small) and,
+for every hook, /acts/<hook> as a virtual dataset whose rows r::N are the
+rows of shard r (no copy), with the attributes a single-process cache has.
+Readers (`ActivationCache`, so train-sae, explain, evaluate) open OUT as
+they open any cache. OUT's `n_contexts_done` stays 0 until every shard is
+complete; then rank 0 sets it to `n_contexts`.
+
+Resume: a rerun with the same N resumes every shard from its own counter. A
+rerun with another N (or a single process on an unfinished OUT) is refused
+with one line: the shards' contexts depend on N. Every rank checks its part
+before anything is written and the ranks exchange their verdicts
+(`gather_texts`), so all ranks fail together with the same line instead of
+some of them waiting forever for the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from activations.cache_writer import (BFLOAT16_ENCODING, STORAGE, CacheResult, _check_existing, _chunk_rows,
+                                      _create_file, _create_tokens, _write_batches, cache_attrs)
+from activations.corpus import build_contexts, resolve_corpus
+from activations.distributed import Launch, barrier, destroy_process_group, init_process_group
+from activations.errors import UserError
+from activations.hooks import hook_width, validate_hooks
+from activations.models import load_model
+from activations.runstate import move_into_place, output_lock
+from activations.settings import CacheSettings
+
+_SHARD_NAME = re.compile(r"rank(\d+)-of-(\d+)\.h5")
+# What a virtual dataset returns where its shard is missing: NaN (bfloat16: a NaN bit pattern), never a plausible 0.
+_FILL = {"float16": np.float16("nan"), "float32": np.float32("nan"), "bfloat16": np.uint16(0x7FC0)}
+
+
+def shard_folder(out: Path) -> Path:
+    return out.with_name(out.name + ".shards")
+
+
+def shard_path(out: Path, rank: int, world_size: int) -> Path:
+    """Where rank `rank` of `world_size` writes its contexts (rank::world_size of the stream)."""
+    return shard_folder(out) / f"rank{rank}-of-{world_size}.h5"
+
+
+def other_shards(out: Path, world_size: int) -> list[Path]:
+    """Shard files of OUT written by a launch with another number of processes."""
+    folder = shard_folder(out)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir()):
+        match = _SHARD_NAME.fullmatch(path.name)
+        if match and int(match.group(2)) != world_size:
+            found.append(path)
+    return found
+
+
+def gather_texts(launch: Launch, text: str) -> list[str]:
+    """Every rank's `text`, in rank order, on every rank (a collective: all ranks must call it).
+
+    Sent as UTF-8 bytes in tensors, so nothing is pickled.
+    """
+    import torch.distributed as dist
+
+    if not launch.distributed:
+        return [text]
+    device = f"cuda:{launch.local_rank}" if dist.get_backend() == "nccl" else "cpu"
+    data = torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8, device=device)
+    size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(launch.world_size)]
+    dist.all_gather(sizes, size)
+    longest = max(1, max(int(s) for s in sizes))
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[: data.numel()] = data
+    received = [torch.zeros_like(padded) for _ in range(launch.world_size)]
+    dist.all_gather(received, padded)
+    return [bytes(r[: int(s)].cpu().tolist()).decode("utf-8") for r, s in zip(received, sizes)]
+
+
+def _agree(launch: Launch, error: str) -> None:
+    """Raise the first rank's error (the same line) in every rank, or return if no rank has one."""
+    errors = [e for e in gather_texts(launch, error) if e]
+    if errors:
+        raise UserError(errors[0])
+
+
+def _rank_device(device: str, launch: Launch) -> str:
+    """`--device cuda` under torchrun means each rank's own GPU (cuda:LOCAL_RANK)."""
+    return f"cuda:{launch.local_rank}" if device == "cuda" else device
+
+
+def write_cache_distributed(settings: CacheSettings, out: Path, launch: Launch, progress: bool = True) -> CacheResult:
+    """This rank's part of a torchrun `cache`; rank 0 also writes and finishes OUT (see the module docstring).
+
+    What depends only on the files and the arguments (the same in every rank) is
+    checked before the ranks join, so a refused run costs no process group.
+    """
+    if settings.pool is not None:
+        raise UserError("--pool under torchrun is not supported (a pooled cache is one small vector per document): "
+                        "run it as one process, without torchrun")
+    resolved = resolve_corpus(settings.corpus, settings.text_column)
+    settings.check_hooks()
+    record = settings.record(resolved.describe())
+    complete = None if settings.overwrite else _check_launch(out, record, launch.world_size)
+    if complete is not None:
+        if launch.is_main:
+            print(f"{out} is already complete ({complete} contexts); nothing to do.")
+        return CacheResult(out, complete, 0, 0.0)
+    device = _rank_device(settings.device, launch)
+    init_process_group(launch, device)
+    try:
+        with ExitStack() as locks:
+            shard = shard_path(out, launch.rank, launch.world_size)
+            error, shard_done = "", None
+            try:
+                if launch.is_main:
+                    locks.enter_context(output_lock(out, folder=False))
+                locks.enter_context(output_lock(shard, folder=False))
+                if not settings.overwrite:
+                    shard_done = _check_existing(shard, record, launch.world_size)
+            except UserError as err:
+                error = str(err)
+            _agree(launch, error)
+            if settings.overwrite and launch.is_main:
+                _remove_old(out, launch.world_size)
+            barrier(launch)
+            return _run(settings, out, shard, launch, device, resolved, record, shard_done, progress)
+    finally:
+        destroy_process_group(launch)
+
+
+def _check_launch(out: Path, record: dict, world_size: int) -> int | None:
+    """OUT's contexts if it is already complete; None if absent or resumable by this launch; else one-line refusal.
+
+    Refused: shards of another number of processes, an unfinished OUT begun by
+    another number (one process included), an OUT made with other settings.
+    """
+    stale = other_shards(out, world_size)
+    if stale:
+        m = int(_SHARD_NAME.fullmatch(stale[0].name).group(2))
+        raise UserError(f"{out} was started by {m} processes ({stale[0]} exists), not {world_size}: rerun with "
+                        f"torchrun --nproc_per_node {m} to resume it, or pass --overwrite to start again with "
+                        f"{world_size}")
+    done = _check_existing(out, record, world_size)
+    if done is None:
+        return None
+    with h5py.File(out, "r") as f:
+        total = int(f.attrs["n_contexts"])
+    return total if done >= total else None
+
+
+def _remove_old(out: Path, world_size: int) -> None:
+    """--overwrite: OUT and other launches' shards go before any rank writes (this launch's own are replaced)."""
+    for path in [out, *other_shards(out, world_size)]:
+        if path.exists():
+            path.unlink()
+
+
+def _run(settings: CacheSettings, out: Path, shard: Path, launch: Launch, device: str, resolved, record: dict,
+         shard_done: int | None, progress: bool) -> CacheResult:
+    loaded = load_model(settings.model, device=device)
+    hook_points = validate_hooks(loaded.model, settings.hooks)
+    widths = {h: hook_width(loaded.model, next(p for p in hook_points if p.name == h)) for h in settings.hooks}
+    tokens, stats = build_contexts(resolved.documents(), loaded.tokenizer, settings.context_length,
+                                   settings.max_tokens // settings.context_length, fragments=settings.fragments)
+    n, world = len(tokens), launch.world_size
+    if n < world:
+        raise UserError(f"the corpus gives {n} contexts, fewer than the {world} processes: use fewer processes "
+                        "(--nproc_per_node) or a larger --max-tokens / corpus")
+    mine = np.ascontiguousarray(tokens[launch.rank::world])
+    if shard_done is None:
+        _create_file(shard, settings, record, loaded, mine, widths, stats,
+                     extra_attrs={"world_size": world, "shard_rank": launch.rank, "shard_of": out.name})
+    if launch.is_main and not out.exists():
+        _create_main(out, settings, record, loaded, tokens, widths, stats, world)
+    barrier(launch)  # OUT exists before any shard counts a context: a killed run always leaves it to check
+    local = replace(settings, device=device)  # this rank's GPU under --device cuda
+    result = _write_batches(shard, local, loaded.model, mine, shard_done or 0, progress and launch.is_main)
+    written = sum(int(t) for t in gather_texts(launch, str(result.tokens_written)))
+    barrier(launch)  # every shard is complete (or its rank failed, and torchrun stops this one too)
+    if launch.is_main:
+        _finish_main(out, world)
+        if progress:
+            print(f"joined {world} shards into {out} ({n} contexts)")
+    return CacheResult(out, n, written, result.seconds)
+
+
+def _create_main(out: Path, settings: CacheSettings, record: dict, loaded, tokens: np.ndarray,
+                 widths: dict[str, int], stats: dict, world: int) -> None:
+    """OUT: the whole /tokens, and /acts/<hook> as virtual datasets over the shards (rows r::world = shard r).
+
+    Source files are named relative to OUT's folder (HDF5 resolves them there),
+    so OUT and OUT.shards/ can move together. A virtual dataset has no chunks;
+    each records the chunk rows a single-process file would have
+    (`block_contexts`), so `ActivationCache.iter_batches` draws the same blocks.
+    """
+    n, ctx = tokens.shape
+    storage = STORAGE[settings.dtype][0]
+    sources = [os.path.relpath(shard_path(out, r, world), out.parent) for r in range(world)]
+    partial = out.with_name(out.name + ".creating")
+    with h5py.File(partial, "w") as f:
+        _create_tokens(f, n, ctx)[:] = tokens
+        acts = f.create_group("acts")
+        for name, d in widths.items():
+            ds = _virtual_dataset(acts, name, (n, ctx, d), storage, sources, _FILL[settings.dtype])
+            ds.attrs["block_contexts"] = _chunk_rows(n, ctx * d * np.dtype(storage).itemsize)
+            if settings.dtype == "bfloat16":
+                ds.attrs["encoding"] = BFLOAT16_ENCODING
+        f.attrs.update({**cache_attrs(settings, record, loaded, n, ctx, widths, stats),
+                        "world_size": world, "shards": json.dumps(sources)})
+    move_into_place(partial, out)
+
+
+def _virtual_dataset(group: h5py.Group, name: str, shape: tuple[int, int, int], dtype, sources: list[str],
+                     fill) -> h5py.Dataset:
+    """/acts/<name> whose rows r::len(sources) are the rows of `sources[r]`'s dataset of the same path.
+
+    Built with the low-level API rather than `h5py.VirtualLayout` so that, as for
+    every dataset this tool writes, no modification times are stored: the same
+    run gives the same bytes, and a resumed run the bytes of an uninterrupted one.
+    """
+    n, world = shape[0], len(sources)
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_obj_track_times(False)
+    dcpl.set_fill_value(np.array([fill], dtype=dtype))
+    virtual = h5py.h5s.create_simple(shape)
+    for r, source in enumerate(sources):
+        rows = len(range(r, n, world))
+        virtual.select_hyperslab((r, 0, 0), (rows, 1, 1), stride=(world, 1, 1), block=(1, *shape[1:]))
+        source_space = h5py.h5s.create_simple((rows, *shape[1:]))
+        dcpl.set_virtual(virtual, source.encode(), f"{group.name}/{name}".encode(), source_space)
+    dsid = h5py.h5d.create(group.id, name.encode(), h5py.h5t.py_create(np.dtype(dtype), logical=1), virtual, dcpl=dcpl)
+    return h5py.Dataset(dsid)
+
+
+def _finish_main(out: Path, world: int) -> None:
+    """Count OUT's contexts as done, once every shard says it is complete."""
+    for r in range(world):
+        path = shard_path(out, r, world)
+        with h5py.File(path, "r") as f:
+            done, total = int(f.attrs["n_contexts_done"]), int(f.attrs["n_contexts"])
+        if done < total:
+            raise UserError(f"{path} holds {done} of {total} contexts after every rank finished: rerun the same "
+                            "torchrun command to resume it")
+    with h5py.File(out, "r+") as f:
+        f.attrs["n_contexts_done"] = int(f.attrs["n_contexts"])
+        f.flush()
