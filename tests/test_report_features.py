@@ -287,3 +287,28 @@ def test_cli_report_summarises_the_runs_cache_and_writes_every_dictionarys_pages
         page = parse(_dom((out / "topk" / "2.html").resolve().as_uri(), tmp_path / "p"))
         assert page.body.get("data-rendered") == "1" and "data-error" not in page.body
         assert page.body.get("data-examples") == str(len(data["top"]) + sum(len(q[2]) for q in data["quantiles"]))
+
+
+def test_descriptors_join_the_pages_and_the_search(report, tmp_path):
+    from tests.test_report_descriptors import HOSTILE as CHIPS, _describe_folder
+
+    _describe_folder(tmp_path / "described")
+    index = build_report(report["root"], tmp_path / "rep", [tmp_path / "described"],
+                         summaries=(report["summaries"], []))
+    data = _data(index.parent / "features" / SAE / "1.html")
+    assert [d["text"] for d in data["descriptors"]["items"]] == CHIPS
+    assert data["descriptors"]["items"][0]["frequency"] == 0.625 and data["descriptors"]["consistency"] == 0.5
+    assert _data(index.parent / "features" / SAE / "0.html")["descriptors"] is None  # "none": no chips
+    rows = {(t["dicts"][r[0]]["name"], r[1]): r for t in [_table(index)] for r in t["rows"]}
+    assert "Family of birds" in rows[("neuron", 2)][5]  # the search box looks in descriptors too
+    assert "<script>alert('chip')" not in (index.parent / "features" / SAE / "1.html").read_text(encoding="utf-8")
+
+
+def test_dictionary_folders_get_safe_unique_names():
+    from report.feature_pages import slugs
+
+    names = ["tied_R2_l1_0.001", "a/../b", "A", "a", "..", "<script>", "a"]
+    got = slugs(names)
+    assert got[0] == "tied_R2_l1_0.001" and got[2] == "A"  # safe names are kept
+    assert len({g.lower() for g in got}) == len(got)  # unique, also on case-insensitive file systems
+    assert all(re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", g) for g in got)
