@@ -3,10 +3,17 @@
 Why static and self-contained: a newcomer opens it from disk, mails it, or
 serves it from anywhere, with no network and no server. Plots are PNGs
 written beside index.html *and* embedded as data: URIs (so index.html alone
-is complete); per-feature histograms are inline SVG; the only script is the
-page's own load check (see `report.html`). Sections whose inputs are missing
+is complete); per-feature histograms are inline SVG; the only scripts are the
+page's own load check (see `report.html`) and, with feature pages, the feature
+table's (`report.feature_assets`), each allowed by its hash. Sections whose inputs are missing
 say that the stage was not run, instead of failing: a partial run still
 gets a report.
+
+Feature pages (`report.feature_pages`, from `explain.feature_stats` over the
+run's fragments cache) are the one exception to "index.html alone": they
+live in OUT/features/ beside it, one small page per feature, drawn by one
+shared script from compact data, because 10,000 features do not fit in one
+page. The index's feature table (its data inline) links to them.
 """
 
 from __future__ import annotations

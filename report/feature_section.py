@@ -75,8 +75,10 @@ def summarise(source: FeatureSource, dictionaries: Sequence[Path], max_features:
 def table_section(table: FeatureTable | None, note: str) -> str:
     """The index's "Feature table" section: controls, an empty table the inline script fills, and its data."""
     head = '<h2 id="features-table">Feature table</h2>'
+    if table is not None and not table.n_rows:
+        note = "no dictionary of the run could be summarised from the cache (see below)"
     if table is None or not table.n_rows:
-        return (head + f'<p class="notrun">No feature pages: {esc(note)}. Pass <code>--features-cache CACHE</code> '
+        return (head + f'<p class="notrun">No feature pages: {esc(note.rstrip("."))}. Pass <code>--features-cache CACHE</code> '
                 '(an activation cache holding the dictionaries\' hooks, e.g. <code>cli.py cache --fragments</code> '
                 'output, as the demo writes to RUN/cache_frags.h5) to get one page per feature with its density, '
                 'activation histogram, top and quantile examples, logit effects and neighbours.</p>'

@@ -160,6 +160,11 @@ def test_feature_pages_need_a_cache_and_refuse_bad_options_before_writing(tmp_pa
     visible = "".join(parse(index.read_text(encoding="utf-8")).text)
     assert "No feature pages: no activation cache found" in visible and "--features-cache CACHE" in visible
     assert not (tmp_path / "report" / "features").exists()
+    index = build_report(tmp_path, tmp_path / "r3", summaries=([], [("neuron", "hook blocks.3.hook_resid_post "
+                                                                           "is not in the cache")]))
+    visible = "".join(parse(index.read_text(encoding="utf-8")).text)
+    assert "no dictionary of the run could be summarised" in visible
+    assert "neuron: hook blocks.3.hook_resid_post is not in the cache" in visible
     for argv, message in ((["--features-cache", str(tmp_path / "nope.h5")], "is not a file"),
                           (["--max-features", "-1"], "is negative")):
         rc = cli.main(["report", "--run", str(tmp_path), "--out", str(tmp_path / "r2"), *argv])
