@@ -257,3 +257,17 @@ def test_a_sweep_share_resumes_from_its_own_checkpoint(tiny_cache, tmp_path, tie
     diffs = {p.name: max_difference(tied_alone / p.name, p) for p in paths}
     print(f"max |single-process sweep - resumed share|: {diffs}")
     assert max(diffs.values()) < TOL
+
+
+def test_an_output_folder_locked_by_another_run_stops_every_rank_with_one_line(tiny_cache, tmp_path):
+    """Only rank 0 takes the lock; when it cannot, the other ranks stop too instead of waiting for it."""
+    from activations.runstate import output_lock
+
+    out = tmp_path / "busy"
+    with output_lock(out, folder=True):
+        done = subprocess.run(_torchrun_cmd(["--cache", str(tiny_cache), "--out", str(out), *COMMON, *TIED]),
+                              cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and "could not be locked by rank 0" in " ".join(errors), done.stderr[-2000:]
+    assert not out.exists() or not any(out.iterdir()), "nothing was written"
