@@ -187,7 +187,8 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
         names, writer = member_names(settings, members), True
         ckpt = out / f".train-{digest}-{settings_digest({'members': names})[:12]}"
         if not members or _existing(out, names, digest):
-            print(f"rank {launch.rank}: {'no sweep member is' if not members else 'my members are'} left to train")
+            print(f"rank {launch.rank}: " + ("no sweep member to train (more ranks than members)" if not members
+                                             else f"{', '.join(names)} already trained with these settings"))
             return [out / n for n in names]
         print(f"rank {launch.rank} of {launch.world_size} trains {', '.join(names)}")
     stats = input_stats(source, settings)

@@ -271,3 +271,12 @@ def test_an_output_folder_locked_by_another_run_stops_every_rank_with_one_line(t
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2 and "could not be locked by rank 0" in " ".join(errors), done.stderr[-2000:]
     assert not out.exists() or not any(out.iterdir()), "nothing was written"
+
+
+def test_a_rank_without_sweep_members_writes_nothing(tiny_cache, tmp_path, capsys):
+    out = tmp_path / "idle"
+    settings = _settings(tiny_cache, out, ratios=[1], l1s=[1e-3, 1e-2], tokens=51 * 4)
+    train, held_out = _sources(tiny_cache)
+    assert train_sweep(train, settings, out, progress=False, eval_source=held_out,
+                       launch=Launch(rank=2, world_size=3), distribute="sweep") == []
+    assert "no sweep member to train" in capsys.readouterr().out and not out.exists()
