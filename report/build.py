@@ -22,7 +22,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from activations.errors import UserError
 from activations.runstate import check_output_folder, output_lock, write_text_atomic
@@ -93,9 +93,10 @@ def _build_report_locked(run_dir: str | Path, out: Path, described: DescriptorRe
         summaries, skipped = summarise(source, contents.dictionaries, max_features, progress)
     out.mkdir(parents=True, exist_ok=True)
     feature_table: FeatureTable | None = None
+    scrub = path_scrubber(contents.root, out)
     if summaries or skipped:
         feature_table = write_feature_pages(out, summaries, records, described, skipped,
-                                            scrub=lambda text: scrub_paths(text, contents.root, out))
+                                            scrub=scrub)
     note = _features_note(source, contents, out, max_features)
     sections = [
         _header(contents, records, described is not None, out),
@@ -110,7 +111,7 @@ def _build_report_locked(run_dir: str | Path, out: Path, described: DescriptorRe
     ]
     html_text = page(f"dictlens report: {contents.root.resolve().name}", "\n".join(sections), table_scripts(feature_table))
     index = out / "index.html"
-    write_text_atomic(index, scrub_paths(html_text, contents.root, out))
+    write_text_atomic(index, scrub(html_text))
     return index
 
 
@@ -135,15 +136,22 @@ def _shown_path(path: Path, out: Path) -> str:
         return Path(path).name
 
 
-def scrub_paths(text: str, root: Path, out: Path) -> str:
-    """Replace the run folder's, the report folder's and the home folder's absolute paths (as they may appear in
-    records, errors and settings) by relative ones: a report is shared, the machine's layout is not its business."""
-    for path in sorted({root.resolve(), out.resolve()}, key=lambda p: -len(str(p))):
-        text = text.replace(str(path), _shown_path(path, out))
+def path_scrubber(root: Path, out: Path) -> Callable[[str], str]:
+    """A function replacing the run folder's, the report folder's and the home folder's absolute paths (as they
+    may appear in records, errors and settings) by relative ones: a report is shared, the machine's layout is
+    not its business. The paths are resolved once here (it runs on every one of 10,000 pages)."""
+    pairs = [(str(p), _shown_path(p, out)) for p in sorted({root.resolve(), out.resolve()}, key=lambda p: -len(str(p)))]
     home = str(Path.home())
     if len(home) > 1:
-        text = text.replace(home + "/", "~/")
-    return text
+        pairs.append((home + "/", "~/"))
+
+    def scrub(text: str) -> str:
+        for old, new in pairs:
+            if old in text:
+                text = text.replace(old, new)
+        return text
+
+    return scrub
 
 
 # -- data ---------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def write_feature_pages(out: Path, summaries: Sequence[Any], records: Sequence[d
 
     `summaries`: `explain.feature_summary.DictionarySummaries`, one per dictionary; `records`: explanation
     records (joined by dictionary name and feature); `described`: `report.descriptors.DescriptorResults`;
-    `scrub`: applied to every page's text (the report's absolute paths made relative, `report.build.scrub_paths`).
+    `scrub`: applied to every page's text (the report's absolute paths made relative, `report.build.path_scrubber`).
     """
     columns = score_columns(records)
     notes = join_notes(records, columns, described)
