@@ -14,10 +14,11 @@ Readers (`ActivationCache`, so train-sae, explain, evaluate) open OUT as
 they open any cache. OUT's `n_contexts_done` stays 0 until every shard is
 complete; then rank 0 sets it to `n_contexts`.
 
-Resume: a rerun with the same N resumes every shard from its own counter. A
-rerun with another N (or a single process on an unfinished OUT) is refused
-with one line: the shards' contexts depend on N. Every rank checks its part
-before anything is written and the ranks exchange their verdicts
+Resume: a rerun with the same N resumes every shard from its own counter. An
+unfinished run is refused with one line to another N (one process included):
+the shards' contexts depend on N. A finished OUT is finished for any N. Every
+rank checks its part before anything is written and the ranks exchange their
+verdicts
 (`gather_texts`), so all ranks fail together with the same line instead of
 some of them waiting forever for the others.
 """
@@ -149,21 +150,23 @@ def write_cache_distributed(settings: CacheSettings, out: Path, launch: Launch, 
 def _check_launch(out: Path, record: dict, world_size: int) -> int | None:
     """OUT's contexts if it is already complete; None if absent or resumable by this launch; else one-line refusal.
 
-    Refused: shards of another number of processes, an unfinished OUT begun by
-    another number (one process included), an OUT made with other settings.
+    Refused: an unfinished run of another number of processes (its shards, or
+    an unfinished OUT begun by one process), an OUT made with other settings.
+    A complete OUT is complete whatever N wrote it: there is nothing to redo.
     """
+    done = _check_existing(out, record, world_size)
+    if done is not None:
+        with h5py.File(out, "r") as f:
+            total = int(f.attrs["n_contexts"])
+        if done >= total:
+            return total
     stale = other_shards(out, world_size)
     if stale:
         m = int(_SHARD_NAME.fullmatch(stale[0].name).group(2))
-        raise UserError(f"{out} was started by {m} processes ({stale[0]} exists), not {world_size}: rerun with "
-                        f"torchrun --nproc_per_node {m} to resume it, or pass --overwrite to start again with "
-                        f"{world_size}")
-    done = _check_existing(out, record, world_size)
-    if done is None:
-        return None
-    with h5py.File(out, "r") as f:
-        total = int(f.attrs["n_contexts"])
-    return total if done >= total else None
+        raise UserError(f"{out} is an unfinished cache of {m} processes ({stale[0]} exists), not {world_size}: "
+                        f"resume it with torchrun --nproc_per_node {m} (same arguments), or pass --overwrite to "
+                        f"start again with {world_size}")
+    return None
 
 
 def _remove_old(out: Path, world_size: int) -> None:
@@ -193,13 +196,15 @@ def _run(settings: CacheSettings, out: Path, shard: Path, launch: Launch, device
     barrier(launch)  # OUT exists before any shard counts a context: a killed run always leaves it to check
     local = replace(settings, device=device)  # this rank's GPU under --device cuda
     result = _write_batches(shard, local, loaded.model, mine, shard_done or 0, progress and launch.is_main)
-    written = sum(int(t) for t in gather_texts(launch, str(result.tokens_written)))
+    counts = gather_texts(launch, f"{result.tokens_written} {result.seconds!r}")
+    written = sum(int(c.split()[0]) for c in counts)
+    seconds = max(float(c.split()[1]) for c in counts)  # the slowest rank's forward-and-write loop
     barrier(launch)  # every shard is complete (or its rank failed, and torchrun stops this one too)
     if launch.is_main:
         _finish_main(out, world)
         if progress:
-            print(f"joined {world} shards into {out} ({n} contexts)")
-    return CacheResult(out, n, written, result.seconds)
+            print(f"joined {world} shards into {out} ({n} contexts; slowest rank's loop {seconds:.1f}s)")
+    return CacheResult(out, n, written, seconds)
 
 
 def _create_main(out: Path, settings: CacheSettings, record: dict, loaded, tokens: np.ndarray,

@@ -9,13 +9,21 @@ the test asserts exact equality (per-context forward passes do not depend on
 their batch neighbours on this CPU). Readers open the main file unchanged:
 `ActivationCache` gives the same shuffled training batches, and `train-sae`
 trains the same weights from it.
+
+The two-process cache under test is a resumed one: rank 1 is killed with
+SIGKILL after its first batch and the same command is rerun, so every check
+of the result is also a check of kill-resume (two torchrun launches in all,
+because each costs seconds of process start-up on a shared 2-core machine).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,6 +34,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(),
+                                reason="finds rank 1's pid through /proc to kill it")
 
 import cli
 from activations.cache_writer import cache_activations
@@ -86,20 +97,82 @@ def corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def caches(tiny_model_dirs, corpus, tmp_path_factory) -> dict[str, Path]:
-    """The same settings cached by one process (in this process) and by two (torchrun, gloo)."""
+def caches(tiny_model_dirs, corpus, tmp_path_factory) -> dict:
+    """The same settings cached by one process (in this process) and by two (torchrun, gloo), the latter killed
+    once and resumed; `after_kill` records what the unfinished files looked like in between."""
     root = tmp_path_factory.mktemp("caches")
     model = tiny_model_dirs["llama"]
     single = root / "single.h5"
     cache_activations(model=str(model), corpus=str(corpus), hooks=HOOKS, context_length=CONTEXT,
                       max_tokens=CONTEXT * CONTEXTS, batch_size=BATCH, dtype="float32", out=single, progress=False)
     two = root / "two.h5"
-    done = _run(2, _args(model, corpus, two))
+    args = _args(model, corpus, two)
+    after_kill = _kill_rank1(args, two)
+    after_kill.update(_refusals(args, model, corpus, two))
+    done = _run(2, args)
     assert done.returncode == 0, done.stdout[-3000:]
-    return {"single": single, "two": two, "model": model}
+    return {"single": single, "two": two, "model": model, "after_kill": after_kill}
 
 
-def test_two_processes_cache_the_single_process_tokens_and_activations(caches):
+def _kill_rank1(args: list[str], out: Path) -> dict:
+    """Start the 2-process run, SIGKILL rank 1 once its shard counts a batch, wait for torchrun to stop."""
+    proc = _torchrun(2, args, start_new_session=True)
+    shard1 = out.with_name(out.name + ".shards") / "rank1-of-2.h5"
+    deadline = time.monotonic() + 120
+    pid = None
+    while pid is None and proc.poll() is None and time.monotonic() < deadline:
+        pid = _rank_pid(proc.pid, 1)
+        time.sleep(0.05)
+    while _done(shard1) == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert pid is not None and proc.poll() is None, "the run ended before rank 1 could be killed"
+    os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=120)
+    with h5py.File(out, "r") as f:
+        main_done = int(f.attrs["n_contexts_done"])
+    try:
+        ActivationCache(out)
+        reader = ""
+    except UserError as err:
+        reader = str(err)
+    return {"returncode": proc.returncode, "rank1_done": _done(shard1), "main_done": main_done, "reader": reader}
+
+
+def _refusals(args: list[str], model: Path, corpus: Path, out: Path) -> dict:
+    """One process, then rank 0 of three, on the unfinished 2-process cache: their errors, and whether any file
+    changed."""
+    before = _files(out)
+    try:
+        cache_activations(model=str(model), corpus=str(corpus), hooks=HOOKS, context_length=CONTEXT,
+                          max_tokens=CONTEXT * CONTEXTS, batch_size=BATCH, dtype="float32", out=out, progress=False)
+        one = ""
+    except UserError as err:
+        one = str(err)
+    stderr = io.StringIO()
+    with pytest.MonkeyPatch.context() as env, contextlib.redirect_stderr(stderr):
+        _as_rank0_of(env, 3)
+        three_rc = cli.main(args)
+    return {"one_process": one, "three_rc": three_rc, "three_stderr": stderr.getvalue(),
+            "unchanged": _files(out) == before,
+            "three_shards": list(out.with_name(out.name + ".shards").glob("*of-3*"))}
+
+
+def test_a_killed_rank_leaves_an_unfinished_cache_that_no_other_launch_writes(caches):
+    seen = caches["after_kill"]
+    assert seen["returncode"] != 0
+    assert 0 < seen["rank1_done"] < len(range(1, CONTEXTS, 2)), "rank 1 was killed mid-run"
+    assert seen["main_done"] == 0  # the main file counts nothing until every shard is complete
+    assert "no finished contexts yet" in seen["reader"]
+    assert re.search(r"unfinished cache of 2 process\(es\), not 1: .*--nproc_per_node 2", seen["one_process"])
+    assert seen["three_rc"] == 2
+    lines = seen["three_stderr"].strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert "unfinished cache of 2 process(es), not 3" in lines[0] and "--nproc_per_node 2" in lines[0]
+    assert "--overwrite" in lines[0]
+    assert seen["unchanged"] and not seen["three_shards"]
+
+
+def test_two_processes_resumed_cache_the_single_process_tokens_and_activations(caches):
     with ActivationCache(caches["single"]) as one, ActivationCache(caches["two"]) as two:
         assert one.n_contexts == two.n_contexts == CONTEXTS and two.complete
         assert np.array_equal(one.tokens(), two.tokens())
@@ -183,53 +256,18 @@ def _done(path: Path) -> int:
         return 0
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the rank's pid through /proc")
-def test_kill_one_rank_then_rerun_gives_the_uninterrupted_files(caches, corpus, tmp_path):
-    out = tmp_path / "two.h5"  # the reference's name: the main file names its shards, and each shard its main file
-    args = _args(caches["model"], corpus, out)
-    proc = _torchrun(2, args, start_new_session=True)
-    shard1 = tmp_path / "two.h5.shards" / "rank1-of-2.h5"
-    deadline = time.monotonic() + 120
-    pid = None
-    while pid is None and proc.poll() is None and time.monotonic() < deadline:
-        pid = _rank_pid(proc.pid, 1)
-        time.sleep(0.05)
-    while _done(shard1) == 0 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert pid is not None and proc.poll() is None, "the run ended before rank 1 could be killed"
-    os.kill(pid, signal.SIGKILL)
-    proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    killed_at = _done(shard1)
-    assert 0 < killed_at < len(range(1, CONTEXTS, 2))
-    with h5py.File(out, "r") as f:
-        assert int(f.attrs["n_contexts_done"]) == 0  # the main file counts nothing until every shard is complete
-    with pytest.raises(UserError, match="no finished contexts yet"):
-        ActivationCache(out)
-    # one process must not write into the shards of two
-    before = _files(out)
-    with pytest.raises(UserError, match=r"unfinished cache of 2 process\(es\), not 1: .*--nproc_per_node 2"):
-        cache_activations(model=str(caches["model"]), corpus=str(corpus), hooks=HOOKS, context_length=CONTEXT,
-                          max_tokens=CONTEXT * CONTEXTS, batch_size=BATCH, dtype="float32", out=out, progress=False)
-    assert _files(out) == before
-
-    rerun = _run(2, args)
-    assert rerun.returncode == 0, rerun.stdout[-3000:]
-    ref, got = _files(caches["two"]), _files(out)
-    assert got == ref, "the resumed files differ from the uninterrupted run's bytes"
+def _as_rank0_of(env: pytest.MonkeyPatch, n: int) -> None:
+    """This process as rank 0 of an n-process launch, as torchrun describes it in the environment. Enough for
+    checks that come before the ranks join (they depend only on the files and arguments): no process group."""
+    env.setenv("WORLD_SIZE", str(n))
+    env.setenv("RANK", "0")
+    env.setenv("LOCAL_RANK", "0")
 
 
-def test_rerun_with_another_number_of_processes_is_refused_and_changes_nothing(caches, corpus, monkeypatch, capsys):
-    """Rank 0 of a 3-process launch, as torchrun describes it in the environment: the refusal comes before the
-    ranks join (it depends only on the files), so no process group is needed to see it."""
+def test_a_finished_cache_is_finished_for_any_number_of_processes(caches, corpus, monkeypatch, capsys):
     before = _files(caches["two"])
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    rc = cli.main(_args(caches["model"], corpus, caches["two"]))
-    assert rc == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    assert "started by 2 processes" in lines[0] and "--nproc_per_node 2" in lines[0] and "--overwrite" in lines[0]
+    _as_rank0_of(monkeypatch, 3)
+    assert cli.main(_args(caches["model"], corpus, caches["two"])) == 0
+    assert "already complete (1001 contexts); nothing to do" in capsys.readouterr().out
     assert _files(caches["two"]) == before
     assert not list(caches["two"].with_name("two.h5.shards").glob("*of-3*"))
