@@ -10,8 +10,9 @@ tokens / tokens counted (`DictionarySummaries.n_tokens`).
 The pass (per hook, every dictionary of that hook sharing it): per batch of
 contexts each dictionary encodes the batch once and keeps only its non-zero
 codes, as (token, feature, value) triplets: a TopK SAE straight from its
-top-k (the dense [tokens × features] code is never built), any other kind
-from `encode`. From the triplets: active counts, the maximum per (context,
+top-k (the dense [tokens × features] code is never built), an affine-ReLU
+one from only the summarised features' rows of W, any other kind from
+`encode` (see `_BatchCodes`). From the triplets: active counts, the maximum per (context,
 feature), and, while they fit the memory budget, the triplets themselves.
 Those answer everything else without a second pass: the histogram and each
 example's per-token activations. A dense basis whose triplets overflow the
