@@ -6,7 +6,8 @@ processes (torchrun, gloo) with one thread each. Prints tokens/s of the
 forward-and-write loop (the slowest rank's, as the `joined` line reports it)
 and of the whole command (model load and tokenisation included), the ratios,
 and how the two-process cache's activations compare with the single-process
-one's (float32, so any difference is the arithmetic's, not storage rounding).
+one's (float32, so any difference is the arithmetic's, not storage rounding),
+and how fast readers go through the virtual dataset against the plain file.
 The machine's load average is printed with the figures: on a shared machine
 it decides them. Run:
 
@@ -74,6 +75,20 @@ def compare(a: Path, b: Path) -> list[str]:
     return lines
 
 
+def read_speed(path: Path, hook: str) -> str:
+    """Reading through the file as training (one shuffled epoch) and exemplars (256 random contexts) do."""
+    with ActivationCache(path) as cache:
+        started = time.perf_counter()
+        n = sum(len(b) for b in cache.iter_batches(hook, 4096))
+        epoch = time.perf_counter() - started
+        picks = np.random.default_rng(0).choice(cache.n_contexts, size=min(256, cache.n_contexts), replace=False)
+        started = time.perf_counter()
+        cache.acts(hook, picks)
+        rand = time.perf_counter() - started
+    return (f"iter_batches {n / epoch:9.0f} tok/s ({epoch:.2f} s), {len(picks)} random contexts "
+            f"{len(picks) / rand:7.0f} contexts/s ({rand:.2f} s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=40960)
@@ -106,6 +121,10 @@ def main() -> None:
         print("\n".join(compare(folder / "p1t1.h5", folder / "p2t1.h5")))
         print("1 process x 2 threads vs 1 process x 1 thread:")
         print("\n".join(compare(folder / "p1t1.h5", folder / "p1t2.h5")))
+        hook = opts.hooks.split(",")[-1]
+        for name, label in (("p1t1.h5", "plain file (1 process)"), ("p2t1.h5", "virtual dataset (2 processes)")):
+            read_speed(folder / name, hook)  # once to warm the page cache, then measured
+            print(f"reading {hook} from the {label}: {read_speed(folder / name, hook)}")
 
 
 if __name__ == "__main__":
