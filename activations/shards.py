@@ -39,6 +39,7 @@ import torch
 from activations.cache_writer import (BFLOAT16_ENCODING, STORAGE, CacheResult, _check_existing, _chunk_rows,
                                       _create_file, _create_tokens, _write_batches, cache_attrs)
 from activations.corpus import build_contexts, resolve_corpus
+from activations.devices import check_device
 from activations.distributed import Launch, barrier, destroy_process_group, init_process_group
 from activations.errors import UserError
 from activations.hooks import hook_width, validate_hooks
@@ -103,8 +104,15 @@ def _agree(launch: Launch, error: str) -> None:
 
 
 def _rank_device(device: str, launch: Launch) -> str:
-    """`--device cuda` under torchrun means each rank's own GPU (cuda:LOCAL_RANK)."""
-    return f"cuda:{launch.local_rank}" if device == "cuda" else device
+    """`--device cuda` under torchrun means each rank's own GPU (cuda:LOCAL_RANK); one line if there is none."""
+    if device != "cuda":
+        return device
+    try:
+        check_device(f"cuda:{launch.local_rank}")
+    except UserError as err:
+        raise UserError(f"under torchrun --device cuda gives each process the GPU of its LOCAL_RANK, and local rank "
+                        f"{launch.local_rank} has none ({err}): use --nproc_per_node up to the number of GPUs") from err
+    return f"cuda:{launch.local_rank}"
 
 
 def write_cache_distributed(settings: CacheSettings, out: Path, launch: Launch, progress: bool = True) -> CacheResult:
