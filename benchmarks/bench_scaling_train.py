@@ -9,7 +9,9 @@ objects train-sae uses (`build_groups`, `build_optimizer`, `Stepper` for one
 process, `sae.distributed.DataParallelStepper` under torchrun with gloo),
 on the same global batch of `--batch-size` rows. Prints training tokens/s of
   1 process x 1 thread, 1 process x 2 threads, and N processes x 1 thread,
-and the ratio of N processes to 1 process x 1 thread (ideal: N). Reading
+and the ratio of N processes to 1 process x 1 thread (ideal: N). With
+`--rounds R` the configurations run interleaved R times and the median of
+each is shown (a shared machine's load drifts between runs). Reading
 the cache is not timed: train-sae overlaps it with the steps (`prefetch`).
 Run by hand; the machine's load (`uptime`) changes the figures.
 """
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--procs", default="1,2", help="comma-separated process counts (1 is always run)")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions; the median is shown")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -108,12 +111,18 @@ def main() -> None:
           f"{args.steps} timed steps after 1 warm-up; load: {os.getloadavg()[0]:.2f} (1 min)")
     counts = sorted({1, *(int(p) for p in args.procs.split(","))})
     configs = [(1, 1), (1, 2)] + [(n, 1) for n in counts if n > 1]
+    runs: dict[tuple[int, int], list[dict]] = {c: [] for c in configs}
+    for _ in range(args.rounds):
+        for procs, threads in configs:
+            runs[(procs, threads)].append(_run(procs, threads, args, passthrough))
     base = None
-    for procs, threads in configs:
-        r = _run(procs, threads, args, passthrough)
+    for (procs, threads), results in runs.items():
+        r = sorted(results, key=lambda x: x["tokens_per_s"])[len(results) // 2]
         base = base or r["tokens_per_s"]
+        spread = "" if len(results) == 1 else \
+            f"  [range {min(x['tokens_per_s'] for x in results):.0f}-{max(x['tokens_per_s'] for x in results):.0f}]"
         print(f"  {procs} process(es) x {threads} thread(s): {r['tokens_per_s']:9.0f} tokens/s "
-              f"({r['seconds_per_step']:.2f} s/step)  x{r['tokens_per_s'] / base:.2f} vs 1x1")
+              f"({r['seconds_per_step']:.2f} s/step)  x{r['tokens_per_s'] / base:.2f} vs 1x1{spread}")
     print(f"load after: {os.getloadavg()[0]:.2f} (1 min)")
 
 
