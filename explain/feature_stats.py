@@ -41,7 +41,9 @@ feature is active qualify):
 Logit effects (`sae.logit_effects`) are computed for dictionaries on a
 d_model hook (resid_pre / resid_post / mlp_out) when the model has an LM
 head; other dictionaries get empty lists. Neighbours: the other features
-with the largest decoder cosine.
+with the largest decoder cosine, kept only above 1e-4: orthogonal and
+opposite directions are no neighbours, so an orthonormal basis (neuron,
+PCA, random) shows none rather than arbitrary features tied at cosine 0.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from explain.feature_select import example_pairs, example_rows, histograms, n_sh
 from explain.feature_summary import DictionarySummaries, Example, FeatureSummary, Quantile
 
 D_MODEL_HOOKS = ("hook_resid_pre", "hook_resid_post", "hook_mlp_out")
+MIN_NEIGHBOUR_COSINE = 1e-4  # float32 round-off of orthogonal unit rows is ~1e-7
 _TRIPLET_BYTES = 12  # int32 token, int32 feature, float32 value
 
 
@@ -415,7 +418,7 @@ def _add_directions(d: Any, summary: DictionarySummaries, unembed: torch.Tensor 
     if config.n_neighbours:
         cosines, ids = decoder_neighbours(directions, n, config.n_neighbours)
         for f, cs, js in zip(summary.features, cosines.tolist(), ids.tolist()):
-            f.neighbours = [(int(i), float(cos)) for i, cos in zip(js, cs)]
+            f.neighbours = [(int(i), float(cos)) for i, cos in zip(js, cs) if cos > MIN_NEIGHBOUR_COSINE]
         clock.lap("neighbours")
 
 

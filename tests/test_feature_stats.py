@@ -194,8 +194,10 @@ def test_neighbours_equal_brute_force_cosine(setup):
     cos.fill_diagonal_(-2.0)
     for f in setup["summaries"]["untied"].features:
         want = torch.topk(cos[f.index], CONFIG.n_neighbours)
+        assert bool((want.values > 1e-4).all())  # so every one of them is kept
         assert [i for i, _ in f.neighbours] == want.indices.tolist()
         assert [c for _, c in f.neighbours] == pytest.approx(want.values.tolist(), abs=1e-5)
+    assert all(f.neighbours == [] for f in setup["summaries"]["neuron"].features)  # orthogonal: none, not ties at 0
     values, ids = decoder_neighbours(unit, rows=5, k=2, batch=2)
     assert ids.shape == (5, 2) and not any(i in row for i, row in enumerate(ids.tolist()))
 
