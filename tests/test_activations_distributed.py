@@ -123,6 +123,8 @@ def _kill_rank1(args: list[str], out: Path) -> dict:
     while pid is None and proc.poll() is None and time.monotonic() < deadline:
         pid = _rank_pid(proc.pid, 1)
         time.sleep(0.05)
+    while not shard1.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the ranks are still starting: leave them the CPU
     while _done(shard1) == 0 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     assert pid is not None and proc.poll() is None, "the run ended before rank 1 could be killed"
