@@ -170,14 +170,18 @@ def select_fragments(maxima: np.ndarray, feature: int, config: ExemplarConfig) -
 def encode_features(dictionary: Any, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Activations of the features `ids` only: [..., d_in] -> [..., len(ids)].
 
-    Dictionaries of the sae package expose `effective()` = (W, b, ...) with
-    encode = ReLU(x Wᵀ + b); slicing W saves the full [.., F] product. Top-k
-    dictionaries need every coefficient to know which survive, so they (and
-    any other Dictionary) go through `encode` and are sliced afterwards.
+    Dictionaries of the sae package expose `effective()` = (W, b, ...); where
+    encode is exactly ReLU(x Wᵀ + b) (the affine kinds without k), slicing W
+    saves the full [.., F] product. Top-k dictionaries need every coefficient
+    to know which survive, and threshold kinds (BatchTopK, JumpReLU) zero
+    codes below a per-feature threshold, so they (and any other Dictionary)
+    go through their own `encode` and are sliced afterwards.
     """
-    effective = getattr(dictionary, "effective", None)
-    if callable(effective) and getattr(dictionary, "k", None) is None:
-        w, b = effective()[:2]
+    from sae.kinds.affine import AffineDictionary
+
+    if (isinstance(dictionary, AffineDictionary) and type(dictionary).encode is AffineDictionary.encode
+            and dictionary.k is None):
+        w, b = dictionary.effective()[:2]
         return torch.relu(x.to(w.dtype) @ w[ids].T + b[ids])
     return dictionary.encode(x)[..., ids]
 

@@ -118,14 +118,24 @@ def test_splits_are_disjoint_and_follow_the_protocol():
 
 def test_encode_features_matches_encode_for_every_kind():
     from sae.baselines import StreamingMoments, neuron_basis, pca_from_moments, random_basis, topk_control
+    from sae.dictionaries import BatchTopKSAE, JumpReLUSAE, TopKSAE, UntiedSAE
 
     torch.manual_seed(0)
     x = torch.randn(300, 8) * torch.linspace(0.5, 2, 8)
     m = StreamingMoments(8)
     m.update(x)
     pca = pca_from_moments(m, x, {"hook": "h"})
-    ids = torch.tensor([5, 0, 3])
-    for d in (pca, neuron_basis(8, {"hook": "h"}), random_basis(8, {"hook": "h"}), topk_control(pca, 2, {})):
+    ids = torch.tensor([5, 0, 3])  # features 0..5 exist in every dictionary below
+    g = torch.Generator().manual_seed(1)
+    untied = {"W_e": torch.randn(6, 8, generator=g), "b_e": torch.randn(6, generator=g),
+              "W_d": torch.randn(6, 8, generator=g), "b_d": torch.randn(8, generator=g)}
+    cfg = {"hook": "h", "d_in": 8, "n_features": 6}
+    # thresholds well inside the pre-activations' range, so a ReLU without them would keep codes encode zeroes
+    batchtopk = BatchTopKSAE({**untied, "threshold": torch.full((6,), 1.0)}, {**cfg, "k": 2})
+    jumprelu = JumpReLUSAE({**untied, "threshold": torch.rand(6, generator=g) + 0.5}, cfg)
+    assert int((torch.relu(x @ untied["W_e"].T) > 0).sum()) > int((batchtopk.encode(x) > 0).sum())
+    for d in (pca, neuron_basis(8, {"hook": "h"}), random_basis(8, {"hook": "h"}), topk_control(pca, 2, {}),
+              UntiedSAE(untied, cfg), batchtopk, jumprelu, TopKSAE(untied, {**cfg, "k": 2})):
         torch.testing.assert_close(encode_features(d, x, ids), d.encode(x)[:, ids], rtol=1e-5, atol=1e-5)
 
 
