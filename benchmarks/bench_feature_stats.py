@@ -61,14 +61,19 @@ def make_dictionary(cache_path: Path, hook: str, n_features: int, k: int, folder
     return TopKSAE(tensors, config).save(folder)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
+    """The cache and dictionary options `bench_report.py` shares, so both benchmarks measure the same thing."""
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bench_feature_stats_L3.h5")
     parser.add_argument("--hook", default="blocks.3.hook_resid_post")
     parser.add_argument("--max-tokens", type=int, default=96_000, help="tokens of the cache made when it is missing")
     parser.add_argument("--n-features", type=int, default=10_000)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_setup_arguments(parser)
     parser.add_argument("--batch-contexts", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None, help="also write the summaries' JSON here")
     args = parser.parse_args()

@@ -57,21 +57,16 @@ def disk_usage(folder: Path) -> tuple[float, float, int]:
 
 
 def main() -> None:
+    from bench_feature_stats import add_setup_arguments, make_cache, make_dictionary
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bench_feature_stats_L3.h5")
-    parser.add_argument("--hook", default="blocks.3.hook_resid_post")
-    parser.add_argument("--max-tokens", type=int, default=96_000, help="tokens of the cache made when it is missing")
-    parser.add_argument("--n-features", type=int, default=10_000)
-    parser.add_argument("--k", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
+    add_setup_arguments(parser)
     parser.add_argument("--keep", type=Path, default=None, help="write the run folder (and its report/) here")
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
-    from bench_feature_stats import make_cache, make_dictionary
-
     from explain.feature_stats import summarize_dictionaries
     from report.build import build_report
 

@@ -42,6 +42,7 @@ import cli
 from activations.cache_writer import cache_activations
 from activations.errors import UserError
 from activations.reader import ActivationCache
+from tests.test_activations_cache import _done
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = ["blocks.0.hook_resid_post", "blocks.2.mlp.hook_post"]
@@ -250,12 +251,6 @@ def _rank_pid(parent: int, rank: int) -> int | None:
     return None
 
 
-def _done(path: Path) -> int:
-    try:
-        with h5py.File(path, "r", locking=False) as f:
-            return int(f.attrs["n_contexts_done"])
-    except (OSError, KeyError):
-        return 0
 
 
 def _as_rank0_of(env: pytest.MonkeyPatch, n: int) -> None:
