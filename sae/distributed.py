@@ -25,6 +25,7 @@ rank sees alone, so it trains data-parallel nowhere: `--distribute sweep`.
 
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import torch
@@ -108,7 +109,11 @@ class DataParallelStepper:
         cuda = torch.device(device).type == "cuda"
         ids = [torch.device(device).index or 0] if cuda else None
         # buffers are kept equal by `_sync` below; DDP's per-step broadcast from rank 0 would only cost time
-        self.module = DistributedDataParallel(_Groups(groups), device_ids=ids, broadcast_buffers=False)
+        # (newer torch names the switch forward_sync_buffers and warns on the old name; it still copies rank 0's
+        # buffers once at init, which changes nothing: every rank builds or loads the same ones)
+        params = inspect.signature(DistributedDataParallel.__init__).parameters
+        no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+        self.module = DistributedDataParallel(_Groups(groups), device_ids=ids, **no_sync)
 
     def __call__(self, x: Tensor) -> list[dict]:
         import torch.distributed as dist
