@@ -12,8 +12,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
+
+
+# How long a collective may wait. Ranks legitimately wait for each other for a whole stage: a rank with a
+# lighter --distribute sweep share, or ranks 1..N-1 while rank 0 evaluates and writes, sit in the final barrier
+# for as long as the slowest rank trains (torch's default, 30 min for gloo and 10 for NCCL, would kill a long
+# sweep there). A rank that dies does not leave the others waiting this long: torchrun stops every worker of a
+# launch as soon as one exits with an error.
+GROUP_TIMEOUT = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ def init_process_group(launch: Launch, device: str = "cpu") -> None:
     if not launch.distributed or dist.is_initialized():
         return
     backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size)
+    dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size, timeout=GROUP_TIMEOUT)
 
 
 def barrier(launch: Launch) -> None:
@@ -64,3 +73,20 @@ def destroy_process_group(launch: Launch) -> None:
 
     if launch.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def rank_device(device: str, launch: Launch) -> str:
+    """`--device cuda` under torchrun means each rank's own GPU (cuda:LOCAL_RANK); one line if it has none."""
+    if device != "cuda" or not launch.distributed:
+        return device
+    from activations.devices import check_device
+    from activations.errors import UserError
+
+    try:
+        check_device(f"cuda:{launch.local_rank}")
+    except UserError as err:
+        raise UserError(f"under torchrun --device cuda gives each process the GPU of its LOCAL_RANK, and local rank "
+                        f"{launch.local_rank} has none ({err}): use --nproc_per_node up to the number of GPUs") from err
+    torch.cuda.set_device(launch.local_rank)
+    return f"cuda:{launch.local_rank}"
+

@@ -29,8 +29,9 @@ import json
 import os
 import re
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -39,8 +40,7 @@ import torch
 from activations.cache_writer import (BFLOAT16_ENCODING, STORAGE, CacheResult, _check_existing, _chunk_rows,
                                       _create_file, _create_tokens, _write_batches, cache_attrs)
 from activations.corpus import build_contexts, resolve_corpus
-from activations.devices import check_device
-from activations.distributed import Launch, barrier, destroy_process_group, init_process_group
+from activations.distributed import Launch, barrier, destroy_process_group, init_process_group, rank_device
 from activations.errors import UserError
 from activations.hooks import hook_width, validate_hooks
 from activations.models import load_model
@@ -103,18 +103,6 @@ def _agree(launch: Launch, error: str) -> None:
         raise UserError(errors[0])
 
 
-def _rank_device(device: str, launch: Launch) -> str:
-    """`--device cuda` under torchrun means each rank's own GPU (cuda:LOCAL_RANK); one line if there is none."""
-    if device != "cuda":
-        return device
-    try:
-        check_device(f"cuda:{launch.local_rank}")
-    except UserError as err:
-        raise UserError(f"under torchrun --device cuda gives each process the GPU of its LOCAL_RANK, and local rank "
-                        f"{launch.local_rank} has none ({err}): use --nproc_per_node up to the number of GPUs") from err
-    return f"cuda:{launch.local_rank}"
-
-
 def write_cache_distributed(settings: CacheSettings, out: Path, launch: Launch, progress: bool = True) -> CacheResult:
     """This rank's part of a torchrun `cache`; rank 0 also writes and finishes OUT (see the module docstring).
 
@@ -132,7 +120,7 @@ def write_cache_distributed(settings: CacheSettings, out: Path, launch: Launch, 
         if launch.is_main:
             print(f"{out} is already complete ({complete} contexts); nothing to do.")
         return CacheResult(out, complete, 0, 0.0)
-    device = _rank_device(settings.device, launch)
+    device = rank_device(settings.device, launch)
     init_process_group(launch, device)
     try:
         with ExitStack() as locks:
@@ -147,10 +135,16 @@ def write_cache_distributed(settings: CacheSettings, out: Path, launch: Launch, 
             except UserError as err:
                 error = str(err)
             _agree(launch, error)
+            prepared, error = None, ""
+            try:  # the model, the hooks and the corpus are checked before --overwrite removes anything
+                prepared = _prepare(settings, launch, device, resolved)
+            except UserError as err:
+                error = str(err)
+            _agree(launch, error)
             if settings.overwrite and launch.is_main:
                 _remove_old(out, launch.world_size)
             barrier(launch)
-            return _run(settings, out, shard, launch, device, resolved, record, shard_done, progress)
+            return _run(settings, out, shard, launch, prepared, record, shard_done, progress)
     finally:
         destroy_process_group(launch)
 
@@ -184,17 +178,34 @@ def _remove_old(out: Path, world_size: int) -> None:
             path.unlink()
 
 
-def _run(settings: CacheSettings, out: Path, shard: Path, launch: Launch, device: str, resolved, record: dict,
-         shard_done: int | None, progress: bool) -> CacheResult:
+@dataclass
+class _Prepared:
+    """What every rank loads and checks before anything is written or removed."""
+
+    loaded: Any
+    device: str
+    widths: dict[str, int]
+    tokens: np.ndarray
+    stats: dict
+
+
+def _prepare(settings: CacheSettings, launch: Launch, device: str, resolved) -> _Prepared:
     loaded = load_model(settings.model, device=device)
     hook_points = validate_hooks(loaded.model, settings.hooks)
     widths = {h: hook_width(loaded.model, next(p for p in hook_points if p.name == h)) for h in settings.hooks}
     tokens, stats = build_contexts(resolved.documents(), loaded.tokenizer, settings.context_length,
                                    settings.max_tokens // settings.context_length, fragments=settings.fragments)
+    if len(tokens) < launch.world_size:
+        raise UserError(f"the corpus gives {len(tokens)} contexts, fewer than the {launch.world_size} processes: use "
+                        "fewer processes (--nproc_per_node) or a larger --max-tokens / corpus")
+    return _Prepared(loaded, device, widths, tokens, stats)
+
+
+def _run(settings: CacheSettings, out: Path, shard: Path, launch: Launch, prepared: _Prepared, record: dict,
+         shard_done: int | None, progress: bool) -> CacheResult:
+    loaded, device, widths, tokens, stats = (prepared.loaded, prepared.device, prepared.widths, prepared.tokens,
+                                             prepared.stats)
     n, world = len(tokens), launch.world_size
-    if n < world:
-        raise UserError(f"the corpus gives {n} contexts, fewer than the {world} processes: use fewer processes "
-                        "(--nproc_per_node) or a larger --max-tokens / corpus")
     mine = np.ascontiguousarray(tokens[launch.rank::world])
     if shard_done is None:
         _create_file(shard, settings, record, loaded, mine, widths, stats,

@@ -10,19 +10,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
-from activations.distributed import Launch, barrier, destroy_process_group, init_process_group
+from activations.distributed import Launch, barrier, destroy_process_group, init_process_group, rank_device
 from activations.errors import UserError
 from sae.settings import TrainSettings
-
-
-def rank_device(device: str, launch: Launch) -> str:
-    """`cuda` means this rank's own GPU (LOCAL_RANK) under torchrun; anything else is used as given."""
-    if device == "cuda":
-        import torch
-
-        torch.cuda.set_device(launch.local_rank)
-        return f"cuda:{launch.local_rank}"
-    return device
 
 
 def train_sae_distributed(settings: TrainSettings, launch: Launch,

@@ -268,3 +268,31 @@ def test_a_finished_cache_is_finished_for_any_number_of_processes(caches, corpus
     assert "already complete (1001 contexts); nothing to do" in capsys.readouterr().out
     assert _files(caches["two"]) == before
     assert not list(caches["two"].with_name("two.h5.shards").glob("*of-3*"))
+
+
+def test_overwrite_with_a_bad_hook_removes_nothing(caches, corpus, tmp_path):
+    """--overwrite replaces a cache only once the model, hooks and corpus pass: a bad hook leaves every file."""
+    import shutil
+
+    out = tmp_path / "two.h5"
+    shutil.copy(caches["two"], out)
+    shutil.copytree(caches["two"].with_name("two.h5.shards"), tmp_path / "two.h5.shards")
+    before = _files(out)
+    args = _args(caches["model"], corpus, out)
+    args[args.index("--hooks") + 1] = "blocks.99.hook_resid_post"
+    done = _run(2, [*args, "--overwrite"])
+    assert done.returncode != 0
+    errors = [line for line in done.stdout.splitlines() if line.startswith("error:")]
+    assert errors and all("99" in line for line in errors), done.stdout[-2000:]
+    assert _files(out) == before
+
+
+def test_cuda_without_a_gpu_for_this_rank_is_one_line():
+    """cache and train-sae give rank r the GPU of its LOCAL_RANK; a rank with none stops with one line."""
+    from activations.distributed import Launch, rank_device
+
+    assert rank_device("cpu", Launch(rank=1, world_size=2, local_rank=1)) == "cpu"
+    assert rank_device("cuda", Launch()) == "cuda"  # one process: unchanged
+    with pytest.raises(UserError, match="LOCAL_RANK.*--nproc_per_node") as err:
+        rank_device("cuda", Launch(rank=1, world_size=2, local_rank=64))
+    assert "\n" not in str(err.value)
