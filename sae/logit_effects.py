@@ -1,13 +1,33 @@
 """What a feature's direction does downstream: its logit effects through the unembedding, and its decoder neighbours.
 
 Logit effects (the "promoted / suppressed tokens" of Neuronpedia and
-sae_vis): a residual-stream direction f, added at the end of the model,
-changes the logits by f · W_Uᵀ up to the final norm. As TransformerLens's
-`fold_ln` does, the final norm's scale γ is folded into the unembedding
-(W_U' = W_U · diag(γ), i.e. every row of W_U multiplied elementwise by γ),
-so the effect of f is f · W_U'ᵀ; the norm's centring and 1/RMS are
-direction-independent scalings and are left out (as they are in both tools).
-Gemma's RMSNorm multiplies by (1 + w), so its γ is 1 + w.
+sae_vis): what adding a residual-stream direction f at the end of the model
+does to the logits through the final norm and the unembedding W_U. The
+norm's scale γ is folded into W_U (u_t = W_U[t] ⊙ γ, every row multiplied
+elementwise by γ). For LayerNorm families (GPT-2, GPT-NeoX/Pythia) the norm
+also subtracts the mean over d_model first, and that centring is a linear
+projection that f goes through too: the effect is u_t · (f - mean(f)) =
+(u_t - mean_d(u_t)) · f, so each row u_t is centred over d_model. Without
+it the values are off by mean(f)·Σ_d u_t, a per-token term that reorders
+the tokens (tiny random GPT-2 / GPT-NeoX with random γ, 4 directions:
+correlation 0.41-0.87 with a finite difference through the real norm and
+head, against 0.99999 centred). RMSNorm families (Llama, Mistral, Qwen2,
+Gemma) do not centre, so their rows are W_U ⊙ γ only; Gemma's RMSNorm
+multiplies by (1 + w), so its γ is 1 + w. Left out: the 1/σ (1/RMS), a
+positive scale per token that multiplies all of f's effects alike and so
+changes no ranking, and the first-order change of σ itself, a term whose
+logit pattern is the context's own (it lies along the token's normalised
+residual, scaled by f's overlap with it) and which averages over isotropic
+residuals to a multiple of the effect above. The norm's bias β and the
+head's bias do not depend on f and cancel.
+
+This is what TransformerLens's `fold_ln` step (`fold_layer_norm`) does to
+the unembedding: `W_U * ln_final.w[:, None]` and, for LayerNorm models
+(`center_weights=True`), subtracting each token column's mean over d_model
+("center the weights that read in from the LayerNormPre"); for RMSNorm
+models it folds the scale only. TransformerLens's `center_unembed` is a
+different centring, over the vocabulary, a shift of all logits that changes
+no ranking, and is not applied here.
 
 Both products are [n_features × vocab] and [n_features × n_features]: for
 10k features and a 49k vocabulary that is 2 GB, so they are computed in
@@ -38,11 +58,15 @@ _ONE_PLUS_WEIGHT = ("gemma", "gemma2", "gemma3_text")
 
 
 def unembedding(model: nn.Module) -> Tensor | None:
-    """W_U · diag(γ) [vocab, d_model] (fold_ln's W_U without the bias), float32, or None for a model with no LM head.
+    """The final norm folded into W_U [vocab, d_model], float32 (TransformerLens's fold_ln W_U without the bias),
+    or None for a model with no LM head.
 
-    None for encoders (BERT family, loaded without an LM head) and for
-    families whose final norm is not in the table: a page then shows no
-    logit effects rather than wrong ones.
+    Rows are W_U ⊙ γ, centred over d_model when the final norm is a
+    LayerNorm (see the module docstring). The family is read from the norm
+    module's type, not from a list of names: `nn.LayerNorm` centres (GPT-2,
+    GPT-NeoX), the RMSNorm classes do not. None for encoders (BERT family,
+    loaded without an LM head) and for families whose final norm is not in
+    the table: a page then shows no logit effects rather than wrong ones.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -51,14 +75,14 @@ def unembedding(model: nn.Module) -> Tensor | None:
     norm: nn.Module = model
     for part in _FINAL_NORMS[model_type].split("."):
         norm = getattr(norm, part)
-    w_u = head.weight.detach().to(torch.float32)
+    u = head.weight.detach().to(torch.float32).clone()
     weight = getattr(norm, "weight", None)
-    if weight is None:
-        return w_u.clone()
-    gamma = weight.detach().to(torch.float32)
-    if model_type in _ONE_PLUS_WEIGHT:
-        gamma = 1.0 + gamma
-    return w_u * gamma
+    if weight is not None:
+        gamma = weight.detach().to(torch.float32)
+        u = u * (1.0 + gamma if model_type in _ONE_PLUS_WEIGHT else gamma)
+    if isinstance(norm, nn.LayerNorm):  # LayerNorm centres its input over d_model; RMSNorm does not
+        u = u - u.mean(dim=1, keepdim=True)
+    return u
 
 
 @dataclass

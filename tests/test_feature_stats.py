@@ -94,7 +94,9 @@ def test_density_max_histogram_and_examples_equal_brute_force(setup, name):
             continue
         assert sum(f.hist_counts) == nonzero.size and len(f.hist_counts) == CONFIG.hist_bins
         assert f.hist_edges[0] == 0 and f.hist_edges[-1] == pytest.approx(col.max())
-        assert f.hist_counts == np.histogram(nonzero, bins=np.asarray(f.hist_edges))[0].tolist()
+        edges = np.asarray(f.hist_edges)  # bin i holds (edges[i], edges[i+1]] (np.histogram's are [lo, hi))
+        bins = np.clip(np.searchsorted(edges, nonzero.astype(np.float64), side="left") - 1, 0, len(edges) - 2)
+        assert f.hist_counts == np.bincount(bins, minlength=len(edges) - 1).tolist()
         m = per_ctx[:, f.index]
         active = np.flatnonzero(m > 0)
         want_top = sorted(active, key=lambda i: (-m[i], i))[:CONFIG.n_top]
@@ -144,15 +146,37 @@ def test_logit_effects_equal_folded_unembedding_brute_force(setup):
     assert all(f.promoted == [] and f.suppressed == [] for f in setup["summaries"]["neuron"].features)
 
 
-@pytest.mark.parametrize("arch", ["gpt_neox", "gpt2", "llama"])
-def test_unembedding_folds_the_final_norm_scale(arch):
-    model = make_tiny_model(arch, vocab_size=50, n_layers=1)
+def test_logit_effects_follow_a_finite_difference_through_the_real_final_norm_and_head(arch):
+    """The effect of adding f to the residual, measured through the model's own final norm and LM head
+    (float64, averaged over random residuals x: the per-token 1/sigma then only rescales), has the ranking
+    of logit_effects' values: LayerNorm families (gpt2, gpt_neox) centre f, RMSNorm (llama) does not."""
+    model = make_tiny_model(arch, vocab_size=80, n_layers=1).double()
     norm = {"gpt_neox": lambda: model.gpt_neox.final_layer_norm, "gpt2": lambda: model.transformer.ln_f,
             "llama": lambda: model.model.norm}[arch]()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a random gamma (and beta) so that folding them is tested
+        norm.weight.copy_(torch.rand(norm.weight.shape, generator=g, dtype=torch.float64) * 2 + 0.1)
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.copy_(torch.randn(norm.bias.shape, generator=g, dtype=torch.float64))
+    head, d, vocab = model.get_output_embeddings(), norm.weight.numel(), model.config.vocab_size
+    f = torch.randn(4, d, generator=g, dtype=torch.float64) + 1.0
+    f = f / f.norm(dim=1, keepdim=True)
+    assert bool((f.mean(dim=1).abs() > 0.05).all())  # a random unit row's mean is ~0.03: here centring matters
+    x, eps = torch.randn(4000, d, generator=g, dtype=torch.float64), 1e-5
     with torch.no_grad():
-        norm.weight.copy_(torch.linspace(0.5, 2.0, norm.weight.numel()))
-    want = model.get_output_embeddings().weight.detach() * norm.weight.detach()[None, :]
-    torch.testing.assert_close(unembedding(model), want)
+        base = head(norm(x))
+        measured = torch.stack([((head(norm(x + eps * row)) - base) / eps).mean(dim=0) for row in f])
+    found = logit_effects(f.float(), unembedding(model), k=vocab, batch=3)
+    values = torch.empty(len(f), vocab).scatter_(1, found.top_ids, found.top_values).double()
+    for got, want in zip(values, measured):
+        assert torch.corrcoef(torch.stack([got, want]))[0, 1] > 0.999
+        scale = (got @ want) / (got @ got)  # ~1 here (a standard-normal x has sigma ~1); any positive one is right
+        tol = 0.01 * want.abs().max()  # the average over 4000 x leaves ~0.4% noise; near-ties are ranked up to it
+        assert scale > 0 and (want - scale * got).abs().max() < tol
+        for largest in (True, False):  # logit_effects' top / bottom 5 are the measured top / bottom 5 up to tol
+            sign = 1 if largest else -1
+            fifth = (sign * want).topk(5).values[-1]
+            assert bool(((sign * want)[got.topk(5, largest=largest).indices] > fifth - tol).all())
 
 
 def test_histogram_bins_are_lo_exclusive_hi_inclusive_even_on_edges():
