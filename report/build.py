@@ -13,30 +13,38 @@ Feature pages (`report.feature_pages`, from `explain.feature_stats` over the
 run's fragments cache) are the one exception to "index.html alone": they
 live in OUT/features/ beside it, one small page per feature, drawn by one
 shared script from compact data, because 10,000 features do not fit in one
-page. The index's feature table (its data inline) links to them.
+page. The index's feature table (its data inline) links to them. A build
+without pages (--max-features 0, no cache) removes an older build's
+OUT/features, once every input has been checked.
+
+No absolute path of the machine reaches a page: `report.paths.PathScrubber`
+rewrites the shown data (settings, record fields, skipped reasons, describe
+folders) before it is escaped, and its `final` pass checks the written text.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from activations.errors import UserError
 from activations.runstate import check_output_folder, output_lock, write_text_atomic
 from report.cards import feature_card, skipped_table
 from report.descriptors import (DescriptorResults, chips_html, descriptors_section,
                                 load_descriptor_results)
-from report.feature_pages import FeatureTable, write_feature_pages
+from report.feature_pages import FeatureTable, remove_feature_pages, write_feature_pages
 from report.feature_section import FeatureSource, find_features_cache, summarise, table_scripts, table_section
 from report.html import esc, fmt, page, png_img, table
 from report.layout import RunContents, RunFolderError, discover, read_json
+from report.paths import PathScrubber, shown_path
 from report.plots import plot_comparison, plot_frontier_png, plot_ioi
 from sae.registry import kind_order
 
-CARDS_WITH_PAGES = 24  # cards drawn per (scorer, dictionary) group when the features have pages of their own
+CARDS_ABOVE_THRESHOLD = 200  # a (scorer, dictionary) group with more cards than this, and feature pages, ...
+CARDS_WITH_PAGES = 24  # ... draws only its best 24 cards (the feature table lists every feature)
+KEEP_AS_WRITTEN = ("exemplars", "explanation", "candidates")  # record fields of corpus / LLM text: not path-scrubbed
 
 OFFLINE_NOTE = (
     "Scores from the offline explainer and simulator <code>local:default</code> (SmolLM2-135M-Instruct, "
@@ -84,25 +92,29 @@ def _build_report_locked(run_dir: str | Path, out: Path, described: DescriptorRe
         raise RunFolderError(f"--run {str(run_dir)!r} holds nothing to report: no dictionary folder (config.json + "
                              "weights.safetensors), explanations.jsonl, ioi.json or demo stage under it; pass the "
                              "folder given to `cli.py demo --out`, or one holding train-sae / explain / patch-ioi outputs")
-    records = _load_records(contents)
+    scrub = PathScrubber(contents.root, out)  # paths are scrubbed in the data, before anything is escaped
+    records = scrub.data(_load_records(contents), keep=KEEP_AS_WRITTEN)
+    contents.settings = scrub.data(contents.settings)
+    contents.stages = scrub.data(contents.stages)
     # the feature summaries are the slow part and may refuse the cache (UserError): all before anything is written
     if given is not None:
         source, (summaries, skipped) = FeatureSource(None, "given by the caller"), given
     else:
         source = find_features_cache(contents, features_cache)
         summaries, skipped = summarise(source, contents.dictionaries, max_features, progress)
+    skipped = [(str(name), scrub.text(str(why))) for name, why in skipped]
     out.mkdir(parents=True, exist_ok=True)
     feature_table: FeatureTable | None = None
-    scrub = path_scrubber(contents.root, out)
-    if summaries or skipped:
-        feature_table = write_feature_pages(out, summaries, records, described, skipped,
-                                            scrub=scrub)
+    if summaries:
+        feature_table = write_feature_pages(out, summaries, records, described, skipped, scrub=scrub.final)
+    elif skipped:  # no dictionary could be summarised: the table section says which and why
+        feature_table = FeatureTable(skipped=skipped)
     note = _features_note(source, contents, out, max_features)
     sections = [
         _header(contents, records, described is not None, out),
         _scores_section(records, out),
         _dictionaries_section(contents, out),
-        *([descriptors_section(described)] if described is not None else []),
+        *([descriptors_section(described, scrub.text)] if described is not None else []),
         _ioi_section(contents, out),
         table_section(feature_table, note),
         _features_section(records, described, feature_table),
@@ -111,7 +123,9 @@ def _build_report_locked(run_dir: str | Path, out: Path, described: DescriptorRe
     ]
     html_text = page(f"dictlens report: {contents.root.resolve().name}", "\n".join(sections), table_scripts(feature_table))
     index = out / "index.html"
-    write_text_atomic(index, scrub(html_text))
+    write_text_atomic(index, scrub.final(html_text))
+    if not summaries:  # every check has passed: an older build's pages would contradict "No feature pages"
+        remove_feature_pages(out)
     return index
 
 
@@ -125,33 +139,7 @@ def _features_note(source: Any, contents: RunContents, out: Path, max_features: 
     if not contents.dictionaries:
         return "no dictionary folder under the run folder"
     limit = "every feature" if max_features is None else f"the first {max_features} features"
-    return f"Computed from {_shown_path(source.cache, out)} ({source.how}), {limit} of each dictionary."
-
-
-def _shown_path(path: Path, out: Path) -> str:
-    """A path as the pages show it: relative to the report folder (never the machine's absolute path)."""
-    try:
-        return os.path.relpath(Path(path).resolve(), out.resolve())
-    except ValueError:  # another drive (Windows)
-        return Path(path).name
-
-
-def path_scrubber(root: Path, out: Path) -> Callable[[str], str]:
-    """A function replacing the run folder's, the report folder's and the home folder's absolute paths (as they
-    may appear in records, errors and settings) by relative ones: a report is shared, the machine's layout is
-    not its business. The paths are resolved once here (it runs on every one of 10,000 pages)."""
-    pairs = [(str(p), _shown_path(p, out)) for p in sorted({root.resolve(), out.resolve()}, key=lambda p: -len(str(p)))]
-    home = str(Path.home())
-    if len(home) > 1:
-        pairs.append((home + "/", "~/"))
-
-    def scrub(text: str) -> str:
-        for old, new in pairs:
-            if old in text:
-                text = text.replace(old, new)
-        return text
-
-    return scrub
+    return f"Computed from {shown_path(source.cache, out)} ({source.how}), {limit} of each dictionary."
 
 
 # -- data ---------------------------------------------------------------------------------------------
@@ -184,7 +172,7 @@ def _header(contents: RunContents, records: list[dict[str, Any]], with_descripto
     settings = contents.settings or {}
     model = settings.get("model")
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime())
-    where = _shown_path(contents.root, out) if out is not None else contents.root.resolve().name
+    where = shown_path(contents.root, out) if out is not None else contents.root.resolve().name
     parts = [f"<h1>dictlens report</h1><p class=\"muted\">run folder <code>{esc(contents.root.resolve().name)}</code> "
              f"(<code>{esc(where)}</code> from this page)"
              + (f" · model <code>{esc(model)}</code>" if model else "") + f" · written {esc(when)}</p>",
@@ -313,8 +301,9 @@ def _ioi_section(contents: RunContents, out: Path) -> str:
 
 def _features_section(records: list[dict[str, Any]], described: DescriptorResults | None = None,
                       pages: FeatureTable | None = None) -> str:
-    """The explained features' cards; with feature pages, each links to its page and only the best
-    CARDS_WITH_PAGES per group are drawn here (10,000 cards would make index.html unusable; the table has all)."""
+    """The explained features' cards; with feature pages, each links to its page, and a group of more than
+    CARDS_ABOVE_THRESHOLD draws only its best CARDS_WITH_PAGES here (10,000 cards would make index.html unusable;
+    the table has all). Smaller groups, the usual run, draw every card as before the pages existed."""
     head = ('<h2 id="features">Features</h2><p class="muted small">One card per explained feature, best score first '
             'within each basis. Token backgrounds: the feature\'s activation relative to its largest activation in '
             'the shown fragments (hover a token for its value). Top fragments are ranked by maximum activation; '
@@ -335,7 +324,7 @@ def _features_section(records: list[dict[str, Any]], described: DescriptorResult
         parts.append(f"<h3>{esc(name)} <span class=\"muted small\">{esc(kind)} · {esc(hook)} · scorer "
                      f"{esc(scorer)} · {len(shown)} card(s), {len(skipped)} skipped</span></h3>")
         hrefs = pages.hrefs if pages is not None else {}
-        drawn = shown[:CARDS_WITH_PAGES] if hrefs else shown
+        drawn = shown[:CARDS_WITH_PAGES] if hrefs and len(shown) > CARDS_ABOVE_THRESHOLD else shown
         parts.append('<div class="cards">' + "".join(
             feature_card(r, chips_html(described, r.get("dictionary"), r.get("feature")) + _page_link(hrefs, r))
             for r in drawn) + "</div>")
@@ -374,7 +363,7 @@ def _run_section(contents: RunContents) -> str:
         parts.append('<p class="muted small">No stage markers (this folder was not made by <code>cli.py demo</code>).</p>')
     if contents.settings:
         parts.append("<details><summary>demo settings</summary><pre>"
-                     + esc(json.dumps(contents.settings, indent=2)) + "</pre></details>")
+                     + esc(json.dumps(contents.settings, indent=2, ensure_ascii=False)) + "</pre></details>")
     return "\n".join(parts)
 
 

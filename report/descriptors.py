@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from activations.errors import UserError
 from activations.runstate import read_json
@@ -118,8 +118,9 @@ def chips_html(results: DescriptorResults | None, dictionary: Any, feature: Any)
     return f'<div class="chips"><span class="muted small">descriptors:</span> {"".join(chips)} {note}</div>'
 
 
-def descriptors_section(results: DescriptorResults) -> str:
-    """The comparison of bases from each folder's summary.json (the numbers `describe` printed)."""
+def descriptors_section(results: DescriptorResults, shown: Callable[[str], str] = str) -> str:
+    """The comparison of bases from each folder's summary.json (the numbers `describe` printed); `shown` turns
+    a folder into the text the page shows (`report.paths.PathScrubber.text`: no machine's absolute path)."""
     head = ('<h2 id="descriptors">Descriptors by basis</h2>' + CHIP_CSS +
             '<p class="muted small">From <code>cli.py describe</code> (Mondal et al.): a feature gets a descriptor '
             'that is frequent among its top documents and more frequent there than in the corpus. '
@@ -140,11 +141,11 @@ def descriptors_section(results: DescriptorResults) -> str:
                          fmt(s.get("n_features"), "d"), fmt(s.get("fraction_described"), ".1%"), cons,
                          fmt(c.get("n"), "d"), fmt(s.get("descriptors_per_feature"), ".2f"),
                          fmt(at_k.get("precision"), ".2f"), fmt(at_k.get("recall"), ".2f"),
-                         esc(s["folder"])])
+                         esc(shown(str(s["folder"])))])
         parts.append(table(["basis", "dictionary", "hook", "features", "described", "consistency (95% CI)",
                             "n", "desc/feature", "P@K", "R@K", "describe folder"], body, "descriptors"))
     for folder in results.missing_summary:
-        parts.append(f'<p class="notrun">{esc(folder)} has no {SUMMARY_FILE}: only its chips are shown</p>')
+        parts.append(f'<p class="notrun">{esc(shown(str(folder)))} has no {SUMMARY_FILE}: only its chips are shown</p>')
     described = sum(bool(r.get("descriptors")) for r in results.by_feature.values())
     parts.append(f'<p class="small">{described} of {len(results.by_feature)} features in the describe output(s) '
                  'have descriptors; chips appear on the cards of those that were also explained.</p>')

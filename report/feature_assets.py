@@ -144,10 +144,13 @@ counts.forEach(function (c, i) {
 });
 hbox.appendChild(svg);
 if (!bars) { add(hbox, el('p', 'muted', 'never active on these tokens')); }
+// logit effects exist only for d_model hooks, and there only with a known unembedding and n_logits > 0
+var NO_LOGITS = /(^|\.)hook_(resid_pre|resid_post|mlp_out)$/.test(dict.hook)
+  ? 'no logit effects were computed for this dictionary' : 'the hook is not in the residual stream';
 function logits(title, rows, cls) {
   var box = add(row, el('div'));
   add(box, el('h2', '', title));
-  if (!rows.length) { add(box, el('p', 'muted small', 'none (the hook is not in the residual stream)')); return; }
+  if (!rows.length) { add(box, el('p', 'muted small', 'none (' + NO_LOGITS + ')')); return; }
   var t = add(box, el('table', 'logits ' + cls));
   var h = add(t, el('tr')); add(h, el('th', 'l', 'token')); add(h, el('th', '', 'logit effect'));
   rows.forEach(function (r) { var tr = add(t, el('tr')); add(tr, el('td', 'tok', r[0])); add(tr, el('td', '', num(r[1]))); });

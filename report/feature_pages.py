@@ -82,7 +82,7 @@ def write_feature_pages(out: Path, summaries: Sequence[Any], records: Sequence[d
 
     `summaries`: `explain.feature_summary.DictionarySummaries`, one per dictionary; `records`: explanation
     records (joined by dictionary name and feature); `described`: `report.descriptors.DescriptorResults`;
-    `scrub`: applied to every page's text (the report's absolute paths made relative, `report.build.path_scrubber`).
+    `scrub`: applied to every page's text (the report's own folders made relative, `report.paths.PathScrubber.final`).
     """
     columns = score_columns(records)
     notes = join_notes(records, columns, described)
@@ -118,10 +118,7 @@ def write_feature_pages(out: Path, summaries: Sequence[Any], records: Sequence[d
                     rows.append(_row(d_index, feature, None, None, note, columns, False))
         follow_umask(tmp)
         target = out / FEATURES_DIR
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{FEATURES_DIR}.", suffix=".old", dir=out))
-            os.replace(target, old / FEATURES_DIR)
+        old = _move_aside(target)
         os.replace(tmp, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -131,6 +128,26 @@ def write_feature_pages(out: Path, summaries: Sequence[Any], records: Sequence[d
     data = scrub(js_json({"dicts": dicts, "scorers": columns, "rows": rows, "page_size": PAGE_SIZE}))
     return FeatureTable(data=data, scorers=columns, n_rows=len(rows), n_pages=n_pages, hrefs=hrefs,
                         skipped=[(clean_text(n), clean_text(w)) for n, w in skipped])
+
+
+def remove_feature_pages(out: Path) -> None:
+    """Remove OUT/features left by an older build (this one has no pages); nothing else under OUT is touched."""
+    old = _move_aside(out / FEATURES_DIR)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _move_aside(target: Path) -> Path | None:
+    """Rename `target` (if any) into a hidden folder beside it, in one step; returns that folder, for removal.
+    A link named `features` is unlinked, never followed."""
+    if target.is_symlink():
+        target.unlink()
+        return None
+    if not target.exists():
+        return None
+    old = Path(tempfile.mkdtemp(prefix=f".{FEATURES_DIR}.", suffix=".old", dir=target.parent))
+    os.replace(target, old / FEATURES_DIR)
+    return old
 
 
 def _row(d_index: int, feature: int, density: float | None, max_act: float | None, note: FeatureNotes | None,

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import cli
+from activations.errors import UserError
 from explain.feature_summary import DictionarySummaries, Example, FeatureSummary, Quantile
 from report.build import build_report
 from report.feature_data import round_sig
@@ -317,3 +318,113 @@ def test_dictionary_folders_get_safe_unique_names():
     assert got[0] == "tied_R2_l1_0.001" and got[2] == "A"  # safe names are kept
     assert len({g.lower() for g in got}) == len(got)  # unique, also on case-insensitive file systems
     assert all(re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", g) for g in got)
+
+
+# -- review of issue 16: paths, stale pages, card caps, logit-table message ---------------------------------------
+
+def _without_images(text: str) -> str:
+    return re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", text)
+
+
+def test_no_absolute_path_reaches_any_written_file_even_with_quotes_and_ampersands(tmp_path):
+    """Paths are scrubbed in the data, before escaping: a run folder named with ' and & is found too, and
+    paths outside the run (settings, errors) are cut to their last component."""
+    root = tmp_path / "o'brien & co" / "run"
+    root.mkdir(parents=True)
+    make_run(root, with_ioi=False)
+    (root / "demo_settings.json").write_text(json.dumps(
+        {"model": "/models/p", "corpus": "/data/x.jsonl", "out": str(root), "cache": f"{root}/cache_frags.h5"}),
+        encoding="utf-8")
+    record = _record(root / "dicts" / SAE, "tied_sae", 3, "failed", np.random.default_rng(2), explainer="other")
+    record["error"] = f"OSError: cannot read {root}/dicts/{SAE}/weights.safetensors nor /srv/llm/cache/q.json"
+    folder = root / "explanations" / "errors"
+    folder.mkdir(parents=True)
+    (folder / "explanations.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    from tests.test_report_descriptors import _describe_folder
+
+    _describe_folder(tmp_path / "described")  # outside the run: shown by its name
+    index = build_report(root, root / "report", [tmp_path / "described"],
+                         summaries=(_summaries(), [("ica_x", f"{root}/cache_frags.h5 has no hook blocks.9.hook_resid_post")]))
+    secrets = {str(root), str(tmp_path), "/models/p", "/data/x.jsonl", "/srv/llm", str(Path.home()) + "/"}
+    written = [p for p in index.parent.rglob("*") if p.is_file() and p.suffix != ".png"]
+    assert len(written) > 20
+    for path in written:
+        text = _without_images(path.read_text(encoding="utf-8", errors="replace"))
+        for secret in secrets:
+            assert secret not in text, (path, secret)
+    visible = "".join(parse(index.read_text(encoding="utf-8")).text)
+    assert '"model": "…/p"' in visible and '"corpus": "…/x.jsonl"' in visible  # the names stay readable
+    assert '"out": ".."' in visible and '"cache": "../cache_frags.h5"' in visible  # under the run: relative
+    assert f"cannot read ../dicts/{SAE}/weights.safetensors nor …/q.json" in visible  # under the run: relative
+    assert "ica_x: ../cache_frags.h5 has no hook" in visible and "…/described" in visible
+    page = _data(index.parent / "features" / SAE / "3.html")
+    assert any(e["error"] and "../dicts/" in e["error"] for e in page["explanations"])
+
+
+def test_scrubbing_keeps_relative_paths_and_words_and_cuts_foreign_absolute_ones(tmp_path):
+    from report.paths import PathScrubber
+
+    root = tmp_path / "a&b" / "run"
+    scrub = PathScrubber(root, root / "report")
+    assert scrub.text(f"{root}/dicts/x and {root}") == "../dicts/x and .."
+    sibling = scrub.text(f"{root}x/y")  # a sibling whose name starts like the run folder is not under it
+    assert not sibling.startswith("..") and str(tmp_path) not in sibling and sibling.endswith("runx/y")
+    assert scrub.text("and/or 1/2/3, http://host/a/b, ./rel/path, /usr, x /opt/m/w.bin, local:/m/p") == \
+        "and/or 1/2/3, http://host/a/b, ./rel/path, /usr, x …/w.bin, local:…/p"
+    data = scrub.data({"a": [f"{root}/q", 3, None], "exemplars": {"tokens": ["/etc/passwd"]}}, keep=("exemplars",))
+    assert data == {"a": ["../q", 3, None], "exemplars": {"tokens": ["/etc/passwd"]}}
+
+
+def test_pages_of_an_older_build_are_removed_when_this_build_has_none_but_kept_on_bad_input(report, tmp_path):
+    out = tmp_path / "rep"
+    build_report(report["root"], out, summaries=(report["summaries"], []))
+    assert (out / "features" / SAE / "5.html").is_file()
+    with pytest.raises(UserError):
+        build_report(report["root"], out, features_cache=tmp_path / "nope.h5")
+    with pytest.raises(UserError):
+        build_report(report["root"], out, max_features=-1)
+    assert (out / "features" / SAE / "5.html").is_file()  # nothing written is lost on bad input
+    build_report(report["root"], out, max_features=0)
+    assert not (out / "features").exists()
+    assert "No feature pages: --max-features 0 was given" in "".join(parse((out / "index.html").read_text(
+        encoding="utf-8")).text)
+    build_report(report["root"], out, summaries=(report["summaries"], []))
+    build_report(report["root"], out)  # no cache found: no pages either
+    assert not (out / "features").exists() and (out / "index.html").is_file()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cards_are_all_drawn_up_to_the_threshold_and_only_the_best_above_it(tmp_path):
+    from report.build import CARDS_ABOVE_THRESHOLD, CARDS_WITH_PAGES
+
+    root = tmp_path / "run"
+    counts = make_run(root, with_ioi=False)
+    rng = np.random.default_rng(4)
+    sizes = {"mid": 30, "big": CARDS_ABOVE_THRESHOLD + 1}
+    for name, n in sizes.items():
+        folder = root / "explanations" / name
+        folder.mkdir(parents=True)
+        records = [_record(root / "dicts" / "neuron", "neuron", f, "ok", rng, explainer=name) for f in range(n)]
+        (folder / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    index = build_report(root, root / "report", summaries=(_summaries(), []))
+    text = index.read_text(encoding="utf-8")
+    assert parse(text).cards == counts["cards"] + sizes["mid"] + CARDS_WITH_PAGES
+    assert f"{sizes['big'] - CARDS_WITH_PAGES} more card(s) of this group are not drawn here" in text
+    assert text.count("more card(s) of this group") == 1
+
+
+@needs_chromium
+def test_an_empty_logit_table_says_why_from_the_hook(tmp_path):
+    root = tmp_path / "run"
+    make_run(root, with_ioi=False)
+    summaries = _summaries()
+    summaries[1].hook = "blocks.3.mlp.hook_post"
+    for s in summaries:
+        for f in s.features:
+            f.promoted, f.suppressed = [], []
+    index = build_report(root, root / "report", summaries=(summaries, []))
+    for name, expected, wrong in ((SAE, "no logit effects were computed for this dictionary", "residual stream"),
+                                  ("neuron", "the hook is not in the residual stream", "were computed")):
+        visible = "".join(parse(_dom((index.parent / "features" / name / "0.html").resolve().as_uri(),
+                                     tmp_path / name)).text)
+        assert expected in visible and wrong not in visible, visible
