@@ -269,7 +269,10 @@ def test_an_output_folder_locked_by_another_run_stops_every_rank_with_one_line(t
                               cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 2 and "could not be locked by rank 0" in " ".join(errors), done.stderr[-2000:]
+    # rank 1 prints the same line unless torchrun, seeing rank 0 fail first, stops it before it gets there
+    # (a race: 2 lines in isolation, 1 once in a full-suite run); either way no rank waits for the lock
+    assert errors and all("could not be locked by rank 0" in e for e in errors), done.stderr[-2000:]
+    assert len(errors) <= 2
     assert not out.exists() or not any(out.iterdir()), "nothing was written"
 
 
