@@ -71,22 +71,26 @@ def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
 
 
+def prepare(args: argparse.Namespace) -> None:
+    """Set the thread count and make the cache when it is missing (shared with bench_report.py)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if not args.cache.exists():
+        t = time.perf_counter()
+        make_cache(args.cache, args.hook, args.max_tokens)
+        print(f"made {args.cache} in {time.perf_counter() - t:.1f}s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_setup_arguments(parser)
     parser.add_argument("--batch-contexts", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None, help="also write the summaries' JSON here")
     args = parser.parse_args()
-
-    import torch
-
-    torch.set_num_threads(args.threads)
+    prepare(args)
     from explain.feature_stats import SummaryConfig, summarize_dictionaries
 
-    if not args.cache.exists():
-        t = time.perf_counter()
-        make_cache(args.cache, args.hook, args.max_tokens)
-        print(f"made {args.cache} in {time.perf_counter() - t:.1f}s")
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         folder = make_dictionary(args.cache, args.hook, args.n_features, args.k, Path(tmp) / "topk_bench")

@@ -57,23 +57,16 @@ def disk_usage(folder: Path) -> tuple[float, float, int]:
 
 
 def main() -> None:
-    from bench_feature_stats import add_setup_arguments, make_cache, make_dictionary
+    from bench_feature_stats import add_setup_arguments, make_dictionary, prepare
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_setup_arguments(parser)
     parser.add_argument("--keep", type=Path, default=None, help="write the run folder (and its report/) here")
     args = parser.parse_args()
-
-    import torch
-
-    torch.set_num_threads(args.threads)
+    prepare(args)
     from explain.feature_stats import summarize_dictionaries
     from report.build import build_report
 
-    if not args.cache.exists():
-        t = time.perf_counter()
-        make_cache(args.cache, args.hook, args.max_tokens)
-        print(f"made {args.cache} in {time.perf_counter() - t:.1f}s")
     with tempfile.TemporaryDirectory() as tmp:
         run = args.keep or Path(tmp) / "run"
         run.mkdir(parents=True, exist_ok=False)
