@@ -12,7 +12,7 @@ contexts each dictionary encodes the batch once and keeps only its non-zero
 codes, as (token, feature, value) triplets: a TopK SAE straight from its
 top-k (the dense [tokens × features] code is never built), an affine-ReLU
 one from only the summarised features' rows of W, any other kind from
-`encode` (see `_BatchCodes`). From the triplets: active counts, the maximum per (context,
+`encode` (see `BatchCodes`). From the triplets: active counts, the maximum per (context,
 feature), and, while they fit the memory budget, the triplets themselves.
 Those answer everything else without a second pass: the histogram and each
 example's per-token activations. A dense basis whose triplets overflow the
@@ -58,6 +58,7 @@ import torch
 from tqdm.auto import tqdm
 
 from activations.errors import UserError
+from explain.feature_codes import BatchCodes
 from explain.feature_select import example_pairs, example_rows, histograms, n_shown, select
 from explain.feature_summary import DictionarySummaries, Example, FeatureSummary, Quantile
 
@@ -188,70 +189,6 @@ def _model_parts(cache: Any, dictionaries: list[Any], clock: _Clock) -> tuple[An
 
 # -- the pass over the cache -----------------------------------------------------------------------
 
-class _BatchCodes:
-    """One dictionary's codes on one batch of token rows x [N, d_in], cut into chunks' feature ranges [lo, hi).
-
-    Three ways, each giving exactly what `encode` gives on those features:
-    a plain TopK dictionary (the affine encode, then top-k) keeps its top-k
-    (values, ids) as they are, never scattering them into a dense
-    [N, n_features] tensor; a plain affine-ReLU dictionary multiplies by only
-    the chunk's rows of W (as `explain.exemplars.encode_features` does, so a
-    run of a few features does not pay for all of them); any other kind
-    (neuron, threshold SAEs, ...) runs `encode` once per batch.
-    """
-
-    def __init__(self, d: Any, x: torch.Tensor):
-        from sae.kinds.affine import AffineDictionary
-
-        self.d, self.x = d, x
-        plain = isinstance(d, AffineDictionary) and type(d).encode is AffineDictionary.encode
-        k = getattr(d, "k", None)
-        self.mode = "topk" if plain and k is not None and k < d.n_features else (
-            "sliced" if plain and k is None else "encode")
-        self._codes: Any = None
-
-    def triplets(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Non-zero codes of features [lo, hi) as (row, feature - lo, value), rows ascending."""
-        if self.mode != "topk":
-            c = self.dense(lo, hi)
-            rows, cols = (c > 0).nonzero(as_tuple=True)
-            return rows, cols, c[rows, cols]
-        if self._codes is None:
-            self._codes = self._topk()
-        rows, cols, vals = self._codes
-        if lo or hi < self.d.n_features:
-            keep = (cols >= lo) & (cols < hi)
-            rows, cols, vals = rows[keep], cols[keep], vals[keep]
-        return rows, cols - lo, vals
-
-    def dense(self, lo: int, hi: int) -> torch.Tensor:
-        """[N, hi - lo] codes of features [lo, hi)."""
-        if self.mode == "sliced":
-            w, b = self.d.effective()[:2]
-            return torch.relu(self.x.to(w.dtype) @ w[lo:hi].T + b[lo:hi])
-        if self.mode == "encode":
-            if self._codes is None:
-                self._codes = self.d.encode(self.x)
-            return self._codes[:, lo:hi]
-        rows, cols, vals = self.triplets(lo, hi)
-        out = torch.zeros(self.x.shape[0], hi - lo)
-        out[rows, cols] = vals
-        return out
-
-    def _topk(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        w, b = self.d.effective()[:2]
-        k = int(self.d.k)
-        pre = self.x.to(w.dtype) @ w.T  # in place from here: the same values as encode's relu(x Wᵀ + b), one buffer
-        pre += b
-        values, ids = pre.relu_().topk(k, dim=-1)
-        rows = torch.arange(self.x.shape[0]).repeat_interleave(k)
-        values, ids = values.reshape(-1), ids.reshape(-1)
-        keep = values > 0
-        if bool(keep.all()):  # the usual case: every token has k positive pre-activations
-            return rows, ids, values
-        return rows[keep], ids[keep], values[keep]
-
-
 def _plan_chunks(members: list[Any], features: int | None, n_contexts: int, config: SummaryConfig
                  ) -> list[list[_Chunk]]:
     """Passes of chunks whose maxima fit half the memory budget (most often: one pass, one chunk per dictionary)."""
@@ -319,7 +256,7 @@ def _first_pass(cache: Any, hook: str, members: list[Any], chunks: list[_Chunk],
             x = acts[:, first:]
             b, t = x.shape[0], x.shape[1]
             x = x.reshape(b * t, -1)
-            codes = {m: _BatchCodes(members[m], x) for m in used}
+            codes = {m: BatchCodes(members[m], x) for m in used}
             for ch in chunks:
                 rows, cols, vals = codes[ch.member].triplets(ch.lo, ch.hi)
                 ch.counts += np.bincount(cols.numpy(), minlength=ch.n)
@@ -362,7 +299,7 @@ def _second_pass(cache: Any, hook: str, members: list[Any], chunks: list[_Chunk]
         for idx, _tokens, batch in cache.iter_contexts(hook, batch_contexts=config.batch_contexts):
             x = batch[:, first:]
             b, t = x.shape[0], x.shape[1]
-            codes = {m: _BatchCodes(members[m], x.reshape(b * t, -1)) for m in {ch.member for ch in chunks}}
+            codes = {m: BatchCodes(members[m], x.reshape(b * t, -1)) for m in {ch.member for ch in chunks}}
             for ch in chunks:
                 c = codes[ch.member].dense(ch.lo, ch.hi).view(b, t, ch.n)
                 cols = (c > 0).nonzero(as_tuple=True)[2]
