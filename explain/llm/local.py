@@ -62,6 +62,12 @@ class _StopAfterFirstLine:
         return torch.tensor(["\n" in t.lstrip() for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
+def returned_cache(out: Any) -> Any:
+    """The key/value cache a forward returned: `out.cache` from transformers 5.2x on, `out.past_key_values` before."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 @dataclass
 class _PrefixState:
     ids: list[int]
@@ -113,7 +119,11 @@ class LocalBackend(LLMBackend):
             self.ten_id = None  # read 10 as "1","0" even where a "10" token exists
         self.ten_mode = "single-token" if self.ten_id is not None else "two-step"
         self.pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        params = inspect.signature(model.forward).parameters
+        self._keeps_logits = "logits_to_keep" in params
+        # the key/value cache goes in as `cache` from transformers 5.2x on (`past_key_values` warns there and is
+        # to be removed), as `past_key_values` before
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @classmethod
     def from_spec(cls, target: str, *, cache: LLMCache | None = None, **kwargs: Any) -> "LocalBackend":
@@ -225,7 +235,7 @@ class LocalBackend(LLMBackend):
         self._check_length(len(ids))
         if ids:
             out = self.model(input_ids=torch.tensor([ids]), use_cache=True, **self._keep_last())
-            kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            kv = [(layer.keys, layer.values) for layer in returned_cache(out).layers]
             self.tokens_processed += len(ids)
             self.forward_passes += 1
         state = _PrefixState(ids=ids, kv=kv)
@@ -316,7 +326,7 @@ class LocalBackend(LLMBackend):
         if P:
             from transformers import DynamicCache
 
-            kwargs["past_key_values"] = DynamicCache(
+            kwargs[self.cache_kw] = DynamicCache(
                 ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in state.kv]
             )
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=bool(P), **kwargs)

@@ -35,6 +35,7 @@ import torch
 
 from explain.llm.base import Generation, ScoredRequest
 from explain.llm.errors import BackendConfigError
+from explain.llm.local import returned_cache
 
 if TYPE_CHECKING:
     from explain.llm.local import LocalBackend
@@ -100,7 +101,7 @@ def _prefix_kv(backend: "LocalBackend", ids: list[int]) -> list[tuple[torch.Tens
         lru.move_to_end(key)
         return lru[key]
     out = backend.model(input_ids=torch.tensor([ids]), use_cache=True, **backend._keep_last())
-    kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    kv = [(layer.keys, layer.values) for layer in returned_cache(out).layers]
     backend.tokens_processed += len(ids)
     backend.forward_passes += 1
     lru[key] = kv
@@ -140,7 +141,7 @@ def _constrained(backend: "LocalBackend", request: ScoredRequest) -> Generation:
         for slot in range(len(pieces) - 1):
             out = backend.model(input_ids=torch.tensor([pending]), use_cache=True, **kwargs, **backend._keep_last())
             processed += len(pending)
-            kwargs["past_key_values"] = out.past_key_values
+            kwargs[backend.cache_kw] = returned_cache(out)
             logp = torch.log_softmax(out.logits[0, -1].double(), dim=-1)
             best = max(choice_ids, key=lambda i: float(logp[i]))
             top = _top(tok, logp, digits)
@@ -164,7 +165,7 @@ def _resume_prefix(backend: "LocalBackend", request: ScoredRequest, full: list[i
     prefix = _prefix_ids(backend, request, full)
     kwargs: dict[str, Any] = {}
     if prefix:
-        kwargs["past_key_values"] = DynamicCache(ddp_cache_data=_prefix_kv(backend, prefix))
+        kwargs[backend.cache_kw] = DynamicCache(ddp_cache_data=_prefix_kv(backend, prefix))
     return prefix, kwargs
 
 
@@ -190,7 +191,7 @@ def _greedy(backend: "LocalBackend", request: ScoredRequest) -> Generation:
         for _ in range(int(request.max_tokens)):
             out = backend.model(input_ids=torch.tensor([step_ids]), use_cache=True, **kwargs, **backend._keep_last())
             processed += len(step_ids)
-            kwargs["past_key_values"] = out.past_key_values
+            kwargs[backend.cache_kw] = returned_cache(out)
             logp = torch.log_softmax(out.logits[0, -1].double(), dim=-1)
             nxt = int(torch.argmax(logp))
             if nxt in stop:
