@@ -428,3 +428,68 @@ def test_an_empty_logit_table_says_why_from_the_hook(tmp_path):
         visible = "".join(parse(_dom((index.parent / "features" / name / "0.html").resolve().as_uri(),
                                      tmp_path / name)).text)
         assert expected in visible and wrong not in visible, visible
+
+
+_HARNESS = """<!doctype html><meta charset="utf-8"><title>harness</title><pre id="out">pending</pre>
+<iframe id="f" src="index.html" style="width:1200px;height:800px"></iframe>
+<script>
+// Drives the index's own controls as a user would (clicks on headers, typing in the search box, choosing a
+// basis), then writes what the table shows. A test page only: file:// frames share an origin under
+// --allow-file-access-from-files, which the test passes to Chromium.
+function rows(doc) {
+  return Array.prototype.map.call(doc.querySelectorAll('#dl-rows tr'), function (tr) {
+    return [tr.getAttribute('data-dictionary'), Number(tr.getAttribute('data-feature'))]; });
+}
+document.getElementById('f').addEventListener('load', function () {
+  var w = this.contentWindow, doc = w.document, seen = {};
+  function th(key) { return doc.querySelector('#dl-table th[data-key="' + key + '"]'); }
+  th('density').click();
+  seen.density_click = {rows: rows(doc), hash: w.location.hash, aria: th('density').getAttribute('aria-sort')};
+  th('density').click();
+  seen.density_again = {rows: rows(doc), hash: w.location.hash, aria: th('density').getAttribute('aria-sort')};
+  var basis = doc.getElementById('dl-basis');
+  basis.value = 'neuron'; basis.dispatchEvent(new w.Event('input', {bubbles: true}));
+  seen.basis = {rows: rows(doc), hash: w.location.hash};
+  basis.value = ''; basis.dispatchEvent(new w.Event('input', {bubbles: true}));
+  var q = doc.getElementById('dl-q');
+  q.value = '@WORD@'; q.dispatchEvent(new w.Event('input', {bubbles: true}));
+  seen.search = {rows: rows(doc), hash: w.location.hash, count: doc.getElementById('dl-count').textContent};
+  document.getElementById('out').textContent = JSON.stringify(seen);
+});
+</script>"""
+
+
+@needs_chromium
+def test_index_controls_sort_filter_and_search_when_clicked_and_typed(report, tmp_path):
+    """The headers and controls themselves (not only the address) drive the table, and write the address."""
+    out = report["index"].parent
+    harness = out / "harness.html"
+    harness.write_text(_HARNESS.replace("@WORD@", WORD.upper()), encoding="utf-8")
+    try:
+        dom = subprocess.run(_chromium_args(tmp_path / "p") + ["--allow-file-access-from-files", "--dump-dom",
+                                                               harness.resolve().as_uri()],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+    finally:
+        harness.unlink()
+    m = re.search(r'<pre id="out">(.*?)</pre>', dom, re.S)
+    assert m and m.group(1) != "pending", dom[-2000:]
+    seen = json.loads(m.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"'))
+    table = _table(report["index"])  # the densities as the table holds them (rounded, so ties keep feature order)
+    density = {(table["dicts"][r[0]]["name"], r[1]): r[2] for r in table["rows"] if r[2] is not None}
+
+    first = [tuple(r) for r in seen["density_click"]["rows"]]
+    shown = [density[r] for r in first if r in density]
+    assert len(first) == 25 and shown == sorted(shown, reverse=True)  # a numeric column sorts descending first
+    assert seen["density_click"]["aria"] == "descending" and "sort=density" in seen["density_click"]["hash"]
+    again = [tuple(r) for r in seen["density_again"]["rows"]]
+    shown = [density[r] for r in again if r in density]
+    assert shown == sorted(shown) and seen["density_again"]["aria"] == "ascending"  # a second click reverses
+    assert seen["density_again"]["hash"] == "#sort=density"  # ascending is the default, left out of the address
+
+    assert [tuple(r) for r in seen["basis"]["rows"]] == sorted(
+        ((d, i) for d, i in density if d == "neuron"), key=lambda r: (density[r], r[1]))
+    assert "basis=neuron" in seen["basis"]["hash"]
+
+    assert [tuple(r) for r in seen["search"]["rows"]] == [(SAE, 5)]
+    assert seen["search"]["count"].startswith("1 of 25")
+    assert "q=" in seen["search"]["hash"]
