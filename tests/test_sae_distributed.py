@@ -277,6 +277,44 @@ def test_an_output_folder_locked_by_another_run_stops_every_rank_with_one_line(t
     assert not out.exists() or not any(out.iterdir()), "nothing was written"
 
 
+def _locked_rank(rank: int, port: int, cache: str, out: str, said: "torch.multiprocessing.Queue") -> None:
+    """One rank of `test_every_rank_refuses_a_locked_output_by_itself` (a spawned process: module level)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from sae.distributed_command import train_sae_distributed
+
+    settings = _settings(Path(cache), Path(out), kind="tied_sae", ratios=[1], l1s=[1e-3], tokens=51 * 4)
+    try:
+        train_sae_distributed(settings, Launch(rank=rank, world_size=2, local_rank=rank), export=lambda folders: None)
+        said.put((rank, "trained"))
+    except UserError as err:
+        said.put((rank, str(err)))
+
+
+def test_every_rank_refuses_a_locked_output_by_itself(tiny_cache, tmp_path):
+    """The agreement itself, without torchrun (which stops a rank as soon as another fails, so the launch test
+    cannot tell a rank that stopped by itself from one that was killed while waiting): each of two gloo ranks
+    returns its own one-line error, rank 0 the lock holder's, rank 1 that rank 0 could not lock."""
+    import torch.multiprocessing as mp
+
+    from activations.runstate import output_lock
+
+    out = tmp_path / "busy"
+    ctx = mp.get_context("spawn")
+    said = ctx.Queue()
+    port = _free_port()
+    with output_lock(out, folder=True):
+        procs = [ctx.Process(target=_locked_rank, args=(r, port, str(tiny_cache), str(out), said)) for r in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    answers = dict(said.get(timeout=5) for _ in procs)
+    assert "is being written by process" in answers[0] and "\n" not in answers[0]
+    assert "could not be locked by rank 0" in answers[1] and "\n" not in answers[1]
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_a_rank_without_sweep_members_writes_nothing(tiny_cache, tmp_path, capsys):
     out = tmp_path / "idle"
     settings = _settings(tiny_cache, out, ratios=[1], l1s=[1e-3, 1e-2], tokens=51 * 4)
