@@ -15,7 +15,9 @@ live in OUT/features/ beside it, one small page per feature, drawn by one
 shared script from compact data, because 10,000 features do not fit in one
 page. The index's feature table (its data inline) links to them. A build
 without pages (--max-features 0, no cache) removes an older build's
-OUT/features, once every input has been checked.
+OUT/features, once every input has been checked. An OUT/features that the
+report did not write (no `.dictlens-pages` marker, not shaped like older
+pages) is never replaced nor removed: the build is refused up front.
 
 No absolute path of the machine reaches a page: `report.paths.PathScrubber`
 rewrites the shown data (settings, record fields, skipped reasons, describe
@@ -34,7 +36,7 @@ from activations.runstate import check_output_folder, output_lock, write_text_at
 from report.cards import feature_card, skipped_table
 from report.descriptors import (DescriptorResults, chips_html, descriptors_section,
                                 load_descriptor_results)
-from report.feature_pages import FeatureTable, remove_feature_pages, write_feature_pages
+from report.feature_pages import FeatureTable, check_features_folder, remove_feature_pages, write_feature_pages
 from report.feature_section import FeatureSource, find_features_cache, summarise, table_scripts, table_section
 from report.html import esc, fmt, page, png_img, table
 from report.layout import RunContents, RunFolderError, discover, read_json
@@ -78,6 +80,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path, descriptors: Sequence
     if max_features is not None and max_features < 0:
         raise UserError(f"--max-features {max_features} is negative: pass 0 (no feature pages) or more")
     described = load_descriptor_results(descriptors) if descriptors else None
+    check_features_folder(out)  # an OUT/features the report did not write is never replaced nor removed
     with output_lock(out, folder=True):
         return _build_report_locked(run_dir, out, described, features_cache, max_features, progress, summaries)
 

@@ -19,6 +19,7 @@ or the new ones, never a mix.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from activations.errors import UserError
 from activations.runstate import follow_umask
 from report.feature_assets import FEATURE_CSS, FEATURE_JS
 from report.feature_data import (FeatureNotes, clean_text, feature_json, fnum, fragments_js, join_notes, js_json,
@@ -34,6 +36,8 @@ from report.feature_data import (FeatureNotes, clean_text, feature_json, fnum, f
 from report.html import esc
 
 FEATURES_DIR = "features"
+MARKER = ".dictlens-pages"  # in OUT/features: this folder was written by the report, which may replace it
+MARKER_VERSION = 1
 PAGE_SIZE = 500  # table rows drawn at once; "show all" draws the rest
 FEATURE_CSP = ("default-src 'none'; img-src data:; style-src 'self'; script-src 'self' file:; "
                "base-uri 'none'; form-action 'none'")  # 'self' is how Chromium matches file:// scripts; file: for others
@@ -90,6 +94,8 @@ def write_feature_pages(out: Path, summaries: Sequence[Any], records: Sequence[d
     dict_slugs = slugs(names)
     tmp = Path(tempfile.mkdtemp(prefix=f".{FEATURES_DIR}.", suffix=".tmp", dir=out))
     try:
+        (tmp / MARKER).write_text(json.dumps({"format": "dictlens feature pages", "version": MARKER_VERSION}) + "\n",
+                                  encoding="ascii")
         (tmp / "feature.js").write_text(FEATURE_JS, encoding="ascii")
         (tmp / "feature.css").write_text(FEATURE_CSS, encoding="ascii")
         dicts, rows, n_pages, hrefs = [], [], 0, {}
@@ -118,6 +124,7 @@ def write_feature_pages(out: Path, summaries: Sequence[Any], records: Sequence[d
                     rows.append(_row(d_index, feature, None, None, note, columns, False))
         follow_umask(tmp)
         target = out / FEATURES_DIR
+        check_features_folder(out)  # checked up front by build_report; again here, for other callers
         old = _move_aside(target)
         os.replace(tmp, target)
         if old is not None:
@@ -132,17 +139,49 @@ def write_feature_pages(out: Path, summaries: Sequence[Any], records: Sequence[d
 
 def remove_feature_pages(out: Path) -> None:
     """Remove OUT/features left by an older build (this one has no pages); nothing else under OUT is touched."""
+    check_features_folder(out)
     old = _move_aside(out / FEATURES_DIR)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_features_folder(out: Path) -> None:
+    """Refuse, before anything is written, to replace or remove an OUT/features the report did not write.
+
+    Why: `--out` may be a project folder (or the run folder) whose own `features/` holds user files or a
+    dictionary; a report rebuilds its pages at any time, those files cannot be rebuilt. Ours: it holds the
+    marker file, or (pages written before the marker existed) feature.js and feature.css and otherwise
+    only folders of *.html pages and fragments.js.
+    """
+    target = Path(out) / FEATURES_DIR
+    if not os.path.lexists(target) or _is_ours(target):
+        return
+    raise UserError(f"{str(target)!r} exists and was not written by `cli.py report` (it would be replaced): "
+                    "pass another --out, or move that folder away")
+
+
+def _is_ours(target: Path) -> bool:
+    if target.is_symlink() or not target.is_dir():
+        return False
+    if (target / MARKER).is_file():
+        return True
+    names = {p.name: p for p in target.iterdir()}
+    if not {"feature.js", "feature.css"} <= names.keys():
+        return False
+    for name, path in names.items():
+        if name in ("feature.js", "feature.css"):
+            continue
+        if path.is_symlink() or not path.is_dir():
+            return False
+        for inner in path.iterdir():
+            if inner.is_symlink() or not inner.is_file() or not (inner.suffix == ".html" or inner.name == "fragments.js"):
+                return False
+    return True
+
+
 def _move_aside(target: Path) -> Path | None:
     """Rename `target` (if any) into a hidden folder beside it, in one step; returns that folder, for removal.
-    A link named `features` is unlinked, never followed."""
-    if target.is_symlink():
-        target.unlink()
-        return None
+    (`check_features_folder` has already refused anything that is not pages of ours, links included.)"""
     if not target.exists():
         return None
     old = Path(tempfile.mkdtemp(prefix=f".{FEATURES_DIR}.", suffix=".old", dir=target.parent))

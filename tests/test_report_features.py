@@ -180,7 +180,7 @@ def test_a_rebuilt_report_replaces_its_feature_pages_at_once(report, tmp_path):
     out = tmp_path / "rep"
     build_report(report["root"], out, summaries=(summaries, []))
     build_report(report["root"], out, summaries=(summaries[:1], []))
-    assert sorted(p.name for p in (out / "features").iterdir()) == ["feature.css", "feature.js", SAE]
+    assert sorted(p.name for p in (out / "features").iterdir()) == [".dictlens-pages", "feature.css", "feature.js", SAE]
     assert sorted(int(p.stem) for p in (out / "features" / SAE).glob("*.html")) == [0, 1, 2, 3]
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
 
@@ -363,3 +363,57 @@ def test_cards_are_all_drawn_up_to_the_threshold_and_only_the_best_above_it(tmp_
     assert parse(text).cards == counts["cards"] + sizes["mid"] + CARDS_WITH_PAGES
     assert f"{sizes['big'] - CARDS_WITH_PAGES} more card(s) of this group are not drawn here" in text
     assert text.count("more card(s) of this group") == 1
+
+
+# -- second review of issue 16: foreign folders, path boundaries, cards of features without a page ----------------
+
+def _one_line_refusal(excinfo, folder: Path) -> None:
+    message = str(excinfo.value)
+    assert "\n" not in message and str(folder) in message and "--out" in message
+
+
+def test_a_features_folder_the_report_did_not_write_is_refused_up_front_and_survives(report, tmp_path):
+    out = tmp_path / "project"
+    (out / "features").mkdir(parents=True)
+    (out / "features" / "notes.txt").write_text("mine", encoding="utf-8")
+    for kwargs in ({"summaries": (report["summaries"], [])}, {"max_features": 0}):
+        with pytest.raises(UserError) as excinfo:
+            build_report(report["root"], out, **kwargs)
+        _one_line_refusal(excinfo, out / "features")
+        assert (out / "features" / "notes.txt").read_text(encoding="utf-8") == "mine"
+        assert sorted(p.name for p in out.rglob("*")) == ["features", "notes.txt"]  # nothing written, index neither
+
+
+def test_a_dictionary_folder_named_features_in_the_run_survives_a_report_into_the_run(tmp_path):
+    import shutil
+
+    root = tmp_path / "run"
+    make_run(root, with_ioi=False)
+    shutil.copytree(root / "dicts" / "neuron", root / "features")
+    before = {p.name: p.read_bytes() for p in (root / "features").iterdir()}
+    with pytest.raises(UserError) as excinfo:
+        build_report(root, root, summaries=(_summaries(), []))
+    _one_line_refusal(excinfo, root / "features")
+    assert {p.name: p.read_bytes() for p in (root / "features").iterdir()} == before
+    assert not (root / "index.html").exists()
+
+
+def test_pages_of_ours_with_or_without_the_marker_are_still_replaced_and_removed(report, tmp_path):
+    from report.feature_pages import MARKER
+
+    out = tmp_path / "rep"
+    build_report(report["root"], out, summaries=(report["summaries"], []))
+    assert json.loads((out / "features" / MARKER).read_text(encoding="utf-8"))["version"] == 1
+    (out / "features" / MARKER).unlink()  # pages written before the marker existed
+    (out / "features" / SAE / "999.html").write_text("old", encoding="utf-8")
+    build_report(report["root"], out, summaries=(report["summaries"], []))
+    assert (out / "features" / MARKER).is_file() and not (out / "features" / SAE / "999.html").exists()
+    (out / "features" / MARKER).unlink()
+    build_report(report["root"], out, max_features=0)
+    assert not (out / "features").exists()
+    (out / "features" / "x").mkdir(parents=True)  # shaped like pages but for one foreign file: not ours
+    for name in ("feature.js", "feature.css", "x/1.html", "x/fragments.js", "x/data.csv"):
+        (out / "features" / name).write_text("", encoding="utf-8")
+    with pytest.raises(UserError):
+        build_report(report["root"], out, max_features=0)
+    assert (out / "features" / "x" / "data.csv").is_file()
