@@ -10,7 +10,11 @@ components becomes its last component (`/data/x.jsonl` -> `…/x.jsonl`).
 `PathScrubber.final` is a safety net on the written text: the run, report
 and home folders, raw and in their HTML- and JSON-escaped forms, made
 relative. It never applies the general pattern, which would also match
-inside base64 images and scripts.
+inside base64 images and scripts, and it replaces only whole paths (the
+same left boundary as `ABSOLUTE_PATH`, a name character may not follow),
+only folders of 2+ components, and never inside a data: URI: a short folder
+such as the report's parent `/code` would otherwise turn `</code>` into
+`<..>` and corrupt base64 images.
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 _PART = r"[\w.@+~%=-]"  # characters of a path component the general pattern follows
+# no path starts right after these: a word, a relative path, a URL's host or path ("https://host/tmp/x"), base64
+_LEFT = r"(?<![\w.~/\\+-])"
 # an absolute POSIX path of 2+ components, not part of a URL, a relative path or a word ("and/or", "1/2/3")
 # ("local:/models/m" is a path after a colon; in "http://host/a" no slash is both preceded right and followed by a name)
-ABSOLUTE_PATH = re.compile(rf"(?<![\w.~/\\+-])/(?:{_PART}+/)+{_PART}+")
+ABSOLUTE_PATH = re.compile(rf"{_LEFT}/(?:{_PART}+/)+{_PART}+")
+DATA_URI = re.compile(r"data:[\w.+-]+/[\w.+-]+;base64,[A-Za-z0-9+/=]*")  # never touched by the final pass
 
 
 def shown_path(path: Path, out: Path) -> str:
@@ -47,13 +54,17 @@ class PathScrubber:
     def __init__(self, root: Path, out: Path) -> None:
         folders = {Path(root), Path(out), Path(out).absolute().parent}
         pairs = {(form, shown_path(folder, out)) for folder in folders for form in _forms(folder)}
-        self._pairs = sorted(pairs, key=lambda p: -len(p[0]))  # the deepest folder first
-        self._known = [(re.compile(re.escape(old) + rf"(?!{_PART})"), new) for old, new in self._pairs]
-        final = list(self._pairs)
+        self._pairs = sorted(pairs, key=lambda p: (-len(p[0]), p))  # the deepest folder first
+        self._known = [(re.compile(_LEFT + re.escape(old) + rf"(?!{_PART})"), new) for old, new in self._pairs]
+        # the safety net: only the run and report folders (the data pass handles the report's parent, which may
+        # be as short as /tmp or /code), of 2+ components, and the home folder, each found as a whole path
+        final = [(form, shown_path(folder, out)) for folder in (Path(root), Path(out)) for form in _forms(folder)]
         home = str(Path.home())
-        if len(home) > 1:
-            final.append((home + "/", "~/"))
-        self._final = [(o, n) for old, new in final for o, n in _escaped(old, new)]
+        final.append((home, "~"))
+        final = [(old, new) for old, new in final if len(Path(old).parts) >= 3]  # "/", then 2+ components
+        self._final = _final_replacements(final)
+        alternatives = "|".join(re.escape(old) for old in sorted(self._final, key=lambda o: (-len(o), o)))
+        self._final_re = re.compile(rf"{_LEFT}(?:{alternatives})(?!{_PART})") if self._final else None
 
     def text(self, value: str) -> str:
         """A shown string with its paths made relative (under the run / the report's parent) or cut to a name."""
@@ -76,17 +87,36 @@ class PathScrubber:
         return value
 
     def final(self, text: str) -> str:
-        """The safety net on written text: the known folders, raw, HTML-escaped and JSON-escaped."""
-        for old, new in self._final:
-            if old in text:
-                text = text.replace(old, new)
-        return text
+        """The safety net on written text: the run, report and home folders, raw, HTML-escaped and JSON-escaped,
+        as whole paths (never inside a longer path, a word or a URL) and never inside a data: URI (base64 images)."""
+        if self._final_re is None:
+            return text
+        sub = lambda chunk: self._final_re.sub(lambda m: self._final[m.group(0)], chunk)
+        parts, at = [], 0
+        for m in DATA_URI.finditer(text):
+            parts += [sub(text[at:m.start()]), m.group(0)]
+            at = m.end()
+        parts.append(sub(text[at:]))
+        return "".join(parts)
+
+
+def _final_replacements(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """old -> new over the raw, HTML- and JSON-escaped forms of each pair, one replacement per old string.
+
+    Why the order: where two forms of a folder are spelled alike (no special character in it) but its
+    replacement is not (`../x<i>y`), the escaped replacement wins, so no raw `<` is written into a page,
+    and the choice does not depend on set order (PYTHONHASHSEED)."""
+    chosen: dict[str, str] = {}
+    for old, new in sorted(pairs, key=lambda p: (-len(p[0]), p)):
+        for form in _escaped(old, new):
+            chosen.setdefault(*form)
+    return chosen
 
 
 def _escaped(old: str, new: str) -> list[tuple[str, str]]:
-    def js(s: str) -> str:  # as `report.feature_data.js_json` writes a string
+    """The HTML-escaped, then JSON-escaped (as `report.feature_data.js_json` writes a string), then raw form."""
+    def js(s: str) -> str:
         return json.dumps(s, ensure_ascii=True)[1:-1].replace("<", "\\u003c").replace(">", "\\u003e") \
             .replace("&", "\\u0026")
 
-    forms = {(old, new), (html.escape(old, quote=True), html.escape(new, quote=True)), (js(old), js(new))}
-    return sorted(forms, key=lambda p: -len(p[0]))
+    return [(html.escape(old, quote=True), html.escape(new, quote=True)), (js(old), js(new)), (old, new)]

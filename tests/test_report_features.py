@@ -417,3 +417,40 @@ def test_pages_of_ours_with_or_without_the_marker_are_still_replaced_and_removed
     with pytest.raises(UserError):
         build_report(report["root"], out, max_features=0)
     assert (out / "features" / "x" / "data.csv").is_file()
+
+
+@pytest.mark.parametrize("parent", ["/code", "/opt", "/tmp"])
+def test_the_final_pass_replaces_whole_paths_only_never_tags_commands_or_images(parent):
+    """The report's parent may be a one-component folder: the final pass must not touch '</code>' and the like.
+    The folders need not exist (nothing is created; a missing path resolves to itself)."""
+    from report.paths import PathScrubber
+
+    root, out = Path(parent) / "dl-review-run", Path(parent) / "dl-review-report"
+    scrub = PathScrubber(root, out)
+    b64 = "iVBORw0KGgo" + parent + "/AAAA" + root.as_posix() + "/BBBB=="
+    untouched = (f"<code>x</code> <option>a</option> cd {parent} && make; cd /tmp && make; "
+                 f'<img src="data:image/png;base64,{b64}"> <img src="data:image/png;base64,{root}/QUJD"> '
+                 f"{parent}x/y {root}x/z https://host.org{root}/a")
+    assert scrub.final(untouched) == untouched
+    assert scrub.final(f"see {root}/dicts/x, {out}/scores.png; &quot;{root}&quot; \"{root}/q\"") == \
+        "see ../dl-review-run/dicts/x, ./scores.png; &quot;../dl-review-run&quot; \"../dl-review-run/q\""
+
+
+def test_the_data_pass_replaces_known_folders_only_as_whole_paths():
+    from report.paths import PathScrubber
+
+    scrub = PathScrubber(Path("/tmp/dl-review-run"), Path("/tmp/dl-review-report"))
+    assert scrub.text("https://example.com/tmp/notes.html") == "https://example.com/tmp/notes.html"
+    assert scrub.text("/var/tmp and /var/tmp/x") == "…/tmp and …/x"
+    assert scrub.text("/tmp/notes.html, /tmp/dl-review-run/a") == "../notes.html, ../dl-review-run/a"
+
+
+def test_the_final_pass_prefers_the_escaped_replacement_when_spellings_coincide(tmp_path):
+    """A link to a run folder named with '<': the link's spelling is the same raw and escaped, its replacement
+    is not; the page must never get the raw '<' (before, the choice followed set order, i.e. PYTHONHASHSEED)."""
+    from report.paths import PathScrubber
+
+    (tmp_path / "x<i>y" / "run").mkdir(parents=True)
+    (tmp_path / "lnk").symlink_to(tmp_path / "x<i>y" / "run")
+    scrub = PathScrubber(tmp_path / "lnk", tmp_path / "proj")
+    assert scrub.final(f"see {tmp_path}/lnk/dicts") == "see ../x&lt;i&gt;y/run/dicts"
