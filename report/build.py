@@ -44,8 +44,8 @@ from report.paths import PathScrubber, shown_path
 from report.plots import plot_comparison, plot_frontier_png, plot_ioi
 from sae.registry import kind_order
 
-CARDS_ABOVE_THRESHOLD = 200  # a (scorer, dictionary) group with more cards than this, and feature pages, ...
-CARDS_WITH_PAGES = 24  # ... draws only its best 24 cards (the feature table lists every feature)
+CARDS_ABOVE_THRESHOLD = 200  # a (scorer, dictionary) group with more cards than this of features with a page ...
+CARDS_WITH_PAGES = 24  # ... draws only the best 24 of those (the table lists them); cards without a page: all
 KEEP_AS_WRITTEN = ("exemplars", "explanation", "candidates")  # record fields of corpus / LLM text: not path-scrubbed
 
 OFFLINE_NOTE = (
@@ -304,9 +304,11 @@ def _ioi_section(contents: RunContents, out: Path) -> str:
 
 def _features_section(records: list[dict[str, Any]], described: DescriptorResults | None = None,
                       pages: FeatureTable | None = None) -> str:
-    """The explained features' cards; with feature pages, each links to its page, and a group of more than
-    CARDS_ABOVE_THRESHOLD draws only its best CARDS_WITH_PAGES here (10,000 cards would make index.html unusable;
-    the table has all). Smaller groups, the usual run, draw every card as before the pages existed."""
+    """The explained features' cards; with feature pages, each links to its page, and a group with more than
+    CARDS_ABOVE_THRESHOLD cards of features *that have a page* draws only the best CARDS_WITH_PAGES of those
+    (10,000 cards would make index.html unusable; the table has them all, with their pages). A feature without a
+    page (its dictionary was skipped, or beyond --max-features) has no other view: its card is always drawn.
+    Smaller groups, the usual run, draw every card as before the pages existed."""
     head = ('<h2 id="features">Features</h2><p class="muted small">One card per explained feature, best score first '
             'within each basis. Token backgrounds: the feature\'s activation relative to its largest activation in '
             'the shown fragments (hover a token for its value). Top fragments are ranked by maximum activation; '
@@ -327,23 +329,30 @@ def _features_section(records: list[dict[str, Any]], described: DescriptorResult
         parts.append(f"<h3>{esc(name)} <span class=\"muted small\">{esc(kind)} · {esc(hook)} · scorer "
                      f"{esc(scorer)} · {len(shown)} card(s), {len(skipped)} skipped</span></h3>")
         hrefs = pages.hrefs if pages is not None else {}
-        drawn = shown[:CARDS_WITH_PAGES] if hrefs and len(shown) > CARDS_ABOVE_THRESHOLD else shown
+        paged = [r for r in shown if _href(hrefs, r)]  # only these are in the table with a page: only these are cut
+        cut = {id(r) for r in paged[CARDS_WITH_PAGES:]} if len(paged) > CARDS_ABOVE_THRESHOLD else set()
+        drawn = [r for r in shown if id(r) not in cut]
         parts.append('<div class="cards">' + "".join(
             feature_card(r, chips_html(described, r.get("dictionary"), r.get("feature")) + _page_link(hrefs, r))
             for r in drawn) + "</div>")
-        if len(drawn) < len(shown):
-            parts.append(f'<p class="small">{len(shown) - len(drawn)} more card(s) of this group are not drawn here: '
-                         'every feature is in the <a href="#features-table">feature table</a>, with a page of its own.</p>')
+        if cut:
+            parts.append(f'<p class="small">{len(cut)} more card(s) of this group are not drawn here: each of these '
+                         'features has a page of its own and a row in the <a href="#features-table">feature table</a>'
+                         '; every card of a feature without a page is drawn above.</p>')
         if skipped:
             parts.append(skipped_table(skipped))
     return "\n".join(parts)
 
 
-def _page_link(hrefs: dict[tuple[str, int], str], record: dict[str, Any]) -> str:
+def _href(hrefs: dict[tuple[str, int], str], record: dict[str, Any]) -> str | None:
     try:
-        href = hrefs.get((str(record.get("dictionary")), int(record.get("feature"))))
+        return hrefs.get((str(record.get("dictionary")), int(record.get("feature"))))
     except (TypeError, ValueError):
-        return ""
+        return None
+
+
+def _page_link(hrefs: dict[tuple[str, int], str], record: dict[str, Any]) -> str:
+    href = _href(hrefs, record)
     return f'<div class="small"><a href="{esc(href)}">feature page →</a></div>' if href else ""
 
 

@@ -31,10 +31,10 @@ HOSTILE = [" <script>alert(1)</script>", SCRIPT, IMG, " \ufffd\ufffd", "\ud800x"
 WORD = "giraffe"  # only the explanation of SAE feature 5 has it
 
 
-def _summaries(seed: int = 0) -> list[DictionarySummaries]:
+def _summaries(seed: int = 0, n_neuron: int = 16) -> list[DictionarySummaries]:
     rng = np.random.default_rng(seed)
     out = []
-    for name, kind, n in ((SAE, "tied_sae", 8), ("neuron", "neuron", 16)):  # the SAE's first 8 of 32 features
+    for name, kind, n in ((SAE, "tied_sae", 8), ("neuron", "neuron", n_neuron)):  # the SAE's first 8 of 32 features
         fragments = {0: list(HOSTILE)} | {k: [f" w{k}_{j}" for j in range(len(HOSTILE))] for k in (3, 7, 11)}
         features = []
         for i in range(n):
@@ -358,7 +358,7 @@ def test_cards_are_all_drawn_up_to_the_threshold_and_only_the_best_above_it(tmp_
         folder.mkdir(parents=True)
         records = [_record(root / "dicts" / "neuron", "neuron", f, "ok", rng, explainer=name) for f in range(n)]
         (folder / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    index = build_report(root, root / "report", summaries=(_summaries(), []))
+    index = build_report(root, root / "report", summaries=(_summaries(n_neuron=sizes["big"]), []))
     text = index.read_text(encoding="utf-8")
     assert parse(text).cards == counts["cards"] + sizes["mid"] + CARDS_WITH_PAGES
     assert f"{sizes['big'] - CARDS_WITH_PAGES} more card(s) of this group are not drawn here" in text
@@ -454,3 +454,23 @@ def test_the_final_pass_prefers_the_escaped_replacement_when_spellings_coincide(
     (tmp_path / "lnk").symlink_to(tmp_path / "x<i>y" / "run")
     scrub = PathScrubber(tmp_path / "lnk", tmp_path / "proj")
     assert scrub.final(f"see {tmp_path}/lnk/dicts") == "see ../x&lt;i&gt;y/run/dicts"
+
+
+def test_cards_of_features_without_a_page_are_never_cut(tmp_path):
+    """201 explained features of a dictionary that was skipped (no page, no table row): every card is drawn.
+    With pages for only 16 of 201 (the rest beyond --max-features), nothing is cut either."""
+    from report.build import CARDS_ABOVE_THRESHOLD
+
+    root = tmp_path / "run"
+    counts = make_run(root, with_ioi=False)
+    rng = np.random.default_rng(4)
+    folder = root / "explanations" / "big"
+    folder.mkdir(parents=True)
+    n = CARDS_ABOVE_THRESHOLD + 1
+    records = [_record(root / "dicts" / "neuron", "neuron", f, "ok", rng, explainer="big") for f in range(n)]
+    (folder / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    sae_only = [s for s in _summaries() if s.name == SAE]
+    for summaries in ((sae_only, [("neuron", "hook not in cache")]), (_summaries(), [])):
+        text = build_report(root, root / "report", summaries=summaries).read_text(encoding="utf-8")
+        assert parse(text).cards == counts["cards"] + n
+        assert "more card(s) of this group" not in text
