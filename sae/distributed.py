@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from activations.distributed import Launch
 from activations.errors import UserError
+from sae.kinds.topk import batch_variance
 
 MODES = ("data", "sweep")
 # kinds whose loss is a sum over rows up to a global constant, and whose only batch-updated state is `since_fired`
@@ -69,11 +70,6 @@ def row_block(n_rows: int, launch: Launch) -> tuple[int, int]:
     base, extra = divmod(n_rows, launch.world_size)
     lo = launch.rank * base + min(launch.rank, extra)
     return lo, lo + base + (1 if launch.rank < extra else 0)
-
-
-def batch_variance(x: Tensor) -> Tensor:
-    """The TopK objective's normaliser, written exactly as `TopKStack.forward` computes it."""
-    return (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
 
 
 class _Groups(nn.Module):
@@ -124,8 +120,9 @@ class DataParallelStepper:
         lo, hi = row_block(n_rows, self.launch)
         local = x[lo:hi]
         rows = torch.tensor((hi - lo) / n_rows, device=x.device)
-        weights = [batch_variance(local) / batch_variance(x) if g.kind in VARIANCE_NORMALISED else rows
-                   for g in self.groups]
+        variance = (batch_variance(local) / batch_variance(x)
+                    if any(g.kind in VARIANCE_NORMALISED for g in self.groups) else None)
+        weights = [variance if g.kind in VARIANCE_NORMALISED else rows for g in self.groups]
         before = [g.since_fired.clone() if hasattr(g, "since_fired") else None for g in self.groups]
         results = self.module(local)
         total = torch.stack([(r["loss"] * w).sum() for r, w in zip(results, weights)]).sum()

@@ -22,6 +22,11 @@ from sae.kinds.stack import StackOptions, SweepStack, auxk_fvu, batched_top_k
 from sae.kinds.untied import UntiedSAE
 
 
+def batch_variance(x: Tensor) -> Tensor:
+    """The TopK objective's normaliser: the batch's total variance (data-parallel training weighs ranks by it)."""
+    return (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
 class TopKSAE(UntiedSAE):
     kind = "topk"
 
@@ -72,7 +77,7 @@ class TopKStack(SweepStack):
         pre = torch.baddbmm((self.b_e - torch.bmm(self.b_d.unsqueeze(1), w_t).squeeze(1)).unsqueeze(1), xs, w_t)
         c, x_hat = self.codes_and_reconstruction(pre)
         err = x_hat - xs
-        variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+        variance = batch_variance(x)
         fvu = err.pow(2).sum(dim=(1, 2)) / variance
         aux = auxk_fvu(pre, self.since_fired, self.options.dead_tokens, self.W_d, (-err).detach(), variance,
                        k_aux=self.d_in // 2)
