@@ -90,3 +90,33 @@ def rank_device(device: str, launch: Launch) -> str:
     torch.cuda.set_device(launch.local_rank)
     return f"cuda:{launch.local_rank}"
 
+
+def gather_texts(launch: Launch, text: str) -> list[str]:
+    """Every rank's `text`, in rank order, on every rank (a collective: all ranks must call it).
+
+    Sent as UTF-8 bytes in tensors, so nothing is pickled.
+    """
+    import torch.distributed as dist
+
+    if not launch.distributed:
+        return [text]
+    device = f"cuda:{launch.local_rank}" if dist.get_backend() == "nccl" else "cpu"
+    data = torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8, device=device)
+    size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(launch.world_size)]
+    dist.all_gather(sizes, size)
+    longest = max(1, max(int(s) for s in sizes))
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[: data.numel()] = data
+    received = [torch.zeros_like(padded) for _ in range(launch.world_size)]
+    dist.all_gather(received, padded)
+    return [bytes(r[: int(s)].cpu().tolist()).decode("utf-8") for r, s in zip(received, sizes)]
+
+
+def first_error(launch: Launch, error: str) -> str:
+    """The first rank's error text ("" if no rank has one), on every rank: a collective, all ranks must call it.
+
+    So that every rank stops together with a line, instead of some of them waiting forever for the others.
+    """
+    return next((e for e in gather_texts(launch, error) if e), "")
+

@@ -19,7 +19,7 @@ unfinished run is refused with one line to another N (one process included):
 the shards' contexts depend on N. A finished OUT is finished for any N. Every
 rank checks its part before anything is written and the ranks exchange their
 verdicts
-(`gather_texts`), so all ranks fail together with the same line instead of
+(`activations.distributed.first_error`), so all ranks fail together with the same line instead of
 some of them waiting forever for the others.
 """
 
@@ -35,12 +35,12 @@ from typing import Any
 
 import h5py
 import numpy as np
-import torch
 
 from activations.cache_writer import (BFLOAT16_ENCODING, STORAGE, CacheResult, _check_existing, _chunk_rows,
                                       _create_file, _create_tokens, _write_batches, cache_attrs)
 from activations.corpus import build_contexts, resolve_corpus
-from activations.distributed import Launch, barrier, destroy_process_group, init_process_group, rank_device
+from activations.distributed import (Launch, barrier, destroy_process_group, first_error, gather_texts,
+                                     init_process_group, rank_device)
 from activations.errors import UserError
 from activations.hooks import hook_width, validate_hooks
 from activations.models import load_model
@@ -74,33 +74,11 @@ def other_shards(out: Path, world_size: int) -> list[Path]:
     return found
 
 
-def gather_texts(launch: Launch, text: str) -> list[str]:
-    """Every rank's `text`, in rank order, on every rank (a collective: all ranks must call it).
-
-    Sent as UTF-8 bytes in tensors, so nothing is pickled.
-    """
-    import torch.distributed as dist
-
-    if not launch.distributed:
-        return [text]
-    device = f"cuda:{launch.local_rank}" if dist.get_backend() == "nccl" else "cpu"
-    data = torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8, device=device)
-    size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
-    sizes = [torch.zeros_like(size) for _ in range(launch.world_size)]
-    dist.all_gather(sizes, size)
-    longest = max(1, max(int(s) for s in sizes))
-    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
-    padded[: data.numel()] = data
-    received = [torch.zeros_like(padded) for _ in range(launch.world_size)]
-    dist.all_gather(received, padded)
-    return [bytes(r[: int(s)].cpu().tolist()).decode("utf-8") for r, s in zip(received, sizes)]
-
-
 def _agree(launch: Launch, error: str) -> None:
     """Raise the first rank's error (the same line) in every rank, or return if no rank has one."""
-    errors = [e for e in gather_texts(launch, error) if e]
-    if errors:
-        raise UserError(errors[0])
+    first = first_error(launch, error)
+    if first:
+        raise UserError(first)
 
 
 def write_cache_distributed(settings: CacheSettings, out: Path, launch: Launch, progress: bool = True) -> CacheResult:

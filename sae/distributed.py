@@ -155,14 +155,3 @@ class DataParallelStepper:
                 # what one process does with the whole batch: since_fired.add_(B).masked_fill_(fired, 0)
                 g.since_fired.copy_(old.add_(n_rows).masked_fill_(hit, 0))
         return out
-
-
-def all_agree(launch: Launch, ok: bool, device: str = "cpu") -> bool:
-    """True on every rank iff `ok` is true on every rank (one all-reduce; a single process returns `ok`)."""
-    import torch.distributed as dist
-
-    if not launch.distributed:
-        return ok
-    flag = torch.tensor([0.0 if ok else 1.0], device=device)
-    dist.all_reduce(flag)
-    return bool(flag.item() == 0)

@@ -10,7 +10,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
-from activations.distributed import Launch, barrier, destroy_process_group, init_process_group, rank_device
+from activations.distributed import (Launch, barrier, destroy_process_group, first_error, init_process_group,
+                                     rank_device)
 from activations.errors import UserError
 from sae.settings import TrainSettings
 
@@ -25,7 +26,7 @@ def train_sae_distributed(settings: TrainSettings, launch: Launch,
     """
     from activations.runstate import check_output_folder, output_lock
     from sae.data import split_cache
-    from sae.distributed import all_agree, resolve_mode
+    from sae.distributed import resolve_mode
     from sae.train import train_sweep
 
     mode = resolve_mode(launch, settings.distribute, settings.kind)  # the same verdict on every rank, before joining
@@ -40,9 +41,10 @@ def train_sae_distributed(settings: TrainSettings, launch: Launch,
                     held.enter_context(output_lock(settings.out, folder=True))
                 except UserError as err:
                     refused = err
-            if not all_agree(launch, refused is None, device):
-                raise refused or UserError(f"--out {settings.out!r} could not be locked by rank 0 (its own message "
-                                           "says why): nothing was trained")
+            reason = first_error(launch, str(refused) if refused else "")
+            if reason:
+                raise refused or UserError(f"--out {settings.out!r} could not be locked by rank 0, so nothing was "
+                                           f"trained: {reason}")
             source, held_out = split_cache(settings.cache, settings.hook, settings.eval_fraction,
                                            skip_first=not settings.keep_first_position,
                                            sink_factor=settings.sink_factor)
