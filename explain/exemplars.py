@@ -177,10 +177,9 @@ def encode_features(dictionary: Any, x: torch.Tensor, ids: torch.Tensor) -> torc
     codes below a per-feature threshold, so they (and any other Dictionary)
     go through their own `encode` and are sliced afterwards.
     """
-    from sae.kinds.affine import AffineDictionary
+    from sae.kinds.affine import encodes_as_affine_relu
 
-    if (isinstance(dictionary, AffineDictionary) and type(dictionary).encode is AffineDictionary.encode
-            and dictionary.k is None):
+    if encodes_as_affine_relu(dictionary) and dictionary.k is None:
         w, b = dictionary.effective()[:2]
         return torch.relu(x.to(w.dtype) @ w[ids].T + b[ids])
     return dictionary.encode(x)[..., ids]

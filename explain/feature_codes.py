@@ -25,10 +25,10 @@ class BatchCodes:
     """
 
     def __init__(self, d: Any, x: torch.Tensor):
-        from sae.kinds.affine import AffineDictionary
+        from sae.kinds.affine import encodes_as_affine_relu
 
         self.d, self.x = d, x
-        plain = isinstance(d, AffineDictionary) and type(d).encode is AffineDictionary.encode
+        plain = encodes_as_affine_relu(d)
         k = getattr(d, "k", None)
         self.mode = "topk" if plain and k is not None and k < d.n_features else (
             "sliced" if plain and k is None else "encode")

@@ -137,3 +137,13 @@ class AffineDictionary:
     def __repr__(self) -> str:
         extra = f", k={self.k}" if self.k is not None else ""
         return f"{type(self).__name__}(name={self.name!r}, hook={self.hook!r}, d_in={self.d_in}, n_features={self.n_features}{extra})"
+
+
+def encodes_as_affine_relu(dictionary: object) -> bool:
+    """Is `encode` exactly ReLU(x Wᵀ + b) (then top-k when k is set) with `effective()`'s W and b?
+
+    What lets a caller multiply by only some rows of W, or keep top-k values without a dense code tensor;
+    kinds that override `encode` (thresholds, neurons, fitted bases) are not, whatever their weights.
+    """
+    return isinstance(dictionary, AffineDictionary) and type(dictionary).encode is AffineDictionary.encode
+
