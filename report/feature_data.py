@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from report.html import visible
+from report.html import display_token, visible
 
 SIG_DIGITS = 3
 
@@ -36,8 +36,8 @@ def clean_text(value: Any) -> str:
 
 
 def clean_token(token: Any) -> str:
-    """A token as shown in an example: whitespace made visible (as `report.html` does), then `clean_text`."""
-    return clean_text(str(token).replace("\r", "\\r").replace("\n", "↵").replace("\t", "⇥"))
+    """A token as shown in an example: whitespace made visible as the cards show it, then `clean_text`."""
+    return clean_text(display_token(str(token)))
 
 
 def js_json(data: Any) -> str:

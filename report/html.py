@@ -61,7 +61,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], css_class: str 
     return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _display_token(token: str) -> str:
+def display_token(token: str) -> str:
     """Make whitespace-only and control characters visible without changing what the token is."""
     return token.replace("\r", "\\r").replace("\n", "↵").replace("\t", "⇥")
 
@@ -70,7 +70,7 @@ def highlighted_fragment(tokens: Sequence[str], acts: Sequence[float], scale: fl
     """One fragment, each active token's background as dark as its activation relative to `scale`."""
     parts = []
     for token, act in zip(tokens, acts):
-        text = esc(_display_token(str(token)))
+        text = esc(display_token(str(token)))
         a = float(act)
         if a > 0 and scale > 0:
             alpha = 0.15 + 0.85 * min(1.0, a / scale)
