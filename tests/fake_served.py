@@ -16,7 +16,12 @@ intruder chat answers with top log-probabilities; ``GET /v1/stats`` returns
 the counters. `script` holds HTTP
 statuses to answer first (429 comes with ``Retry-After: 0``);
 ``logprobs=False`` plays a server with none (echo refused, chat answers
-without logprobs); `echo_refusal` refuses only echo, with that status.
+without logprobs); `echo_refusal` refuses only echo, with that status;
+`logprobs_refusal` answers that status (e.g. 400, 422) to every request
+carrying logprobs fields (``echo``, ``logprobs``, ``top_logprobs``), as
+servers that validate their fields strictly do, and answers the rest. The
+text simulator's request (a JSON list per fragment) is answered with each
+listed token's value, CRC of its letters mod 11.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ def crc(text: str) -> int:
     return zlib.crc32(text.encode("utf-8"))
 
 
+def text_value(token: str) -> int:
+    """The text simulator's answer for a token: its letters' CRC mod 11 (0..10)."""
+    return crc("".join(re.findall(r"[A-Za-z]+", token))) % 11
+
+
 def digit_top(word: str) -> dict[str, float]:
     """Top log-probabilities at a slot: one value 0..9 chosen by the word (p .6), the rest on "unknown"."""
     return {str(crc(word) % 10): math.log(0.6), "unknown": math.log(0.4)}
@@ -56,6 +66,8 @@ class FakeServed:
         self.logprobs = logprobs
         self.script: list[int] = []
         self.echo_refusal: int | None = None  # an HTTP status that refuses completions with echo (e.g. 501)
+        self.logprobs_refusal: int | None = None  # an HTTP status for any request with logprobs fields (400, 422)
+        self.error_body: dict[str, Any] | None = None  # the body of scripted statuses (default: OpenAI's shape)
         self.n_requests = 0
         self.statuses: dict[int, int] = {}
         self.in_flight = 0
@@ -105,6 +117,9 @@ class FakeServed:
                                           "message": {"role": "assistant", "content": tokens[0]},
                                           "logprobs": {"content": [{"token": tokens[0], "logprob": top[tokens[0]],
                                                                     "bytes": None, "top_logprobs": tops}]}}]}
+        elif "JSON list of integers" in system:  # the text simulator: one value per listed token
+            listed = re.findall(r'^\d+\. (".*")$', user, flags=re.M)
+            tokens = [json.dumps([text_value(json.loads(t)) for t in listed])]
         elif "odd one out" in system:  # intruder: one number
             tokens = [str(crc(key) % max(len(lines), 1) + 1)]
         elif "list of 0s and 1s" in system:  # detection / fuzzing: one judgement per example
@@ -158,8 +173,11 @@ class FakeServed:
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
                     time.sleep(server.latency)
+                    asks_logprobs = any(body.get(k) for k in ("echo", "logprobs", "top_logprobs"))
                     if status != 200:
-                        code, obj = status, {"error": {"message": f"scripted {status}"}}
+                        code, obj = status, server.error_body or {"error": {"message": f"scripted {status}"}}
+                    elif server.logprobs_refusal and asks_logprobs:  # FastAPI's shape: {"detail": ...}
+                        code, obj = server.logprobs_refusal, {"detail": "unsupported fields: logprobs"}
                     elif self.path.endswith("/chat/completions"):
                         code, obj = server.chat(body)
                     else:

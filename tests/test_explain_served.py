@@ -69,6 +69,9 @@ def _answering_model(folder: Path) -> Path:
         emb[answer, 0], emb[answer, 1] = 0.0, 1.0  # ANSWER -> end of text
         head[answer, 0], head[eos, 1] = 10.0, 10.0
     model.generation_config.eos_token_id = model.generation_config.pad_token_id = eos
+    # transformers serve (5.2x) refuses a prompt longer than the model's positions with HTTP 400; the prompts here
+    # run to ~700 tokens, and nothing in this model depends on the position
+    model.config.max_position_embeddings = 4096
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

@@ -24,6 +24,10 @@ class NoLogprobs(LLMError):
     An `LLMError`, so where logprobs are required (`--score-mode logprobs`) the
     feature's scoring fails with this message; in `--score-mode auto` the
     scorers catch it and score from text answers instead (`explain.scorers.text_sim`).
+    Also raised for a client error to a request carrying logprobs fields
+    (`explain.llm.remote.refuses_logprobs`): today's `transformers serve`
+    answers HTTP 400 to ``logprobs``/``top_logprobs`` instead of ignoring them,
+    which says "no logprobs here", not "this request is wrong".
     """
 
 

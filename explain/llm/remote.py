@@ -58,13 +58,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from activations.errors import first_line
 from explain.llm.base import Generation, LLMBackend, Messages, ScoredRequest
-from explain.llm.errors import BackendConfigError, EndpointUnreachable, LLMError
+from explain.llm.errors import BackendConfigError, EndpointUnreachable, LLMError, NoLogprobs
 from explain.llm.cache import LLMCache
 from explain.llm.remote_readouts import SimulationReadouts, _EchoUnsupported
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 RETRY_STATUS = {408, 409, 429}
 UNSUPPORTED_STATUS = {400, 404, 405, 422, 501}
+NOT_A_REFUSAL = {401, 403, 407} | RETRY_STATUS  # a key or quota problem says nothing about logprobs
 MODES = ("auto", "completions", "chat")
 
 
@@ -136,6 +137,7 @@ class OpenAIBackend(SimulationReadouts, LLMBackend):
         self._connection_failures = 0  # in a row, over all requests and threads (under _count_lock)
         self._unreachable: str | None = None  # the message, once the endpoint is given up on
         self._chat_logprobs_seen = False  # a chat answer with top_logprobs has come back (slots go concurrently)
+        self.scored_text_only = False  # the server refused logprobs on a scored answer: ask without them from now on
 
     def identity(self) -> dict[str, Any]:
         return {"backend": "openai", "model": self.model_name, "base_url": self.base_url}
@@ -144,8 +146,13 @@ class OpenAIBackend(SimulationReadouts, LLMBackend):
         self._client.close()
 
     # -- HTTP with retries ----------------------------------------------------------------
-    def _call(self, what: str, fn: Callable[[], Any], parse: Callable[[Any], Any] | None = None) -> Any:
+    def _call(self, what: str, fn: Callable[[], Any], parse: Callable[[Any], Any] | None = None, *,
+              asks_logprobs: bool = False) -> Any:
         """Send `fn()` with retries and return `parse(response)`.
+
+        `asks_logprobs`: the request carries logprobs fields, so a client error
+        that `refuses_logprobs` raises `NoLogprobs` (auto
+        mode reads text answers from then on) instead of a plain `LLMError`.
 
         Every way a request can go wrong ends as `LLMError` (the pipeline's
         `failed` record): HTTP errors after retries, any other `openai.APIError`,
@@ -168,9 +175,13 @@ class OpenAIBackend(SimulationReadouts, LLMBackend):
             except err_cls.APIStatusError as err:
                 self._reached()
                 if err.status_code not in RETRY_STATUS and (err.status_code < 500 or err.status_code == 501):
-                    if err.status_code in UNSUPPORTED_STATUS and what == "completions-echo":
-                        raise _EchoUnsupported(str(err)) from err
-                    raise LLMError(f"{self.name} {what}: HTTP {err.status_code}: {_short(err)}") from err
+                    if asks_logprobs and refuses_logprobs(err):
+                        if what == "completions-echo":
+                            raise _EchoUnsupported(str(err)) from err
+                        raise NoLogprobs(
+                            f"{self.name} {what}: the server refuses logprobs (HTTP {err.status_code}: "
+                            f"{_http_short(err)[:160]})") from err
+                    raise LLMError(f"{self.name} {what}: HTTP {err.status_code}: {_http_short(err)}") from err
                 last = err
                 wait = _retry_after(err)
             except (err_cls.APITimeoutError, err_cls.APIConnectionError) as err:
@@ -251,6 +262,39 @@ def _parse_response(name: str, what: str, response: Any, parse: Callable[[Any], 
     except (AttributeError, TypeError, KeyError, IndexError) as err:
         raise LLMError(f"{name} {what}: malformed response ({type(err).__name__}: {_short(err)}); "
                        "the server does not answer in the OpenAI format") from err
+
+
+def refuses_logprobs(err: Any) -> bool:
+    """Does this HTTP error to a request with logprobs fields mean "no logprobs here"?
+
+    400/404/405/422/501 (a server without the endpoint or the fields), or any
+    other client error whose body names logprobs; never an auth, quota or
+    rate-limit status (401/403/407/408/409/429), which would fail without
+    logprobs too.
+    """
+    status = getattr(err, "status_code", None)
+    if not isinstance(status, int) or status in NOT_A_REFUSAL:
+        return False
+    if status in UNSUPPORTED_STATUS:
+        return True
+    return 400 <= status < 500 and "logprob" in _http_short(err).lower()
+
+
+def _http_short(err: Any) -> str:
+    """The SDK's one line plus the server's reason where the SDK leaves it out.
+
+    The SDK puts only ``{"error": {"message": ...}}`` into its message; FastAPI
+    servers (transformers serve, many gateways) answer ``{"detail": ...}``,
+    which would leave the user with "Error code: 400" and no reason.
+    """
+    text = _short(err)
+    body = getattr(err, "body", None)
+    detail = (body.get("message") or body.get("detail")) if isinstance(body, dict) else body
+    if detail and not isinstance(detail, str):
+        detail = json.dumps(detail)[:300]
+    if isinstance(detail, str) and detail.strip() and detail.strip() not in text:
+        text = f"{text} - {first_line(detail.strip())}"
+    return text[:300]
 
 
 def _short(err: Exception | None) -> str:

@@ -76,7 +76,7 @@ class SimulationReadouts:
         def send() -> dict[str, Any]:
             return self._call("completions-echo", lambda: self._client.completions.create(
                 model=self.model_name, prompt=text, max_tokens=1, echo=True, logprobs=self.echo_logprobs,
-                temperature=0.0), parse)
+                temperature=0.0), parse, asks_logprobs=True)
 
         def validate(resp: dict[str, Any]) -> list[tuple[np.ndarray, float | None]]:
             offsets, tops = resp["text_offset"], resp["top_logprobs"]
@@ -122,7 +122,7 @@ class SimulationReadouts:
         def send() -> dict[str, Any]:
             return self._call("completions", lambda: self._client.completions.create(
                 model=self.model_name, prompt=prompt, max_tokens=1, logprobs=self.echo_logprobs, temperature=0.0),
-                parse)
+                parse, asks_logprobs=True)
 
         (p, _), cached = self._cached(request, send, lambda r: digits_from_top_logprobs(r["top_logprobs"]))
         return p, int(cached)
@@ -155,7 +155,7 @@ class SimulationReadouts:
         def send() -> dict[str, Any]:
             return self._call("chat-top-logprobs", lambda: self._client.chat.completions.create(
                 model=self.model_name, messages=messages, max_tokens=1, temperature=0.0, logprobs=True,
-                top_logprobs=k), parse)
+                top_logprobs=k), parse, asks_logprobs=True)
 
         def validate(resp: dict[str, Any]) -> tuple[np.ndarray, float | None]:
             p, ten = digits_from_top_logprobs(resp["top_logprobs"])

@@ -3,8 +3,9 @@
 One chat request per prompt, temperature 0, ``logprobs=True`` and
 ``top_logprobs`` (at most 20, the API's limit): each generated token comes
 back with its most likely alternatives, from which a scorer reads P("1") vs
-P("0"). A server that refuses the logprobs parameters (400/404/422/501) is
-asked again without them, for the rest of the run, and its answers are
+P("0"). A server that refuses the logprobs parameters (`refuses_logprobs`: 400/
+404/405/422/501, or a client error naming logprobs) is asked again without
+them, for the rest of the run (one line on stderr says so), and its answers are
 read as text (`mode="text"`: each answer counts as exactly 0 or 1). A
 server that accepts them but returns none is read as text too. Retries,
 the cache and failures are the backend's (`OpenAIBackend._call`): a request
@@ -13,10 +14,11 @@ that still fails raises `LLMError`, and only answers with a message are cached.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from explain.llm.base import Generation, ScoredRequest
-from explain.llm.errors import LLMError
+from explain.llm.errors import LLMError, NoLogprobs
 
 if TYPE_CHECKING:
     from explain.llm.remote import OpenAIBackend
@@ -29,17 +31,15 @@ def generate_scored(backend: "OpenAIBackend", requests: list[ScoredRequest]) -> 
 
 
 def _one(backend: "OpenAIBackend", request: ScoredRequest) -> Generation:
-    from explain.llm.remote import UNSUPPORTED_STATUS
-
     messages = request.as_messages()
-    with_logprobs = not backend.__dict__.get("_scored_text_only", False)
-    try:
-        return _ask(backend, messages, request.max_tokens, with_logprobs)
-    except LLMError as err:
-        status = getattr(err.__cause__, "status_code", None)
-        if not with_logprobs or status not in UNSUPPORTED_STATUS:
-            raise
-    backend.__dict__["_scored_text_only"] = True  # the server refuses logprobs: text answers from now on
+    if not backend.scored_text_only:
+        try:
+            return _ask(backend, messages, request.max_tokens, True)
+        except NoLogprobs as err:
+            with backend._mode_lock:  # several threads may find it out at once: one line
+                if not backend.scored_text_only:
+                    print(f"{err}: reading answers as text for the rest of the run", file=sys.stderr)
+                backend.scored_text_only = True
     return _ask(backend, messages, request.max_tokens, False)
 
 
@@ -65,7 +65,7 @@ def _ask(backend: "OpenAIBackend", messages: list[dict[str, str]], max_tokens: i
     def send() -> dict[str, Any]:
         return backend._call("chat-scored", lambda: backend._client.chat.completions.create(
             model=backend.model_name, messages=messages, max_tokens=int(max_tokens), temperature=0.0, **extra),
-            parse)
+            parse, asks_logprobs=with_logprobs)
 
     def validate(resp: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(resp.get("text"), str):

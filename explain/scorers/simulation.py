@@ -43,6 +43,7 @@ pipeline records the feature as failed.
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, Sequence, Union
 
@@ -196,6 +197,7 @@ class SimulationScorer(Scorer):
         self.simulator = simulator
         self.text_simulator = text_simulator  # None: this scorer has no text mode (the token-list lookup)
         self.no_logprobs = False  # the backend answered without logprobs once: text mode for the rest of the run
+        self._switch_lock = threading.Lock()  # features scored at once (--concurrency) may find it out together
 
     @classmethod
     def create(cls, backend: LLMBackend | None, config: object | None = None) -> "SimulationScorer":
@@ -219,10 +221,11 @@ class SimulationScorer(Scorer):
         except NoLogprobs as err:
             if text is None or self.score_mode != "auto":
                 raise
-            if not self.no_logprobs:  # once, though several features may find it out at once (--concurrency)
-                print(f"{str(err).split(';')[0]}: simulating from text answers (mode text) for the rest of the run",
-                      file=sys.stderr)
-            self.no_logprobs = True
+            with self._switch_lock:  # one line, though several features may find it out at once (--concurrency)
+                if not self.no_logprobs:
+                    print(f"{str(err).split(';')[0]}: simulating from text answers (mode text) for the rest of the "
+                          "run", file=sys.stderr)
+                self.no_logprobs = True
             return text.simulate_many(work)
 
     def _result(self, sim: SimulationResult, ex: Examples) -> ScoreResult:
