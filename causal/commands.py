@@ -11,7 +11,7 @@ plan (dictionaries, settings record, what an earlier run finished), run
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -295,11 +295,17 @@ def patch_ioi_command(settings: PatchIOISettings) -> dict:
     ioi_config.json's `dicts`. The device is not part of the settings: CPU and GPU curves may share a file.
     """
     _validate(settings)
+    candidates, chosen_by = settings.greedy_choice()
+    if settings.candidates is None and candidates is not None:
+        print(f"on {settings.device} the greedy runs on the {candidates} features with the largest attribution per "
+              "dictionary (the paper's greedy over every feature takes hours here: pass --full-greedy for it)")
+    # the choice is part of the settings record, so a rerun on another device with other defaults is refused
+    settings = replace(settings, candidates=candidates)
     with output_lock(settings.out, folder=True):  # one patch-ioi per --out at a time
-        return _patch_ioi_locked(settings)
+        return _patch_ioi_locked(settings, chosen_by)
 
 
-def _patch_ioi_locked(settings: PatchIOISettings) -> dict:
+def _patch_ioi_locked(settings: PatchIOISettings, chosen_by: str) -> dict:
     from activations.hooks import run_with_cache
     from activations.models import load_model
 
@@ -324,6 +330,7 @@ def _patch_ioi_locked(settings: PatchIOISettings) -> dict:
           f"accuracy (IO > S) = {check.accuracy:.2%}, IO top-1 = {check.top1_accuracy:.2%}, "
           f"KL(clean || counterfactual) = {check.kl_clean_vs_cf:.4f}")
     result = _task_result(s, hook, batch, check, config.taus, plan)
+    result["greedy"] = {"candidates": s.candidates, "chosen_by": chosen_by}
     x_cf = run_with_cache(loaded.model, batch.cf_ids, [hook])[hook]
     runner = SuffixRunner(loaded.model, hook, batch)
     if not runner.suffix_only:

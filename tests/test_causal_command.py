@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import cli
+from activations.errors import UserError
 from causal.patching import kl_rows, last_logits, pad_token_id, pair_batch
 from causal.prompts import IOIConfig, make_ioi_pairs
 from causal.settings import PatchIOISettings
@@ -138,6 +139,36 @@ def test_candidates_screen_keeps_measured_kls(tiny_model_dirs, tmp_path):
     ms = [m for m, _, _ in entry["screen_curve"]]  # the screen's top-m states between "all" and K
     assert ms and ms == [5 * 2**i for i in range(len(ms))] and ms[-1] < 32
     assert json.loads((tmp_path / "out" / "ioi_config.json").read_text())["candidates"] == 5
+
+
+def test_on_a_cpu_the_default_screens_by_attribution_and_full_greedy_is_one_flag(tiny_model_dirs, tmp_path, capsys):
+    """Issue 24: no --candidates on a CPU screens to CPU_DEFAULT_CANDIDATES (said in one line, recorded);
+    --full-greedy gives the paper's greedy over every feature; the two flags together are refused."""
+    from causal.commands import patch_ioi_command
+    from causal.settings import CPU_DEFAULT_CANDIDATES
+
+    hook, n = "blocks.1.hook_resid_post", CPU_DEFAULT_CANDIDATES + 6
+    m = torch.randn(n, 32, generator=torch.Generator().manual_seed(0))
+    wide = TiedSAE({"M": m, "b": torch.zeros(n)}, {"d_in": 32, "n_features": n, "hook": hook}).save(tmp_path / "wide")
+    base = dict(model=str(tiny_model_dirs["gpt_neox"]), dicts=[str(wide)], n_prompts=3, names=NAMES.split(","))
+    result = patch_ioi_command(PatchIOISettings(**base, out=str(tmp_path / "screen")))
+    assert "pass --full-greedy" in capsys.readouterr().out
+    entry = result["dictionaries"]["wide"]
+    assert entry["candidates"] == CPU_DEFAULT_CANDIDATES and entry["screen_curve"]
+    assert all(k <= CPU_DEFAULT_CANDIDATES for k, _, _ in entry["curve"][1:])
+    saved = json.loads((tmp_path / "screen" / "ioi.json").read_text())
+    assert saved["greedy"] == {"candidates": CPU_DEFAULT_CANDIDATES,
+                               "chosen_by": f"default on cpu: --candidates {CPU_DEFAULT_CANDIDATES}"}
+    assert json.loads((tmp_path / "screen" / "ioi_config.json").read_text())["candidates"] == CPU_DEFAULT_CANDIDATES
+
+    full = patch_ioi_command(PatchIOISettings(**base, out=str(tmp_path / "full"), full_greedy=True))
+    assert "--full-greedy" not in capsys.readouterr().out
+    entry = full["dictionaries"]["wide"]
+    assert entry["candidates"] is None and entry["screen_curve"] is None and entry["curve"][0][0] == n
+    assert full["greedy"] == {"candidates": None, "chosen_by": "--full-greedy"}
+    with pytest.raises(UserError, match="--candidates 8 and --full-greedy contradict"):
+        patch_ioi_command(PatchIOISettings(**base, out=str(tmp_path / "both"), candidates=8, full_greedy=True))
+    assert not (tmp_path / "both").exists()
 
 
 def test_default_model_does_ioi_and_suffix_runs_match(default_model):
