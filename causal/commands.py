@@ -24,7 +24,7 @@ from causal.patching import (coefficient_delta, decoder_rows, last_logits, pad_t
                              pair_batch, task_check)
 from causal.prompts import IOIConfig, make_ioi_pairs
 from causal.selection import GreedyConfig, PatchProblem, default_taus, greedy_curve
-from causal.settings import PatchIOISettings
+from causal.settings import REACH_FRACTIONS, PatchIOISettings
 from causal.suffix import SuffixRunner
 
 RESULT_FILE = "ioi.json"
@@ -83,8 +83,6 @@ def _check_against_model(model, dictionaries: list) -> str:
                             "use dictionaries trained on this model's activations")
     return hook.name
 
-
-REACH_FRACTIONS = (0.25, 0.10)
 
 
 def features_to_reach(points: list[list[float]] | None, kl_none: float) -> dict[str, int | None]:

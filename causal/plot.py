@@ -27,7 +27,7 @@ def plot_curves(result: dict, path: str | Path) -> Path:
                     color=line.get_color())
     ax.axhline(result["kl_clean_vs_counterfactual"], color="black", linestyle="--", linewidth=1,
                label="KL(clean ‖ counterfactual)")
-    from causal.commands import REACH_FRACTIONS
+    from causal.settings import REACH_FRACTIONS
 
     for fraction in REACH_FRACTIONS:  # the thresholds ioi.json's features_to_reach counts against
         ax.axhline(fraction * result["kl_clean_vs_counterfactual"], color="grey", linestyle=":", linewidth=0.8)

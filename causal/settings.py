@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from activations.errors import UserError
 from activations.options import option
 
+# ioi.json's features_to_reach: the fewest features with KL <= these fractions of KL(clean || cf); the plot marks them.
+REACH_FRACTIONS = (0.25, 0.10)
+
 # On a CPU the paper's greedy over every feature takes hours (576 features, 2 cores): screen to this many by default.
 CPU_DEFAULT_CANDIDATES = 64
 

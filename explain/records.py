@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Sequence, Union
 
 from activations.errors import UserError
 
@@ -46,6 +46,16 @@ class ActivationRecord:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "ActivationRecord":
         return cls(tokens=[str(t) for t in obj["tokens"]], activations=[float(a) for a in obj["activations"]])
+
+
+# What a simulator scores: records (tokens + true activations) or bare token lists.
+Fragments = Sequence[Union[ActivationRecord, Sequence[str]]]
+# The few-shot example both simulators (logprob and text) show first.
+DEFAULT_SIM_FEWSHOT = "negation"
+
+
+def fragment_tokens(fragment: ActivationRecord | Sequence[str]) -> list[str]:
+    return list(fragment.tokens) if isinstance(fragment, ActivationRecord) else [str(t) for t in fragment]
 
 
 @dataclass

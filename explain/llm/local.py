@@ -41,6 +41,7 @@ import torch
 from explain.llm.base import DigitReadout, Generation, LLMBackend, Messages, ScoredRequest
 from explain.llm.digits import DIGITS, combine_digit_probs
 from explain.llm.errors import BackendConfigError, LLMError
+from explain.llm.forward import returned_cache
 from explain.llm.cache import LLMCache
 from explain.prompts import SlotPrompt
 
@@ -60,12 +61,6 @@ class _StopAfterFirstLine:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
         return torch.tensor(["\n" in t.lstrip() for t in texts], dtype=torch.bool, device=input_ids.device)
-
-
-def returned_cache(out: Any) -> Any:
-    """The key/value cache a forward returned: `out.cache` from transformers 5.2x on, `out.past_key_values` before."""
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
 
 
 @dataclass

@@ -35,7 +35,7 @@ import torch
 
 from explain.llm.base import Generation, ScoredRequest
 from explain.llm.errors import BackendConfigError
-from explain.llm.local import returned_cache
+from explain.llm.forward import returned_cache
 
 if TYPE_CHECKING:
     from explain.llm.local import LocalBackend

@@ -45,7 +45,7 @@ from __future__ import annotations
 import sys
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, Sequence, Union
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -54,12 +54,11 @@ from explain.llm.base import LLMBackend
 from explain.llm.digits import expected_value
 from explain.llm.errors import LLMError, NoLogprobs
 from explain.prompts import SlotPrompt, build_simulation_prompt
-from explain.records import ActivationRecord, Examples, SimulationResult, compact, load_fewshot
+from explain.records import (DEFAULT_SIM_FEWSHOT, ActivationRecord, Examples, Fragments, SimulationResult, compact,
+                             fragment_tokens, load_fewshot)
 from explain.scorers.base import Cost, Job, Scorer, ScoreResult
 from explain.scorers.stats import pearson
 
-Fragments = Sequence[Union[ActivationRecord, Sequence[str]]]
-DEFAULT_SIM_FEWSHOT = "negation"
 SCORE_KINDS = ("top_and_random", "top", "random")
 
 
@@ -112,10 +111,6 @@ class SimulatorConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def fragment_tokens(fragment: ActivationRecord | Sequence[str]) -> list[str]:
-    return list(fragment.tokens) if isinstance(fragment, ActivationRecord) else [str(t) for t in fragment]
 
 
 class AllAtOnceSimulator:

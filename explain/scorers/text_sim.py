@@ -26,9 +26,8 @@ from typing import Sequence
 from activations.errors import UserError
 from explain.llm.base import Generation, LLMBackend, ScoredRequest
 from explain.prompts import display_value, max_activation
-from explain.records import FewShotExample, SimulationResult, load_fewshot
+from explain.records import DEFAULT_SIM_FEWSHOT, FewShotExample, Fragments, SimulationResult, fragment_tokens, load_fewshot
 from explain.scorers.answers import AnswerError
-from explain.scorers.simulation import DEFAULT_SIM_FEWSHOT, Fragments, fragment_tokens
 
 TEXT_MODE = "text"
 SYSTEM = (

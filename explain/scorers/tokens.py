@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from explain.records import SimulationResult
-from explain.scorers.simulation import Fragments, SimulationScorer, fragment_tokens
+from explain.records import Fragments, fragment_tokens
+from explain.scorers.simulation import SimulationScorer
 from explain.token_list import parse_token_list
 
 
