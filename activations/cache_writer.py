@@ -30,7 +30,7 @@ from activations.devices import check_device
 from activations.distributed import launch_from_env
 from activations.models import load_model
 from activations.reader import unreadable_cache
-from activations.runstate import check_output_file, differing_keys, move_into_place, output_lock
+from activations.runstate import check_output_file, differing_keys, replace_atomically, output_lock
 from activations.settings import CacheSettings, record_json
 
 FORMAT_VERSION = 1
@@ -126,7 +126,7 @@ def _create_file(out: Path, settings: CacheSettings, record: dict, loaded, token
             if settings.dtype == "bfloat16":
                 ds.attrs["encoding"] = BFLOAT16_ENCODING
         f.attrs.update({**cache_attrs(settings, record, loaded, n, ctx, widths, stats), **(extra_attrs or {})})
-    move_into_place(partial, out)
+    replace_atomically(partial, out)
 
 
 def cache_attrs(settings: CacheSettings, record: dict, loaded, n: int, ctx: int, widths: dict[str, int],

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from activations.errors import UserError, first_line
-from activations.runstate import follow_umask, move_into_place
+from activations.runstate import replace_atomically
 
 DEFAULT_MODEL_ALIAS = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -126,8 +126,7 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
     try:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        follow_umask(tmp)  # mkdtemp made it 0700 and safetensors writes 0600: a model is meant to be shared
-        move_into_place(tmp, target)
+        replace_atomically(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

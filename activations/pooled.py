@@ -34,7 +34,7 @@ from activations.corpus import Corpus
 from activations.errors import UserError
 from activations.hooks import hook_width, is_encoder, run_with_cache, validate_hooks
 from activations.models import load_model
-from activations.runstate import move_into_place
+from activations.runstate import replace_atomically
 from activations.settings import CacheSettings
 
 _TOKENIZE_BATCH = 256
@@ -151,7 +151,7 @@ def _create(out: Path, settings: CacheSettings, record: dict, loaded, doc_ids: l
             "n_contexts": n,
             "n_contexts_done": 0,
         })
-    move_into_place(partial, out)
+    replace_atomically(partial, out)
 
 
 def _write(out: Path, settings: CacheSettings, model, ids: list[list[int]], pad_id: int, done: int,

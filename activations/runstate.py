@@ -62,15 +62,20 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def move_into_place(tmp: str | Path, target: str | Path) -> None:
-    """Rename a finished temporary file or folder onto `target` so that a crash never leaves half of it.
+def replace_atomically(tmp: str | Path, target: str | Path) -> None:
+    """Put a finished temporary file or folder at `target` so that a crash never leaves half of either.
 
-    For whatever cannot be written through `write_bytes_atomic` (an HDF5 file
-    built by h5py, a folder written by `save_pretrained`): its files and
-    folders are fsynced first, an old folder at `target` is removed, and the
-    parent is fsynced after the rename.
+    The one way this tool replaces an output that is not written through
+    `write_bytes_atomic` (an HDF5 file built by h5py, a folder of weights, a
+    checkpoint, the report's pages): everything in `tmp` is fsynced and given
+    the permissions the user's umask gives new files (`follow_umask`: temporary
+    files are private, outputs are meant to be shared), an old folder at
+    `target` is renamed aside and removed only once the new one is in place,
+    and the parent is fsynced after the rename. `tmp` must be on the same
+    filesystem as `target` (`staging_folder` makes one beside it).
     """
     tmp, target = Path(tmp), Path(target)
+    follow_umask(tmp)
     if tmp.is_dir():
         for folder, _, files in os.walk(tmp):
             for name in files:
@@ -78,10 +83,28 @@ def move_into_place(tmp: str | Path, target: str | Path) -> None:
             _fsync_dir(Path(folder))
     else:
         _fsync_file(tmp)
+    trash = None
     if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target)
+        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, trash / target.name)
     os.replace(tmp, target)
     _fsync_dir(target.parent)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextmanager
+def staging_folder(target: str | Path) -> Iterator[Path]:
+    """A hidden temporary folder beside `target` (same filesystem, so `replace_atomically` is one rename),
+    removed if the block ends without moving it into place."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fsync_file(path: Path) -> None:

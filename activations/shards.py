@@ -44,7 +44,7 @@ from activations.distributed import (Launch, barrier, destroy_process_group, fir
 from activations.errors import UserError
 from activations.hooks import hook_width, validate_hooks
 from activations.models import load_model
-from activations.runstate import move_into_place, output_lock
+from activations.runstate import replace_atomically, output_lock
 from activations.settings import CacheSettings
 
 _SHARD_NAME = re.compile(r"rank(\d+)-of-(\d+)\.h5")
@@ -227,7 +227,7 @@ def _create_main(out: Path, settings: CacheSettings, record: dict, loaded, token
                 ds.attrs["encoding"] = BFLOAT16_ENCODING
         f.attrs.update({**cache_attrs(settings, record, loaded, n, ctx, widths, stats),
                         "world_size": world, "shards": json.dumps(sources)})
-    move_into_place(partial, out)
+    replace_atomically(partial, out)
 
 
 def _virtual_dataset(group: h5py.Group, name: str, shape: tuple[int, int, int], dtype, sources: list[str],

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from activations.errors import UserError
-from activations.runstate import follow_umask
+from activations.runstate import replace_atomically
 from report.feature_assets import FEATURE_CSS, FEATURE_JS
 from report.feature_data import (FeatureNotes, clean_text, feature_json, fnum, fragments_js, join_notes, js_json,
                                  layer_of, score_columns, search_text)
@@ -122,13 +122,8 @@ def write_feature_pages(out: Path, summaries: Sequence[Any], records: Sequence[d
             for (name, feature), note in sorted(notes.items()):
                 if name == summary.name and feature not in has_page and note.explanations:
                     rows.append(_row(d_index, feature, None, None, note, columns, False))
-        follow_umask(tmp)
-        target = out / FEATURES_DIR
         check_features_folder(out)  # checked up front by build_report; again here, for other callers
-        old = _move_aside(target)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_atomically(tmp, out / FEATURES_DIR)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from activations.runstate import write_json_atomic
+from activations.runstate import replace_atomically, write_json_atomic
 
 STATE_FILE = "state.json"
 
@@ -40,9 +40,7 @@ def save_checkpoint(folder: Path, step: int, modules: list[torch.nn.Module], opt
     os.close(fd)
     try:
         save_file(tensors, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / name)
+        replace_atomically(tmp, folder / name)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -6,7 +6,8 @@ is the table of kinds. This module only gathers them.
 
 from __future__ import annotations
 
-from sae.kinds.affine import FORMAT_VERSION, AffineDictionary, top_k, unit_rows
+from sae.kinds.affine import AffineDictionary, top_k, unit_rows
+from sae.store import FORMAT_VERSION
 from sae.kinds.fitted import ICABasis, ICATopK, LinearBasis, PCABasis, PCATopK, RandomBasis
 from sae.kinds.neuron import NeuronBasis, SignedNeuronBasis
 from sae.kinds.threshold import BatchTopKSAE, JumpReLUSAE, ThresholdSAE

@@ -12,7 +12,6 @@ legacy-config conversion) load.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ from safetensors.torch import save_file
 
 from activations.errors import UserError
 from activations.hooks import parse_hook
-from activations.runstate import write_json_atomic
+from activations.runstate import replace_atomically, write_json_atomic
 from sae.kinds.affine import AffineDictionary
 from sae.kinds.threshold import ThresholdSAE
 
@@ -84,12 +83,6 @@ def saelens_config(dictionary: AffineDictionary) -> dict:
     return cfg
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def export_saelens(dictionary: AffineDictionary, out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -97,7 +90,6 @@ def export_saelens(dictionary: AffineDictionary, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{SAE_WEIGHTS_FILENAME}.tmp"
     save_file(saelens_state(dictionary), str(tmp))
-    os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600; an export is meant to be shared
-    tmp.replace(out / SAE_WEIGHTS_FILENAME)
+    replace_atomically(tmp, out / SAE_WEIGHTS_FILENAME)
     write_json_atomic(out / SAE_CFG_FILENAME, saelens_config(dictionary))
     return out

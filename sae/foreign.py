@@ -1,6 +1,7 @@
 """SAEs trained by other libraries (SAELens, EleutherAI sparsify), opened as dictionaries of this tool.
 
-`sae.load` sends a folder here when it holds a library's `cfg.json` instead
+`sae.load` (`sae.io.load_foreign`) sends a folder to `sae.foreign_saelens`
+or `sae.foreign_sparsify` when it holds a library's `cfg.json` instead
 of our `config.json`. Each SAE is rewritten once, on load, into one of our
 inference kinds (`untied_sae`, `topk`, `jumprelu`), so explanation, patching
 and export treat it exactly like a dictionary trained here. The formats were
@@ -43,11 +44,7 @@ FOREIGN_FILES = (CFG_FILE, SAELENS_WEIGHTS, SPARSIFY_WEIGHTS)
 # A decoder normalised in float32 (sparsify divides by norm + eps) has norms within ~1e-6 of 1; 1e-3 also admits
 # one rounded to bfloat16 at widths of a few hundred and up, and is far below any un-normalised decoder's spread.
 TOPK_NORM_TOLERANCE = 1e-3
-_OUR_CONFIG = "config.json"
-# sparsify names hookpoints by module path under the model's base model (`layers.3`, GPT-2's `h.3`);
-# releases before 1.0 used the full path (`gpt_neox.layers.3`, `model.layers.3`, `transformer.h.3`).
-_SPARSIFY_BLOCK = re.compile(r"(?:\w+\.)*(?:layers|h)\.(\d+)")
-_SEED = re.compile(r"seed\d+")  # sparsify's subfolder per init seed when it trains several
+OUR_CONFIG = "config.json"
 
 
 def foreign_format(folder: Path) -> str | None:
@@ -58,14 +55,14 @@ def foreign_format(folder: Path) -> str | None:
     (a sparsify run: one subfolder per hookpoint) raises, naming them.
     """
     folder = Path(folder)
-    if _is_ours(folder / _OUR_CONFIG):
+    if _is_ours(folder / OUR_CONFIG):
         return None
     if (folder / CFG_FILE).is_file():
         if (folder / SPARSIFY_WEIGHTS).is_file():
             return "sparsify"
         if (folder / SAELENS_WEIGHTS).is_file():
             return "saelens"
-        cfg = _read_cfg(folder)
+        cfg = read_cfg(folder)
         library, weights = ("SAELens", SAELENS_WEIGHTS) if "d_sae" in cfg or "architecture" in cfg \
             else ("sparsify", SPARSIFY_WEIGHTS)
         raise DictionaryError(f"{folder} has a {library} {CFG_FILE} but no {weights}: the folder is incomplete; "
@@ -78,20 +75,6 @@ def foreign_format(folder: Path) -> str | None:
     return None
 
 
-def load_foreign(folder: Path) -> AffineDictionary:
-    """The SAE in `folder` (a SAELens or sparsify save) as one of our kinds; DictionaryError if not exactly."""
-    folder = Path(folder)
-    library = foreign_format(folder)
-    if library is None:
-        raise DictionaryError(f"{folder} is not a SAELens or sparsify folder (no {CFG_FILE} with its weights file)")
-    cfg = _read_cfg(folder)
-    if library == "saelens":
-        from sae.foreign_saelens import load_saelens  # it builds on this module's helpers
-
-        return load_saelens(folder, cfg)
-    return _sparsify(folder, cfg)
-
-
 def source_summary(dictionary: AffineDictionary) -> str:
     """One line saying where a converted dictionary came from, for logs and reports."""
     src = dictionary.config.get("source") or {}
@@ -101,67 +84,9 @@ def source_summary(dictionary: AffineDictionary) -> str:
     return f"{dictionary.name}: {src.get('library')} {src.get('architecture')} SAE from {src.get('folder')}{mapping}"
 
 
-# -- sparsify ----------------------------------------------------------------
-
-def _sparsify(folder: Path, cfg: dict) -> AffineDictionary:
-    """sparsify SparseCoder: c = TopK(ReLU(encoder(x − b_dec))), x̂ = c W_dec + b_dec.
-
-    The hook: sparsify hooks a module's *output*, and its default hookpoints
-    are the decoder layers (`layers.L`), whose output is the residual stream
-    after block L, i.e. TransformerLens's `blocks.L.hook_resid_post`. Other
-    hookpoints (e.g. `layers.L.mlp`) keep sparsify's name, since their
-    TransformerLens equivalent depends on the model family.
-    """
-    where = f"{folder}/{CFG_FILE}"
-    (d_in,) = _ints(cfg, where, "d_in")
-    if cfg.get("transcode"):
-        raise DictionaryError(f"{where} is a sparsify transcoder: it reads one hook and writes another, which a "
-                              "dictionary (decode reconstructs what it encodes) cannot express")
-    if cfg.get("activation", "topk") != "topk":
-        raise DictionaryError(f"{where} uses activation {cfg.get('activation')!r}: only sparsify's TopK is an "
-                              "affine-ReLU dictionary (groupmax keeps one latent per group)")
-    if cfg.get("encoder_pkm") or cfg.get("encoder_halut"):
-        raise DictionaryError(f"{where} has a product-key / lookup-table encoder, which is not a linear encoder")
-    n_features = int(cfg.get("num_latents") or 0) or d_in * int(cfg.get("expansion_factor", 32))  # SparseCoderConfig
-    k = int(cfg.get("k", 32))
-    weights = folder / SPARSIFY_WEIGHTS
-    t = _read_weights(weights)
-    _check(t, {"encoder.weight": (n_features, d_in), "encoder.bias": (n_features,), "W_dec": (n_features, d_in),
-               "b_dec": (d_in,)}, weights)
-    if cfg.get("skip_connection") or "W_skip" in t:
-        if "W_skip" not in t or bool(t["W_skip"].any()):
-            raise DictionaryError(f"{where} has a skip connection (x̂ += x W_skip): a dense linear path that a "
-                                  "dictionary cannot express")
-    hookpoint = folder.parent.name if _SEED.fullmatch(folder.name) else folder.name
-    block = _SPARSIFY_BLOCK.fullmatch(hookpoint)
-    hook = f"blocks.{int(block.group(1))}.hook_resid_post" if block else hookpoint
-    notes = ["multi_topk only changed the training loss"] if cfg.get("multi_topk") else []
-    source = {"library": "sparsify", "folder": str(folder.resolve()), "architecture": "topk", "config": cfg,
-              "hookpoint": hookpoint, "conversion": notes}
-    if block:
-        source["hook_mapping"] = f"{hookpoint} → {hook}: sparsify hooks the output of decoder layer {block.group(1)}"
-    config = {"hook": hook, "model_id": _sparsify_model(folder)}
-    name = f"{hookpoint}_{folder.name}" if hookpoint != folder.name else folder.name
-    hint = "; sparsify keeps decoder rows unit-norm only with normalize_decoder=true"
-    return _build(name, t["encoder.weight"], t["encoder.bias"], t["W_dec"], t["b_dec"], None, k, False, config,
-                  source, where, hint)
-
-
-def _sparsify_model(folder: Path) -> str:
-    """The subject model, from the run's config.json (sparsify's RunConfig `model`) one or two levels up."""
-    for parent in (folder.parent, folder.parent.parent):
-        try:
-            data = json.loads((parent / _OUR_CONFIG).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(data, dict) and isinstance(data.get("model"), str) and "kind" not in data:
-            return data["model"]
-    return ""
-
-
 # -- shared ------------------------------------------------------------------
 
-def _build(name: str, w_e: Tensor, b_e: Tensor, dec: Tensor, b_d: Tensor, threshold: Tensor | None, k: int | None,
+def build_dictionary(name: str, w_e: Tensor, b_e: Tensor, dec: Tensor, b_d: Tensor, threshold: Tensor | None, k: int | None,
            rescale: bool, config: dict, source: dict, where: str, hint: str = "") -> AffineDictionary:
     """Fold decoder row norms n_j into the encoder (c'_j = n_j c_j) and build our kind.
 
@@ -203,7 +128,7 @@ def _build(name: str, w_e: Tensor, b_e: Tensor, dec: Tensor, b_d: Tensor, thresh
     return cls({key: v.to(torch.float32) for key, v in tensors.items()}, config, name=name)
 
 
-def _read_cfg(folder: Path) -> dict:
+def read_cfg(folder: Path) -> dict:
     path = folder / CFG_FILE
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
@@ -218,7 +143,7 @@ def _read_cfg(folder: Path) -> dict:
     return cfg
 
 
-def _read_weights(path: Path) -> dict[str, Tensor]:
+def read_weights(path: Path) -> dict[str, Tensor]:
     """All tensors in float64, so folds and bias shifts round once, when the result is stored in float32."""
     try:
         return {k: v.to(torch.float64) for k, v in load_file(str(path), device="cpu").items()}
@@ -227,7 +152,7 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
                               "save it again") from err
 
 
-def _check(tensors: dict[str, Tensor], shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+def check_shapes(tensors: dict[str, Tensor], shapes: dict[str, tuple[int, ...]], path: Path) -> None:
     missing = sorted(set(shapes) - set(tensors))
     if missing:
         raise DictionaryError(f"{path} lacks tensors {missing} (has {sorted(tensors)}): the file does not match "
@@ -238,7 +163,7 @@ def _check(tensors: dict[str, Tensor], shapes: dict[str, tuple[int, ...]], path:
                                   f"{want}: the weights and config do not belong together")
 
 
-def _ints(cfg: dict, where: str, *keys: str) -> tuple[int, ...]:
+def cfg_ints(cfg: dict, where: str, *keys: str) -> tuple[int, ...]:
     try:
         values = tuple(int(cfg[key]) for key in keys)
     except (KeyError, TypeError, ValueError) as err:

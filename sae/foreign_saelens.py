@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from sae.errors import DictionaryError
-from sae.foreign import CFG_FILE, SAELENS_WEIGHTS, _build, _check, _ints, _read_weights
+from sae.foreign import CFG_FILE, SAELENS_WEIGHTS, build_dictionary, cfg_ints, check_shapes, read_weights
 from sae.kinds.affine import AffineDictionary
 
 SAELENS_SCALER = "activation_scaler.json"  # SAELens ≥ 6 checkpoints: the input scaling factor not yet folded
@@ -58,11 +58,11 @@ def load_saelens(folder: Path, cfg: dict) -> AffineDictionary:
     if activation not in (None, "relu", "topk"):
         raise DictionaryError(f"{where} uses activation {activation!r}, which is not ReLU: it cannot be loaded as "
                               "a dictionary")
-    d_in, n_features = _ints(cfg, where, "d_in", "d_sae")
+    d_in, n_features = cfg_ints(cfg, where, "d_in", "d_sae")
     norm = cfg.get("normalize_activations")
     norm = {True: "expected_average_only_in", False: "none", None: "none"}.get(norm, norm)  # pre-6 stored a bool
     notes: list[str] = []
-    t = _read_weights(folder / SAELENS_WEIGHTS)
+    t = read_weights(folder / SAELENS_WEIGHTS)
     shapes = {"W_enc": (d_in, n_features), "W_dec": (n_features, d_in), "b_dec": (d_in,)}
     if arch == "gated":
         shapes.update({"b_gate": (n_features,), "r_mag": (n_features,), "b_mag": (n_features,)})
@@ -70,7 +70,7 @@ def load_saelens(folder: Path, cfg: dict) -> AffineDictionary:
         shapes["b_enc"] = (n_features,)
     if arch == "jumprelu":
         shapes["threshold"] = (n_features,)
-    _check(t, shapes, folder / SAELENS_WEIGHTS)
+    check_shapes(t, shapes, folder / SAELENS_WEIGHTS)
     w_e, dec, b_d = t["W_enc"].T, t["W_dec"], t["b_dec"]
     threshold = t.get("threshold")
     if arch == "gated":
@@ -121,7 +121,7 @@ def load_saelens(folder: Path, cfg: dict) -> AffineDictionary:
               "model_from_pretrained_kwargs": field("model_from_pretrained_kwargs", default={}), "conversion": notes}
     config = {"hook": hook, "model_id": str(field("model_name", default=""))}
     hint = "; SAELens ranks by decoder-norm-scaled activations only with rescale_acts_by_decoder_norm=true"
-    return _build(folder.name, w_e, b_e, dec, b_d, threshold, k, rescale, config, source, where, hint)
+    return build_dictionary(folder.name, w_e, b_e, dec, b_d, threshold, k, rescale, config, source, where, hint)
 
 
 def _saelens_scaling_factor(folder: Path, where: str) -> float:
@@ -151,6 +151,6 @@ def _saelens_whitening(folder: Path, where: str, d_in: int) -> tuple[Tensor, Ten
     if not path.is_file():
         raise DictionaryError(f"{where} has normalize_activations='covariance_whitening' but no {SAELENS_WHITENING}: "
                               "load the final save, into which SAELens folds the whitening")
-    t = _read_weights(path)
-    _check(t, {"mean": (d_in,), "matrix": (d_in, d_in), "inverse_matrix": (d_in, d_in)}, path)
+    t = read_weights(path)
+    check_shapes(t, {"mean": (d_in,), "matrix": (d_in, d_in), "inverse_matrix": (d_in, d_in)}, path)
     return t["mean"], t["matrix"], t["inverse_matrix"]

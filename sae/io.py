@@ -1,63 +1,34 @@
-"""Dictionary folders on disk: `config.json` + `weights.safetensors`, never pickle.
+"""Reading dictionary folders: ours (`config.json` + `weights.safetensors`, never pickle) and other libraries'.
 
-Writes go to a temporary sibling first and are renamed into place, so a
-killed run never leaves a folder that looks complete but is not.
+Writing is `sae.store` (a leaf every kind's `.save()` reaches without
+importing the loaders); SAELens and sparsify folders are converted by
+`sae.foreign_saelens` / `sae.foreign_sparsify` on load.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from activations.errors import first_line
 from activations.runstate import write_json_atomic
-from sae.kinds.affine import FORMAT_VERSION, AffineDictionary
-from sae.registry import kind_class, kind_names
 from sae.errors import DictionaryError
+from sae.foreign import CFG_FILE, FOREIGN_FILES, foreign_format, read_cfg
+from sae.foreign_saelens import load_saelens
+from sae.foreign_sparsify import load_sparsify
+from sae.kinds.affine import AffineDictionary
+from sae.registry import kind_class, kind_names
+from sae.store import CONFIG_FILE, WEIGHTS_FILE, save_dictionary
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
-
-
-def save_dictionary(dictionary: AffineDictionary, folder: str | Path) -> Path:
-    """Write the folder atomically (replacing an existing one); returns its path."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    config = {**dictionary.config, "kind": dictionary.kind, "name": folder.name,
-              "format_version": FORMAT_VERSION}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); a dictionary is meant to be shared
-    try:
-        tensors = {k: v.detach().cpu().clone() for k, v in dictionary.tensors().items()}  # clone: no shared storage
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"kind": dictionary.kind})
-        os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~_umask())  # safetensors writes 0600; the user's umask decides
-        write_json_atomic(tmp / CONFIG_FILE, config)
-        if folder.exists():
-            trash = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, trash)
-            os.replace(tmp, folder)
-            shutil.rmtree(trash)
-        else:
-            os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    dictionary.name = folder.name
-    dictionary.config = config
-    return folder
+__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "load", "load_foreign", "read_config", "save_dictionary", "update_metrics"]
 
 
 def read_config(folder: str | Path) -> dict:
     """Our config.json. A SAELens / sparsify folder has none and is refused: metrics written into it would
     make it half ours; `sae.load` reads it, and `.save()` makes a dictionary folder of this tool from it."""
-    from sae.foreign import foreign_format
-
     folder = _folder(folder)
     path = folder / CONFIG_FILE
     library = foreign_format(folder)  # raises, listing them, for a folder of several SAEs (a sparsify run)
@@ -80,8 +51,6 @@ def load(path: str | Path, device: str = "cpu") -> AffineDictionary:
     (cfg.json + sae.safetensors) is converted on load by `sae.foreign`, so SAEs
     trained elsewhere are explained and patched like ours.
     """
-    from sae.foreign import FOREIGN_FILES, foreign_format, load_foreign
-
     given = Path(path)
     folder = _folder(given.parent if given.is_file() and given.name in FOREIGN_FILES else given)
     if foreign_format(folder) is not None:
@@ -102,6 +71,16 @@ def load(path: str | Path, device: str = "cpu") -> AffineDictionary:
     return kind_class(kind)(tensors, config, name=folder.name).to(device)
 
 
+def load_foreign(folder: Path) -> AffineDictionary:
+    """The SAE in `folder` (a SAELens or sparsify save) as one of our kinds; DictionaryError if not exactly."""
+    folder = Path(folder)
+    library = foreign_format(folder)
+    if library is None:
+        raise DictionaryError(f"{folder} is not a SAELens or sparsify folder (no {CFG_FILE} with its weights file)")
+    cfg = read_cfg(folder)
+    return (load_saelens if library == "saelens" else load_sparsify)(folder, cfg)
+
+
 def update_metrics(folder: str | Path, metrics: dict) -> dict:
     """Merge `metrics` into config.json's "metrics" (atomically); returns the new config."""
     folder = _folder(folder)
@@ -109,12 +88,6 @@ def update_metrics(folder: str | Path, metrics: dict) -> dict:
     config["metrics"] = {**config.get("metrics", {}), **metrics}
     write_json_atomic(folder / CONFIG_FILE, config)
     return config
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _folder(path: str | Path) -> Path:

@@ -15,7 +15,7 @@ import cli
 from activations.errors import UserError
 from activations.hooknames import HookError, hook_name, parse_hook
 from activations.options import from_namespace
-from activations.runstate import differing_keys, move_into_place, settings_differences
+from activations.runstate import differing_keys, replace_atomically, settings_differences
 from activations.settings import CacheSettings, HooksSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,10 +132,10 @@ def test_differing_keys_and_settings_differences_agree():
     assert differing_keys({}, {"x": 0}) == ["x"]
 
 
-def test_move_into_place_replaces_a_file_or_a_whole_folder(tmp_path):
+def test_replace_atomically_replaces_a_file_or_a_whole_folder(tmp_path):
     (tmp_path / "tmp.txt").write_text("new")
     (tmp_path / "file.txt").write_text("old")
-    move_into_place(tmp_path / "tmp.txt", tmp_path / "file.txt")
+    replace_atomically(tmp_path / "tmp.txt", tmp_path / "file.txt")
     assert (tmp_path / "file.txt").read_text() == "new" and not (tmp_path / "tmp.txt").exists()
     target = tmp_path / "model"
     (target / "stale").mkdir(parents=True)
@@ -144,6 +144,6 @@ def test_move_into_place_replaces_a_file_or_a_whole_folder(tmp_path):
     (staged / "sub").mkdir(parents=True)
     (staged / "config.json").write_text("{}")
     (staged / "sub" / "w").write_text("w")
-    move_into_place(staged, target)
+    replace_atomically(staged, target)
     assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*")) == ["config.json", "sub", "sub/w"]
     assert not staged.exists()

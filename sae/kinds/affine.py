@@ -23,7 +23,6 @@ from torch import Tensor
 
 from sae.errors import DictionaryError
 
-FORMAT_VERSION = 1
 
 
 def unit_rows(m: Tensor) -> Tensor:
@@ -125,7 +124,7 @@ class AffineDictionary:
         return self
 
     def save(self, folder: str | Path) -> Path:
-        from sae.io import save_dictionary
+        from sae.store import save_dictionary  # a leaf: writing needs no loader
 
         return save_dictionary(self, folder)
 
