@@ -60,7 +60,7 @@ from activations.errors import first_line
 from explain.llm.base import Generation, LLMBackend, Messages, ScoredRequest
 from explain.llm.errors import BackendConfigError, EndpointUnreachable, LLMError, NoLogprobs
 from explain.llm.cache import LLMCache
-from explain.llm.remote_readouts import SimulationReadouts, _EchoUnsupported
+from explain.llm.remote_readouts import SimulationReadouts, EchoUnsupported
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 RETRY_STATUS = {408, 409, 429}
@@ -177,7 +177,7 @@ class OpenAIBackend(SimulationReadouts, LLMBackend):
                 if err.status_code not in RETRY_STATUS and (err.status_code < 500 or err.status_code == 501):
                     if asks_logprobs and refuses_logprobs(err):
                         if what == "completions-echo":
-                            raise _EchoUnsupported(str(err)) from err
+                            raise EchoUnsupported(str(err)) from err
                         raise NoLogprobs(
                             f"{self.name} {what}: the server refuses logprobs (HTTP {err.status_code}: "
                             f"{_http_short(err)[:160]})") from err

@@ -26,7 +26,7 @@ CHAT_SIM_QUESTION = (
 )
 
 
-class _EchoUnsupported(Exception):
+class EchoUnsupported(Exception):
     """The server cannot return prompt log-probabilities (internal signal for `auto` mode)."""
 
 
@@ -45,7 +45,7 @@ class SimulationReadouts:
                 try:
                     first = self._echo_readout(prompts[0])
                     mode = self.sim_mode = "completions"
-                except _EchoUnsupported as why:
+                except EchoUnsupported as why:
                     print(f"{self.name}: no prompt logprobs ({str(why)[:120]}); simulating with chat "
                           "top_logprobs, one request per token", file=sys.stderr)
                     mode = self.sim_mode = "chat"
@@ -58,7 +58,7 @@ class SimulationReadouts:
     def _echo_readout_strict(self, prompt: SlotPrompt) -> DigitReadout:
         try:
             return self._echo_readout(prompt)
-        except _EchoUnsupported as err:
+        except EchoUnsupported as err:
             raise LLMError(f"{self.name}: completions with echo+logprobs refused: {err}") from err
 
     def _echo_readout(self, prompt: SlotPrompt) -> DigitReadout:
@@ -69,7 +69,7 @@ class SimulationReadouts:
         def parse(resp: Any) -> dict[str, Any]:
             lp = resp.choices[0].logprobs if resp.choices else None
             if lp is None or not lp.tokens or lp.top_logprobs is None or lp.text_offset is None:
-                raise _EchoUnsupported("the response has no prompt logprobs")
+                raise EchoUnsupported("the response has no prompt logprobs")
             return {"tokens": list(lp.tokens), "text_offset": list(lp.text_offset),
                     "top_logprobs": [None if t is None else dict(t) for t in lp.top_logprobs]}
 
@@ -87,7 +87,7 @@ class SimulationReadouts:
                     raise LLMError(f"{self.name}: the server's tokens do not start at a slot (offset {c}); "
                                    "use --simulator with chat mode or another model")
                 if tops[i] is None:
-                    raise _EchoUnsupported("no top logprobs at a prompt token")
+                    raise EchoUnsupported("no top logprobs at a prompt token")
                 p, ten = digits_from_top_logprobs(tops[i])
                 if p.sum() <= 0 and not ten:
                     raise LLMError(f"{self.name}: no digit 0..10 among the top logprobs at a slot "
