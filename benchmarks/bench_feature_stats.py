@@ -1,4 +1,4 @@
-"""How long the feature-page numbers of ~10k features take (`explain.feature_stats.summarize_dictionaries`), and their size.
+"""How long the feature-page numbers of ~10k features take (`report.feature_stats.summarize_dictionaries`), and their size.
 
 Issue 16's target: 10,000 features of one dictionary summarised and written
 as a report in under 60 s on the 2-core machine (this half: summarising,
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the summaries' JSON here")
     args = parser.parse_args()
     prepare(args)
-    from explain.feature_stats import SummaryConfig, summarize_dictionaries
+    from report.feature_stats import SummaryConfig, summarize_dictionaries
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()

@@ -10,7 +10,7 @@ explanations as a real run's would.
 
     python benchmarks/bench_report.py [--cache /tmp/bench_feature_stats_L3.h5] [--keep OUT]
 
-prints the wall time of each part (summarise = explain.feature_stats; write =
+prints the wall time of each part (summarise = report.feature_stats; write =
 report.build_report with those summaries: feature pages, table, the rest of
 index.html), the total, the report's size on disk (du: blocks, as the
 target means it) and in bytes, the number of files, the ratios to the
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="write the run folder (and its report/) here")
     args = parser.parse_args()
     prepare(args)
-    from explain.feature_stats import summarize_dictionaries
+    from report.feature_stats import summarize_dictionaries
     from report.build import build_report
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,7 @@ table's (`report.feature_assets`), each allowed by its hash. Sections whose inpu
 say that the stage was not run, instead of failing: a partial run still
 gets a report.
 
-Feature pages (`report.feature_pages`, from `explain.feature_stats` over the
+Feature pages (`report.feature_pages`, from `report.feature_stats` over the
 run's fragments cache) are the one exception to "index.html alone": they
 live in OUT/features/ beside it, one small page per feature, drawn by one
 shared script from compact data, because 10,000 features do not fit in one
@@ -73,7 +73,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path, descriptors: Sequence
     Feature pages (`report.feature_pages`) are computed from `features_cache` (default: see
     `report.feature_section.find_features_cache`) for the first `max_features` features of every dictionary
     (None: all; 0: no pages). `summaries`: (DictionarySummaries list, skipped list) as
-    `explain.feature_stats.summarize_dictionaries` returns them, computed by the caller (a benchmark, a notebook):
+    `report.feature_stats.summarize_dictionaries` returns them, computed by the caller (a benchmark, a notebook):
     then no cache is read.
     """
     out = check_output_folder(out_dir)  # before the run folder is read, and before anything is written

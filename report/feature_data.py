@@ -1,7 +1,7 @@
 """The feature pages' data: per-feature summaries joined with explanations and descriptors, written compactly.
 
-Why a module of its own: the numbers come from `explain.feature_stats`
-(`explain.feature_summary.DictionarySummaries`), the explanations from
+Why a module of its own: the numbers come from `report.feature_stats`
+(`report.feature_summary.DictionarySummaries`), the explanations from
 explanations.jsonl records and the descriptors from `cli.py describe`; they
 join here by (dictionary name, feature index), and leave as JSON that the
 pages' own scripts draw (`report.feature_assets`). 10,000 features must fit

@@ -84,7 +84,7 @@ def write_feature_pages(out: Path, summaries: Sequence[Any], records: Sequence[d
                         scrub: Callable[[str], str] = lambda text: text) -> FeatureTable:
     """Write OUT/features (replacing an old one) and return the index's table data.
 
-    `summaries`: `explain.feature_summary.DictionarySummaries`, one per dictionary; `records`: explanation
+    `summaries`: `report.feature_summary.DictionarySummaries`, one per dictionary; `records`: explanation
     records (joined by dictionary name and feature); `described`: `report.descriptors.DescriptorResults`;
     `scrub`: applied to every page's text (the report's own folders made relative, `report.paths.PathScrubber.final`).
     """

@@ -64,10 +64,10 @@ def find_features_cache(contents: RunContents, given: str | Path | None) -> Feat
 
 def summarise(source: FeatureSource, dictionaries: Sequence[Path], max_features: int | None,
               progress: bool = True) -> tuple[list[Any], list[tuple[str, str]]]:
-    """`explain.feature_stats.summarize_dictionaries` over every dictionary of the run (UserError on bad input)."""
+    """`report.feature_stats.summarize_dictionaries` over every dictionary of the run (UserError on bad input)."""
     if source.cache is None or not dictionaries or max_features == 0:
         return [], []
-    from explain.feature_stats import summarize_dictionaries
+    from report.feature_stats import summarize_dictionaries
 
     return summarize_dictionaries(source.cache, list(dictionaries), features=max_features, progress=progress)
 

@@ -1,4 +1,4 @@
-"""Feature-page numbers (explain.feature_stats, sae.logit_effects) against brute force on tiny random models."""
+"""Feature-page numbers (report.feature_stats, sae.logit_effects) against brute force on tiny random models."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from activations.cache_writer import cache_activations
 from activations.errors import UserError
 from activations.reader import ActivationCache
-from explain.feature_stats import SummaryConfig, summarize_dictionaries
-from explain.feature_summary import DictionarySummaries
+from report.feature_stats import SummaryConfig, summarize_dictionaries
+from report.feature_summary import DictionarySummaries
 from sae.logit_effects import batched_topk, decoder_neighbours, logit_effects, unembedding
 from tests.conftest import make_tiny_model, make_tokenizer
 
@@ -180,7 +180,7 @@ def test_logit_effects_follow_a_finite_difference_through_the_real_final_norm_an
 
 
 def test_histogram_bins_are_lo_exclusive_hi_inclusive_even_on_edges():
-    from explain.feature_select import bin_of, edges_of, histograms
+    from report.feature_select import bin_of, edges_of, histograms
 
     rng = np.random.default_rng(2)
     tops, bins = np.array([1.0, 0.7, 3.3, 1e-3]), 7

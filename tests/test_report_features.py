@@ -1,7 +1,7 @@
 """Feature pages of `cli.py report`: one page per feature, the index's sortable/filterable table, search, safety.
 
 The per-feature numbers are hand-made `DictionarySummaries` (the contract of
-`explain.feature_stats`), with hostile corpus tokens: a <script> and an
+`report.feature_stats`), with hostile corpus tokens: a <script> and an
 <img onerror> that would mark <body> if they ever ran, broken UTF-8 (U+FFFD,
 a lone surrogate), right-to-left text, a U+202E override and U+2028. The run
 folder is `test_report_build`'s synthetic one, plus an explanation run with a
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import cli
-from explain.feature_summary import DictionarySummaries, Example, FeatureSummary, Quantile
+from report.feature_summary import DictionarySummaries, Example, FeatureSummary, Quantile
 from report.build import build_report
 from report.feature_data import round_sig
 from tests.test_report_build import HOOK, IMG, SCRIPT, _chromium, _chromium_args, _record, make_run, parse

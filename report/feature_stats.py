@@ -1,4 +1,4 @@
-"""Per-feature numbers of the report's feature pages (`explain.feature_summary`), from one pass over the cache per hook.
+"""Per-feature numbers of the report's feature pages (`report.feature_summary`), from one pass over the cache per hook.
 
 What is counted, and why it agrees with the explain stage: tokens are the
 cache's contexts without the BOS position when the cache prepended one
@@ -58,9 +58,9 @@ import torch
 from tqdm.auto import tqdm
 
 from activations.errors import UserError
-from explain.feature_codes import BatchCodes
-from explain.feature_select import example_pairs, example_rows, histograms, n_shown, select
-from explain.feature_summary import DictionarySummaries, Example, FeatureSummary, Quantile
+from report.feature_codes import BatchCodes
+from report.feature_select import example_pairs, example_rows, histograms, n_shown, select
+from report.feature_summary import DictionarySummaries, Example, FeatureSummary, Quantile
 
 D_MODEL_HOOKS = ("hook_resid_pre", "hook_resid_post", "hook_mlp_out")
 MIN_NEIGHBOUR_COSINE = 1e-4  # float32 round-off of orthogonal unit rows is ~1e-7

@@ -1,6 +1,6 @@
 """Which contexts a feature page shows, and the histogram of its activations: the selection rules, as pure numpy.
 
-Kept apart from the pass over the cache (`explain.feature_stats`, whose
+Kept apart from the pass over the cache (`report.feature_stats`, whose
 docstring states the rules) so the rules can be read and tested on arrays:
 given a feature's per-context maxima, `select` picks the top contexts, the
 quantile-bin draws and the histogram edges; `histograms` bins many features'
@@ -27,7 +27,7 @@ class Selection:
 
 def select(maxima: np.ndarray, feature: int, config: Any) -> Selection:
     """Top and quantile contexts of one feature from its per-context maxima (`config`: a SummaryConfig; the rules
-    are in `explain.feature_stats`'s docstring)."""
+    are in `report.feature_stats`'s docstring)."""
     active = np.flatnonzero(maxima > 0)
     if active.size == 0:
         return Selection(np.empty(0, np.int64), [], np.empty(0))

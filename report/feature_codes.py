@@ -1,4 +1,4 @@
-"""How `explain.feature_stats` gets a dictionary's non-zero codes on a batch without the full dense product.
+"""How `report.feature_stats` gets a dictionary's non-zero codes on a batch without the full dense product.
 
 Split from feature_stats.py (which plans the passes and assembles the
 summaries) because the three ways to encode are the part that decides

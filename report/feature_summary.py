@@ -3,7 +3,7 @@
 Why a module of its own: the numbers (density, histogram, quantile
 examples, logit effects, decoder neighbours) are computed once per
 dictionary from a cache, a dictionary and the subject model's unembedding
-(`explain.feature_stats`, `sae.logit_effects`), and drawn by `report/` for
+(`report.feature_stats`, `sae.logit_effects`), and drawn by `report/` for
 thousands of features. Keeping the schema here lets either side change
 without reading the other's code. Token strings of a fragment are stored
 once per dictionary (`DictionarySummaries.fragments`), never per example.
