@@ -67,6 +67,13 @@ class KindSpec:
     folder_prefix: str | None = None  # train-sae's folder names start with this (default: the kind)
     marker: str = "o"  # its points in the FVU-vs-L0 plot
 
+    def __post_init__(self) -> None:
+        """A learned row without its sweep or learning rate would fail far from here, mid-run: refuse it now."""
+        if self.objective is not None and (self.sweep is None or not self.lr or self.lr <= 0):
+            raise ValueError(f"kind {self.name!r} has a training objective, so it needs a sweep and a positive lr")
+        if self.loss_over not in ("rows", "variance"):
+            raise ValueError(f"kind {self.name!r}: loss_over is 'rows' or 'variance', not {self.loss_over!r}")
+
     @property
     def learned(self) -> bool:
         return self.objective is not None
