@@ -26,7 +26,8 @@ _MISSING = dataclasses.MISSING
 
 
 def option(default: Any = _MISSING, *, help: str, flag: str | None = None,  # noqa: A002 (argparse's own word)
-           default_factory: Callable[[], Any] | None = None, choices: typing.Sequence[Any] | None = None,
+           default_factory: Callable[[], Any] | None = None,
+           choices: typing.Sequence[Any] | Callable[[], typing.Sequence[Any]] | None = None,
            csv: bool = False, identity: bool = True, required: bool = False, negate: str | None = None,
            metavar: str | None = None) -> Any:
     """A dataclass field that is also a command-line option.
@@ -34,9 +35,13 @@ def option(default: Any = _MISSING, *, help: str, flag: str | None = None,  # no
     `csv`: a list given as one comma-separated value (`--hooks a,b`) instead
     of several (`--l1 1e-3 1e-2`). `negate`: for a bool that defaults to True,
     the flag that turns it off (`--untied` for `tied`). `required`: the CLI
-    demands it even though Python callers may leave the default.
+    demands it even though Python callers may leave the default. `choices`
+    may be a function, called when the parser is built, for choices read
+    from a table that can grow after import (the registry of kinds).
     """
-    meta = {"help": help, "flag": flag, "choices": tuple(choices) if choices is not None else None, "csv": csv,
+    if choices is not None and not callable(choices):
+        choices = tuple(choices)
+    meta = {"help": help, "flag": flag, "choices": choices, "csv": csv,
             "identity": identity, "required": required, "negate": negate, "metavar": metavar}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata={"option": meta})
@@ -107,7 +112,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             kwargs["type"] = tp
         if meta["choices"] is not None:
-            kwargs["choices"] = list(meta["choices"])
+            choices = meta["choices"]
+            kwargs["choices"] = list(choices() if callable(choices) else choices)
         kwargs.update(default=default, required=required)
         parser.add_argument(flag, **kwargs)
 

@@ -184,7 +184,7 @@ def measure(cache: Path, layer: int, folders: list[Path], eval_fraction: float, 
     from sae.errors import DictionaryError
     from sae.metrics import reconstruction_metrics
 
-    _, held = split_cache(cache, hook_of(layer), eval_fraction, skip_first=True)
+    _, held = split_cache(cache, hook_of(layer), eval_fraction, skip_first=True, sink_factor=0)
     loaded, rows = [], []
     for folder in folders:
         try:
@@ -196,7 +196,7 @@ def measure(cache: Path, layer: int, folders: list[Path], eval_fraction: float, 
             loaded.append(SparsifyMaths(Path(folder)))
             rows.append({"folder": str(folder), "measured_by": "sparsify maths (sae.load refused)",
                          "load_error": str(err)})
-    train, _ = split_cache(cache, hook_of(layer), eval_fraction, skip_first=True)
+    train, _ = split_cache(cache, hook_of(layer), eval_fraction, skip_first=True, sink_factor=0)
     x = heldout_tokens(cache, hook_of(layer), held.contexts)
     # the limit train-sae and evaluate use (sae.data.sink_norm_limit), so "sinks out" is the toolkit's own protocol
     limit = sink_norm_limit(cache, hook_of(layer), train.contexts, True, sink_factor) or float("inf")
@@ -357,7 +357,7 @@ def main() -> None:
     cache = ensure_cache(args)
     from sae.data import split_cache
 
-    train, held = split_cache(cache, hook_of(args.layers[0]), args.eval_fraction, skip_first=True)
+    train, held = split_cache(cache, hook_of(args.layers[0]), args.eval_fraction, skip_first=True, sink_factor=0)
     if args.tokens is None:
         args.tokens = train.n_tokens // args.batch_size * args.batch_size
     if args.reference_batches is None:

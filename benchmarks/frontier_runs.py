@@ -53,7 +53,7 @@ def ours_speed(args, cache: Path, layer: int, batch: int, steps: int) -> float:
     from sae.step import Stepper, lr_factor, set_lr
     from sae.train import build_groups, build_optimizer
 
-    train, _ = split_cache(cache, hook_of(layer), args.eval_fraction, skip_first=True)
+    train, _ = split_cache(cache, hook_of(layer), args.eval_fraction, skip_first=True, sink_factor=0)
     with ActivationCache(cache) as c:
         data = list(c.iter_batches(hook_of(layer), batch, n_tokens=(steps + SPEED_WARMUP) * batch, seed=args.seed,
                                    contexts=train.contexts, skip_first=True))

@@ -18,8 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sae.dictionaries import (ICABasis, ICATopK, LinearBasis, NeuronBasis, PCABasis, PCATopK, RandomBasis,
-                              SignedNeuronBasis)
+from sae.dictionaries import ICABasis, LinearBasis, NeuronBasis, PCABasis, RandomBasis, SignedNeuronBasis
 
 SAMPLE_BYTES = 64 << 20  # bound on the in-memory subsample used for orientation and ICA
 ICA_MAX_SAMPLES = 65_536  # FastICA is O(n d²) per iteration; more barely changes the components
@@ -153,7 +152,12 @@ def signed_neuron_basis(d: int, config: dict) -> SignedNeuronBasis:
 
 def topk_control(base: LinearBasis, k: int, config: dict) -> LinearBasis:
     """The same basis with only the k largest coefficients kept (k = an SAE's mean L0)."""
-    cls = {"pca": PCATopK, "ica": ICATopK}[base.kind]
+    from sae.registry import kind_class, specs
+
+    control = [s.name for s in specs() if s.topk_control_of == base.kind]
+    if not control:
+        raise KeyError(f"no top-k control kind of {base.kind!r} in sae.registry")
+    cls = kind_class(control[0])
     cfg = {**base.config, **config, "k": int(k), "base_kind": base.kind}
     return cls(base.tensors(), cfg)
 

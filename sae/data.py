@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from sae.errors import DictionaryError
+from sae.settings import TrainSettings
 
 SINK_SAMPLE_SEED = 7  # the draw the median norm is taken on (fixed: the limit is part of a run's identity)
 
@@ -105,14 +106,15 @@ def sink_norm_limit(path: str | Path, hook: str, contexts: tuple[int, int], skip
     return factor * float(norms.median())
 
 
-def split_cache(path: str | Path, hook: str, eval_fraction: float, skip_first: bool, sink_factor: float = 0.0
-                ) -> tuple[CacheSource, CacheSource | None]:
+def split_cache(path: str | Path, hook: str, eval_fraction: float, skip_first: bool,
+                sink_factor: float = TrainSettings.sink_factor) -> tuple[CacheSource, CacheSource | None]:
     """(train, held-out) sources: the last `eval_fraction` of the contexts is never trained on.
 
     Whole contexts, at the end, so no token of a held-out context was seen
     in training and the split does not depend on the batch size or seed.
     `sink_factor` > 0 leaves out of both every token whose norm exceeds that
-    many times the training split's median norm (see `sink_norm_limit`).
+    many times the training split's median norm (see `sink_norm_limit`); its
+    default is `train-sae`'s, so a Python caller gets what the command does.
     """
     from activations.errors import UserError
     from activations.reader import ActivationCache

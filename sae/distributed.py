@@ -34,11 +34,20 @@ from torch import Tensor, nn
 from activations.distributed import Launch
 from activations.errors import UserError
 from sae.kinds.topk import batch_variance
+from sae.registry import kind_spec
 
 MODES = ("data", "sweep")
-# kinds whose loss is a sum over rows up to a global constant, and whose only batch-updated state is `since_fired`
-DATA_PARALLEL_KINDS = ("tied_sae", "untied_sae", "topk")
-VARIANCE_NORMALISED = ("topk",)  # loss = Σ err² / (the batch's total variance), see TopKStack.forward
+
+
+def data_parallel(kind: str) -> bool:
+    """Does `kind` train data-parallel? Its registry row says (its loss is a sum over rows up to a global
+    constant, and its only batch-updated state is `since_fired`)."""
+    return kind_spec(kind).data_parallel
+
+
+def variance_normalised(kind: str) -> bool:
+    """Is the loss of `kind` Σ err² / (the batch's total variance), as TopKStack.forward's, not a mean over rows?"""
+    return kind_spec(kind).loss_over == "variance"
 
 
 def resolve_mode(launch: Launch, distribute: str | None, kind: str) -> str | None:
@@ -48,7 +57,7 @@ def resolve_mode(launch: Launch, distribute: str | None, kind: str) -> str | Non
     mode = distribute or "data"
     if mode not in MODES:
         raise UserError(f"--distribute {mode!r} is not a mode: choose data or sweep")
-    if mode == "data" and kind not in DATA_PARALLEL_KINDS:
+    if mode == "data" and not data_parallel(kind):
         raise UserError(f"--kind {kind} cannot train data-parallel (its top-k spans the whole batch, which no rank "
                         "holds): add --distribute sweep, or train it in one process")
     return mode
@@ -99,7 +108,7 @@ class DataParallelStepper:
         from torch.nn.parallel import DistributedDataParallel
 
         kinds = {g.kind for g in groups}
-        if not kinds <= set(DATA_PARALLEL_KINDS):
+        if not all(data_parallel(k) for k in kinds):
             raise UserError(f"--kind {', '.join(sorted(kinds))} cannot train data-parallel: add --distribute sweep")
         self.groups, self.optimizer, self.launch = groups, optimizer, launch
         cuda = torch.device(device).type == "cuda"
@@ -120,9 +129,9 @@ class DataParallelStepper:
         lo, hi = row_block(n_rows, self.launch)
         local = x[lo:hi]
         rows = torch.tensor((hi - lo) / n_rows, device=x.device)
-        variance = (batch_variance(local) / batch_variance(x)
-                    if any(g.kind in VARIANCE_NORMALISED for g in self.groups) else None)
-        weights = [variance if g.kind in VARIANCE_NORMALISED else rows for g in self.groups]
+        by_variance = [variance_normalised(g.kind) for g in self.groups]
+        variance = batch_variance(local) / batch_variance(x) if any(by_variance) else None
+        weights = [variance if v else rows for v in by_variance]
         before = [g.since_fired.clone() if hasattr(g, "since_fired") else None for g in self.groups]
         results = self.module(local)
         total = torch.stack([(r["loss"] * w).sum() for r, w in zip(results, weights)]).sum()

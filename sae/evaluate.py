@@ -18,6 +18,7 @@ from sae.data import check_fits, split_cache
 from sae.io import load, update_metrics
 from sae.metrics import density_histogram, mmcs, model_metrics, quality_warnings, reconstruction_metrics
 from sae.plot import plot_density, plot_frontier
+from sae.settings import EvaluateSettings
 
 READ_BATCH = 4096
 EVAL_SEED = 1234  # a fixed draw of evaluation tokens, so every dictionary sees the same ones
@@ -27,7 +28,8 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
                           model: str | None = None, no_model: bool = False, ce_contexts: int = 64,
                           plot: str | None = None, progress: bool = True, device: str = "cpu",
                           eval_fraction: float | None = None, keep_first_position: bool = False,
-                          density_plot: str | None = None, sink_factor: float = 0.0) -> list[dict]:
+                          density_plot: str | None = None,
+                          sink_factor: float = EvaluateSettings.sink_factor) -> list[dict]:
     """Measure every dictionary on the cache's held-out contexts and store the metrics in its config.json.
 
     `eval_fraction` None takes the split the dictionaries were trained with

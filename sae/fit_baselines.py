@@ -14,9 +14,9 @@ from sae.baselines import (ICA_MAX_SAMPLES, collect, fit_ica, neuron_basis, pca_
                            sample_limit, topk_control)
 from sae.data import BatchSource, split_cache
 from sae.io import CONFIG_FILE, read_config, save_dictionary
-from sae.registry import FITTED_KINDS
+from sae.registry import fitted_kinds, kind_spec
+from sae.settings import BaselinesSettings
 
-BASELINE_KINDS = FITTED_KINDS
 READ_BATCH = 4096
 
 
@@ -41,23 +41,29 @@ def resolve_ks(ks: list[int] | None, topk_from: list[str] | None) -> list[int]:
     return sorted(out)
 
 
+def _control_of(kind: str) -> str | None:
+    """The fitted basis `kind` is a top-k control of (its registry row), or None."""
+    return kind_spec(kind).topk_control_of
+
+
 def _folder_name(kind: str, k: int | None) -> str:
-    return f"{kind}_k{k}" if kind.endswith("_topk") else kind
+    return f"{kind}_k{k}" if _control_of(kind) else kind
 
 
 def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | Path, tokens: int = 1_000_000,
                   k: int | list[int] | None = None, topk_from: str | list[str] | None = None, seed: int = 0,
                   progress: bool = True, ica_samples: int = ICA_MAX_SAMPLES,
                   eval_fraction: float | None = None) -> list[Path]:
-    unknown = [x for x in kinds if x not in BASELINE_KINDS]
+    known = fitted_kinds()
+    unknown = [x for x in kinds if x not in known]
     if unknown or not kinds:
-        raise UserError(f"unknown --kinds {unknown or kinds}: choose from {','.join(BASELINE_KINDS)}")
+        raise UserError(f"unknown --kinds {unknown or kinds}: choose from {','.join(known)}")
     kinds = list(dict.fromkeys(kinds))
     if tokens < 1:
         raise UserError(f"--tokens {tokens} must be positive")
     if ica_samples < 2:
         raise UserError(f"--ica-samples {ica_samples} must be at least 2 (FastICA's time grows with it; 8192+ is typical)")
-    need_k = any(x.endswith("_topk") for x in kinds)
+    need_k = any(_control_of(x) for x in kinds)
     ks = [k] if isinstance(k, int) else k
     froms = [topk_from] if isinstance(topk_from, (str, Path)) else topk_from
     kks = resolve_ks(ks, froms) if need_k else []
@@ -87,11 +93,11 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
     # (kind, k) -> folder; a top-k control exists once per k, all from the same fitted basis
     targets = {}
     for kind in kinds:
-        for kk in (kks if kind.endswith("_topk") else [None]):
+        for kk in (kks if _control_of(kind) else [None]):
             targets[(kind, kk)] = out / _folder_name(kind, kk)
 
     def identity_of(kind: str, kk: int | None) -> str:
-        own = ica_ident if kind.startswith("ica") else ident
+        own = ica_ident if (_control_of(kind) or kind) == "ica" else ident
         return _digest(own) if kk is None else _digest({**own, "k": kk})
 
     todo = []
@@ -107,15 +113,15 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
             "fit": {"tokens": n_fit, "seed": seed, "eval_fraction": eval_fraction}}
     fitted = {}
     todo_kinds = {kind for kind, _ in todo}
-    needs_data = {"pca", "ica", "pca_topk", "ica_topk"} & todo_kinds
-    if needs_data:
+    bases = {_control_of(kind) or kind for kind in todo_kinds}  # a top-k control needs its basis fitted
+    if {"pca", "ica"} & bases:
         batch = max(1, min(READ_BATCH, n_fit))
         keep = sample_limit(d)
         moments, sample = collect(source.batches(batch, n_fit, seed), d, keep, progress=progress,
                                   desc=f"reading {n_fit} tokens")
-        if {"pca", "pca_topk"} & todo_kinds:
+        if "pca" in bases:
             fitted["pca"] = pca_from_moments(moments, sample, {**base})
-        if {"ica", "ica_topk"} & todo_kinds:
+        if "ica" in bases:
             n_ica = min(sample.shape[0], ica_samples)
             if n_ica < 2 * d:
                 raise UserError(f"ICA needs at least {2 * d} tokens for width {d}, got {n_ica}: raise --tokens or cache more")
@@ -134,7 +140,7 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
         elif kind in ("pca", "ica"):
             dictionary = fitted[kind]
         else:
-            dictionary = topk_control(fitted[kind.removesuffix("_topk")], kk, {"fit_identity": identity_of(kind, kk)})
+            dictionary = topk_control(fitted[_control_of(kind)], kk, {"fit_identity": identity_of(kind, kk)})
         save_dictionary(dictionary, targets[(kind, kk)])
         print(f"wrote {targets[(kind, kk)]}")
     return list(targets.values())
@@ -145,8 +151,8 @@ def _digest(ident: dict) -> str:
 
 
 def fit_baselines_from_cache(cache: str | Path, hook: str, kinds: list[str], out: str | Path,
-                             eval_fraction: float = 0.1, skip_first: bool = True, sink_factor: float = 0.0,
-                             **kwargs) -> list[Path]:
+                             eval_fraction: float = 0.1, skip_first: bool = True,
+                             sink_factor: float = BaselinesSettings.sink_factor, **kwargs) -> list[Path]:
     """Fit on the training part of the cache only: the held-out contexts stay unseen, as for the SAEs."""
     source, _ = split_cache(cache, hook, eval_fraction, skip_first=skip_first, sink_factor=sink_factor)
     return fit_baselines(source, hook, kinds, out, eval_fraction=eval_fraction, **kwargs)

@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-_MARKERS = {"tied_sae": "o", "untied_sae": "s", "topk": "P", "batchtopk": "X", "jumprelu": "*", "pca": "^", "ica": "v", "random": "x", "neuron": "D",
-            "signed_neuron": "d", "pca_topk": "<", "ica_topk": ">"}
+from sae.registry import kind_names, kind_spec
+
+
+def _marker(kind: str) -> str:
+    """The kind's plot marker (its registry row); "o" for a kind this version does not know."""
+    return kind_spec(kind).marker if kind in kind_names() else "o"
 
 
 def plot_frontier(rows: list[dict], path: str | Path, title: str = "") -> Path:
@@ -31,7 +35,7 @@ def plot_frontier(rows: list[dict], path: str | Path, title: str = "") -> Path:
         xs = [max(p["l0"], 1e-3) for p in points]
         ys = [p["fvu"] for p in points]
         style = "-" if len(points) > 1 else ""
-        ax.plot(xs, ys, style, marker=_MARKERS.get(kind, "o"), label=label)
+        ax.plot(xs, ys, style, marker=_marker(kind), label=label)
     ax.set_xscale("log")
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 

@@ -1,49 +1,145 @@
-"""The one list of dictionary kinds: `kind` (as in config.json) → class, in the order reports show them.
+"""The one table of dictionary kinds: one `KindSpec` row per kind, in the order reports show them.
 
-`sae.load`, the trainer, the baselines, the report's ordering and export all
-read this table, so a new kind is one new module under `sae/kinds/` plus one
-line here. Classes are imported on first use, so importing the registry is
-cheap (no torch) and the report can sort kinds without loading a model.
+Every fact that differs between kinds lives in its row: the inference class,
+the training objective, the swept parameter (α or k), the default learning
+rate, whether it trains data-parallel, whether `cli.py baselines` fits it,
+its plot marker. `sae.load`, the settings, the trainer, the data-parallel
+stepper, the baselines, the plots, the report's ordering and export all read
+this table, so a new kind is one new module under `sae/kinds/` plus one row
+here, and nothing elsewhere falls back silently for a kind it does not know.
+
+Classes are named as "module:Class" and imported on first use, so importing
+the registry is cheap (no torch) and `cli.py --help` or the report can read
+the table without loading a model. A row may also hold the class itself
+(a test's toy kind does).
 """
 
 from __future__ import annotations
 
 import importlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
 
 from sae.errors import DictionaryError
 
-# Report order: learned dictionaries first (the papers' subject), then the baselines they are compared to.
-_KINDS: dict[str, str] = {
-    "tied_sae": "sae.kinds.tied:TiedSAE",
-    "untied_sae": "sae.kinds.untied:UntiedSAE",
-    "topk": "sae.kinds.topk:TopKSAE",
-    "batchtopk": "sae.kinds.threshold:BatchTopKSAE",
-    "jumprelu": "sae.kinds.threshold:JumpReLUSAE",
-    "neuron": "sae.kinds.neuron:NeuronBasis",
-    "signed_neuron": "sae.kinds.neuron:SignedNeuronBasis",
-    "pca": "sae.kinds.fitted:PCABasis",
-    "ica": "sae.kinds.fitted:ICABasis",
-    "random": "sae.kinds.fitted:RandomBasis",
-    "pca_topk": "sae.kinds.fitted:PCATopK",
-    "ica_topk": "sae.kinds.fitted:ICATopK",
-    "probe": "sae.kinds.probe:ProbeBasis",
-}
 
-# Kinds the trainer learns (`cli.py train-sae --kind`): kind -> its training objective, beside its inference class.
-_OBJECTIVES: dict[str, str] = {
-    "tied_sae": "sae.kinds.tied:TiedStack",
-    "untied_sae": "sae.kinds.untied:UntiedStack",
-    "topk": "sae.kinds.topk:TopKStack",
-    "batchtopk": "sae.kinds.threshold:BatchTopKStack",
-}
-LEARNED_KINDS: tuple[str, ...] = tuple(_OBJECTIVES)
-# Kinds `cli.py baselines` fits.
-FITTED_KINDS: tuple[str, ...] = ("neuron", "signed_neuron", "pca", "ica", "random", "pca_topk", "ica_topk")
+@dataclass(frozen=True)
+class Sweep:
+    """The parameter a learned kind sweeps in one pass (`train-sae`): its flag, field, config key and valid range."""
+
+    key: str  # config.json key of each dictionary and the key in its folder name ("l1" in tied_R2_l1_0.001)
+    field: str  # the `TrainSettings` list field holding the values
+    flag: str  # its command-line flag
+    integer: bool  # values are whole numbers (k)
+    minimum: float  # smallest valid value
+    rule: str  # the valid range in words, for the error message
+    example: str  # a valid value, for the error message
+
+    def cast(self, value: float) -> float:
+        return int(value) if self.integer else float(value)
+
+
+L1_SWEEP = Sweep("l1", "l1s", "--l1", integer=False, minimum=0.0, rule="non-negative numbers", example="1e-3")
+K_SWEEP = Sweep("k", "ks", "--k", integer=True, minimum=1, rule="positive integers", example="16 32 64")
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """Everything the code decides per kind; `name` is the `kind` in config.json."""
+
+    name: str
+    inference: str | type  # "module:Class" of the `Dictionary` (what `sae.load` builds)
+    objective: str | type | None = None  # "module:Class" of the `SweepStack` that trains it; None: train-sae refuses
+    sweep: Sweep | None = None  # what train-sae sweeps (learned kinds)
+    lr: float | None = None  # default Adam learning rate (learned kinds): each loss has its own scale
+    # `TrainSettings` fields only this kind's objective reads (beyond its sweep field): the kind's own
+    # hyperparameters, recorded in each dictionary's `training` only for the kinds that use them
+    hyperparameters: tuple[str, ...] = ()
+    # trains under `--distribute data`: its loss is a sum over rows up to a global constant, and its only
+    # batch-updated state is `since_fired` (see sae.distributed)
+    data_parallel: bool = False
+    # how its loss depends on the batch, which data-parallel ranks weigh their loss by: "rows" (a mean over rows)
+    # or "variance" (a sum over rows divided by the batch's total variance, as TopK's FVU)
+    loss_over: str = "rows"
+    fitted: bool = False  # `cli.py baselines` fits it
+    topk_control_of: str | None = None  # a top-k control of this fitted kind (its folder is <kind>_k<k>)
+    folder_prefix: str | None = None  # train-sae's folder names start with this (default: the kind)
+    marker: str = "o"  # its points in the FVU-vs-L0 plot
+
+    def __post_init__(self) -> None:
+        """A learned row without its sweep or learning rate would fail far from here, mid-run: refuse it now."""
+        if self.objective is not None and (self.sweep is None or not self.lr or self.lr <= 0):
+            raise ValueError(f"kind {self.name!r} has a training objective, so it needs a sweep and a positive lr")
+        if self.loss_over not in ("rows", "variance"):
+            raise ValueError(f"kind {self.name!r}: loss_over is 'rows' or 'variance', not {self.loss_over!r}")
+
+    @property
+    def learned(self) -> bool:
+        return self.objective is not None
+
+    @property
+    def prefix(self) -> str:
+        return self.folder_prefix or self.name
+
+
+_AUXK = ("auxk_alpha", "dead_tokens")  # the AuxK loss against dead latents (TopK and BatchTopK)
+
+# Report order: learned dictionaries first (the papers' subject), then the baselines they are compared to.
+_ROWS: tuple[KindSpec, ...] = (
+    # Learning rates recover planted features at the default schedule (benchmarks/bench_recovery.py) and
+    # train well on normalised activations.
+    KindSpec("tied_sae", "sae.kinds.tied:TiedSAE", "sae.kinds.tied:TiedStack", L1_SWEEP, lr=5e-3,
+             data_parallel=True, folder_prefix="tied", marker="o"),
+    KindSpec("untied_sae", "sae.kinds.untied:UntiedSAE", "sae.kinds.untied:UntiedStack", L1_SWEEP, lr=5e-3,
+             data_parallel=True, folder_prefix="untied", marker="s"),
+    KindSpec("topk", "sae.kinds.topk:TopKSAE", "sae.kinds.topk:TopKStack", K_SWEEP, lr=5e-3, hyperparameters=_AUXK,
+             data_parallel=True, loss_over="variance", marker="P"),
+    # its top-k spans the whole batch, which no data-parallel rank holds
+    KindSpec("batchtopk", "sae.kinds.threshold:BatchTopKSAE", "sae.kinds.threshold:BatchTopKStack", K_SWEEP,
+             lr=5e-3, hyperparameters=_AUXK, marker="X"),
+    KindSpec("jumprelu", "sae.kinds.threshold:JumpReLUSAE", marker="*"),  # loaded (SAELens), not trained here
+    KindSpec("neuron", "sae.kinds.neuron:NeuronBasis", fitted=True, marker="D"),
+    KindSpec("signed_neuron", "sae.kinds.neuron:SignedNeuronBasis", fitted=True, marker="d"),
+    KindSpec("pca", "sae.kinds.fitted:PCABasis", fitted=True, marker="^"),
+    KindSpec("ica", "sae.kinds.fitted:ICABasis", fitted=True, marker="v"),
+    KindSpec("random", "sae.kinds.fitted:RandomBasis", fitted=True, marker="x"),
+    KindSpec("pca_topk", "sae.kinds.fitted:PCATopK", fitted=True, topk_control_of="pca", marker="<"),
+    KindSpec("ica_topk", "sae.kinds.fitted:ICATopK", fitted=True, topk_control_of="ica", marker=">"),
+    KindSpec("probe", "sae.kinds.probe:ProbeBasis"),  # written by `cli.py probe`
+)
+_KINDS: dict[str, KindSpec] = {row.name: row for row in _ROWS}
+
+
+# -- reading the table -----------------------------------------------------------------------------
+
+def kind_spec(kind: str) -> KindSpec:
+    """The row of `kind`; a kind this version does not know is a `DictionaryError` naming the known ones."""
+    spec = _KINDS.get(kind)
+    if spec is None:
+        raise DictionaryError(f"kind {kind!r} is not one of {', '.join(sorted(_KINDS))}: "
+                              "re-create the dictionary with this version of the tool")
+    return spec
+
+
+def specs() -> tuple[KindSpec, ...]:
+    """Every row, in report order."""
+    return tuple(_KINDS.values())
 
 
 def kind_names() -> tuple[str, ...]:
     """Every kind, in report order."""
     return tuple(_KINDS)
+
+
+def learned_kinds() -> tuple[str, ...]:
+    """Kinds `cli.py train-sae --kind` trains."""
+    return tuple(s.name for s in _KINDS.values() if s.learned)
+
+
+def fitted_kinds() -> tuple[str, ...]:
+    """Kinds `cli.py baselines --kinds` fits."""
+    return tuple(s.name for s in _KINDS.values() if s.fitted)
 
 
 def kind_order(kind: str) -> int:
@@ -52,23 +148,51 @@ def kind_order(kind: str) -> int:
     return names.index(kind) if kind in names else len(names)
 
 
-def kind_class(kind: str) -> type:
-    target = _KINDS.get(kind)
-    if target is None:
-        raise DictionaryError(f"kind {kind!r} is not one of {', '.join(sorted(_KINDS))}: "
-                              "re-create the dictionary with this version of the tool")
+def _resolve(target: str | type) -> type:
+    if not isinstance(target, str):
+        return target
     module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def kind_class(kind: str) -> type:
+    return _resolve(kind_spec(kind).inference)
 
 
 def objective_class(kind: str) -> type:
     """The `SweepStack` subclass that trains `kind`."""
-    target = _OBJECTIVES.get(kind)
-    if target is None:
-        raise DictionaryError(f"kind {kind!r} is not trained by train-sae: choose from {', '.join(LEARNED_KINDS)}")
-    module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)
+    spec = _KINDS.get(kind)
+    if spec is None or spec.objective is None:
+        raise DictionaryError(f"kind {kind!r} is not trained by train-sae: choose from {', '.join(learned_kinds())}")
+    return _resolve(spec.objective)
 
 
 def all_classes() -> dict[str, type]:
     return {k: kind_class(k) for k in _KINDS}
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """`LEARNED_KINDS` / `FITTED_KINDS`, read from the table when asked (so a kind registered later is in them)."""
+    if name == "LEARNED_KINDS":
+        return learned_kinds()
+    if name == "FITTED_KINDS":
+        return fitted_kinds()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- adding a kind at run time (tests, plug-ins) ---------------------------------------------------
+
+@contextmanager
+def registered(*rows: KindSpec) -> Iterator[None]:
+    """Add (or replace) rows for the duration of the block, then restore the table exactly as it was.
+
+    What lets a test prove that a new kind needs nothing but its module and its row.
+    """
+    saved = dict(_KINDS)
+    try:
+        for row in rows:
+            _KINDS[row.name] = row
+        yield
+    finally:
+        _KINDS.clear()
+        _KINDS.update(saved)

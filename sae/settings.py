@@ -12,16 +12,30 @@ from dataclasses import asdict, dataclass, field
 
 from activations.errors import UserError
 from activations.options import option
+from sae.registry import K_SWEEP, L1_SWEEP, Sweep, fitted_kinds, kind_spec, learned_kinds, specs
 
 EXPORT_FORMATS = ("saelens",)
 _EXPORT_HELP = "also write <dictionary folder>/saelens/ (cfg.json + sae_weights.safetensors)"
 
 
-# Learning rates that recover planted features at the default schedule (benchmarks/bench_recovery.py) and
-# train well on normalised activations; each kind's loss has its own scale, hence one default per kind.
-DEFAULT_LR = {"tied_sae": 5e-3, "untied_sae": 5e-3, "topk": 5e-3, "batchtopk": 5e-3}
-L1_KINDS = ("tied_sae", "untied_sae")
-TOPK_KINDS = ("topk", "batchtopk")
+def __getattr__(name: str):
+    """DEFAULT_LR, L1_KINDS, TOPK_KINDS: views of the registry's rows (`sae.registry`), for the benchmarks that
+    import them; read when asked, so they cannot disagree with the table."""
+    if name == "DEFAULT_LR":
+        return {s.name: s.lr for s in specs() if s.learned}
+    if name in ("L1_KINDS", "TOPK_KINDS"):
+        return _sweeping(L1_SWEEP if name == "L1_KINDS" else K_SWEEP)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _sweeping(sweep: Sweep) -> tuple[str, ...]:
+    """The learned kinds that sweep `sweep`, in report order."""
+    return tuple(s.name for s in specs() if s.learned and s.sweep == sweep)
+
+
+def _kind_fields() -> set[str]:
+    """`TrainSettings` fields that belong to some kinds only: their sweeps and their own hyperparameters."""
+    return {f for s in specs() if s.learned for f in (s.sweep.field, *s.hyperparameters)}
 
 
 SINK_HELP = ("leave out tokens whose norm exceeds this x the median token norm of the training split (massive "
@@ -36,14 +50,14 @@ class TrainSettings:
     hook: str = option(help="hook to train on, e.g. blocks.3.hook_resid_post")
     ratios: list[float] = option(flag="--ratio", default_factory=lambda: [2.0], help="dictionary size / d_in")
     l1s: list[float] = option(flag="--l1", default_factory=lambda: [1e-2],
-                              help="L1 coefficients alpha (tied_sae, untied_sae), in normalised units")
-    kind: str = option("tied_sae", choices=("tied_sae", "untied_sae", "topk", "batchtopk"),
+                              help=f"L1 coefficients alpha ({', '.join(_sweeping(L1_SWEEP))}), in normalised units")
+    kind: str = option("tied_sae", choices=learned_kinds,
                        help="what to train: the paper's tied or untied L1 SAE, or TopK / BatchTopK")
     ks: list[int] = option(flag="--k", default_factory=lambda: [32],
                            help="active latents per token (topk) or per token on average over a batch (batchtopk)")
     batch_size: int = option(256, help="activation vectors per step")
     lr: float | None = option(None, help="Adam learning rate (default: per kind, " + ", ".join(
-        f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+        f"{s.name} {s.lr:g}" for s in specs() if s.learned) + ")")
     lr_warmup: float = option(0.05, help="fraction of steps over which the learning rate warms up linearly")
     lr_decay: float = option(0.2, help="final fraction of steps over which it decays linearly to 0")
     tokens: int = option(1_000_000, help="activation vectors to train on")
@@ -70,15 +84,14 @@ class TrainSettings:
                                          "out, each rank trains its own on the whole batch; one process: ignored")
 
     def validate(self) -> None:
-        if self.kind not in DEFAULT_LR:
-            raise UserError(f"--kind {self.kind!r} is not trainable: choose from {', '.join(DEFAULT_LR)}")
+        if self.kind not in learned_kinds():
+            raise UserError(f"--kind {self.kind!r} is not trainable: choose from {', '.join(learned_kinds())}")
         if not self.ratios or any(r <= 0 for r in self.ratios):
             raise UserError(f"--ratio {self.ratios} must be positive numbers, e.g. --ratio 2")
-        values = self.sweep_values
-        if self.kind in L1_KINDS and (not values or any(a < 0 for a in values)):
-            raise UserError(f"--l1 {self.l1s} must be non-negative numbers, e.g. --l1 1e-3")
-        if self.kind in TOPK_KINDS and (not values or any(k < 1 for k in values)):
-            raise UserError(f"--k {self.ks} must be positive integers, e.g. --k 16 32 64")
+        values, sweep = self.sweep_values, self.sweep
+        if not values or any(v < sweep.minimum for v in values):
+            raise UserError(f"{sweep.flag} {getattr(self, sweep.field)} must be {sweep.rule}, "
+                            f"e.g. {sweep.flag} {sweep.example}")
         if len(set(map(float, self.ratios))) != len(self.ratios) or len(set(map(float, values))) != len(values):
             raise UserError("--ratio and --l1 / --k values must each be listed once: remove the duplicates")
         numbers = {"--lr": self.learning_rate, "--auxk-alpha": self.auxk_alpha, **{f"--l1 {a}": a for a in self.l1s},
@@ -96,17 +109,19 @@ class TrainSettings:
             raise UserError(f"--tokens {self.tokens} is less than one batch of {self.batch_size}: raise --tokens")
 
     @property
-    def tied(self) -> bool:
-        return self.kind == "tied_sae"
+    def sweep(self) -> Sweep:
+        """What this kind sweeps (its registry row): α for the L1 kinds, k for the TopK kinds."""
+        return kind_spec(self.kind).sweep
 
     @property
     def sweep_values(self) -> list[float]:
         """The swept values of this kind: α for the L1 kinds, k for the TopK kinds."""
-        return [float(a) for a in self.l1s] if self.kind in L1_KINDS else [int(k) for k in self.ks]
+        sweep = self.sweep
+        return [sweep.cast(v) for v in getattr(self, sweep.field)]
 
     @property
     def learning_rate(self) -> float:
-        return float(self.lr) if self.lr is not None else DEFAULT_LR.get(self.kind, 1e-3)
+        return float(self.lr) if self.lr is not None else kind_spec(self.kind).lr
 
     @property
     def steps(self) -> int:
@@ -116,12 +131,9 @@ class TrainSettings:
         """What decides the trained weights (stored in each dictionary's config as `training`)."""
         data = {k: v for k, v in asdict(self).items()
                 if k not in ("checkpoint_every", "cache", "out", "device", "export", "distribute")}
-        if self.kind in L1_KINDS:
-            data.pop("ks")
-            for key in ("auxk_alpha", "dead_tokens"):
-                data.pop(key)
-        else:
-            data.pop("l1s")
+        own = kind_spec(self.kind)
+        for key in _kind_fields() - {own.sweep.field, *own.hyperparameters}:  # other kinds' sweeps and knobs
+            data.pop(key, None)
         data.update(kind=self.kind, lr=self.learning_rate, steps=self.steps, optimizer="adam",
                     betas=list(self.betas))
         return data
@@ -135,7 +147,7 @@ class BaselinesSettings:
     hook: str = option(help="hook to fit on")
     out: str = option(help="folder for the dictionary folders")
     kinds: list[str] = option(csv=True, default_factory=lambda: ["neuron", "pca", "ica", "random"],
-                              help="comma-separated kinds: neuron, signed_neuron, pca, ica, random, pca_topk, ica_topk")
+                              help=f"comma-separated kinds: {', '.join(fitted_kinds())}")
     tokens: int = option(1_000_000, help="activation vectors to fit on")
     topk_from: list[str] | None = option(None, help="SAE folder(s) whose mean L0 sets k for pca_topk / ica_topk "
                                                     "(one control per folder)")

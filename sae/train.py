@@ -1,7 +1,8 @@
 """Train a whole sweep of one kind of SAE in one pass over the data.
 
 Every learned kind (tied / untied L1, TopK, BatchTopK) goes through this one
-loop; the objective comes from the kind (`sae.registry.objective_class`).
+loop; the objective, the swept parameter and the folder names come from the
+kind's row in `sae.registry`.
 Models of equal size R share one stack; every stack steps on the same
 batch, so the data is read once however many α or k values there are.
 
@@ -42,7 +43,7 @@ from sae.errors import TrainingDiverged
 from sae.io import CONFIG_FILE, read_config, save_dictionary
 from sae.kinds.stack import StackOptions, SweepStack
 from sae.metrics import density_histogram, quality_warnings, reconstruction_metrics
-from sae.registry import objective_class
+from sae.registry import kind_spec, objective_class
 from sae.settings import TrainSettings
 from sae.step import Stepper, lr_factor, make_optimizer, set_lr
 
@@ -55,9 +56,8 @@ def dictionary_name(kind: str | bool, ratio: float, value: float) -> str:
     """Folder name of one sweep member; `kind` True/False means tied/untied (the historical signature)."""
     if isinstance(kind, bool):
         kind = "tied_sae" if kind else "untied_sae"
-    prefix = {"tied_sae": "tied", "untied_sae": "untied"}.get(kind, kind)
-    key = "l1" if kind in ("tied_sae", "untied_sae") else "k"
-    return f"{prefix}_R{ratio:g}_{key}_{value:g}"
+    spec = kind_spec(kind)
+    return f"{spec.prefix}_R{ratio:g}_{spec.sweep.key}_{value:g}"
 
 
 @dataclass

@@ -79,7 +79,6 @@ class SweepStack(nn.Module):
     """Base of every learned kind's objective; `forward(x)` returns per-model tensors (loss, mse, l1 [n], c, x_hat)."""
 
     kind: ClassVar[str] = ""
-    sweep_key: ClassVar[str] = "l1"  # config key of the swept value
     # tensors that scale with the input (divided by the input scale when folded into an inference dictionary)
     bias_names: ClassVar[tuple[str, ...]] = ()
 
@@ -88,13 +87,21 @@ class SweepStack(nn.Module):
         self.d_in = d_in
         self.ratio = float(ratio)
         self.n_features = n_features_for(ratio, d_in)
-        self.values = [self._value(v) for v in values]
+        self.values = [self.spec().sweep.cast(v) for v in values]
         self.seeds = [model_seed(seed, self.kind, ratio, v) for v in self.values]
         self.options = options
 
-    @staticmethod
-    def _value(v: float) -> float:
-        return float(v)
+    @classmethod
+    def spec(cls):
+        """This kind's row in `sae.registry` (its swept parameter, inference class, ...)."""
+        from sae.registry import kind_spec
+
+        return kind_spec(cls.kind)
+
+    @property
+    def sweep_key(self) -> str:
+        """Config key of the swept value ("l1" or "k"), from the registry row."""
+        return self.spec().sweep.key
 
     @property
     def l1s(self) -> list[float]:

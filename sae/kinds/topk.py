@@ -38,7 +38,6 @@ class TopKSAE(UntiedSAE):
 
 class TopKStack(SweepStack):
     kind = "topk"
-    sweep_key = "k"
     bias_names = ("b_e", "b_d")
 
     def __init__(self, d_in: int, ratio: float, values: list[float], seed: int,
@@ -60,10 +59,6 @@ class TopKStack(SweepStack):
         self.register_buffer("k_values", torch.tensor(self.values, dtype=torch.long), persistent=False)
         # tokens since each latent last fired: the dead-latent counter AuxK reads (checkpointed as extra state)
         self.register_buffer("since_fired", torch.zeros(n, f))
-
-    @staticmethod
-    def _value(v: float) -> float:
-        return int(v)
 
     def codes(self, pre: Tensor) -> Tensor:
         return batched_top_k(pre, self.k_values, max(self.values))
