@@ -11,7 +11,8 @@ module, not a branch in the pipeline):
   fuzzing, embedding and intruder scorers (Paulo et al.)
 * `llm/` – backends, the LLM request cache, digit read-outs, greedy answers
   with log-probabilities, the sentence embedder
-* `scorers/` – one `Scorer` interface, one module per way of scoring
+* `scorers/` – one `Scorer` interface, one module per way of scoring, and
+  one `ScorerSpec` row each (`scorers/spec.py`) that every command reads
 * `compare` – mean score per basis per layer with CIs; `scorer_compare` –
   every scorer side by side and their agreement
 """

@@ -9,8 +9,10 @@ Scorers: `--scorers` (see `ExplainSettings.resolved_scorers`). The one
 `--simulator` names (tokens or simulation) is the *main* scorer: it chooses
 among best-of-k candidates and its metrics are the record's top-level
 `scores`, as before there were others. Every other scorer is an extra one,
-run on test for the chosen explanation: the LLM ones on the `--simulator`
-backend, the embedding scorer on `--embedder`. Every scorer reads answers as
+run on test for the chosen explanation: those whose `ScorerSpec` needs an
+LLM on the `--simulator` backend, those that need embeddings on `--embedder`
+(opened once); their specs also say whether test examples and intruders are
+sampled (`explain.scorers.spec`). Every scorer reads answers as
 `--score-mode` says. With `--rescore SRC` the explainer is SRC's, answered
 from SRC's call cache (`explain.rescore`), and no explainer backend is opened.
 """
@@ -24,8 +26,8 @@ from typing import Any
 from explain.explainer import Explainer
 from explain.feature_pool import parallel_safe
 from explain.run_folder import EMBEDDINGS_FILE, LLM_CACHE_FILE
-from explain.scorers import Scorer, make_scorer, scorer_class
-from explain.settings import SAMPLED_SCORERS, TOKENS, ExplainSettings, ScoringConfig
+from explain.scorers import Scorer, make_scorer, scorer_class, scorer_spec
+from explain.settings import TOKENS, ExplainSettings, ScoringConfig
 
 
 @dataclass
@@ -80,7 +82,7 @@ def build_components(settings: ExplainSettings, out: Path, concurrency: int, exp
     if explainer is None and settings.explainer != TOKENS:
         specs.add(settings.explainer)
     llm_scorers = [n for n in ([main] if scorer is None and main in names else []) + extras
-                   if n not in (TOKENS, "embedding")]
+                   if scorer_spec(n).needs_llm]
     if llm_scorers and settings.simulator != TOKENS:
         specs.add(settings.simulator)
     backends = _open_backends(sorted(specs), settings, out, concurrency)
@@ -92,12 +94,14 @@ def build_components(settings: ExplainSettings, out: Path, concurrency: int, exp
         if scorer is None and main in names:  # otherwise the caller's scorer, or none (top-level scores null)
             scorer = make_scorer(main, backends.get(settings.simulator), settings.simulator)
         extra_scorers = []
+        embedder = None
         for name in extras:
-            if name == "embedding":
-                from explain.llm.embedder import Embedder
+            if scorer_spec(name).needs_embedder:
+                if embedder is None:
+                    from explain.llm.embedder import Embedder
 
-                embedder = Embedder.from_spec(settings.embedder, out / EMBEDDINGS_FILE)
-                opened.append(embedder)
+                    embedder = Embedder.from_spec(settings.embedder, out / EMBEDDINGS_FILE)
+                    opened.append(embedder)
                 extra_scorers.append(make_scorer(name, embedder, f"--embedder {settings.embedder}", config))
             else:
                 extra_scorers.append(make_scorer(name, backends.get(settings.simulator), settings.simulator, config))
@@ -107,10 +111,11 @@ def build_components(settings: ExplainSettings, out: Path, concurrency: int, exp
         raise
     for s in ([scorer] if scorer is not None and main in names else []) + extra_scorers:
         s.score_mode = settings.score_mode
-    sampled = bool(SAMPLED_SCORERS & set(extras))
+    extra_specs = [scorer_spec(n) for n in extras]
     workers = concurrency if parallel_safe(opened, injected) else 1
     return Components(explainer=explainer, scorer=scorer, extra_scorers=extra_scorers, backends=opened,
-                      scoring=config if sampled else None, intruders="intruder" in extras, workers=workers)
+                      scoring=config if any(s.sampled for s in extra_specs) else None,
+                      intruders=any(s.intruders for s in extra_specs), workers=workers)
 
 
 def _open_backends(specs: list[str], settings: ExplainSettings, out: Path, concurrency: int) -> dict[str, Any]:

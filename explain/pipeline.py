@@ -37,7 +37,7 @@ from explain.feature_pool import ordered_map
 from explain.records_file import RESULTS_FILE, ResultsWriter, read_records
 from explain.run_folder import CONFIG_FILE, LLM_CACHE_FILE, check_settings, choose_features, config_doc, \
     done_features, write_config
-from explain.scorers import Scorer
+from explain.scorers import SCORERS, Scorer
 from explain.settings import ExplainSettings
 
 # The names callers have always imported from here (pipeline/demo.py: RESULTS_FILE, read_records).
@@ -185,12 +185,14 @@ def _run_pending(cache: Any, plan: Plan, pending: list[list[int]], settings: Exp
 
 
 def _cost_line(components: Components) -> str:
-    """What each scorer cost, for those that ran a model (the token-list scorer runs none)."""
+    """What each scorer cost, for those that ran a model (the token-list scorer runs none), its tokens in the
+    unit of its spec (model tokens of an LLM, encoder tokens of the embedder; `ScorerSpec.cost_unit`)."""
     parts = []
     for s in components.scorers:
         spent = s.spent
         if not (spent.n_prompts or spent.n_tokens):
             continue
-        tokens = f", {spent.n_tokens} model tokens" if spent.n_tokens else ""
+        unit = getattr(SCORERS.get(s.name), "cost_unit", None) or "model tokens"  # a caller's scorer: no spec
+        tokens = f", {spent.n_tokens} {unit}" if spent.n_tokens else ""
         parts.append(f"{s.name} {spent.n_prompts} prompts ({spent.n_cached} answered from a cache{tokens})")
     return f"; scoring: {'; '.join(parts)}" if parts else ""

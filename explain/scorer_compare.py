@@ -6,8 +6,8 @@ the scorer `--simulator` named). When records hold other scorers
 
 * one row per (explainer, scorer, metric, dictionary, layer): mean ± 1.96·sd/√n
   over the features whose metric is defined (a null is counted, never 0);
-  each scorer's headline metric (`HEADLINE`), plus balanced accuracy and F1
-  for detection and fuzzing;
+  each scorer's headline metric, plus the spec's extra metrics (balanced
+  accuracy and F1 for detection and fuzzing), both from its `ScorerSpec`;
 * the scorer-agreement table: per explainer, Spearman's ρ between every two
   scorers' headline metrics over the features where both are defined (as
   Paulo et al. compare fuzzing and detection with simulation);
@@ -30,11 +30,9 @@ from typing import Any
 
 from explain.scorers.base import COST_KEYS, record_mode
 from explain.scorers.metrics import spearman
+from explain.scorers.spec import SCORERS
 from explain.scorers.stats import mean_ci
 
-HEADLINE = {"simulation": "top_and_random", "tokens": "top_and_random", "detection": "auroc", "fuzzing": "auroc",
-            "embedding": "auroc", "intruder": "accuracy"}
-EXTRA_METRICS = {"detection": ("balanced_accuracy", "f1"), "fuzzing": ("balanced_accuracy", "f1")}
 MAIN_KEYS = ("top_and_random", "top", "random")
 
 
@@ -64,10 +62,15 @@ def scorer_metrics(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def spec_headline(scorer: str) -> str | None:
+    """The headline metric of a `scorer_key`'s registered scorer (None: not registered)."""
+    spec = SCORERS.get(base_name(scorer))
+    return spec.headline if spec is not None else None
+
+
 def headline(scorer: str, metrics: dict[str, Any]) -> str | None:
-    if base_name(scorer) in HEADLINE:
-        return HEADLINE[base_name(scorer)]
-    return next((k for k, v in metrics.items() if isinstance(v, (int, float))), None)
+    """The metric shown for `scorer`: its spec's headline, else (a scorer no longer registered) its first number."""
+    return spec_headline(scorer) or next((k for k, v in metrics.items() if isinstance(v, (int, float))), None)
 
 
 def has_scorers(records: list[dict[str, Any]]) -> bool:
@@ -110,7 +113,8 @@ def summarise_scorers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         name = r.get("dictionary") or r.get("kind")
         for scorer, metrics in scores.items():
             main = headline(scorer, metrics)
-            for metric in ([main] if main else []) + list(EXTRA_METRICS.get(base_name(scorer), ())):
+            spec = SCORERS.get(base_name(scorer))
+            for metric in ([main] if main else []) + list(spec.extra_metrics if spec is not None else ()):
                 key = (str(r.get("explainer")), scorer, metric, name, r.get("kind"), site, layer)
                 groups[key].append(metrics.get(metric))
     rows = []
@@ -119,7 +123,7 @@ def summarise_scorers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({"explainer": explainer, "scorer": scorer, "metric": metric, "dictionary": name, "kind": kind,
                      "site": site, "layer": layer, "n_records": len(values),
                      "n_null": sum(v is None for v in values), **stats})
-    rows.sort(key=lambda r: (r["explainer"], r["scorer"], r["metric"] != HEADLINE.get(base_name(r["scorer"])), r["metric"],
+    rows.sort(key=lambda r: (r["explainer"], r["scorer"], r["metric"] != spec_headline(r["scorer"]), r["metric"],
                              r["site"], -1 if r["layer"] is None else r["layer"], str(r["kind"]), str(r["dictionary"])))
     return rows
 
@@ -178,8 +182,7 @@ def plot_scorers(rows: list[dict[str, Any]], agree: list[dict[str, Any]], path: 
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
-    heads = [r for r in rows if r["metric"] == HEADLINE.get(base_name(r["scorer"]), r["metric"])
-             and r["layer"] is not None]
+    heads = [r for r in rows if r["metric"] == (spec_headline(r["scorer"]) or r["metric"]) and r["layer"] is not None]
     scorers = sorted({r["scorer"] for r in heads})
     explainers = sorted({a["explainer"] for a in agree})
     n = max(1, len(scorers)) + len(explainers)
@@ -194,7 +197,7 @@ def plot_scorers(rows: list[dict[str, Any]], agree: list[dict[str, Any]], path: 
             offset = (j - (len(lines) - 1) / 2) * 0.05
             ax.errorbar([r["layer"] + offset for r in rs], [r["mean"] for r in rs], yerr=[r["ci"] or 0 for r in rs],
                         marker="o", capsize=2, label=label)
-        ax.set_title(f"{scorer} ({HEADLINE.get(base_name(scorer), '')})", fontsize=9)
+        ax.set_title(f"{scorer} ({spec_headline(scorer) or ''})", fontsize=9)
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if scorers:

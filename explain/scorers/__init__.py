@@ -1,9 +1,10 @@
 """Scorers of explanations, one module each behind one `Scorer` interface (see `explain.scorers.base`).
 
-`SCORERS` maps a scorer's name to where its class lives. Classes are
-imported only when asked for, so a scorer with heavy dependencies (an
-embedding model) costs nothing to runs that do not use it. Adding a scorer
-is one module and one line here.
+`SCORERS` (`explain.scorers.spec`) maps a scorer's name to its `ScorerSpec`:
+where its class lives and what the rest of the toolkit needs to know about
+it. Classes are imported only when asked for, so a scorer with heavy
+dependencies (an embedding model) costs nothing to runs that do not use it.
+Adding a scorer is one module and one spec row.
 """
 
 from __future__ import annotations
@@ -11,27 +12,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from activations.errors import UserError
-from explain.scorers.base import CAPABILITIES, COST_KEYS, Cost, Scorer, ScoreResult, check_needs
+from explain.scorers.base import COST_KEYS, Cost, Scorer, ScoreResult, check_needs
+from explain.scorers.spec import CAPABILITIES, SCORERS, ScorerSpec, scorer_spec
 
 if TYPE_CHECKING:
     from explain.llm.base import LLMBackend
     from explain.settings import ScoringConfig
 
-SCORERS: dict[str, str] = {
-    "simulation": "explain.scorers.simulation:SimulationScorer",  # LLM all-at-once simulator + Pearson
-    "tokens": "explain.scorers.tokens:TokenListScorer",  # token-list lookup + Pearson, no LLM
-    "detection": "explain.scorers.detection:DetectionScorer",  # which plain examples fit? (Paulo et al.)
-    "fuzzing": "explain.scorers.fuzzing:FuzzingScorer",  # are the marked tokens the right ones?
-    "embedding": "explain.scorers.embedding:EmbeddingScorer",  # sentence-embedding similarity, no LLM
-    "intruder": "explain.scorers.intruder:IntruderScorer",  # find the other feature's example; no explanation
-}
-
 
 def scorer_class(name: str) -> type[Scorer]:
-    if name not in SCORERS:
-        raise UserError(f"unknown scorer {name!r}: choose one of {', '.join(sorted(SCORERS))}")
-    module, attr = SCORERS[name].split(":")
+    module, attr = scorer_spec(name).target.split(":")
     return getattr(importlib.import_module(module), attr)
 
 
@@ -43,4 +33,5 @@ def make_scorer(name: str, backend: "LLMBackend | None" = None, spec: str | None
     return cls.create(backend, config)
 
 
-__all__ = ["CAPABILITIES", "COST_KEYS", "SCORERS", "Cost", "Scorer", "ScoreResult", "check_needs", "make_scorer", "scorer_class"]
+__all__ = ["CAPABILITIES", "COST_KEYS", "SCORERS", "Cost", "Scorer", "ScoreResult", "ScorerSpec", "check_needs",
+           "make_scorer", "scorer_class", "scorer_spec"]

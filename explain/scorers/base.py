@@ -6,12 +6,14 @@ activations), how well does the explanation account for them? Simulation
 (predict every token's activation, correlate), detection (does the
 fragment fire?), fuzzing (are the highlighted tokens the right ones?),
 embedding similarity and intruder detection are all this shape; each lives
-in one module of `explain.scorers` and is named in its registry.
+in one module of `explain.scorers` and is registered by its `ScorerSpec`
+(`explain.scorers.spec`), which says what the rest of the toolkit needs to
+know about it without importing it.
 
 A scorer returns metrics (floats, or None with a reason in `notes`: an
 undefined score is never a 0), what it cost, and any record fields it wants
-kept (the simulation scorer keeps its per-token predictions). It declares
-what it needs from an LLM backend in `needs`, so a run with an unsuitable
+kept (the simulation scorer keeps its per-token predictions). Its spec
+declares what it needs from a backend (`needs`), so a run with an unsuitable
 backend fails at start-up with one line instead of on the first feature.
 
 A scorer raises `LLMError` (a failed request) or `BackendConfigError` (a
@@ -28,14 +30,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from explain.llm.errors import BackendConfigError
 from explain.records import Examples
+from explain.scorers.spec import SCORERS
 
 if TYPE_CHECKING:
     from explain.llm.base import LLMBackend
     from explain.settings import ScoringConfig
-
-#: Capabilities a scorer may need. "generation": chat completions; "logprobs": the distribution over
-#: the values 0..10 at marked slots (`LLMBackend.digit_distributions`); "embeddings": text embeddings.
-CAPABILITIES = frozenset({"generation", "logprobs", "embeddings"})
 
 Job = tuple[str, Examples]  # (explanation, examples)
 #: Guards `Scorer.spent`: features may be scored on several threads at once (`explain.feature_pool`).
@@ -76,7 +75,8 @@ def coarse_mode(detail_mode: str | None) -> str | None:
 def record_mode(record: dict[str, Any], scorer: str | None = None) -> str:
     """How a record's LLM answers were read: its `scorer`'s own mode where the record keeps it, else the
     record's `mode`; records from before modes existed were all read from logprobs ("none": no LLM scored)."""
-    if scorer in ("tokens", "embedding"):
+    spec = SCORERS.get(scorer) if scorer is not None else None
+    if spec is not None and not spec.needs_llm:
         return "none"
     if scorer is not None:
         detail = record.get(scorer)
@@ -102,11 +102,39 @@ class ScoreResult:
     record: dict[str, Any] = field(default_factory=dict)  # JSON-ready fields for the feature's record
 
 
+class _FromSpec:
+    """A class attribute that a registered scorer reads from its `ScorerSpec`, so the fact is written once.
+
+    A class may still set the attribute itself: a scorer given to the
+    pipeline by a caller, never registered, must (`needs` defaults to
+    nothing). Read through the class's `name` at each access, so a spec
+    registered after the class was defined (a test's) is the one read.
+    """
+
+    _UNSET = object()
+
+    def __init__(self, field: str, default: Any = _UNSET) -> None:
+        self.field, self.default = field, default
+
+    def __set_name__(self, owner: type, attr: str) -> None:
+        self.attr = attr
+
+    def __get__(self, obj: Any, owner: type) -> Any:
+        spec = SCORERS.get(getattr(owner, "name", None))
+        if spec is not None:
+            return getattr(spec, self.field)
+        if self.default is self._UNSET:
+            raise AttributeError(f"{owner.__name__} has no {self.attr}: register a ScorerSpec named "
+                                 f"{getattr(owner, 'name', None)!r} or set {self.attr} on the class")
+        return self.default
+
+
 class Scorer(ABC):
-    """Scores explanations on examples; subclasses implement `_score_many` and set the class attributes.
+    """Scores explanations on examples; subclasses implement `_score_many` and set `name` and `metric_names`.
 
     To add a scorer: one module in `explain/scorers/` with a subclass, and
-    one line in `explain.scorers.SCORERS`. The pipeline uses one scorer to
+    one `ScorerSpec` row in `explain.scorers.spec.SCORERS`, from which the
+    class reads `needs` and `selection_metric`. The pipeline uses one scorer to
     select among best-of-k candidates (on valid, by `selection_metric`,
     largest wins) and report on test; that scorer's metrics are the record's
     `scores`. Any further scorer is run on test for the chosen explanation
@@ -114,9 +142,9 @@ class Scorer(ABC):
     """
 
     name: ClassVar[str]  # registry key and key of `scores[...]` in records
-    needs: ClassVar[frozenset[str]] = frozenset()  # subset of CAPABILITIES the backend must offer
     metric_names: ClassVar[tuple[str, ...]]
-    selection_metric: ClassVar[str]  # the metric best-of-k maximises on valid
+    needs: ClassVar[frozenset[str]] = _FromSpec("needs", frozenset())  # subset of CAPABILITIES the backend must offer
+    selection_metric: ClassVar[str] = _FromSpec("headline")  # the metric best-of-k maximises on valid
 
     def __init__(self) -> None:
         self.spent = Cost()  # everything this scorer object has cost so far

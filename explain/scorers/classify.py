@@ -79,9 +79,7 @@ def undefined(metric_names: Sequence[str], why: str) -> ScoreResult:
 class ClassifierScorer(Scorer):
     """Base of detection and fuzzing: subclasses say how an example is shown and how a prompt is built."""
 
-    needs = frozenset({"generation"})
     metric_names = CLASSIFICATION_METRICS
-    selection_metric = "auroc"
 
     def __init__(self, backend: LLMBackend, config: ScoringConfig | None = None):
         super().__init__()

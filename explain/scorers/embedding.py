@@ -42,9 +42,7 @@ def query_text(explanation: str) -> str:
 
 class EmbeddingScorer(Scorer):
     name = "embedding"
-    needs = frozenset({"embeddings"})
     metric_names = ("auroc",)
-    selection_metric = "auroc"
 
     def __init__(self, embedder: Any, config: ScoringConfig | None = None):
         super().__init__()

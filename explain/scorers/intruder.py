@@ -37,9 +37,7 @@ Round = tuple[list[int], int, int]  # (positions in scoring.activating shown, in
 
 class IntruderScorer(Scorer):
     name = "intruder"
-    needs = frozenset({"generation"})
     metric_names = ("accuracy", "p_correct", "chance")
-    selection_metric = "accuracy"
 
     def __init__(self, backend: LLMBackend, config: ScoringConfig | None = None):
         super().__init__()

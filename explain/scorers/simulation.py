@@ -183,9 +183,7 @@ class SimulationScorer(Scorer):
     """
 
     name = "simulation"
-    needs = frozenset({"logprobs"})
     metric_names = SCORE_KINDS
-    selection_metric = "top_and_random"
 
     def __init__(self, simulator: Simulator, text_simulator: Simulator | None = None):
         super().__init__()

@@ -37,7 +37,6 @@ class TokenListScorer(SimulationScorer):
     """`SimulationScorer` with the token-list lookup as its simulator: the free floor for every explanation."""
 
     name = "tokens"
-    needs = frozenset()
 
     def __init__(self, simulator: TokenListSimulator | None = None):
         super().__init__(simulator or TokenListSimulator())
