@@ -144,13 +144,20 @@ def cache_attrs(settings: CacheSettings, record: dict, loaded, n: int, ctx: int,
 
 
 def run_attrs(settings: CacheSettings, loaded, record: dict, ctx: int, widths: dict[str, int]) -> dict:
-    """The file attributes every cache shares (token-level and pooled): what model, data and layout wrote it."""
+    """The file attributes every cache shares (token-level and pooled): what model, data and layout wrote it.
+
+    The model's fingerprint is what dictionaries trained on this cache copy, so that every command pairing a
+    dictionary with a cache or a model can tell another model of the same width (`activations.provenance`).
+    """
+    from activations.provenance import model_fingerprint
+
     return {
         "format_version": FORMAT_VERSION,
         "settings": record_json(record),
         "model_id": settings.model,
         "model_source": loaded.source,
         "model_revision": loaded.revision,
+        "model_fingerprint": model_fingerprint(loaded.model),
         "model_type": str(loaded.model.config.model_type),
         "tokenizer": str(getattr(loaded.tokenizer, "name_or_path", "")),
         "dtype": settings.dtype,

@@ -84,6 +84,15 @@ def _check_against_model(model, dictionaries: list) -> str:
     return hook.name
 
 
+def _check_pairing(loaded, dictionaries: list, allow: bool) -> dict[str, dict]:
+    """Each dictionary against the loaded model (`activations.provenance`): a dictionary of another model of the
+    same width would give a full, plausible and wrong curve. {name: pairing entry}, recorded in both JSON files."""
+    from activations.provenance import check_pairing, loaded_record
+
+    used_on = loaded_record(loaded)
+    return {d.name: check_pairing(d, used_on, f"--model {loaded.model_id}", allow=allow) for d in dictionaries}
+
+
 REACH_FRACTIONS = (0.25, 0.10)
 
 
@@ -196,7 +205,7 @@ def _plan(settings: PatchIOISettings) -> _Plan:
     return _Plan(settings, out_dir, dictionaries, paths, identity, previous)
 
 
-def _persist_setup(plan: _Plan, config: PatchIOIConfig, loaded, hook: str, pairs: list) -> None:
+def _persist_setup(plan: _Plan, config: PatchIOIConfig, loaded, hook: str, pairs: list, pairing: dict) -> None:
     """OUT/ioi_config.json and ioi_prompts.json; with --overwrite the old ioi.json goes first,
     so a kill from here on cannot leave old curves beside the new settings record."""
     plan.out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,7 +213,7 @@ def _persist_setup(plan: _Plan, config: PatchIOIConfig, loaded, hook: str, pairs
         (plan.out_dir / RESULT_FILE).unlink(missing_ok=True)
     write_json_atomic(plan.out_dir / CONFIG_FILE, {**asdict(config), "model_source": loaded.source,
                                                    "model_revision": loaded.revision, "hook": hook,
-                                                   "identity": plan.identity})
+                                                   "identity": plan.identity, "pairing": pairing})
     write_json_atomic(plan.out_dir / PROMPTS_FILE, {"pairs": [asdict(p) for p in pairs]})
 
 
@@ -307,6 +316,7 @@ def _patch_ioi_locked(settings: PatchIOISettings) -> dict:
     plan = _plan(s)
     loaded = load_model(s.model, device=s.device)
     hook = _check_against_model(loaded.model, plan.dictionaries)
+    pairing = _check_pairing(loaded, plan.dictionaries, s.allow_model_mismatch)
     decoders = {d.name: decoder_rows(d, device=s.device) for d in plan.dictionaries}  # raises on a non-affine decoder
     pairs = make_ioi_pairs(loaded.tokenizer, IOIConfig(n_prompts=s.n_prompts, seed=s.seed, names=s.names or None))
 
@@ -315,7 +325,7 @@ def _patch_ioi_locked(settings: PatchIOISettings) -> dict:
                             seed=s.seed, device=s.device, candidates=s.candidates, names=s.names or None)
     batch = pair_batch(pairs, pad_token_id(loaded.tokenizer), device=s.device)
     config.rows_per_forward = _rows_per_forward(s.device, batch.n, int(batch.clean_ids.shape[1]))
-    _persist_setup(plan, config, loaded, hook, pairs)
+    _persist_setup(plan, config, loaded, hook, pairs, pairing)
 
     clean_logits = last_logits(loaded.model, batch.clean_ids, batch.lengths)
     cf_logits = last_logits(loaded.model, batch.cf_ids, batch.lengths)
@@ -324,6 +334,7 @@ def _patch_ioi_locked(settings: PatchIOISettings) -> dict:
           f"accuracy (IO > S) = {check.accuracy:.2%}, IO top-1 = {check.top1_accuracy:.2%}, "
           f"KL(clean || counterfactual) = {check.kl_clean_vs_cf:.4f}")
     result = _task_result(s, hook, batch, check, config.taus, plan)
+    result["pairing"] = pairing
     x_cf = run_with_cache(loaded.model, batch.cf_ids, [hook])[hook]
     runner = SuffixRunner(loaded.model, hook, batch)
     if not runner.suffix_only:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from activations.errors import UserError
 from activations.options import option
+from activations.provenance import ALLOW_HELP
 
 _MODEL_HELP = "hub id, local folder, or 'default' (offline SmolLM2-135M-Instruct)"
 _NAMES_HELP = ("comma-separated first names to use (each must be one token with a leading space); "
@@ -47,6 +48,7 @@ class PatchIOISettings:
     overwrite: bool = option(False, identity=False,
                              help="replace an IOI run with other settings in --out (by default a rerun with the same "
                                   "settings keeps the dictionaries already done)")
+    allow_model_mismatch: bool = option(False, identity=False, help=ALLOW_HELP)
 
     def validate(self) -> None:
         """Mistakes that need no file to find."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from activations.errors import UserError
 from activations.options import identity_fields, option
+from activations.provenance import ALLOW_HELP
 
 RANDOM_MODES = ("nonzero", "any")
 PROMPT_FORMATS = ("highlight", "bills")
@@ -138,6 +139,7 @@ class ExplainSettings:
                              help="output folder (rerun the same command to resume)")
     concurrency: int = option(4, identity=False, help="requests in flight to an openai: backend (explainer and "
                               "every scorer that calls it; features run concurrently, records stay in order)")
+    allow_model_mismatch: bool = option(False, identity=False, help=ALLOW_HELP)
 
     def __post_init__(self) -> None:
         self.dicts = list(self.dicts)

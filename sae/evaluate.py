@@ -27,13 +27,16 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
                           model: str | None = None, no_model: bool = False, ce_contexts: int = 64,
                           plot: str | None = None, progress: bool = True, device: str = "cpu",
                           eval_fraction: float | None = None, keep_first_position: bool = False,
-                          density_plot: str | None = None, sink_factor: float = 0.0) -> list[dict]:
+                          density_plot: str | None = None, sink_factor: float = 0.0,
+                          allow_model_mismatch: bool = False) -> list[dict]:
     """Measure every dictionary on the cache's held-out contexts and store the metrics in its config.json.
 
     `eval_fraction` None takes the split the dictionaries were trained with
     (so the held-out tokens are the ones training never saw); a dictionary
     whose training contexts overlap the measured ones gets a warning, in the
-    console and in its metrics.
+    console and in its metrics. Each dictionary is checked against the cache's
+    model and the KL/CE model before any metric (`activations.provenance`);
+    the outcome is stored as its metrics' "pairing".
     """
     if tokens < 1 or ce_contexts < 1:
         raise UserError("--tokens and --ce-contexts must be positive")
@@ -53,15 +56,24 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
     for hook in by_hook:  # raises if a hook is missing
         train_part, held_out = split_cache(cache, hook, fraction, skip_first=skip_first, sink_factor=sink_factor)
         sources[hook] = held_out if held_out is not None else train_part
+    pairings: list[list[dict]] = [[] for _ in loaded]
     for hook, idx in by_hook.items():
         for i in idx:
-            check_fits(loaded[i], sources[hook].d_in, hook, sources[hook].model_id, f"cache {cache}")
+            pairings[i].append(check_fits(loaded[i], sources[hook].d_in, hook, sources[hook].model, f"cache {cache}",
+                                          allow=allow_model_mismatch))
+    lm = None if no_model else _subject_model(cache, model, device)
+    if lm is not None:
+        from activations.provenance import check_pairing, loaded_record
+
+        used_on = loaded_record(lm)
+        for i, d in enumerate(loaded):
+            pairings[i].append(check_pairing(d, used_on, f"--model {lm.model_id}", allow=allow_model_mismatch))
     if reference is not None:
         for d in loaded:
             if reference.d_in != d.d_in:
                 raise UserError(f"--mmcs-to {mmcs_to} has d_in={reference.d_in} but {d.name} has {d.d_in}: "
                                 "compare dictionaries of the same hook")
-    results: list[dict] = [{} for _ in loaded]
+    results: list[dict] = [{"pairing": p} for p in pairings]
     for hook, idx in by_hook.items():
         source = sources[hook]
         n = min(tokens, source.n_tokens)
@@ -87,7 +99,7 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
     if not no_model:
         contexts = {hook: sources[hook].info["contexts"] for hook in by_hook}
         limits = {hook: sources[hook].max_norm for hook in by_hook}
-        _model_metrics(cache, loaded, by_hook, results, model, ce_contexts, device, progress, contexts, skip_first,
+        _model_metrics(cache, loaded, by_hook, results, lm, ce_contexts, device, progress, contexts, skip_first,
                        limits)
     rows = []
     for path, d, r in zip(dicts, loaded, results):
@@ -129,21 +141,27 @@ def _trained_on(d, cache: str | Path, measured: list[int]) -> str | None:
     return None
 
 
-def _model_metrics(cache, loaded, by_hook, results, model, ce_contexts, device, progress, contexts,
-                   skip_first: bool, limits: dict[str, float | None]) -> None:
+def _subject_model(cache, model: str | None, device: str):
+    """The KL/CE model (--model, else the cache's), loaded before any metric so its pairing is checked first."""
     from activations.models import load_model
     from activations.reader import ActivationCache
 
-    model_id = model
+    with ActivationCache(cache) as c:
+        model_id = model or c.model_id
+    return load_model(model_id, device=device)
+
+
+def _model_metrics(cache, loaded, by_hook, results, lm, ce_contexts, device, progress, contexts,
+                   skip_first: bool, limits: dict[str, float | None]) -> None:
+    from activations.reader import ActivationCache
+
     per_hook_ids = {}
     with ActivationCache(cache) as c:
         keep_first = bool(c.bos_prepended) or skip_first
-        model_id = model or c.model_id
         for hook, (lo, hi) in contexts.items():
             count = min(ce_contexts, hi - lo)
             chosen = lo + np.sort(np.random.default_rng(EVAL_SEED).choice(hi - lo, size=count, replace=False))
             per_hook_ids[hook] = torch.from_numpy(c.tokens(chosen).astype(np.int64))
-    lm = load_model(model_id, device=device)
     for hook, idx in by_hook.items():
         stats = model_metrics([loaded[i] for i in idx], lm.model, per_hook_ids[hook], hook, keep_first=keep_first,
                               device=device, progress=progress, max_norm=limits.get(hook))

@@ -41,6 +41,24 @@ def resolve_ks(ks: list[int] | None, topk_from: list[str] | None) -> list[int]:
     return sorted(out)
 
 
+def _check_topk_from(folders: list[str], source: BatchSource, hook: str, allow: bool) -> list[dict]:
+    """An SAE whose mean L0 sets k must be of this hook and of the cache's model: another's sparsity means nothing
+    here. Returns the pairing entries (`activations.provenance.check_pairing`)."""
+    from types import SimpleNamespace
+
+    from activations.provenance import check_pairing
+
+    entries = []
+    for folder in folders:
+        config = read_config(folder)
+        sae = SimpleNamespace(name=Path(folder).name, config=config)
+        if config.get("hook") and config["hook"] != hook:
+            raise UserError(f"--topk-from {folder} was trained at hook {config['hook']!r}, not {hook!r}: pass an SAE "
+                            f"of {hook}, or --k N")
+        entries.append(check_pairing(sae, getattr(source, "model", {}), "the cache", allow=allow))
+    return entries
+
+
 def _folder_name(kind: str, k: int | None) -> str:
     return f"{kind}_k{k}" if kind.endswith("_topk") else kind
 
@@ -48,7 +66,7 @@ def _folder_name(kind: str, k: int | None) -> str:
 def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | Path, tokens: int = 1_000_000,
                   k: int | list[int] | None = None, topk_from: str | list[str] | None = None, seed: int = 0,
                   progress: bool = True, ica_samples: int = ICA_MAX_SAMPLES,
-                  eval_fraction: float | None = None) -> list[Path]:
+                  eval_fraction: float | None = None, allow_model_mismatch: bool = False) -> list[Path]:
     unknown = [x for x in kinds if x not in BASELINE_KINDS]
     if unknown or not kinds:
         raise UserError(f"unknown --kinds {unknown or kinds}: choose from {','.join(BASELINE_KINDS)}")
@@ -61,6 +79,7 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
     ks = [k] if isinstance(k, int) else k
     froms = [topk_from] if isinstance(topk_from, (str, Path)) else topk_from
     kks = resolve_ks(ks, froms) if need_k else []
+    borrowed = _check_topk_from(froms if need_k and not ks else [], source, hook, allow_model_mismatch)
     d = source.d_in
     if kks and kks[-1] > d:
         if ks:
@@ -103,8 +122,11 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
             print(f"{folder} is already fitted with these settings; skipping")
             continue
         todo.append((kind, kk))
-    base = {"hook": hook, "model_id": source.model_id, "data": dict(source.info), "fit_identity": _digest(ident),
+    base = {"hook": hook, "model_id": source.model_id, **getattr(source, "model", {}), "data": dict(source.info),
+            "fit_identity": _digest(ident),
             "fit": {"tokens": n_fit, "seed": seed, "eval_fraction": eval_fraction}}
+    if any(p["status"].startswith("mismatch") for p in borrowed):
+        base["topk_from_pairing"] = borrowed  # --allow-model-mismatch was used: the k came from another model's SAE
     fitted = {}
     todo_kinds = {kind for kind, _ in todo}
     needs_data = {"pca", "ica", "pca_topk", "ica_topk"} & todo_kinds

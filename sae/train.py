@@ -336,7 +336,8 @@ def _persist(run: _Finished, *, source: BatchSource, eval_source: BatchSource | 
     """Fold the input scale into each model, measure it on held-out tokens, and save one folder each."""
     settings, groups, names, digest, last = run.settings, run.groups, run.names, run.digest, run.last
     elapsed, start, stats = run.elapsed, run.start, run.stats
-    base = {"hook": settings.hook, "model_id": source.model_id, "training": settings.public(),
+    base = {"hook": settings.hook, "model_id": source.model_id, **getattr(source, "model", {}),
+            "training": settings.public(),
             "data": dict(source.info), "training_identity": digest, "input_scale": stats.scale,
             "input_mean_norm": stats.mean_norm}
     dicts = [d for g in groups for d in g.dictionaries(base, input_scale=stats.scale)]

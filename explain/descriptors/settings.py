@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from activations.errors import UserError
 from activations.options import option
+from activations.provenance import ALLOW_HELP
 
 GENERATOR_HELP = ("field:<name> (the descriptors are an annotation field of the corpus: the honest offline source), "
                   "local:<hub id|folder|default> or openai:<model> (an LLM proposes up to 5 descriptors per document)")
@@ -82,6 +83,7 @@ class DescribeSettings:
                                                          "with 95% CI, descriptors per feature)")
     out: str = option("described", required=True, identity=False, help="the output folder")
     overwrite: bool = option(False, identity=False, help="replace a folder made with other settings")
+    allow_model_mismatch: bool = option(False, identity=False, help=ALLOW_HELP)
 
     def validate(self) -> None:
         if not 0.0 < self.top_percent <= 100.0:

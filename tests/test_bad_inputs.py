@@ -1,0 +1,238 @@
+"""One table of bad inputs (issue 28), each run through the real command line.
+
+A row is: the command, the exit code it must end with, a fragment its one
+`error:` line must contain, and the files that must be byte-for-byte the same
+afterwards (the outputs it names must not appear either). The inputs are two
+tiny GPT-2 models of the same width but other weights (model A and model B),
+a cache of each, and dictionaries fitted on A's cache: the pairing rows are
+the case where a dictionary of another model of the same width used to give
+full, plausible numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+import cli
+
+HOOK = "blocks.1.hook_resid_post"
+NAMES = "John,Mary,Mar,Jo,Ber,Fr,Ger"
+DOCS = [
+    "When Mary and John went to the store, John gave a drink to Mary. " * 4,
+    "Paris is the capital of France. Berlin is the capital of Germany. " * 4,
+    "The quick brown fox jumps over the lazy dog, again and again. " * 4,
+    "Sparse autoencoders find interpretable features in language models. " * 4,
+]
+
+
+@dataclass
+class Inputs:
+    root: Path
+    model_a: Path
+    model_b: Path
+    corpus: Path
+    cache_a: Path
+    cache_b: Path
+    dict_a: Path  # a pca basis fitted on A's cache (it records A)
+    sae_a: Path  # a pca basis with a recorded mean L0, for --topk-from
+    run: Path  # a run folder holding dict_a, for `report`
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        return self.root / "outputs" / "out"
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_model_dirs, tmp_path_factory) -> Inputs:
+    from activations.cache_writer import cache_activations
+    from sae.fit_baselines import fit_baselines_from_cache
+    from sae.io import update_metrics
+    from tests.conftest import make_tiny_model
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("bad_inputs")
+    model_a = tiny_model_dirs["gpt2"]
+    tokenizer = AutoTokenizer.from_pretrained(model_a)
+    model_b = root / "model_b"  # same config and width, other weights (another seed)
+    make_tiny_model("gpt2", vocab_size=len(tokenizer), seed=1).save_pretrained(model_b)
+    tokenizer.save_pretrained(model_b)
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS * 4), encoding="utf-8")
+    caches = {}
+    for name, model in (("a", model_a), ("b", model_b)):
+        caches[name] = cache_activations(model=str(model), corpus=str(corpus), hooks=[HOOK], context_length=32,
+                                         max_tokens=32 * 16, batch_size=16, dtype="float32",
+                                         out=root / f"cache_{name}.h5", fragments=True, progress=False).path
+    dict_a, = fit_baselines_from_cache(caches["a"], HOOK, ["pca"], root / "dicts_a", tokens=256, progress=False)
+    sae_a = root / "sae_a"
+    shutil.copytree(dict_a, sae_a)
+    update_metrics(sae_a, {"l0": 4.0})
+    run = root / "run"
+    shutil.copytree(dict_a, run / "pca_a")
+    pooled_b, descriptors = _pooled(root, model_b, corpus)
+    (root / "outputs").mkdir()
+    return Inputs(root, Path(model_a), model_b, corpus, Path(caches["a"]), Path(caches["b"]), Path(dict_a),
+                  sae_a, run, {"pooled_b": pooled_b, "descriptors": descriptors})
+
+
+def _pooled(root: Path, model: Path, corpus: Path) -> tuple[Path, Path]:
+    """A pooled cache of `model` and a hand-written descriptors folder of its documents, for `describe`."""
+    from activations.pooled_reader import PooledCache
+
+    pooled = root / "pooled_b.h5"
+    assert cli.main(["cache", "--model", str(model), "--corpus", str(corpus), "--hooks", HOOK, "--pool", "mean",
+                     "--context-length", "32", "--dtype", "float32", "--out", str(pooled)]) == 0
+    with PooledCache(pooled) as cache:
+        ids = cache.doc_ids()
+    folder = root / "descriptors"
+    folder.mkdir()
+    (folder / "documents.jsonl").write_text("".join(
+        json.dumps({"id": doc_id, "descriptors": ["alpha" if n % 2 else "beta"], "fields": {}}) + "\n"
+        for n, doc_id in enumerate(ids)), encoding="utf-8")
+    (folder / "vocabulary.json").write_text(json.dumps([{"name": "alpha", "documents": 8, "members": ["alpha"]},
+                                                        {"name": "beta", "documents": 8, "members": ["beta"]}]))
+    return pooled, folder
+
+
+@dataclass(frozen=True)
+class Row:
+    """One bad input: `args(inputs)` -> argv; the error line must contain `fragment`; `unchanged(inputs)` lists
+    files (or folders: every file under them) that must be byte-for-byte the same afterwards."""
+
+    id: str
+    args: Callable[[Inputs], list[str]]
+    fragment: str
+    code: int = 2
+    unchanged: Callable[[Inputs], list[Path]] = lambda i: []
+
+
+def _pairing(command: str) -> Callable[[Inputs], list[str]]:
+    """`command` pairing A's dictionary with B (its cache, or --model B)."""
+    def args(i: Inputs) -> list[str]:
+        return {
+            "patch-ioi": ["patch-ioi", "--model", str(i.model_b), "--dict", str(i.dict_a), "--n-prompts", "3",
+                          "--names", NAMES, "--out", str(i.out)],
+            "explain": ["explain", "--cache", str(i.cache_b), "--dict", str(i.dict_a), "--features", "2",
+                        "--out", str(i.out)],
+            "evaluate": ["evaluate", "--cache", str(i.cache_b), "--dict", str(i.dict_a), "--no-model",
+                         "--eval-fraction", "0.25", "--tokens", "64"],
+            "evaluate-model": ["evaluate", "--cache", str(i.cache_a), "--dict", str(i.dict_a), "--model",
+                               str(i.model_b), "--eval-fraction", "0.25", "--tokens", "64", "--ce-contexts", "2"],
+            "report": ["report", "--run", str(i.run), "--features-cache", str(i.cache_b), "--out", str(i.out)],
+            "describe": ["describe", "--cache", str(i.extra["pooled_b"]), "--dict", str(i.dict_a), "--descriptors",
+                         str(i.extra["descriptors"]), "--out", str(i.out)],
+            "baselines": ["baselines", "--cache", str(i.cache_b), "--hook", HOOK, "--kinds", "pca_topk",
+                          "--topk-from", str(i.sae_a), "--tokens", "256", "--out", str(i.out)],
+        }[command]
+    return args
+
+
+PAIRING_FRAGMENT = "was trained on model"
+
+ROWS = [
+    # -- item 1: what goes with what ----------------------------------------------------------------------------------
+    Row("patch-ioi: a dictionary of another model of the same width", _pairing("patch-ioi"), PAIRING_FRAGMENT,
+        unchanged=lambda i: [i.dict_a]),
+    Row("explain: a dictionary of another model's cache", _pairing("explain"), PAIRING_FRAGMENT,
+        unchanged=lambda i: [i.dict_a, i.cache_b]),
+    Row("evaluate: a dictionary of another model's cache", _pairing("evaluate"), PAIRING_FRAGMENT,
+        unchanged=lambda i: [i.dict_a, i.cache_b]),
+    Row("evaluate: --model of another model", _pairing("evaluate-model"), PAIRING_FRAGMENT,
+        unchanged=lambda i: [i.dict_a, i.cache_a]),
+    Row("report: feature pages from another model's cache", _pairing("report"), PAIRING_FRAGMENT,
+        unchanged=lambda i: [i.run, i.cache_b]),
+    Row("describe: a dictionary of another model's pooled cache", _pairing("describe"), PAIRING_FRAGMENT,
+        unchanged=lambda i: [i.dict_a, i.extra["pooled_b"], i.extra["descriptors"]]),
+    Row("baselines: --topk-from an SAE of another model", _pairing("baselines"), PAIRING_FRAGMENT,
+        unchanged=lambda i: [i.sae_a, i.cache_b]),
+]
+
+
+def _digest(paths: list[Path]) -> dict[str, str]:
+    found = {}
+    for path in paths:
+        for f in ([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())):
+            found[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return found
+
+
+def run_cli(args: list[str]) -> int:
+    """cli.main as the shell runs it: argparse's own refusals exit through SystemExit."""
+    try:
+        return cli.main(args)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if "error: " in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_bad_input(row: Row, inputs: Inputs, capsys):
+    before = _digest(row.unchanged(inputs))
+    shutil.rmtree(inputs.out, ignore_errors=True)
+    code = run_cli(row.args(inputs))
+    err = capsys.readouterr().err
+    assert code == row.code, err
+    assert row.fragment in error_line(err), err
+    assert _digest(row.unchanged(inputs)) == before
+    assert not inputs.out.exists(), "a refused command wrote its output"
+
+
+# -- the flag that means it -----------------------------------------------------------------------------------------
+
+def test_patch_ioi_with_the_flag_runs_and_records_the_mismatch(inputs, capsys):
+    out = inputs.root / "outputs" / "allowed"
+    args = _pairing("patch-ioi")(inputs)
+    args[args.index("--out") + 1] = str(out)
+    assert run_cli(args + ["--candidates", "2", "--allow-model-mismatch"]) == 0
+    assert "used anyway because of --allow-model-mismatch" in capsys.readouterr().out
+    for name in ("ioi.json", "ioi_config.json"):
+        pairing = json.loads((out / name).read_text())["pairing"][inputs.dict_a.name]
+        assert pairing["status"].startswith("mismatch allowed (weights differ")
+        assert pairing["made_from"]["model_id"] == str(inputs.model_a)
+        assert pairing["used_on"]["model_id"] == str(inputs.model_b)
+
+
+def test_evaluate_with_the_flag_records_the_mismatch_and_the_same_model_passes(inputs, tmp_path, capsys):
+    folder = tmp_path / "pca"
+    shutil.copytree(inputs.dict_a, folder)
+    base = ["evaluate", "--dict", str(folder), "--no-model", "--eval-fraction", "0.25", "--tokens", "64"]
+    assert run_cli(base + ["--cache", str(inputs.cache_a)]) == 0
+    assert json.loads((folder / "config.json").read_text())["metrics"]["pairing"][0]["status"] == "same model"
+    assert run_cli(base + ["--cache", str(inputs.cache_b), "--allow-model-mismatch"]) == 0
+    pairing = json.loads((folder / "config.json").read_text())["metrics"]["pairing"]
+    assert pairing[0]["status"].startswith("mismatch allowed")
+
+
+def test_the_same_weights_in_another_folder_are_the_same_model(inputs, tmp_path):
+    """The fingerprint, not the path, decides: a copied model folder still pairs with its dictionaries."""
+    from activations.models import load_model
+    from activations.provenance import check_pairing, loaded_record
+    import sae
+
+    copy = tmp_path / "copy_of_a"
+    shutil.copytree(inputs.model_a, copy)
+    entry = check_pairing(sae.load(inputs.dict_a), loaded_record(load_model(str(copy))), "--model copy")
+    assert entry["status"] == "same model"
+
+
+def test_files_from_before_the_fingerprint_are_compared_by_name():
+    from activations.provenance import mismatch
+
+    assert mismatch({"model_id": "EleutherAI/pythia-70m-deduped"}, {"model_id": "pythia-70m-deduped"}) is None
+    assert mismatch({"model_id": "gpt2"}, {"model_id": "EleutherAI/pythia-70m-deduped"}) == "names differ"
+    assert mismatch({"model_id": "org/m", "model_revision": "a" * 40},
+                    {"model_id": "org/m", "model_revision": "b" * 40}).startswith("revisions differ")
+    assert mismatch({}, {"model_id": "gpt2"}) is None  # a side that does not say is not refused
