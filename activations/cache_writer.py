@@ -234,6 +234,7 @@ def cache_activations(
     pool: str | None = None,
     text_column: str | None = None,
     max_documents: int | None = None,
+    encoding: str | None = None,
 ) -> CacheResult:
     """Cache activations of `hooks` over `corpus`; resumes a killed run of the same settings.
 
@@ -242,7 +243,7 @@ def cache_activations(
     settings = CacheSettings(model=model, corpus=corpus, hooks=list(hooks), context_length=context_length,
                              max_tokens=max_tokens, batch_size=batch_size, dtype=dtype, fragments=fragments,
                              device=device, out=str(out), overwrite=overwrite, pool=pool, text_column=text_column,
-                             max_documents=max_documents)
+                             max_documents=max_documents, encoding=encoding)
     return write_cache(settings, progress=progress)
 
 
@@ -271,7 +272,7 @@ def write_cache(settings: CacheSettings, progress: bool = True) -> CacheResult:
 
 def _write_cache_locked(settings: CacheSettings, out: Path, progress: bool) -> CacheResult:
     """`write_cache` once this process holds --out: no other writer can change the file from here on."""
-    resolved = resolve_corpus(settings.corpus, settings.text_column)
+    resolved = resolve_corpus(settings.corpus, settings.text_column, settings.encoding)
     settings.check_hooks()
     if settings.pool is not None:
         from activations.pooled import write_pooled

@@ -90,7 +90,7 @@ def write_cache_distributed(settings: CacheSettings, out: Path, launch: Launch, 
     if settings.pool is not None:
         raise UserError("--pool under torchrun is not supported (a pooled cache is one small vector per document): "
                         "run it as one process, without torchrun")
-    resolved = resolve_corpus(settings.corpus, settings.text_column)
+    resolved = resolve_corpus(settings.corpus, settings.text_column, settings.encoding)
     settings.check_hooks()
     record = settings.record(resolved.describe())
     complete = None if settings.overwrite else _check_launch(out, record, launch.world_size)

@@ -79,8 +79,11 @@ def inputs(tiny_model_dirs, tmp_path_factory) -> Inputs:
     shutil.copytree(dict_a, run / "pca_a")
     pooled_b, descriptors = _pooled(root, model_b, corpus)
     (root / "outputs").mkdir()
+    latin1 = root / "latin1.txt"
+    latin1.write_bytes("Café au lait and crème brûlée. ".encode("latin-1") * 20)
     return Inputs(root, Path(model_a), model_b, corpus, Path(caches["a"]), Path(caches["b"]), Path(dict_a),
-                  sae_a, run, {"pooled_b": pooled_b, "descriptors": descriptors})
+                  sae_a, run, {"pooled_b": pooled_b, "descriptors": descriptors,
+                                                                         "latin1": latin1})
 
 
 def _pooled(root: Path, model: Path, corpus: Path) -> tuple[Path, Path]:
@@ -153,6 +156,26 @@ ROWS = [
         unchanged=lambda i: [i.dict_a, i.extra["pooled_b"], i.extra["descriptors"]]),
     Row("baselines: --topk-from an SAE of another model", _pairing("baselines"), PAIRING_FRAGMENT,
         unchanged=lambda i: [i.sae_a, i.cache_b]),
+]
+
+
+def _cache(i: Inputs, corpus: Path, *extra: str) -> list[str]:
+    return ["cache", "--model", str(i.model_a), "--corpus", str(corpus), "--hooks", HOOK, "--context-length", "16",
+            "--max-tokens", "64", "--out", str(i.out / "c.h5"), *extra]
+
+
+ROWS += [
+    # -- item 2: text is read as it is --------------------------------------------------------------------------------
+    Row("cache: a Latin-1 corpus file", lambda i: _cache(i, i.extra["latin1"]),
+        "is not valid utf-8: byte 0xe9 at offset 3 (line 1) cannot be decoded; pass --encoding",
+        unchanged=lambda i: [i.extra["latin1"]]),
+    Row("cache: an --encoding Python does not know", lambda i: _cache(i, i.extra["latin1"], "--encoding", "latin-9x"),
+        "--encoding 'latin-9x' is not a text encoding"),
+    Row("cache: --encoding with the bundled corpus", lambda i: _cache(i, Path("default"), "--encoding", "latin-1"),
+        "--encoding applies to corpus files"),
+    Row("descriptors: a Latin-1 corpus file", lambda i: ["descriptors", "--corpus", str(i.extra["latin1"]),
+                                                          "--generator", "field:kind", "--out", str(i.out)],
+        "is not valid utf-8: byte 0xe9", unchanged=lambda i: [i.extra["latin1"]]),
 ]
 
 

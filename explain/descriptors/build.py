@@ -34,7 +34,7 @@ def descriptors_command(settings: DescriptorsSettings) -> dict:
     """Generate, cluster and write (see the module docstring); returns the summary."""
     settings.validate()
     out = check_output_folder(settings.out)
-    corpus = resolve_corpus(settings.corpus, settings.text_column)
+    corpus = resolve_corpus(settings.corpus, settings.text_column, settings.encoding)
     record = {**identity_fields(settings), "corpus": corpus.describe()}
     with output_lock(out, folder=True):
         if (out / SETTINGS_FILE).exists() and not settings.overwrite:

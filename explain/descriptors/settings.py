@@ -24,6 +24,7 @@ class DescriptorsSettings:
 
     corpus: str = option("default", help="the corpus, as for `cli.py cache` (.jsonl, .csv, 'default', 'tweets', ...)")
     text_column: str | None = option(None, help="the .jsonl field or .csv column holding the text (default: text)")
+    encoding: str | None = option(None, help="text encoding of the corpus files (default: utf-8), e.g. latin-1")
     generator: str = option("field:description", help=GENERATOR_HELP)
     max_documents: int | None = option(None, help="the first N documents (default: all; must match the pooled cache)")
     cluster_threshold: float = option(0.25, help="cosine distance under which descriptors join one cluster "
