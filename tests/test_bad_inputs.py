@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import h5py
 import pytest
 
 import cli
@@ -79,11 +80,17 @@ def inputs(tiny_model_dirs, tmp_path_factory) -> Inputs:
     shutil.copytree(dict_a, run / "pca_a")
     pooled_b, descriptors = _pooled(root, model_b, corpus)
     (root / "outputs").mkdir()
+    damaged = {}
+    for what, value, context in (("nan", float("nan"), 5), ("inf", float("inf"), 2)):
+        damaged[what] = root / f"cache_{what}.h5"
+        shutil.copy(caches["a"], damaged[what])
+        with h5py.File(damaged[what], "r+") as f:
+            f["acts"][HOOK][context, 3, 7] = value
     latin1 = root / "latin1.txt"
     latin1.write_bytes("Café au lait and crème brûlée. ".encode("latin-1") * 20)
     return Inputs(root, Path(model_a), model_b, corpus, Path(caches["a"]), Path(caches["b"]), Path(dict_a),
                   sae_a, run, {"pooled_b": pooled_b, "descriptors": descriptors,
-                                                                         "latin1": latin1})
+                                                                         "latin1": latin1, **damaged})
 
 
 def _pooled(root: Path, model: Path, corpus: Path) -> tuple[Path, Path]:
@@ -179,6 +186,23 @@ ROWS += [
 ]
 
 
+ROWS += [
+    # -- item 4: bad numbers in data are found in data ----------------------------------------------------------------
+    Row("train-sae: a cache holding NaN", lambda i: ["train-sae", "--cache", str(i.extra["nan"]), "--hook", HOOK,
+                                                      "--tokens", "256", "--batch-size", "32", "--out", str(i.out)],
+        f"holds NaN activations at {HOOK!r} (first in context 5, position 3)", unchanged=lambda i: [i.extra["nan"]]),
+    Row("train-sae: a cache holding inf", lambda i: ["train-sae", "--cache", str(i.extra["inf"]), "--hook", HOOK,
+                                                      "--tokens", "256", "--batch-size", "32", "--out", str(i.out)],
+        f"holds inf activations at {HOOK!r} (first in context 2, position 3)", unchanged=lambda i: [i.extra["inf"]]),
+    Row("baselines: a cache holding NaN", lambda i: ["baselines", "--cache", str(i.extra["nan"]), "--hook", HOOK,
+                                                      "--kinds", "pca", "--tokens", "256", "--out", str(i.out)],
+        "holds NaN activations", unchanged=lambda i: [i.extra["nan"]]),
+    Row("evaluate: a cache holding NaN", lambda i: ["evaluate", "--cache", str(i.extra["nan"]), "--dict",
+                                                     str(i.dict_a), "--no-model", "--eval-fraction", "0.5"],
+        "holds NaN activations", unchanged=lambda i: [i.extra["nan"], i.dict_a]),
+]
+
+
 def _digest(paths: list[Path]) -> dict[str, str]:
     found = {}
     for path in paths:
@@ -196,7 +220,7 @@ def run_cli(args: list[str]) -> int:
 
 
 def error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if "error: " in line]
+    lines = [line[line.index("error: "):] for line in err.replace("\r", "\n").splitlines() if "error: " in line]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 
