@@ -252,6 +252,9 @@ def _run_dictionary(d, plan: _Plan, runner: SuffixRunner, x_cf: torch.Tensor, w:
                     cf_logits: torch.Tensor, greedy: GreedyConfig, kl_none: float, n_prompts: int) -> dict:
     """One dictionary's curve (and the attribution screen's ladder with --candidates), as ioi.json stores it."""
     candidates, device = plan.settings.candidates, plan.settings.device
+    if candidates is not None and candidates >= d.n_features:
+        print(f"note: --candidates {candidates} is not fewer than the {d.n_features} features of {d.name}: "
+              "the greedy runs on every feature (ioi.json records candidates: null)")
     delta = coefficient_delta(d, runner.x_clean, x_cf, runner.batch.differs, device)
     problem = PatchProblem(runner, delta, w, cf_logits)
     started = time.perf_counter()

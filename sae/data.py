@@ -212,6 +212,25 @@ def prefetch(make: Callable[[], Iterator[Tensor]], depth: int = 4) -> Iterator[T
         thread.join(timeout=5)
 
 
+def passes(tokens: int, available: int) -> float:
+    """How many times `tokens` draws go over `available` vectors (each epoch reshuffled)."""
+    return tokens / max(1, available)
+
+
+def passes_line(tokens: int, available: int) -> str:
+    """The one line train-sae prints when --tokens exceeds the training tokens, e.g. "1,000,000 tokens over a
+    14,490-token cache = 69 passes": repeating data silently would look like training on fresh tokens."""
+    n = passes(tokens, available)
+    shown = f"{n:.0f}" if n >= 10 else f"{n:.1f}"
+    return (f"note: --tokens {tokens:,} over a {available:,}-token cache (its training contexts) = {shown} passes over "
+            "the same tokens; cache more text for fresh data, or lower --tokens")
+
+
+def clipped_line(flag: str, asked: int, available: int, what: str) -> str:
+    """The one line a command prints when a count it was given exceeds what exists and it uses all there is."""
+    return f"note: using all {available:,} {what}, fewer than {flag} {asked:,}"
+
+
 def check_fits(dictionary, d_in: int, hook: str, used_on: dict | str, where: str, allow: bool = False) -> dict:
     """A dictionary used on data it was not made for fails here, with the fix in the message.
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from activations.errors import UserError
-from sae.data import check_fits, split_cache
+from sae.data import check_fits, clipped_line, split_cache
 from sae.io import load, update_metrics
 from sae.metrics import density_histogram, mmcs, model_metrics, quality_warnings, reconstruction_metrics
 from sae.plot import plot_density, plot_frontier
@@ -77,6 +77,8 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
     for hook, idx in by_hook.items():
         source = sources[hook]
         n = min(tokens, source.n_tokens)
+        if tokens > source.n_tokens:
+            print(clipped_line("--tokens", tokens, source.n_tokens, f"measured tokens of {hook} in the cache"))
         batch = max(1, min(READ_BATCH, n))
         group = [loaded[i].to(device) for i in idx]
         stats = reconstruction_metrics(group, source.batches(batch, n, EVAL_SEED), device=device,
@@ -160,6 +162,8 @@ def _model_metrics(cache, loaded, by_hook, results, lm, ce_contexts, device, pro
         keep_first = bool(c.bos_prepended) or skip_first
         for hook, (lo, hi) in contexts.items():
             count = min(ce_contexts, hi - lo)
+            if ce_contexts > hi - lo:
+                print(clipped_line("--ce-contexts", ce_contexts, hi - lo, "measured contexts of the cache"))
             chosen = lo + np.sort(np.random.default_rng(EVAL_SEED).choice(hi - lo, size=count, replace=False))
             per_hook_ids[hook] = torch.from_numpy(c.tokens(chosen).astype(np.int64))
     for hook, idx in by_hook.items():

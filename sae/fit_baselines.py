@@ -12,7 +12,7 @@ from activations.errors import UserError
 from activations.runstate import settings_digest
 from sae.baselines import (ICA_MAX_SAMPLES, collect, fit_ica, neuron_basis, pca_from_moments, random_basis,
                            sample_limit, topk_control)
-from sae.data import BatchSource, split_cache
+from sae.data import BatchSource, clipped_line, split_cache
 from sae.io import CONFIG_FILE, read_config, save_dictionary
 from sae.registry import FITTED_KINDS
 
@@ -94,6 +94,8 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
                             "pass sparser SAEs or --k")
     out = Path(out)
     n_fit = min(tokens, source.n_tokens)
+    if tokens > source.n_tokens:
+        print(clipped_line("--tokens", tokens, source.n_tokens, "training tokens of the cache"))
     ident = {"hook": hook, "model_id": source.model_id, "d_in": d, "tokens": n_fit, "seed": seed,
              "data_tokens": source.info.get("cache_tokens")}
     if source.info.get("contexts") is not None:  # a split of a cache: which part was fitted on decides the fit

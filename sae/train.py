@@ -37,7 +37,7 @@ from activations.distributed import Launch, barrier
 from activations.errors import UserError
 from activations.runstate import settings_digest
 from sae.checkpoint import load_checkpoint, read_state, remove_stale, save_checkpoint
-from sae.data import BatchSource, prefetch
+from sae.data import BatchSource, passes, passes_line, prefetch
 from sae.errors import TrainingDiverged
 from sae.io import CONFIG_FILE, read_config, save_dictionary
 from sae.kinds.stack import StackOptions, SweepStack
@@ -174,6 +174,8 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
     mode = resolve_mode(launch, distribute, settings.kind)
     out = Path(out)
     ident, digest = _identity(settings, source)
+    if launch.is_main and settings.tokens > source.n_tokens:
+        print(passes_line(settings.tokens, source.n_tokens))
     members = sweep_members(settings)
     names = member_names(settings)
     if _existing(out, names, digest):
@@ -339,6 +341,7 @@ def _persist(run: _Finished, *, source: BatchSource, eval_source: BatchSource | 
     base = {"hook": settings.hook, "model_id": source.model_id, **getattr(source, "model", {}),
             "training": settings.public(),
             "data": dict(source.info), "training_identity": digest, "input_scale": stats.scale,
+            "passes": round(passes(settings.tokens, source.n_tokens), 3),
             "input_mean_norm": stats.mean_norm}
     dicts = [d for g in groups for d in g.dictionaries(base, input_scale=stats.scale)]
     measured = eval_source if eval_source is not None else source

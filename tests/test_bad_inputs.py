@@ -76,6 +76,7 @@ def inputs(tiny_model_dirs, tmp_path_factory) -> Inputs:
     sae_a = root / "sae_a"
     shutil.copytree(dict_a, sae_a)
     update_metrics(sae_a, {"l0": 4.0})
+    shutil.copytree(dict_a, root / "dict_copy")  # for commands that write into a dictionary's config.json
     run = root / "run"
     shutil.copytree(dict_a, run / "pca_a")
     pooled_b, descriptors = _pooled(root, model_b, corpus)
@@ -90,7 +91,8 @@ def inputs(tiny_model_dirs, tmp_path_factory) -> Inputs:
     latin1.write_bytes("Café au lait and crème brûlée. ".encode("latin-1") * 20)
     return Inputs(root, Path(model_a), model_b, corpus, Path(caches["a"]), Path(caches["b"]), Path(dict_a),
                   sae_a, run, {"pooled_b": pooled_b, "descriptors": descriptors,
-                                                                         "latin1": latin1, **damaged})
+                                                                         "latin1": latin1, **damaged,
+                                                                         "dict_copy": root / "dict_copy"})
 
 
 def _pooled(root: Path, model: Path, corpus: Path) -> tuple[Path, Path]:
@@ -114,8 +116,9 @@ def _pooled(root: Path, model: Path, corpus: Path) -> tuple[Path, Path]:
 
 @dataclass(frozen=True)
 class Row:
-    """One bad input: `args(inputs)` -> argv; the error line must contain `fragment`; `unchanged(inputs)` lists
-    files (or folders: every file under them) that must be byte-for-byte the same afterwards."""
+    """One bad input: `args(inputs)` -> argv; the error line must contain `fragment` (for code 0, a count that does
+    not fit: one printed line must); `unchanged(inputs)` lists files (or folders: every file under them) that must
+    be byte-for-byte the same afterwards."""
 
     id: str
     args: Callable[[Inputs], list[str]]
@@ -203,6 +206,27 @@ ROWS += [
 ]
 
 
+ROWS += [
+    # -- item 3: budgets that do not fit the data are said --------------------------------------------------------------
+    Row("train-sae: --tokens beyond the cache's training tokens", lambda i: [
+        "train-sae", "--cache", str(i.cache_a), "--hook", HOOK, "--tokens", "4340", "--batch-size", "62",
+        "--out", str(i.out)], "note: --tokens 4,340 over a 434-token cache (its training contexts) = 10 passes", code=0,
+        unchanged=lambda i: [i.cache_a]),
+    Row("baselines: --tokens beyond the cache's training tokens", lambda i: [
+        "baselines", "--cache", str(i.cache_a), "--hook", HOOK, "--kinds", "pca", "--tokens", "5000",
+        "--out", str(i.out)], "note: using all 434 training tokens of the cache, fewer than --tokens 5,000", code=0,
+        unchanged=lambda i: [i.cache_a]),
+    Row("evaluate: --tokens and --ce-contexts beyond the held-out part", lambda i: [
+        "evaluate", "--cache", str(i.cache_a), "--dict", str(i.extra["dict_copy"]), "--tokens", "5000",
+        "--ce-contexts", "50"], "note: using all 2 measured contexts of the cache, fewer than --ce-contexts 50",
+        code=0, unchanged=lambda i: [i.cache_a]),
+    Row("patch-ioi: --candidates not fewer than the features", lambda i: [
+        "patch-ioi", "--model", str(i.model_a), "--dict", str(i.dict_a), "--n-prompts", "3", "--names", NAMES,
+        "--candidates", "40", "--out", str(i.out)],
+        "note: --candidates 40 is not fewer than the 32 features of pca", code=0, unchanged=lambda i: [i.dict_a]),
+]
+
+
 def _digest(paths: list[Path]) -> dict[str, str]:
     found = {}
     for path in paths:
@@ -230,10 +254,13 @@ def test_bad_input(row: Row, inputs: Inputs, capsys):
     before = _digest(row.unchanged(inputs))
     shutil.rmtree(inputs.out, ignore_errors=True)
     code = run_cli(row.args(inputs))
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == row.code, err
-    assert row.fragment in error_line(err), err
     assert _digest(row.unchanged(inputs)) == before
+    if row.code == 0:  # said, not hidden: one line of the output names the count and what exists
+        assert [line for line in out.splitlines() if row.fragment in line], out
+        return
+    assert row.fragment in error_line(err), err
     assert not inputs.out.exists(), "a refused command wrote its output"
 
 
@@ -283,3 +310,11 @@ def test_files_from_before_the_fingerprint_are_compared_by_name():
     assert mismatch({"model_id": "org/m", "model_revision": "a" * 40},
                     {"model_id": "org/m", "model_revision": "b" * 40}).startswith("revisions differ")
     assert mismatch({}, {"model_id": "gpt2"}) is None  # a side that does not say is not refused
+
+
+def test_train_sae_records_its_passes_in_config_json(inputs, tmp_path):
+    out = tmp_path / "dicts"
+    assert run_cli(["train-sae", "--cache", str(inputs.cache_a), "--hook", HOOK, "--tokens", "868",
+                    "--batch-size", "62", "--out", str(out)]) == 0
+    config = json.loads(next(out.glob("*/config.json")).read_text())
+    assert config["passes"] == 2.0 and config["data"]["tokens"] == 434
