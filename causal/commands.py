@@ -57,6 +57,9 @@ def load_dictionaries(paths: list[str]) -> list:
         raise UserError("no dictionaries given: pass at least one folder with --dict DIR [DIR ...]")
     dictionaries = []
     for path in paths:
+        if Path(path).is_file():
+            raise UserError(f"--dict {path!r} is a file, not a dictionary folder: pass the folder that holds "
+                            "config.json and weights.safetensors")
         if not Path(path).is_dir():
             raise UserError(f"dictionary folder {path!r} does not exist: pass folders made by `cli.py train-sae` or `cli.py baselines`")
         dictionaries.append(sae.load(path))

@@ -174,6 +174,7 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
     mode = resolve_mode(launch, distribute, settings.kind)
     out = Path(out)
     ident, digest = _identity(settings, source)
+    _check_k(settings, source.d_in)
     if launch.is_main and settings.tokens > source.n_tokens:
         print(passes_line(settings.tokens, source.n_tokens))
     members = sweep_members(settings)
@@ -218,6 +219,21 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
                          source=source, eval_source=eval_source, out=out, device=device, eval_tokens=eval_tokens)
         shutil.rmtree(ckpt, ignore_errors=True)
     return paths
+
+
+def _check_k(settings: TrainSettings, d_in: int) -> None:
+    """--k above a dictionary's width is a one-line error with the limit (it was a traceback from the stack)."""
+    from sae.kinds.stack import n_features_for
+    from sae.settings import TOPK_KINDS
+
+    if settings.kind not in TOPK_KINDS:
+        return
+    for ratio in settings.ratios:
+        width = n_features_for(float(ratio), d_in)
+        too_big = [int(k) for k in settings.ks if k > width]
+        if too_big:
+            raise UserError(f"--k {too_big[0]} is more than the {width} features of a --ratio {ratio:g} dictionary of "
+                            f"width {d_in}: pass --k of at most {width}, or a larger --ratio")
 
 
 class _Loop:

@@ -227,6 +227,37 @@ ROWS += [
 ]
 
 
+def _train(i: Inputs, *extra: str) -> list[str]:
+    return ["train-sae", "--cache", str(i.cache_a), "--hook", HOOK, "--tokens", "256", "--batch-size", "32",
+            "--out", str(i.out), *extra]
+
+
+ROWS += [
+    # -- item 5: every refusal names the right thing ------------------------------------------------------------------
+    Row("cache: --model with two separators is a missing folder, not a hub id", lambda i: [
+        "cache", "--model", "work/models/x", "--corpus", str(i.corpus), "--hooks", HOOK, "--out", str(i.out / "c.h5")],
+        "model folder 'work/models/x' does not exist (no 'work' here)"),
+    Row("patch-ioi: --model under a local folder is a missing folder", lambda i: [
+        "patch-ioi", "--model", "sae/no_such_model", "--dict", str(i.dict_a), "--out", str(i.out)],
+        "model folder 'sae/no_such_model' does not exist ('sae' has no 'no_such_model')"),
+    Row("patch-ioi: --dict given a file", lambda i: [
+        "patch-ioi", "--model", str(i.model_a), "--dict", str(i.dict_a / "config.json"), "--out", str(i.out)],
+        "is a file, not a dictionary folder", unchanged=lambda i: [i.dict_a]),
+    Row("explain: --dict given a file", lambda i: [
+        "explain", "--cache", str(i.cache_a), "--dict", str(i.corpus), "--out", str(i.out)],
+        "is a file, not a dictionary folder"),
+    Row("describe: --descriptors given a file", lambda i: [
+        "describe", "--cache", str(i.extra["pooled_b"]), "--dict", str(i.dict_a), "--descriptors", str(i.corpus),
+        "--out", str(i.out)], "is a file, not a descriptors folder"),
+    Row("train-sae: --k above the dictionary width", lambda i: _train(i, "--kind", "topk", "--k", "100"),
+        "--k 100 is more than the 64 features"),
+    Row("train-sae: a negative --ratio in exponent notation", lambda i: _train(i, "--ratio", "-1e-3"),
+        "--ratio [-0.001] must be positive"),
+    Row("train-sae: a negative --l1 in exponent notation", lambda i: _train(i, "--l1", "-1e-3"),
+        "--l1 [-0.001] must be non-negative"),
+]
+
+
 def _digest(paths: list[Path]) -> dict[str, str]:
     found = {}
     for path in paths:
@@ -318,3 +349,14 @@ def test_train_sae_records_its_passes_in_config_json(inputs, tmp_path):
                     "--batch-size", "62", "--out", str(out)]) == 0
     config = json.loads(next(out.glob("*/config.json")).read_text())
     assert config["passes"] == 2.0 and config["data"]["tokens"] == 434
+
+
+def test_hooks_are_accepted_space_separated_as_well_as_with_commas(inputs, tmp_path):
+    from activations.reader import ActivationCache
+
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_mlp_out", HOOK]
+    out = tmp_path / "c.h5"
+    assert run_cli(["cache", "--model", str(inputs.model_a), "--corpus", str(inputs.corpus), "--hooks", hooks[0],
+                    f"{hooks[1]},{hooks[2]}", "--context-length", "16", "--max-tokens", "32", "--out", str(out)]) == 0
+    with ActivationCache(out) as cache:
+        assert cache.hooks == hooks

@@ -96,6 +96,9 @@ def _cluster_and_write(out: Path, settings: DescriptorsSettings, described: list
 def read_descriptors(folder: str | Path) -> tuple[list[dict], list[dict]]:
     """(documents, vocabulary) of a `cli.py descriptors` folder, checked."""
     folder = Path(folder)
+    if folder.is_file():
+        raise UserError(f"--descriptors {str(folder)!r} is a file, not a descriptors folder: pass the folder "
+                        "`cli.py descriptors --out` wrote (it holds documents.jsonl and vocabulary.json)")
     if not (folder / DOCUMENTS_FILE).exists() or not (folder / VOCABULARY_FILE).exists():
         raise UserError(f"{folder} is not a descriptors folder (no {DOCUMENTS_FILE} / {VOCABULARY_FILE}): write one "
                         "with `python cli.py descriptors --corpus C --generator G --out DIR`")
