@@ -28,7 +28,7 @@ from activations.errors import UserError
 from activations.hooks import hook_width, run_with_cache, validate_hooks
 from activations.devices import check_device
 from activations.distributed import launch_from_env
-from activations.models import load_model
+from activations.models import check_context_length, load_model
 from activations.reader import unreadable_cache
 from activations.runstate import check_output_file, differing_keys, move_into_place, output_lock
 from activations.settings import CacheSettings, record_json
@@ -289,6 +289,7 @@ def _write_cache_locked(settings: CacheSettings, out: Path, progress: bool) -> C
 
     loaded = load_model(settings.model, device=settings.device)
     hook_points = validate_hooks(loaded.model, settings.hooks)
+    check_context_length(loaded, settings.context_length)
     # Widths in the user's order: that is the order of /acts in the file.
     widths = {h: hook_width(loaded.model, next(p for p in hook_points if p.name == h)) for h in settings.hooks}
     tokens, stats = build_contexts(resolved.documents(), loaded.tokenizer, settings.context_length,

@@ -184,6 +184,16 @@ def resolve_source(model_id: str) -> str:
     return model_id
 
 
+def check_context_length(loaded: LoadedModel, context_length: int) -> None:
+    """Refuse a --context-length beyond the positions the model has (GPT-2's learned table: an IndexError deep in
+    the forward pass) or was trained with (rotary models: activations past it are not the model's own)."""
+    config = loaded.model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(limit, int) and context_length > limit:
+        raise ModelLoadError(f"--context-length {context_length} is more than the {limit} positions of model "
+                             f"{loaded.model_id!r}: pass --context-length {limit} or less")
+
+
 def _meant_as_folder(model_id: str) -> bool:
     """A --model that cannot be a hub id, or whose first folder exists here: a missing path, not a hub lookup.
 

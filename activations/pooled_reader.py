@@ -27,6 +27,9 @@ class PooledCache:
         if not self.path.exists():
             raise UserError(f"pooled cache {str(self.path)!r} does not exist: create it with "
                             f"`python cli.py cache --pool mean ... --out {self.path}`")
+        if self.path.is_dir():
+            raise UserError(f"pooled cache {str(self.path)!r} is a folder, not a cache file: pass the .h5 file that "
+                            "`cli.py cache --out` wrote")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:

@@ -73,6 +73,9 @@ class ActivationCache:
         self.path = Path(path)
         if not self.path.exists():
             raise UserError(f"cache {str(self.path)!r} does not exist: create it with `python cli.py cache ... --out {self.path}`")
+        if self.path.is_dir():
+            raise UserError(f"cache {str(self.path)!r} is a folder, not a cache file: pass the .h5 file that "
+                            "`cli.py cache --out` wrote")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:

@@ -43,7 +43,7 @@ from activations.distributed import (Launch, barrier, destroy_process_group, fir
                                      init_process_group, rank_device)
 from activations.errors import UserError
 from activations.hooks import hook_width, validate_hooks
-from activations.models import load_model
+from activations.models import check_context_length, load_model
 from activations.runstate import move_into_place, output_lock
 from activations.settings import CacheSettings
 
@@ -170,6 +170,7 @@ class _Prepared:
 def _prepare(settings: CacheSettings, launch: Launch, device: str, resolved) -> _Prepared:
     loaded = load_model(settings.model, device=device)
     hook_points = validate_hooks(loaded.model, settings.hooks)
+    check_context_length(loaded, settings.context_length)
     widths = {h: hook_width(loaded.model, next(p for p in hook_points if p.name == h)) for h in settings.hooks}
     tokens, stats = build_contexts(resolved.documents(), loaded.tokenizer, settings.context_length,
                                    settings.max_tokens // settings.context_length, fragments=settings.fragments)

@@ -191,6 +191,10 @@ class ExplainSettings:
         scorers = self.resolved_scorers()
         if not scorers:
             raise UserError("--scorers names no scorer: pass e.g. --scorers tokens,embedding")
+        if TOKENS in scorers and self.explainer != TOKENS and self.scorers is None:  # name only flags given
+            raise UserError(f"--explainer {self.explainer} writes text explanations, but --simulator is tokens "
+                            f"(the default), which scores only token lists: pass an LLM --simulator as well (e.g. "
+                            f"--simulator {self.explainer}), or --explainer tokens")
         if TOKENS in scorers and self.explainer != TOKENS:
             raise UserError("the tokens scorer reads only token-list explanations: use --explainer tokens "
                             "with it, or leave tokens out of --scorers and use an LLM --simulator")

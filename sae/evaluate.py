@@ -38,8 +38,9 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
     model and the KL/CE model before any metric (`activations.provenance`);
     the outcome is stored as its metrics' "pairing".
     """
-    if tokens < 1 or ce_contexts < 1:
-        raise UserError("--tokens and --ce-contexts must be positive")
+    for flag, value in (("--tokens", tokens), ("--ce-contexts", ce_contexts)):
+        if value < 1:  # each named alone: an error names only the flag that is wrong
+            raise UserError(f"{flag} {value} must be positive")
     for flag, path in (("--plot", plot), ("--density-plot", density_plot)):
         if path is not None and not str(path).lower().endswith(".png"):
             raise UserError(f"{flag} {path} must name a .png file")

@@ -125,6 +125,7 @@ class Row:
     fragment: str
     code: int = 2
     unchanged: Callable[[Inputs], list[Path]] = lambda i: []
+    absent: tuple[str, ...] = ()  # what the error line must not say (e.g. a flag the command line did not pass)
 
 
 def _pairing(command: str) -> Callable[[Inputs], list[str]]:
@@ -255,6 +256,18 @@ ROWS += [
         "--ratio [-0.001] must be positive"),
     Row("train-sae: a negative --l1 in exponent notation", lambda i: _train(i, "--l1", "-1e-3"),
         "--l1 [-0.001] must be non-negative"),
+    Row("cache: --context-length beyond the model's positions (was an IndexError traceback)", lambda i: [
+        "cache", "--model", str(i.model_a), "--corpus", str(i.corpus), "--hooks", HOOK, "--context-length", "1000",
+        "--max-tokens", "2000", "--out", str(i.out / "c.h5")], "--context-length 1000 is more than the 256 positions"),
+    Row("train-sae: --cache given a folder", lambda i: [
+        "train-sae", "--cache", str(i.dict_a), "--hook", HOOK, "--out", str(i.out)],
+        "is a folder, not a cache file", unchanged=lambda i: [i.dict_a]),
+    Row("evaluate: --tokens 0 names --tokens alone", lambda i: [
+        "evaluate", "--cache", str(i.cache_a), "--dict", str(i.dict_a), "--tokens", "0"],
+        "--tokens 0 must be positive", absent=("--ce-contexts",), unchanged=lambda i: [i.dict_a]),
+    Row("explain: an LLM --explainer with the default simulator names only flags given", lambda i: [
+        "explain", "--cache", str(i.cache_a), "--dict", str(i.dict_a), "--explainer", "local:default",
+        "--out", str(i.out)], "--simulator is tokens (the default)", absent=("--scorers",)),
 ]
 
 
@@ -291,7 +304,8 @@ def test_bad_input(row: Row, inputs: Inputs, capsys):
     if row.code == 0:  # said, not hidden: one line of the output names the count and what exists
         assert [line for line in out.splitlines() if row.fragment in line], out
         return
-    assert row.fragment in error_line(err), err
+    line = error_line(err)
+    assert row.fragment in line and not [a for a in row.absent if a in line], line
     assert not inputs.out.exists(), "a refused command wrote its output"
 
 
