@@ -77,6 +77,7 @@ def inputs(tiny_model_dirs, tmp_path_factory) -> Inputs:
     shutil.copytree(dict_a, sae_a)
     update_metrics(sae_a, {"l0": 4.0})
     shutil.copytree(dict_a, root / "dict_copy")  # for commands that write into a dictionary's config.json
+    small_a = _small_dictionary(dict_a, root / "small_a")
     run = root / "run"
     shutil.copytree(dict_a, run / "pca_a")
     pooled_b, descriptors = _pooled(root, model_b, corpus)
@@ -92,7 +93,22 @@ def inputs(tiny_model_dirs, tmp_path_factory) -> Inputs:
     return Inputs(root, Path(model_a), model_b, corpus, Path(caches["a"]), Path(caches["b"]), Path(dict_a),
                   sae_a, run, {"pooled_b": pooled_b, "descriptors": descriptors,
                                                                          "latin1": latin1, **damaged,
-                                                                         "dict_copy": root / "dict_copy"})
+                                                                         "dict_copy": root / "dict_copy",
+                                                                         "small_a": small_a})
+
+
+def _small_dictionary(like: Path, folder: Path) -> Path:
+    """A 4-feature tied SAE recording the same model as `like` (patch-ioi's greedy over it takes a second)."""
+    import torch
+
+    import sae
+    from activations.provenance import record_of
+    from sae.dictionaries import TiedSAE
+
+    made_from = sae.load(like)
+    m = torch.randn(4, made_from.d_in, generator=torch.Generator().manual_seed(0))
+    config = {"d_in": made_from.d_in, "n_features": 4, "hook": HOOK, **record_of(made_from.config)}
+    return TiedSAE({"M": m, "b": torch.zeros(4)}, config).save(folder)
 
 
 def _pooled(root: Path, model: Path, corpus: Path) -> tuple[Path, Path]:
@@ -210,8 +226,8 @@ ROWS += [
 ROWS += [
     # -- item 3: budgets that do not fit the data are said --------------------------------------------------------------
     Row("train-sae: --tokens beyond the cache's training tokens", lambda i: [
-        "train-sae", "--cache", str(i.cache_a), "--hook", HOOK, "--tokens", "4340", "--batch-size", "62",
-        "--out", str(i.out)], "note: --tokens 4,340 over a 434-token cache (its training contexts) = 10 passes", code=0,
+        "train-sae", "--cache", str(i.cache_a), "--hook", HOOK, "--tokens", "1302", "--batch-size", "217",
+        "--out", str(i.out)], "note: --tokens 1,302 over a 434-token cache (its training contexts) = 3.0 passes", code=0,
         unchanged=lambda i: [i.cache_a]),
     Row("baselines: --tokens beyond the cache's training tokens", lambda i: [
         "baselines", "--cache", str(i.cache_a), "--hook", HOOK, "--kinds", "pca", "--tokens", "5000",
@@ -222,9 +238,10 @@ ROWS += [
         "--ce-contexts", "50"], "note: using all 2 measured contexts of the cache, fewer than --ce-contexts 50",
         code=0, unchanged=lambda i: [i.cache_a]),
     Row("patch-ioi: --candidates not fewer than the features", lambda i: [
-        "patch-ioi", "--model", str(i.model_a), "--dict", str(i.dict_a), "--n-prompts", "3", "--names", NAMES,
-        "--candidates", "40", "--out", str(i.out)],
-        "note: --candidates 40 is not fewer than the 32 features of pca", code=0, unchanged=lambda i: [i.dict_a]),
+        "patch-ioi", "--model", str(i.model_a), "--dict", str(i.extra["small_a"]), "--n-prompts", "3", "--names",
+        NAMES, "--candidates", "40", "--out", str(i.out)],
+        "note: --candidates 40 is not fewer than the 4 features of small_a", code=0,
+        unchanged=lambda i: [i.extra["small_a"]]),
 ]
 
 
@@ -268,6 +285,67 @@ ROWS += [
     Row("explain: an LLM --explainer with the default simulator names only flags given", lambda i: [
         "explain", "--cache", str(i.cache_a), "--dict", str(i.dict_a), "--explainer", "local:default",
         "--out", str(i.out)], "--simulator is tokens (the default)", absent=("--scorers",)),
+]
+
+
+def _explain(i: Inputs, *extra: str) -> list[str]:
+    return ["explain", "--cache", str(i.cache_a), "--dict", str(i.dict_a), "--out", str(i.out), *extra]
+
+
+def _blocked(i: Inputs) -> Path:
+    """A file that is in the way of an output path (the output would go under it)."""
+    blocker = i.root / "a_file"
+    if not blocker.exists():
+        blocker.write_text("precious")
+    return blocker
+
+
+ROWS += [
+    # -- earlier refusals (issues 13, 14 and before), kept here so the table is the one place to look ------------------
+    Row("train-sae: --eval-fraction leaving nothing to train on", lambda i: _train(i, "--eval-fraction", "0.99"),
+        "too few to hold out 99% and still train", unchanged=lambda i: [i.cache_a]),
+    Row("train-sae: --hook the cache does not hold", lambda i: [
+        "train-sae", "--cache", str(i.cache_a), "--hook", "blocks.0.hook_mlp_out", "--out", str(i.out)],
+        "hook 'blocks.0.hook_mlp_out' is not in"),
+    Row("train-sae: --cache that is not an HDF5 file", lambda i: [
+        "train-sae", "--cache", str(i.corpus), "--hook", HOOK, "--out", str(i.out)], "is not an HDF5 file",
+        unchanged=lambda i: [i.corpus]),
+    Row("train-sae: --out under a file", lambda i: [
+        "train-sae", "--cache", str(i.cache_a), "--hook", HOOK, "--out", str(_blocked(i) / "sub")],
+        "which is a file: pass another path", unchanged=lambda i: [_blocked(i)]),
+    Row("explain: --features 0", lambda i: _explain(i, "--features", "0"), "--features 0: pass at least 1"),
+    Row("explain: --feature-ids beyond the dictionary", lambda i: _explain(i, "--feature-ids", "99"),
+        "--feature-ids [99] out of range for pca (32 features)"),
+    Row("explain: --best-of 0", lambda i: _explain(i, "--best-of", "0"), "--best-of 0"),
+    Row("explain: the same --dict twice", lambda i: _explain(i, "--dict", str(i.dict_a), str(i.dict_a)),
+        "the same --dict folder is given twice"),
+    Row("baselines: top-k controls without a sparsity", lambda i: [
+        "baselines", "--cache", str(i.cache_a), "--hook", HOOK, "--kinds", "pca_topk", "--out", str(i.out)],
+        "need a sparsity: pass --topk-from"),
+    Row("baselines: --k above the width", lambda i: [
+        "baselines", "--cache", str(i.cache_a), "--hook", HOOK, "--kinds", "pca_topk", "--k", "100",
+        "--out", str(i.out)], "k=100 is larger than the width 32"),
+    Row("evaluate: --plot that is not a .png", lambda i: [
+        "evaluate", "--cache", str(i.cache_a), "--dict", str(i.dict_a), "--plot", str(i.root / "f.txt")],
+        "must name a .png file", unchanged=lambda i: [i.dict_a]),
+    Row("patch-ioi: --n-prompts 0", lambda i: _pairing("patch-ioi")(i)[:-2] + ["--n-prompts", "0", "--out",
+                                                                              str(i.out)], "--n-prompts must be at least 1"),
+    Row("patch-ioi: --candidates 0", lambda i: _pairing("patch-ioi")(i) + ["--candidates", "0"],
+        "--candidates must be at least 1"),
+    Row("report: --max-features -1", lambda i: ["report", "--run", str(i.run), "--max-features", "-1",
+                                                 "--out", str(i.out)], "--max-features -1 is negative",
+        unchanged=lambda i: [i.run]),
+    Row("cache: --max-tokens below one context", lambda i: _cache(i, i.corpus, "--max-tokens", "10"),
+        "--max-tokens 10 is less than one context of 16"),
+    Row("cache: a corpus that does not exist", lambda i: _cache(i, i.root / "missing.txt"),
+        "does not exist: pass a .txt file"),
+    Row("cache: a corpus of an unknown type", lambda i: _cache(i, i.cache_a), "has an unknown type"),
+    Row("cache: --pool with --fragments", lambda i: _cache(i, i.corpus, "--pool", "mean", "--fragments"),
+        "--pool and --fragments conflict"),
+    Row("hooks: --model given a file that is not a .gguf", lambda i: ["hooks", "--model", str(i.model_a / "config.json")],
+        "is a file but not a .gguf file"),
+    Row("export: an unknown --format (argparse)", lambda i: ["export", "--dict", str(i.dict_a), "--out", str(i.out),
+                                                              "--format", "xx"], "invalid choice: 'xx'"),
 ]
 
 
@@ -315,10 +393,11 @@ def test_patch_ioi_with_the_flag_runs_and_records_the_mismatch(inputs, capsys):
     out = inputs.root / "outputs" / "allowed"
     args = _pairing("patch-ioi")(inputs)
     args[args.index("--out") + 1] = str(out)
-    assert run_cli(args + ["--candidates", "2", "--allow-model-mismatch"]) == 0
+    args[args.index("--dict") + 1] = str(inputs.extra["small_a"])
+    assert run_cli(args + ["--allow-model-mismatch"]) == 0
     assert "used anyway because of --allow-model-mismatch" in capsys.readouterr().out
     for name in ("ioi.json", "ioi_config.json"):
-        pairing = json.loads((out / name).read_text())["pairing"][inputs.dict_a.name]
+        pairing = json.loads((out / name).read_text())["pairing"]["small_a"]
         assert pairing["status"].startswith("mismatch allowed (weights differ")
         assert pairing["made_from"]["model_id"] == str(inputs.model_a)
         assert pairing["used_on"]["model_id"] == str(inputs.model_b)
