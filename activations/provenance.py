@@ -29,6 +29,7 @@ ALLOW_HELP = ("use dictionaries with a cache or model other than the one they we
 RECORD_KEYS = ("model_id", "model_source", "model_revision", "model_fingerprint")
 _SAMPLE = 4096  # elements hashed per parameter tensor: cheap for any size, and a fine-tune changes them all
 _NO_REVISION = ("", "local", "main", "None")
+UNRECORDED = "synthetic"  # sae.data.TensorSource's model_id: data handed in from Python, of no recorded model
 
 
 class ModelMismatch(UserError):
@@ -62,11 +63,14 @@ def loaded_record(loaded: Any) -> dict[str, str]:
 def record_of(mapping: Mapping[str, Any]) -> dict[str, str]:
     """The model record in a cache's attributes or a dictionary's config.json (missing keys left out).
 
-    A probe dictionary names its model under "model"; it is read as model_id.
+    A probe dictionary names its model under "model"; it is read as model_id. "synthetic" (what a dictionary
+    trained in Python on in-memory data records) names no model, so it is left out: such a side does not say.
     """
     record = {k: str(mapping[k]) for k in RECORD_KEYS if mapping.get(k) not in (None, "")}
     if "model_id" not in record and isinstance(mapping.get("model"), str) and mapping["model"]:
         record["model_id"] = mapping["model"]
+    if record.get("model_id") == UNRECORDED:
+        del record["model_id"]
     return record
 
 

@@ -427,13 +427,14 @@ def test_the_same_weights_in_another_folder_are_the_same_model(inputs, tmp_path)
 
 
 def test_files_from_before_the_fingerprint_are_compared_by_name():
-    from activations.provenance import mismatch
+    from activations.provenance import mismatch, record_of
 
     assert mismatch({"model_id": "EleutherAI/pythia-70m-deduped"}, {"model_id": "pythia-70m-deduped"}) is None
     assert mismatch({"model_id": "gpt2"}, {"model_id": "EleutherAI/pythia-70m-deduped"}) == "names differ"
     assert mismatch({"model_id": "org/m", "model_revision": "a" * 40},
                     {"model_id": "org/m", "model_revision": "b" * 40}).startswith("revisions differ")
     assert mismatch({}, {"model_id": "gpt2"}) is None  # a side that does not say is not refused
+    assert mismatch(record_of({"model_id": "synthetic"}), {"model_id": "gpt2"}) is None  # in-memory training data
 
 
 def test_train_sae_records_its_passes_in_config_json(inputs, tmp_path):
