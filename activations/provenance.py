@@ -135,7 +135,8 @@ def check_pairing(dictionary: Any, used_on: Mapping[str, Any], where: str, allow
             f"{_shown(used)} ({why})")
     if not allow:
         raise ModelMismatch(f"{text}: use a dictionary trained on this model (or a cache/--model of the model it was "
-                            f"trained on), or pass {ALLOW_FLAG} if you mean it (e.g. a fine-tune's dictionary on its base)")
+                            f"trained on), or pass {ALLOW_FLAG} if you mean it (e.g. a fine-tune's dictionary on "
+                            "its base)")
     print(f"note: {text}; used anyway because of {ALLOW_FLAG}")
     entry["status"] = f"mismatch allowed ({why})"
     return entry
