@@ -28,7 +28,7 @@ from activations.errors import UserError
 from activations.hooks import hook_width, run_with_cache, validate_hooks
 from activations.devices import check_device
 from activations.distributed import launch_from_env
-from activations.models import load_model
+from activations.models import check_context_length, load_model
 from activations.reader import unreadable_cache
 from activations.runstate import check_output_file, differing_keys, replace_atomically, output_lock
 from activations.settings import CacheSettings, record_json
@@ -144,13 +144,20 @@ def cache_attrs(settings: CacheSettings, record: dict, loaded, n: int, ctx: int,
 
 
 def run_attrs(settings: CacheSettings, loaded, record: dict, ctx: int, widths: dict[str, int]) -> dict:
-    """The file attributes every cache shares (token-level and pooled): what model, data and layout wrote it."""
+    """The file attributes every cache shares (token-level and pooled): what model, data and layout wrote it.
+
+    The model's fingerprint is what dictionaries trained on this cache copy, so that every command pairing a
+    dictionary with a cache or a model can tell another model of the same width (`activations.provenance`).
+    """
+    from activations.provenance import model_fingerprint
+
     return {
         "format_version": FORMAT_VERSION,
         "settings": record_json(record),
         "model_id": settings.model,
         "model_source": loaded.source,
         "model_revision": loaded.revision,
+        "model_fingerprint": model_fingerprint(loaded.model),
         "model_type": str(loaded.model.config.model_type),
         "tokenizer": str(getattr(loaded.tokenizer, "name_or_path", "")),
         "dtype": settings.dtype,
@@ -227,6 +234,7 @@ def cache_activations(
     pool: str | None = None,
     text_column: str | None = None,
     max_documents: int | None = None,
+    encoding: str | None = None,
 ) -> CacheResult:
     """Cache activations of `hooks` over `corpus`; resumes a killed run of the same settings.
 
@@ -235,7 +243,7 @@ def cache_activations(
     settings = CacheSettings(model=model, corpus=corpus, hooks=list(hooks), context_length=context_length,
                              max_tokens=max_tokens, batch_size=batch_size, dtype=dtype, fragments=fragments,
                              device=device, out=str(out), overwrite=overwrite, pool=pool, text_column=text_column,
-                             max_documents=max_documents)
+                             max_documents=max_documents, encoding=encoding)
     return write_cache(settings, progress=progress)
 
 
@@ -264,7 +272,7 @@ def write_cache(settings: CacheSettings, progress: bool = True) -> CacheResult:
 
 def _write_cache_locked(settings: CacheSettings, out: Path, progress: bool) -> CacheResult:
     """`write_cache` once this process holds --out: no other writer can change the file from here on."""
-    resolved = resolve_corpus(settings.corpus, settings.text_column)
+    resolved = resolve_corpus(settings.corpus, settings.text_column, settings.encoding)
     settings.check_hooks()
     if settings.pool is not None:
         from activations.pooled import write_pooled
@@ -281,6 +289,7 @@ def _write_cache_locked(settings: CacheSettings, out: Path, progress: bool) -> C
 
     loaded = load_model(settings.model, device=settings.device)
     hook_points = validate_hooks(loaded.model, settings.hooks)
+    check_context_length(loaded, settings.context_length)
     # Widths in the user's order: that is the order of /acts in the file.
     widths = {h: hook_width(loaded.model, next(p for p in hook_points if p.name == h)) for h in settings.hooks}
     tokens, stats = build_contexts(resolved.documents(), loaded.tokenizer, settings.context_length,

@@ -8,6 +8,7 @@ from a seeded generator, and every corpus is described by a content hash.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import importlib.metadata
@@ -56,10 +57,37 @@ def tweets_corpus_path() -> Path:
     raise UserError(f"{_TWEETS_FILE} is missing from {_TWEETS_DIST}: reinstall it with --no-deps --force-reinstall")
 
 
-def _read_text(path: Path) -> str:
-    # Corpora scraped from the web contain stray bytes; replacing them keeps
-    # the run going and the damage visible (U+FFFD) instead of fatal.
-    return path.read_bytes().decode("utf-8", errors="replace")
+def _read_text(path: Path, encoding: str = "utf-8", errors: str = "strict") -> str:
+    """The file's text, decoded as `resolve_corpus` checked it would be (strictly, except for the bundled tweets)."""
+    return path.read_bytes().decode(encoding, errors=errors)
+
+
+def check_decodes(path: Path, encoding: str) -> None:
+    """Refuse a file that is not valid `encoding`, naming the first bad byte and the fix.
+
+    Decoding with replacement would cache every accented letter of a Latin-1
+    file as U+FFFD without a word; this runs before any model loads, so nothing
+    is written for a file that would be read wrong.
+    """
+    data = path.read_bytes()
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as err:
+        bad = data[err.start:err.start + 1].hex()
+        line = data.count(b"\n", 0, err.start) + 1
+        fix = ("pass --encoding with the file's encoding (e.g. --encoding latin-1) or convert the file to UTF-8"
+               if codecs.lookup(encoding).name == "utf-8" else "pass the file's encoding with --encoding")
+        raise UserError(f"corpus file {str(path)!r} is not valid {encoding}: byte 0x{bad} at offset {err.start} "
+                        f"(line {line}) cannot be decoded; {fix}") from err
+
+
+def check_encoding(encoding: str) -> str:
+    """The codec's name, or a one-line refusal of an --encoding Python does not know."""
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError as err:
+        raise UserError(f"--encoding {encoding!r} is not a text encoding Python knows: use e.g. utf-8, latin-1, "
+                        "cp1252") from err
 
 
 @dataclass(frozen=True)
@@ -80,6 +108,8 @@ class Corpus:
     path: Path
     files: tuple[Path, ...]
     text_column: str = "text"  # the field or column holding the text (.jsonl, .csv)
+    encoding: str = "utf-8"  # --encoding; decoded strictly (checked by resolve_corpus)
+    errors: str = "strict"  # "replace" only for the bundled tweets, known to hold garbled bytes (OFFLINE.md)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -91,7 +121,9 @@ class Corpus:
     def describe(self) -> str:
         dist = {"default": _WIKI_DIST, "tweets": _TWEETS_DIST}.get(self.kind)
         source = f"{dist} {importlib.metadata.version(dist)}" if dist else str(self.path)
-        return f"{self.kind}:{source} sha256:{self.fingerprint()}"
+        described = f"{self.kind}:{source} sha256:{self.fingerprint()}"
+        # only when not UTF-8, so caches written before --encoding keep their settings record (and resume)
+        return described if codecs.lookup(self.encoding).name == "utf-8" else f"{described} encoding:{self.encoding}"
 
     def documents(self) -> Iterator[str]:
         """The texts in corpus order (what the token-level cache packs)."""
@@ -117,7 +149,7 @@ class Corpus:
 
     def _raw_records(self) -> Iterator[Document]:
         if self.kind == "default":
-            data = json.loads(_read_text(self.path))
+            data = json.loads(_read_text(self.path, self.encoding, self.errors))
             for key in sorted(data):
                 entry = data[key]
                 text = (entry.get("extract") or "").strip()
@@ -125,15 +157,15 @@ class Corpus:
         elif self.kind in ("txt", "txt_dir"):
             for f in self.files:
                 name = f.relative_to(self.path).as_posix() if self.kind == "txt_dir" else f.name
-                yield Document(name, _read_text(f).strip(), {})
+                yield Document(name, _read_text(f, self.encoding, self.errors).strip(), {})
         elif self.kind == "jsonl":
-            yield from _jsonl_records(self.path, self.text_column)
+            yield from _jsonl_records(self.path, self.text_column, self.encoding, self.errors)
         else:
-            yield from _csv_records(self.path, self.text_column)
+            yield from _csv_records(self.path, self.text_column, self.encoding, self.errors)
 
 
-def _jsonl_records(path: Path, column: str) -> Iterator[Document]:
-    for lineno, raw in enumerate(_read_text(path).splitlines(), start=1):
+def _jsonl_records(path: Path, column: str, encoding: str, errors: str) -> Iterator[Document]:
+    for lineno, raw in enumerate(_read_text(path, encoding, errors).splitlines(), start=1):
         if not raw.strip():
             continue
         try:
@@ -147,8 +179,8 @@ def _jsonl_records(path: Path, column: str) -> Iterator[Document]:
         yield Document(doc_id, record[column], {k: v for k, v in record.items() if k not in (column, "id")})
 
 
-def _csv_records(path: Path, column: str) -> Iterator[Document]:
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+def _csv_records(path: Path, column: str, encoding: str, errors: str) -> Iterator[Document]:
+    reader = csv.DictReader(io.StringIO(_read_text(path, encoding, errors), newline=""))
     header = reader.fieldnames or []
     if column not in header:
         raise UserError(f"{path} has no column {column!r} (its columns: {', '.join(header) or 'none'}): pass the text "
@@ -165,27 +197,33 @@ def _csv_records(path: Path, column: str) -> Iterator[Document]:
 _KINDS_HELP = "a .txt file, a folder of .txt files, a .jsonl or .csv file, 'default' (Wikipedia leads) or 'tweets'"
 
 
-def resolve_corpus(spec: str, text_column: str | None = None) -> Corpus:
+def resolve_corpus(spec: str, text_column: str | None = None, encoding: str | None = None) -> Corpus:
     """Check a --corpus value and say what is wrong with it before any model loads.
 
     `text_column` (default "text") names the text field of a .jsonl or .csv
     corpus; the other kinds have no columns, so giving it there is an error.
+    `encoding` (default UTF-8) is how the corpus files are decoded: every file
+    is checked to decode, so text is read as it is or refused here.
     """
     column = text_column or "text"
+    if encoding is not None and spec in (DEFAULT_CORPUS_ALIAS, TWEETS_CORPUS_ALIAS):
+        raise UserError(f"--encoding applies to corpus files, not to the bundled corpus {spec!r}: drop it")
     if spec == DEFAULT_CORPUS_ALIAS:
         path = default_corpus_path()
         corpus = Corpus(spec, "default", path, (path,))
     elif spec == TWEETS_CORPUS_ALIAS:
         path = tweets_corpus_path()
-        corpus = Corpus(spec, "tweets", path, (path,), column)
+        corpus = Corpus(spec, "tweets", path, (path,), column, errors="replace")
     else:
-        corpus = _file_corpus(spec, column)
+        corpus = _file_corpus(spec, column, check_encoding(encoding or "utf-8"))
+        for f in corpus.files:
+            check_decodes(f, corpus.encoding)
     if text_column is not None and corpus.kind not in ("jsonl", "csv", "tweets"):
         raise UserError(f"--text-column applies to .jsonl and .csv corpora, not to {spec!r}: drop it")
     return corpus
 
 
-def _file_corpus(spec: str, column: str) -> Corpus:
+def _file_corpus(spec: str, column: str, encoding: str) -> Corpus:
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"corpus {spec!r} does not exist: pass {_KINDS_HELP}")
@@ -193,13 +231,13 @@ def _file_corpus(spec: str, column: str) -> Corpus:
         files = tuple(sorted(p for p in path.rglob("*.txt") if p.is_file()))
         if not files:
             raise UserError(f"corpus folder {spec!r} has no .txt files: add some or pass a file")
-        return Corpus(spec, "txt_dir", path, files)
+        return Corpus(spec, "txt_dir", path, files, encoding=encoding)
     if path.suffix == ".jsonl":
-        return Corpus(spec, "jsonl", path, (path,), column)
+        return Corpus(spec, "jsonl", path, (path,), column, encoding)
     if path.suffix == ".csv":
-        return Corpus(spec, "csv", path, (path,), column)
+        return Corpus(spec, "csv", path, (path,), column, encoding)
     if path.suffix == ".txt":
-        return Corpus(spec, "txt", path, (path,))
+        return Corpus(spec, "txt", path, (path,), encoding=encoding)
     raise UserError(f"corpus {spec!r} has an unknown type: use .txt, .jsonl (one {{\"text\": ...}} per line), .csv "
                     "(with a text column), a folder, 'default' or 'tweets'")
 

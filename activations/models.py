@@ -183,6 +183,38 @@ def resolve_source(model_id: str) -> str:
     return model_id
 
 
+def check_context_length(loaded: LoadedModel, context_length: int) -> None:
+    """Refuse a --context-length beyond the positions the model has (GPT-2's learned table: an IndexError deep in
+    the forward pass) or was trained with (rotary models: activations past it are not the model's own)."""
+    config = loaded.model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(limit, int) and context_length > limit:
+        raise ModelLoadError(f"--context-length {context_length} is more than the {limit} positions of model "
+                             f"{loaded.model_id!r}: pass --context-length {limit} or less")
+
+
+def _meant_as_folder(model_id: str) -> bool:
+    """A --model that cannot be a hub id, or whose first folder exists here: a missing path, not a hub lookup.
+
+    A hub id is `name` or `org/name` (one separator); `work/models/x` has two,
+    and `models/x` with a local `models/` folder is a path that went wrong.
+    """
+    if model_id.startswith((".", "/", "~")) or model_id.endswith(".gguf") or "\\" in model_id:
+        return True
+    parts = model_id.split("/")
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+
+
+def _missing_part(model_id: str) -> str:
+    """' (work/models has no x)': the deepest folder that exists and the first name missing under it."""
+    path = Path(model_id).expanduser()
+    for parent in path.parents:
+        if parent.is_dir():
+            missing = path.relative_to(parent).parts[0]
+            return f" ({str(parent)!r} has no {missing!r})" if str(parent) != "." else f" (no {missing!r} here)"
+    return ""
+
+
 def load_model(
     model_id: str,
     *,
@@ -197,8 +229,9 @@ def load_model(
 
     source = resolve_source(model_id)
     is_local = Path(source).exists()
-    if not is_local and (model_id.startswith((".", "/", "~")) or model_id.endswith((".gguf",))):
-        raise ModelLoadError(f"model folder {model_id!r} does not exist: pass an existing folder, a hub id, or --model default")
+    if not is_local and _meant_as_folder(model_id):
+        raise ModelLoadError(f"model folder {model_id!r} does not exist{_missing_part(model_id)}: pass an existing "
+                             "folder, a hub id (org/name), or --model default")
     kwargs = {} if revision is None else {"revision": revision}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)

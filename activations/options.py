@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Callable, Union
@@ -69,6 +70,19 @@ def _csv(value: str) -> list[str]:
     return [v for v in (s.strip() for s in value.split(",")) if v]
 
 
+class _CsvList(argparse.Action):
+    """A list option given comma-separated (`--hooks a,b`), space-separated (`--hooks a b`, as users type it), or
+    both: each value is split at commas and the pieces joined in order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001 (argparse's signature)
+        setattr(namespace, self.dest, [piece for value in values for piece in value])
+
+
+# argparse (before 3.13) takes "-1e-3" for an option, so `--l1 -1e-3` failed with "expected at least one argument"
+# instead of reaching the option's own check ("must be non-negative"); this also accepts exponents.
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
 def _unwrap(tp: Any) -> tuple[Any, bool]:
     """(inner type, optional?) for `X | None` / Optional[X]."""
     origin = typing.get_origin(tp)
@@ -82,6 +96,7 @@ def _unwrap(tp: Any) -> tuple[Any, bool]:
 def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
     """One argparse option per `option()` field of the dataclass `cls`, defaults and help from the field."""
     hints = typing.get_type_hints(cls)
+    parser._negative_number_matcher = _NEGATIVE_NUMBER  # see _NEGATIVE_NUMBER
     for f in dataclasses.fields(cls):
         if not is_option(f):
             continue
@@ -106,7 +121,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         if typing.get_origin(tp) in (list, tuple):
             inner = typing.get_args(tp)[0] if typing.get_args(tp) else str
             if meta["csv"]:
-                kwargs["type"] = _csv
+                kwargs.update(type=_csv, nargs="+", action=_CsvList)
             else:
                 kwargs.update(type=inner, nargs="+")
         else:

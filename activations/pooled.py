@@ -33,7 +33,7 @@ from activations.cache_writer import (BFLOAT16_ENCODING, STORAGE, CacheResult, _
 from activations.corpus import Corpus
 from activations.errors import UserError
 from activations.hooks import hook_width, is_encoder, run_with_cache, validate_hooks
-from activations.models import load_model
+from activations.models import check_context_length, load_model
 from activations.runstate import replace_atomically
 from activations.settings import CacheSettings
 
@@ -109,6 +109,7 @@ def write_pooled(settings: CacheSettings, corpus: Corpus, out: Path, progress: b
         raise UserError(f"corpus {settings.corpus!r} has no non-empty document: pass another --corpus")
     loaded = load_model(settings.model, device=settings.device)
     hook_points = validate_hooks(loaded.model, settings.hooks)
+    check_context_length(loaded, settings.context_length)
     widths = {h: hook_width(loaded.model, next(p for p in hook_points if p.name == h)) for h in settings.hooks}
     ids = tokenize_documents([d.text for d in documents], loaded.tokenizer, settings.context_length)
     empty = [d.id for d, row in zip(documents, ids) if not row]

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from activations.errors import UserError
+from activations.provenance import record_of
 from activations.reader import unreadable_cache
 
 
@@ -26,6 +27,9 @@ class PooledCache:
         if not self.path.exists():
             raise UserError(f"pooled cache {str(self.path)!r} does not exist: create it with "
                             f"`python cli.py cache --pool mean ... --out {self.path}`")
+        if self.path.is_dir():
+            raise UserError(f"pooled cache {str(self.path)!r} is a folder, not a cache file: pass the .h5 file that "
+                            "`cli.py cache --out` wrote")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:
@@ -37,6 +41,7 @@ class PooledCache:
                             "`python cli.py cache --pool cls|mean|max|last ...`")
         self.pool: str = str(attrs["pool"])
         self.model_id: str = str(attrs["model_id"])
+        self.model: dict[str, str] = record_of(attrs)  # what dictionaries used on it are checked against
         self.hooks: list[str] = json.loads(attrs["hooks"])
         self.widths: dict[str, int] = json.loads(attrs["widths"])
         self.context_length = int(attrs["context_length"])

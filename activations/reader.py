@@ -73,6 +73,9 @@ class ActivationCache:
         self.path = Path(path)
         if not self.path.exists():
             raise UserError(f"cache {str(self.path)!r} does not exist: create it with `python cli.py cache ... --out {self.path}`")
+        if self.path.is_dir():
+            raise UserError(f"cache {str(self.path)!r} is a folder, not a cache file: pass the .h5 file that "
+                            "`cli.py cache --out` wrote")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:
@@ -200,6 +203,25 @@ class ActivationCache:
             acts = torch.from_numpy(self._float32(_rows(dataset, np.arange(start, stop))))
             yield np.arange(start, stop), self._file["tokens"][start:stop], acts
 
+    def non_finite(self, hook: str, batch_contexts: int = 64) -> str:
+        """The one-line error for a cache whose `hook` holds NaN or inf: which, where first, and the fix.
+
+        Called once a read finds one (a shuffled batch cannot say where it came
+        from), so the scan in context order runs only on the failure path. Said
+        here, where the data is read, rather than later as a training divergence
+        whose advice (lower --lr) would not help.
+        """
+        for indices, _, acts in self.iter_contexts(hook, batch_contexts):
+            bad = ~torch.isfinite(acts)
+            if bool(bad.any()):
+                row, position = (int(v) for v in bad.any(dim=-1).nonzero()[0])
+                value = acts[row, position][bad[row, position]][0].item()
+                what = "NaN" if value != value else ("inf" if value > 0 else "-inf")
+                return (f"{self.path} holds {what} activations at {hook!r} (first in context {int(indices[row])}, "
+                        f"position {position}): the cache is damaged or its model overflowed; re-create it with "
+                        "`cli.py cache ... --overwrite` (--dtype float32 if float16 overflowed)")
+        return f"{self.path} holds NaN or inf activations at {hook!r}: re-create it with `cli.py cache ... --overwrite`"
+
     # -- shuffled token batches for training -------------------------------
     def iter_batches(self, hook: str, batch_size: int, n_tokens: int | None = None, seed: int = 0,
                      start_batch: int = 0, skip_bos: bool = True,
@@ -265,6 +287,8 @@ class ActivationCache:
                 rng = np.random.default_rng([seed, epoch, buf_index])
                 order = rng.permutation(data.shape[0])
                 tensor = torch.from_numpy(self._float32(data[order]))
+                if not bool(torch.isfinite(tensor).all()):
+                    raise UserError(self.non_finite(hook))
                 for i in range(count):
                     if position >= start_batch:
                         yield tensor[i * batch_size:(i + 1) * batch_size]

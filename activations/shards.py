@@ -43,8 +43,8 @@ from activations.distributed import (Launch, barrier, destroy_process_group, fir
                                      init_process_group, rank_device)
 from activations.errors import UserError
 from activations.hooks import hook_width, validate_hooks
-from activations.models import load_model
-from activations.runstate import replace_atomically, output_lock
+from activations.models import check_context_length, load_model
+from activations.runstate import output_lock, replace_atomically
 from activations.settings import CacheSettings
 
 _SHARD_NAME = re.compile(r"rank(\d+)-of-(\d+)\.h5")
@@ -90,7 +90,7 @@ def write_cache_distributed(settings: CacheSettings, out: Path, launch: Launch, 
     if settings.pool is not None:
         raise UserError("--pool under torchrun is not supported (a pooled cache is one small vector per document): "
                         "run it as one process, without torchrun")
-    resolved = resolve_corpus(settings.corpus, settings.text_column)
+    resolved = resolve_corpus(settings.corpus, settings.text_column, settings.encoding)
     settings.check_hooks()
     record = settings.record(resolved.describe())
     complete = None if settings.overwrite else _check_launch(out, record, launch.world_size)
@@ -170,6 +170,7 @@ class _Prepared:
 def _prepare(settings: CacheSettings, launch: Launch, device: str, resolved) -> _Prepared:
     loaded = load_model(settings.model, device=device)
     hook_points = validate_hooks(loaded.model, settings.hooks)
+    check_context_length(loaded, settings.context_length)
     widths = {h: hook_width(loaded.model, next(p for p in hook_points if p.name == h)) for h in settings.hooks}
     tokens, stats = build_contexts(resolved.documents(), loaded.tokenizer, settings.context_length,
                                    settings.max_tokens // settings.context_length, fragments=settings.fragments)

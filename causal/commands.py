@@ -57,6 +57,9 @@ def load_dictionaries(paths: list[str]) -> list:
         raise UserError("no dictionaries given: pass at least one folder with --dict DIR [DIR ...]")
     dictionaries = []
     for path in paths:
+        if Path(path).is_file():
+            raise UserError(f"--dict {path!r} is a file, not a dictionary folder: pass the folder that holds "
+                            "config.json and weights.safetensors")
         if not Path(path).is_dir():
             raise UserError(f"dictionary folder {path!r} does not exist: pass folders made by `cli.py train-sae` or `cli.py baselines`")
         dictionaries.append(sae.load(path))
@@ -83,6 +86,14 @@ def _check_against_model(model, dictionaries: list) -> str:
                             "use dictionaries trained on this model's activations")
     return hook.name
 
+
+def _check_pairing(loaded, dictionaries: list, allow: bool) -> dict[str, dict]:
+    """Each dictionary against the loaded model (`activations.provenance`): a dictionary of another model of the
+    same width would give a full, plausible and wrong curve. {name: pairing entry}, recorded in both JSON files."""
+    from activations.provenance import check_pairing, loaded_record
+
+    used_on = loaded_record(loaded)
+    return {d.name: check_pairing(d, used_on, f"--model {loaded.model_id}", allow=allow) for d in dictionaries}
 
 
 def features_to_reach(points: list[list[float]] | None, kl_none: float) -> dict[str, int | None]:
@@ -167,6 +178,7 @@ class _Plan:
     paths: dict[str, str]  # dictionary name -> resolved folder
     identity: dict
     previous: dict[str, dict]  # finished earlier with these settings: kept, whatever this run does
+    candidates_given: bool = True  # False: the CPU default chose them (`PatchIOISettings.greedy_choice`)
 
     def done(self, name: str) -> bool:
         return self.previous.get(name, {}).get("path") == self.paths[name]
@@ -194,7 +206,7 @@ def _plan(settings: PatchIOISettings) -> _Plan:
     return _Plan(settings, out_dir, dictionaries, paths, identity, previous)
 
 
-def _persist_setup(plan: _Plan, config: PatchIOIConfig, loaded, hook: str, pairs: list) -> None:
+def _persist_setup(plan: _Plan, config: PatchIOIConfig, loaded, hook: str, pairs: list, pairing: dict) -> None:
     """OUT/ioi_config.json and ioi_prompts.json; with --overwrite the old ioi.json goes first,
     so a kill from here on cannot leave old curves beside the new settings record."""
     plan.out_dir.mkdir(parents=True, exist_ok=True)
@@ -202,7 +214,7 @@ def _persist_setup(plan: _Plan, config: PatchIOIConfig, loaded, hook: str, pairs
         (plan.out_dir / RESULT_FILE).unlink(missing_ok=True)
     write_json_atomic(plan.out_dir / CONFIG_FILE, {**asdict(config), "model_source": loaded.source,
                                                    "model_revision": loaded.revision, "hook": hook,
-                                                   "identity": plan.identity})
+                                                   "identity": plan.identity, "pairing": pairing})
     write_json_atomic(plan.out_dir / PROMPTS_FILE, {"pairs": [asdict(p) for p in pairs]})
 
 
@@ -241,6 +253,10 @@ def _run_dictionary(d, plan: _Plan, runner: SuffixRunner, x_cf: torch.Tensor, w:
                     cf_logits: torch.Tensor, greedy: GreedyConfig, kl_none: float, n_prompts: int) -> dict:
     """One dictionary's curve (and the attribution screen's ladder with --candidates), as ioi.json stores it."""
     candidates, device = plan.settings.candidates, plan.settings.device
+    if candidates is not None and candidates >= d.n_features:
+        given = f"--candidates {candidates}" if plan.candidates_given else f"the default screen of {candidates}"
+        print(f"note: {given} is not fewer than the {d.n_features} features of {d.name}: "
+              "the greedy runs on every feature (ioi.json records candidates: null)")
     delta = coefficient_delta(d, runner.x_clean, x_cf, runner.batch.differs, device)
     problem = PatchProblem(runner, delta, w, cf_logits)
     started = time.perf_counter()
@@ -309,8 +325,10 @@ def _patch_ioi_locked(settings: PatchIOISettings, chosen_by: str) -> dict:
 
     s = settings
     plan = _plan(s)
+    plan.candidates_given = chosen_by == "--candidates"
     loaded = load_model(s.model, device=s.device)
     hook = _check_against_model(loaded.model, plan.dictionaries)
+    pairing = _check_pairing(loaded, plan.dictionaries, s.allow_model_mismatch)
     decoders = {d.name: decoder_rows(d, device=s.device) for d in plan.dictionaries}  # raises on a non-affine decoder
     pairs = make_ioi_pairs(loaded.tokenizer, IOIConfig(n_prompts=s.n_prompts, seed=s.seed, names=s.names or None))
 
@@ -319,7 +337,7 @@ def _patch_ioi_locked(settings: PatchIOISettings, chosen_by: str) -> dict:
                             seed=s.seed, device=s.device, candidates=s.candidates, names=s.names or None)
     batch = pair_batch(pairs, pad_token_id(loaded.tokenizer), device=s.device)
     config.rows_per_forward = _rows_per_forward(s.device, batch.n, int(batch.clean_ids.shape[1]))
-    _persist_setup(plan, config, loaded, hook, pairs)
+    _persist_setup(plan, config, loaded, hook, pairs, pairing)
 
     clean_logits = last_logits(loaded.model, batch.clean_ids, batch.lengths)
     cf_logits = last_logits(loaded.model, batch.cf_ids, batch.lengths)
@@ -329,6 +347,7 @@ def _patch_ioi_locked(settings: PatchIOISettings, chosen_by: str) -> dict:
           f"KL(clean || counterfactual) = {check.kl_clean_vs_cf:.4f}")
     result = _task_result(s, hook, batch, check, config.taus, plan)
     result["greedy"] = {"candidates": s.candidates, "chosen_by": chosen_by}
+    result["pairing"] = pairing
     x_cf = run_with_cache(loaded.model, batch.cf_ids, [hook])[hook]
     runner = SuffixRunner(loaded.model, hook, batch)
     if not runner.suffix_only:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from activations.errors import UserError
 from activations.options import option
+from activations.provenance import ALLOW_HELP
 
 # ioi.json's features_to_reach: the fewest features with KL <= these fractions of KL(clean || cf); the plot marks them.
 REACH_FRACTIONS = (0.25, 0.10)
@@ -57,6 +58,7 @@ class PatchIOISettings:
     overwrite: bool = option(False, identity=False,
                              help="replace an IOI run with other settings in --out (by default a rerun with the same "
                                   "settings keeps the dictionaries already done)")
+    allow_model_mismatch: bool = option(False, identity=False, help=ALLOW_HELP)
 
     def validate(self) -> None:
         """Mistakes that need no file to find."""

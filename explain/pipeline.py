@@ -120,6 +120,10 @@ def _plan(settings: ExplainSettings, cache_path: Path, cache: Any, out: Path) ->
             raise UserError(f"{f} expects width {d.d_in} but {d.hook} in {cache_path} has {cache.width(d.hook)}: "
                             "the dictionary belongs to another model")
     doc = config_doc(settings, cache_path, cache, folders, dictionaries)
+    allowed = [entry for entry in _pairing(settings, cache_path, cache, dictionaries)
+               if entry["status"].startswith("mismatch")]
+    if allowed:  # only then: folders made before the check existed keep resuming
+        doc["model_mismatch_allowed"] = allowed
     check_settings(out, doc)
     if settings.rescore:
         from explain.rescore import check_source, source_folder
@@ -128,6 +132,17 @@ def _plan(settings: ExplainSettings, cache_path: Path, cache: Any, out: Path) ->
     chosen = [choose_features(d.n_features, d.name, settings.features, settings.feature_ids, settings.seed)
               for d in dictionaries]
     return Plan(folders=folders, dictionaries=dictionaries, doc=doc, chosen=chosen)
+
+
+def _pairing(settings: ExplainSettings, cache_path: Path, cache: Any, dictionaries: list[Any]
+             ) -> list[dict[str, Any]]:
+    """Every dictionary against the cache's model (`activations.provenance`): another model's dictionary of the
+    same width would be explained from activations it never saw."""
+    from activations.provenance import check_pairing, record_of
+
+    used_on = record_of(cache.attrs)
+    return [check_pairing(d, used_on, f"cache {cache_path}", allow=settings.allow_model_mismatch)
+            for d in dictionaries]
 
 
 def _persist_start(out: Path, plan: Plan, concurrency: int) -> tuple[Path, list[list[int]], int]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from activations.errors import UserError
 from activations.options import identity_fields, option
+from activations.provenance import ALLOW_HELP
 from explain.scorers.spec import SCORERS, known_specs, llm_default_scorers
 
 RANDOM_MODES = ("nonzero", "any")
@@ -138,6 +139,7 @@ class ExplainSettings:
                              help="output folder (rerun the same command to resume)")
     concurrency: int = option(4, identity=False, help="requests in flight to an openai: backend (explainer and "
                               "every scorer that calls it; features run concurrently, records stay in order)")
+    allow_model_mismatch: bool = option(False, identity=False, help=ALLOW_HELP)
 
     def __post_init__(self) -> None:
         self.dicts = list(self.dicts)
@@ -189,6 +191,10 @@ class ExplainSettings:
         scorers = self.resolved_scorers()
         if not scorers:
             raise UserError("--scorers names no scorer: pass e.g. --scorers tokens,embedding")
+        if TOKENS in scorers and self.explainer != TOKENS and self.scorers is None:  # name only flags given
+            raise UserError(f"--explainer {self.explainer} writes text explanations, but --simulator is tokens "
+                            f"(the default), which scores only token lists: pass an LLM --simulator as well (e.g. "
+                            f"--simulator {self.explainer}), or --explainer tokens")
         if TOKENS in scorers and self.explainer != TOKENS:
             raise UserError("the tokens scorer reads only token-list explanations: use --explainer tokens "
                             "with it, or leave tokens out of --scorers and use an LLM --simulator")

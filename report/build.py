@@ -64,8 +64,8 @@ def _is_offline_llm(spec: Any) -> bool:
 
 def build_report(run_dir: str | Path, out_dir: str | Path, descriptors: Sequence[str | Path] = (), *,
                  features_cache: str | Path | None = None, max_features: int | None = None,
-                 progress: bool = True, summaries: tuple[Sequence[Any], Sequence[tuple[str, str]]] | None = None
-                 ) -> Path:
+                 progress: bool = True, summaries: tuple[Sequence[Any], Sequence[tuple[str, str]]] | None = None,
+                 allow_model_mismatch: bool = False) -> Path:
     """Write OUT/index.html (and its PNGs, and OUT/features/) from whatever stages of the run exist; returns the path.
 
     `descriptors`: `cli.py describe` output folders whose chips and comparison of bases join the report
@@ -74,7 +74,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path, descriptors: Sequence
     `report.feature_section.find_features_cache`) for the first `max_features` features of every dictionary
     (None: all; 0: no pages). `summaries`: (DictionarySummaries list, skipped list) as
     `report.feature_stats.summarize_dictionaries` returns them, computed by the caller (a benchmark, a notebook):
-    then no cache is read.
+    then no cache is read. `allow_model_mismatch`: summarise dictionaries of another model than the cache's
+    anyway (the feature table's note says so).
     """
     out = check_output_folder(out_dir)  # before the run folder is read, and before anything is written
     if max_features is not None and max_features < 0:
@@ -82,13 +83,15 @@ def build_report(run_dir: str | Path, out_dir: str | Path, descriptors: Sequence
     described = load_descriptor_results(descriptors) if descriptors else None
     check_features_folder(out)  # an OUT/features the report did not write is never replaced nor removed
     with output_lock(out, folder=True):
-        return _build_report_locked(run_dir, out, described, features_cache, max_features, progress, summaries)
+        return _build_report_locked(run_dir, out, described, features_cache, max_features, progress, summaries,
+                                    allow_model_mismatch)
 
 
 def _build_report_locked(run_dir: str | Path, out: Path, described: DescriptorResults | None = None,
                          features_cache: str | Path | None = None, max_features: int | None = None,
                          progress: bool = True,
-                         given: tuple[Sequence[Any], Sequence[tuple[str, str]]] | None = None) -> Path:
+                         given: tuple[Sequence[Any], Sequence[tuple[str, str]]] | None = None,
+                         allow_model_mismatch: bool = False) -> Path:
     contents = discover(run_dir, skip=out)
     if not (contents.dictionaries or contents.explanation_runs or contents.ioi_results or contents.stages
             or contents.settings):
@@ -100,11 +103,13 @@ def _build_report_locked(run_dir: str | Path, out: Path, described: DescriptorRe
     contents.settings = scrub.data(contents.settings)
     contents.stages = scrub.data(contents.stages)
     # the feature summaries are the slow part and may refuse the cache (UserError): all before anything is written
+    pairings: list[dict] = []
     if given is not None:
         source, (summaries, skipped) = FeatureSource(None, "given by the caller"), given
     else:
         source = find_features_cache(contents, features_cache)
-        summaries, skipped = summarise(source, contents.dictionaries, max_features, progress)
+        summaries, skipped = summarise(source, contents.dictionaries, max_features, progress, allow_model_mismatch,
+                                       pairings)
     skipped = [(str(name), scrub.text(str(why))) for name, why in skipped]
     out.mkdir(parents=True, exist_ok=True)
     feature_table: FeatureTable | None = None
@@ -112,7 +117,7 @@ def _build_report_locked(run_dir: str | Path, out: Path, described: DescriptorRe
         feature_table = write_feature_pages(out, summaries, records, described, skipped, scrub=scrub.final)
     elif skipped:  # no dictionary could be summarised: the table section says which and why
         feature_table = FeatureTable(skipped=skipped)
-    note = _features_note(source, contents, out, max_features)
+    note = _features_note(source, contents, out, max_features) + _mismatch_note(pairings)
     sections = [
         _header(contents, records, described is not None, out),
         _scores_section(records, out),
@@ -130,6 +135,15 @@ def _build_report_locked(run_dir: str | Path, out: Path, described: DescriptorRe
     if not summaries:  # every check has passed: an older build's pages would contradict "No feature pages"
         remove_feature_pages(out)
     return index
+
+
+def _mismatch_note(pairings: list[dict]) -> str:
+    """What the feature table says when --allow-model-mismatch let another model's dictionary be summarised."""
+    allowed = [p["dictionary"] for p in pairings if p["status"].startswith("mismatch")]
+    if not allowed:
+        return ""
+    return (f" --allow-model-mismatch: {', '.join(allowed)} {'was' if len(allowed) == 1 else 'were'} trained on "
+            "another model than the cache's.")
 
 
 def _features_note(source: Any, contents: RunContents, out: Path, max_features: int | None) -> str:

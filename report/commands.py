@@ -13,6 +13,6 @@ def report_command(settings: ReportSettings) -> Path:
 
     index = build_report(settings.run, settings.out if settings.out else Path(settings.run) / REPORT_DIR,
                          settings.descriptors, features_cache=settings.features_cache,
-                         max_features=settings.max_features)
+                         max_features=settings.max_features, allow_model_mismatch=settings.allow_model_mismatch)
     print(f"report: {index.resolve()}")
     return index

@@ -63,13 +63,16 @@ def find_features_cache(contents: RunContents, given: str | Path | None) -> Feat
 
 
 def summarise(source: FeatureSource, dictionaries: Sequence[Path], max_features: int | None,
-              progress: bool = True) -> tuple[list[Any], list[tuple[str, str]]]:
-    """`report.feature_stats.summarize_dictionaries` over every dictionary of the run (UserError on bad input)."""
+              progress: bool = True, allow_model_mismatch: bool = False, pairings: list[dict] | None = None
+              ) -> tuple[list[Any], list[tuple[str, str]]]:
+    """`report.feature_stats.summarize_dictionaries` over every dictionary of the run (UserError on bad input,
+    a dictionary of another model than the cache's included unless `allow_model_mismatch`)."""
     if source.cache is None or not dictionaries or max_features == 0:
         return [], []
     from report.feature_stats import summarize_dictionaries
 
-    return summarize_dictionaries(source.cache, list(dictionaries), features=max_features, progress=progress)
+    return summarize_dictionaries(source.cache, list(dictionaries), features=max_features, progress=progress,
+                                  allow_model_mismatch=allow_model_mismatch, pairings=pairings)
 
 
 def table_section(table: FeatureTable | None, note: str) -> str:

@@ -113,7 +113,8 @@ class _Chunk:
 
 def summarize_dictionaries(cache: str | Path, dictionaries: Sequence[str | Path], *, features: int | None = None,
                            config: SummaryConfig = SummaryConfig(), progress: bool = True,
-                           timings: dict[str, float] | None = None
+                           timings: dict[str, float] | None = None, allow_model_mismatch: bool = False,
+                           pairings: list[dict] | None = None
                            ) -> tuple[list[DictionarySummaries], list[tuple[str, str]]]:
     """Per dictionary folder, the summaries of its first `features` features (None: all), from one pass over the
     cache per hook; the second list names dictionaries that could not be summarised from this cache and why
@@ -121,8 +122,11 @@ def summarize_dictionaries(cache: str | Path, dictionaries: Sequence[str | Path]
     a dictionary of another model than the cache's) -> UserError, one line.
 
     `timings`, when given, receives the seconds spent per stage (encode, examples, logits, ...).
+    `pairings`, when given, receives each usable dictionary's pairing with the cache's model
+    (`activations.provenance.check_pairing`; a mismatch is refused unless `allow_model_mismatch`).
     """
     import sae
+    from activations.provenance import record_of
     from activations.reader import ActivationCache
     from sae.data import check_fits
 
@@ -138,7 +142,10 @@ def summarize_dictionaries(cache: str | Path, dictionaries: Sequence[str | Path]
             if d.hook not in c.hooks:
                 skipped.append((d.name, f"hook {d.hook} is not in {path.name} (it has {', '.join(c.hooks)})"))
                 continue
-            check_fits(d, c.width(d.hook), d.hook, c.model_id, f"cache {path.name}")
+            entry = check_fits(d, c.width(d.hook), d.hook, record_of(c.attrs), f"cache {path.name}",
+                               allow=allow_model_mismatch)
+            if pairings is not None:
+                pairings.append(entry)
             usable.append(d)
         if not usable:
             return [], skipped

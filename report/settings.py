@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from activations.options import option
+from activations.provenance import ALLOW_HELP
 
 
 @dataclass
@@ -25,3 +26,4 @@ class ReportSettings:
     max_features: int | None = option(None, identity=False, metavar="N",
                                       help="feature pages for the first N features of each dictionary "
                                            "(default: all; 0: none)")
+    allow_model_mismatch: bool = option(False, identity=False, help=ALLOW_HELP)

@@ -54,7 +54,8 @@ def baselines_command(settings: BaselinesSettings) -> list[Path]:
         folders = fit_baselines_from_cache(s.cache, s.hook, list(s.kinds), s.out, tokens=s.tokens, k=s.k,
                                            topk_from=s.topk_from, seed=s.seed, eval_fraction=s.eval_fraction,
                                            skip_first=not s.keep_first_position, sink_factor=s.sink_factor,
-                                           ica_samples=ICA_MAX_SAMPLES if s.ica_samples is None else s.ica_samples)
+                                           ica_samples=ICA_MAX_SAMPLES if s.ica_samples is None else s.ica_samples,
+                                           allow_model_mismatch=s.allow_model_mismatch)
         _export_each(folders, s.export)
     return folders
 
@@ -76,7 +77,8 @@ def evaluate_command(settings: EvaluateSettings) -> list[dict]:
         return evaluate_dictionaries(s.cache, list(s.dicts), tokens=s.tokens, mmcs_to=s.mmcs_to, model=s.model,
                                      no_model=s.no_model, ce_contexts=s.ce_contexts, plot=s.plot,
                                      eval_fraction=s.eval_fraction, keep_first_position=s.keep_first_position,
-                                     density_plot=s.density_plot, sink_factor=s.sink_factor)
+                                     density_plot=s.density_plot, sink_factor=s.sink_factor,
+                                     allow_model_mismatch=s.allow_model_mismatch)
 
 
 def export_command(settings: ExportSettings) -> Path:

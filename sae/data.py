@@ -26,6 +26,7 @@ class BatchSource(Protocol):
     n_tokens: int  # vectors available per epoch
     model_id: str
     info: dict  # what identifies the data (stored in each dictionary's config)
+    model: dict  # the model record (activations.provenance) each dictionary copies: how commands tell its model
 
     def batches(self, batch_size: int, n_tokens: int, seed: int, start_batch: int = 0) -> Iterator[Tensor]: ...
 
@@ -53,8 +54,10 @@ class CacheSource:
     n_tokens: int = 0
     model_id: str = ""
     info: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from activations.provenance import record_of
         from activations.reader import ActivationCache
 
         self.path = Path(self.path)
@@ -64,6 +67,7 @@ class CacheSource:
             self.contexts = (lo, hi)
             self.n_tokens = int(cache.n_tokens(contexts=self.contexts, skip_first=self.skip_first))
             self.model_id = cache.model_id
+            self.model = record_of(cache.attrs)
             self.info = {"cache": str(self.path.resolve()), "cache_tokens": int(cache.n_tokens()),
                          "cache_dtype": str(cache.attrs.get("dtype", "")), "context_length": cache.context_length,
                          "bos_prepended": bool(cache.bos_prepended), "contexts": [lo, hi],
@@ -144,6 +148,7 @@ class TensorSource:
     data: Tensor
     model_id: str = "synthetic"
     info: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
 
     @property
     def d_in(self) -> int:
@@ -209,14 +214,36 @@ def prefetch(make: Callable[[], Iterator[Tensor]], depth: int = 4) -> Iterator[T
         thread.join(timeout=5)
 
 
-def check_fits(dictionary, d_in: int, hook: str, model_id: str, where: str) -> None:
-    """A dictionary used on data it was not made for fails here, with the fix in the message."""
+def passes(tokens: int, available: int) -> float:
+    """How many times `tokens` draws go over `available` vectors (each epoch reshuffled)."""
+    return tokens / max(1, available)
+
+
+def passes_line(tokens: int, available: int) -> str:
+    """The one line train-sae prints when --tokens exceeds the training tokens, e.g. "1,000,000 tokens over a
+    14,490-token cache = 69 passes": repeating data silently would look like training on fresh tokens."""
+    n = passes(tokens, available)
+    shown = f"{n:.0f}" if n >= 10 else f"{n:.1f}"
+    return (f"note: --tokens {tokens:,} over a {available:,}-token cache (its training contexts) = {shown} passes over "
+            "the same tokens; cache more text for fresh data, or lower --tokens")
+
+
+def clipped_line(flag: str, asked: int, available: int, what: str) -> str:
+    """The one line a command prints when a count it was given exceeds what exists and it uses all there is."""
+    return f"note: using all {available:,} {what}, fewer than {flag} {asked:,}"
+
+
+def check_fits(dictionary, d_in: int, hook: str, used_on: dict | str, where: str, allow: bool = False) -> dict:
+    """A dictionary used on data it was not made for fails here, with the fix in the message.
+
+    `used_on` is the data's model record (`activations.provenance.record_of(cache.attrs)`; a bare model id is
+    accepted too). Returns the pairing entry the command records (see `activations.provenance.check_pairing`).
+    """
+    from activations.provenance import check_pairing
+
     if dictionary.d_in != d_in:
         raise DictionaryError(
             f"dictionary {dictionary.name!r} has d_in={dictionary.d_in} but {where} has width {d_in} at {hook!r}: "
             "use a dictionary trained on this model and hook, or a cache of the model and hook it was trained on")
-    dict_model = str(dictionary.config.get("model_id", ""))
-    if dict_model and model_id and dict_model != model_id:
-        raise DictionaryError(
-            f"dictionary {dictionary.name!r} was made from model {dict_model!r} but {where} is from {model_id!r}: "
-            "use a cache of the same model")
+    record = {"model_id": used_on} if isinstance(used_on, str) else used_on
+    return check_pairing(dictionary, record, where, allow=allow)

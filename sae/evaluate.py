@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from activations.errors import UserError
-from sae.data import check_fits, split_cache
+from sae.data import check_fits, clipped_line, split_cache
 from sae.io import load, update_metrics
 from sae.metrics import density_histogram, mmcs, model_metrics, quality_warnings, reconstruction_metrics
 from sae.plot import plot_density, plot_frontier
@@ -29,16 +29,20 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
                           plot: str | None = None, progress: bool = True, device: str = "cpu",
                           eval_fraction: float | None = None, keep_first_position: bool = False,
                           density_plot: str | None = None,
-                          sink_factor: float = EvaluateSettings.sink_factor) -> list[dict]:
+                          sink_factor: float = EvaluateSettings.sink_factor,
+                          allow_model_mismatch: bool = False) -> list[dict]:
     """Measure every dictionary on the cache's held-out contexts and store the metrics in its config.json.
 
     `eval_fraction` None takes the split the dictionaries were trained with
     (so the held-out tokens are the ones training never saw); a dictionary
     whose training contexts overlap the measured ones gets a warning, in the
-    console and in its metrics.
+    console and in its metrics. Each dictionary is checked against the cache's
+    model and the KL/CE model before any metric (`activations.provenance`);
+    the outcome is stored as its metrics' "pairing".
     """
-    if tokens < 1 or ce_contexts < 1:
-        raise UserError("--tokens and --ce-contexts must be positive")
+    for flag, value in (("--tokens", tokens), ("--ce-contexts", ce_contexts)):
+        if value < 1:  # each named alone: an error names only the flag that is wrong
+            raise UserError(f"{flag} {value} must be positive")
     for flag, path in (("--plot", plot), ("--density-plot", density_plot)):
         if path is not None and not str(path).lower().endswith(".png"):
             raise UserError(f"{flag} {path} must name a .png file")
@@ -55,18 +59,29 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
     for hook in by_hook:  # raises if a hook is missing
         train_part, held_out = split_cache(cache, hook, fraction, skip_first=skip_first, sink_factor=sink_factor)
         sources[hook] = held_out if held_out is not None else train_part
+    pairings: list[list[dict]] = [[] for _ in loaded]
     for hook, idx in by_hook.items():
         for i in idx:
-            check_fits(loaded[i], sources[hook].d_in, hook, sources[hook].model_id, f"cache {cache}")
+            pairings[i].append(check_fits(loaded[i], sources[hook].d_in, hook, sources[hook].model, f"cache {cache}",
+                                          allow=allow_model_mismatch))
+    lm = None if no_model else _subject_model(cache, model, device)
+    if lm is not None:
+        from activations.provenance import check_pairing, loaded_record
+
+        used_on = loaded_record(lm)
+        for i, d in enumerate(loaded):
+            pairings[i].append(check_pairing(d, used_on, f"--model {lm.model_id}", allow=allow_model_mismatch))
     if reference is not None:
         for d in loaded:
             if reference.d_in != d.d_in:
                 raise UserError(f"--mmcs-to {mmcs_to} has d_in={reference.d_in} but {d.name} has {d.d_in}: "
                                 "compare dictionaries of the same hook")
-    results: list[dict] = [{} for _ in loaded]
+    results: list[dict] = [{"pairing": p} for p in pairings]
     for hook, idx in by_hook.items():
         source = sources[hook]
         n = min(tokens, source.n_tokens)
+        if tokens > source.n_tokens:
+            print(clipped_line("--tokens", tokens, source.n_tokens, f"measured tokens of {hook} in the cache"))
         batch = max(1, min(READ_BATCH, n))
         group = [loaded[i].to(device) for i in idx]
         stats = reconstruction_metrics(group, source.batches(batch, n, EVAL_SEED), device=device,
@@ -89,7 +104,7 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
     if not no_model:
         contexts = {hook: sources[hook].info["contexts"] for hook in by_hook}
         limits = {hook: sources[hook].max_norm for hook in by_hook}
-        _model_metrics(cache, loaded, by_hook, results, model, ce_contexts, device, progress, contexts, skip_first,
+        _model_metrics(cache, loaded, by_hook, results, lm, ce_contexts, device, progress, contexts, skip_first,
                        limits)
     rows = []
     for path, d, r in zip(dicts, loaded, results):
@@ -131,21 +146,29 @@ def _trained_on(d, cache: str | Path, measured: list[int]) -> str | None:
     return None
 
 
-def _model_metrics(cache, loaded, by_hook, results, model, ce_contexts, device, progress, contexts,
-                   skip_first: bool, limits: dict[str, float | None]) -> None:
+def _subject_model(cache, model: str | None, device: str):
+    """The KL/CE model (--model, else the cache's), loaded before any metric so its pairing is checked first."""
     from activations.models import load_model
     from activations.reader import ActivationCache
 
-    model_id = model
+    with ActivationCache(cache) as c:
+        model_id = model or c.model_id
+    return load_model(model_id, device=device)
+
+
+def _model_metrics(cache, loaded, by_hook, results, lm, ce_contexts, device, progress, contexts,
+                   skip_first: bool, limits: dict[str, float | None]) -> None:
+    from activations.reader import ActivationCache
+
     per_hook_ids = {}
     with ActivationCache(cache) as c:
         keep_first = bool(c.bos_prepended) or skip_first
-        model_id = model or c.model_id
         for hook, (lo, hi) in contexts.items():
             count = min(ce_contexts, hi - lo)
+            if ce_contexts > hi - lo:
+                print(clipped_line("--ce-contexts", ce_contexts, hi - lo, "measured contexts of the cache"))
             chosen = lo + np.sort(np.random.default_rng(EVAL_SEED).choice(hi - lo, size=count, replace=False))
             per_hook_ids[hook] = torch.from_numpy(c.tokens(chosen).astype(np.int64))
-    lm = load_model(model_id, device=device)
     for hook, idx in by_hook.items():
         stats = model_metrics([loaded[i] for i in idx], lm.model, per_hook_ids[hook], hook, keep_first=keep_first,
                               device=device, progress=progress, max_norm=limits.get(hook))

@@ -12,7 +12,7 @@ from activations.errors import UserError
 from activations.runstate import settings_digest
 from sae.baselines import (ICA_MAX_SAMPLES, collect, fit_ica, neuron_basis, pca_from_moments, random_basis,
                            sample_limit, topk_control)
-from sae.data import BatchSource, split_cache
+from sae.data import BatchSource, clipped_line, split_cache
 from sae.io import CONFIG_FILE, read_config, save_dictionary
 from sae.registry import fitted_kinds, kind_spec
 from sae.settings import BaselinesSettings
@@ -46,6 +46,24 @@ def _control_of(kind: str) -> str | None:
     return kind_spec(kind).topk_control_of
 
 
+def _check_topk_from(folders: list[str], source: BatchSource, hook: str, allow: bool) -> list[dict]:
+    """An SAE whose mean L0 sets k must be of this hook and of the cache's model: another's sparsity means nothing
+    here. Returns the pairing entries (`activations.provenance.check_pairing`)."""
+    from types import SimpleNamespace
+
+    from activations.provenance import check_pairing
+
+    entries = []
+    for folder in folders:
+        config = read_config(folder)
+        sae = SimpleNamespace(name=Path(folder).name, config=config)
+        if config.get("hook") and config["hook"] != hook:
+            raise UserError(f"--topk-from {folder} was trained at hook {config['hook']!r}, not {hook!r}: pass an SAE "
+                            f"of {hook}, or --k N")
+        entries.append(check_pairing(sae, getattr(source, "model", {}), "the cache", allow=allow))
+    return entries
+
+
 def _folder_name(kind: str, k: int | None) -> str:
     return f"{kind}_k{k}" if _control_of(kind) else kind
 
@@ -53,7 +71,7 @@ def _folder_name(kind: str, k: int | None) -> str:
 def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | Path, tokens: int = 1_000_000,
                   k: int | list[int] | None = None, topk_from: str | list[str] | None = None, seed: int = 0,
                   progress: bool = True, ica_samples: int = ICA_MAX_SAMPLES,
-                  eval_fraction: float | None = None) -> list[Path]:
+                  eval_fraction: float | None = None, allow_model_mismatch: bool = False) -> list[Path]:
     known = fitted_kinds()
     unknown = [x for x in kinds if x not in known]
     if unknown or not kinds:
@@ -67,6 +85,7 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
     ks = [k] if isinstance(k, int) else k
     froms = [topk_from] if isinstance(topk_from, (str, Path)) else topk_from
     kks = resolve_ks(ks, froms) if need_k else []
+    borrowed = _check_topk_from(froms if need_k and not ks else [], source, hook, allow_model_mismatch)
     d = source.d_in
     if kks and kks[-1] > d:
         if ks:
@@ -81,6 +100,8 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
                             "pass sparser SAEs or --k")
     out = Path(out)
     n_fit = min(tokens, source.n_tokens)
+    if tokens > source.n_tokens:
+        print(clipped_line("--tokens", tokens, source.n_tokens, "training tokens of the cache"))
     ident = {"hook": hook, "model_id": source.model_id, "d_in": d, "tokens": n_fit, "seed": seed,
              "data_tokens": source.info.get("cache_tokens")}
     if source.info.get("contexts") is not None:  # a split of a cache: which part was fitted on decides the fit
@@ -109,8 +130,11 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
             print(f"{folder} is already fitted with these settings; skipping")
             continue
         todo.append((kind, kk))
-    base = {"hook": hook, "model_id": source.model_id, "data": dict(source.info), "fit_identity": _digest(ident),
+    base = {"hook": hook, "model_id": source.model_id, **getattr(source, "model", {}), "data": dict(source.info),
+            "fit_identity": _digest(ident),
             "fit": {"tokens": n_fit, "seed": seed, "eval_fraction": eval_fraction}}
+    if any(p["status"].startswith("mismatch") for p in borrowed):
+        base["topk_from_pairing"] = borrowed  # --allow-model-mismatch was used: the k came from another model's SAE
     fitted = {}
     todo_kinds = {kind for kind, _ in todo}
     bases = {_control_of(kind) or kind for kind in todo_kinds}  # a top-k control needs its basis fitted

@@ -94,6 +94,9 @@ def _folder(path: str | Path) -> Path:
     p = Path(path)
     if p.is_file() and p.name in (CONFIG_FILE, WEIGHTS_FILE):
         p = p.parent
+    if p.is_file():
+        raise DictionaryError(f"{str(p)!r} is a file, not a dictionary folder: pass the folder that holds config.json "
+                              "and weights.safetensors (made by `cli.py train-sae` or `cli.py baselines`)")
     if not p.is_dir():
         raise DictionaryError(f"no dictionary folder at {str(p)!r}: pass a folder made by `cli.py train-sae` or `cli.py baselines`")
     return p

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from activations.errors import UserError
 from activations.options import option
+from activations.provenance import ALLOW_HELP
 from sae.registry import K_SWEEP, L1_SWEEP, Sweep, fitted_kinds, kind_spec, learned_kinds, specs
 
 EXPORT_FORMATS = ("saelens",)
@@ -160,6 +161,7 @@ class BaselinesSettings:
                                                    "excluded by default)")
     sink_factor: float = option(20.0, help=SINK_HELP + " (fitting)")
     export: str | None = option(None, identity=False, choices=EXPORT_FORMATS, help=_EXPORT_HELP)
+    allow_model_mismatch: bool = option(False, identity=False, help=ALLOW_HELP)
 
 
 @dataclass
@@ -181,6 +183,7 @@ class EvaluateSettings:
     keep_first_position: bool = option(False, help="also measure on position 0 of each context (BOS or attention "
                                                    "sink; excluded by default)")
     sink_factor: float = option(20.0, help=SINK_HELP + " (metrics; the KL/CE splice leaves them untouched)")
+    allow_model_mismatch: bool = option(False, identity=False, help=ALLOW_HELP)
 
 
 @dataclass

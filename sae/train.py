@@ -38,7 +38,7 @@ from activations.distributed import Launch, barrier
 from activations.errors import UserError
 from activations.runstate import settings_digest
 from sae.checkpoint import load_checkpoint, read_state, remove_stale, save_checkpoint
-from sae.data import BatchSource, prefetch
+from sae.data import BatchSource, passes, passes_line, prefetch
 from sae.errors import TrainingDiverged
 from sae.io import CONFIG_FILE, read_config, save_dictionary
 from sae.kinds.stack import StackOptions, SweepStack
@@ -174,6 +174,9 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
     mode = resolve_mode(launch, distribute, settings.kind)
     out = Path(out)
     ident, digest = _identity(settings, source)
+    _check_k(settings, source.d_in)
+    if launch.is_main and settings.tokens > source.n_tokens:
+        print(passes_line(settings.tokens, source.n_tokens))
     members = sweep_members(settings)
     names = member_names(settings)
     if _existing(out, names, digest):
@@ -216,6 +219,21 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
                          source=source, eval_source=eval_source, out=out, device=device, eval_tokens=eval_tokens)
         shutil.rmtree(ckpt, ignore_errors=True)
     return paths
+
+
+def _check_k(settings: TrainSettings, d_in: int) -> None:
+    """--k above a dictionary's width is a one-line error with the limit (it was a traceback from the stack)."""
+    from sae.kinds.stack import n_features_for
+    from sae.settings import TOPK_KINDS
+
+    if settings.kind not in TOPK_KINDS:
+        return
+    for ratio in settings.ratios:
+        width = n_features_for(float(ratio), d_in)
+        too_big = [int(k) for k in settings.ks if k > width]
+        if too_big:
+            raise UserError(f"--k {too_big[0]} is more than the {width} features of a --ratio {ratio:g} dictionary of "
+                            f"width {d_in}: pass --k of at most {width}, or a larger --ratio")
 
 
 class _Loop:
@@ -336,8 +354,10 @@ def _persist(run: _Finished, *, source: BatchSource, eval_source: BatchSource | 
     """Fold the input scale into each model, measure it on held-out tokens, and save one folder each."""
     settings, groups, names, digest, last = run.settings, run.groups, run.names, run.digest, run.last
     elapsed, start, stats = run.elapsed, run.start, run.stats
-    base = {"hook": settings.hook, "model_id": source.model_id, "training": settings.public(),
+    base = {"hook": settings.hook, "model_id": source.model_id, **getattr(source, "model", {}),
+            "training": settings.public(),
             "data": dict(source.info), "training_identity": digest, "input_scale": stats.scale,
+            "passes": round(passes(settings.tokens, source.n_tokens), 3),
             "input_mean_norm": stats.mean_norm}
     dicts = [d for g in groups for d in g.dictionaries(base, input_scale=stats.scale)]
     measured = eval_source if eval_source is not None else source

@@ -130,13 +130,22 @@ def test_fragment_mode_takes_one_window_per_document(tiny_model_dirs, tmp_path):
             assert any(doc[i:i + 11] == window for i in range(len(doc) - 10))
 
 
-def test_non_utf8_bytes_are_replaced_not_fatal(tiny_model_dirs, tmp_path):
-    corpus = tmp_path / "bad.txt"
-    corpus.write_bytes(b"Caf\xe9 au lait \xff\xfe is served here. " * 10)
+def test_a_latin1_corpus_is_read_as_it_is_with_encoding(tiny_model_dirs, tmp_path):
+    """Issue 28: non-UTF-8 bytes used to become U+FFFD without a word; now they are refused (see
+    tests/test_bad_inputs.py) or decoded with --encoding, and the cache holds the accented letters themselves."""
+    from transformers import AutoTokenizer
+
+    corpus = tmp_path / "latin1.txt"
+    corpus.write_bytes("Café au lait, crème brûlée and naïve façades are served here. ".encode("latin-1") * 10)
     out = cache_activations(model=str(tiny_model_dirs["gpt2"]), corpus=str(corpus), hooks=HOOKS[:1],
-                            context_length=8, max_tokens=64, out=tmp_path / "u.h5", progress=False).path
+                            context_length=8, max_tokens=64, out=tmp_path / "u.h5", progress=False,
+                            encoding="latin-1").path
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dirs["gpt2"])
     with ActivationCache(out) as cache:
         assert cache.n_contexts == 8
+        text = tokenizer.decode(cache.tokens().reshape(-1).tolist())
+        assert "Café" in text and "\ufffd" not in text
+        assert "encoding:iso8859-1" in json.loads(cache.attrs["settings"])["corpus"]
 
 
 def _cache_cmd(model_dir: Path, corpus: Path, out: Path) -> list[str]:

@@ -160,7 +160,7 @@ def test_cli_demo_and_report_are_built_from_their_settings_classes():
     parser = cli.build_parser()
     for argv, cls, flags in ((["demo"], DemoSettings, {"out", "llm", "base_url", "device"}),
                              (["report", "--run", "x"], ReportSettings,
-                              {"run", "out", "descriptors", "features_cache", "max_features"})):
+                              {"run", "out", "descriptors", "features_cache", "max_features", "allow_model_mismatch"})):
         args = vars(parser.parse_args(argv))
         command = args.pop("_command")
         assert command.settings == f"{cls.__module__}:{cls.__name__}"

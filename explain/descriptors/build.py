@@ -34,7 +34,7 @@ def descriptors_command(settings: DescriptorsSettings) -> dict:
     """Generate, cluster and write (see the module docstring); returns the summary."""
     settings.validate()
     out = check_output_folder(settings.out)
-    corpus = resolve_corpus(settings.corpus, settings.text_column)
+    corpus = resolve_corpus(settings.corpus, settings.text_column, settings.encoding)
     record = {**identity_fields(settings), "corpus": corpus.describe()}
     with output_lock(out, folder=True):
         if (out / SETTINGS_FILE).exists() and not settings.overwrite:
@@ -96,6 +96,9 @@ def _cluster_and_write(out: Path, settings: DescriptorsSettings, described: list
 def read_descriptors(folder: str | Path) -> tuple[list[dict], list[dict]]:
     """(documents, vocabulary) of a `cli.py descriptors` folder, checked."""
     folder = Path(folder)
+    if folder.is_file():
+        raise UserError(f"--descriptors {str(folder)!r} is a file, not a descriptors folder: pass the folder "
+                        "`cli.py descriptors --out` wrote (it holds documents.jsonl and vocabulary.json)")
     if not (folder / DOCUMENTS_FILE).exists() or not (folder / VOCABULARY_FILE).exists():
         raise UserError(f"{folder} is not a descriptors folder (no {DOCUMENTS_FILE} / {VOCABULARY_FILE}): write one "
                         "with `python cli.py descriptors --corpus C --generator G --out DIR`")

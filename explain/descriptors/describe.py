@@ -100,6 +100,7 @@ def describe_command(settings: DescribeSettings) -> dict:
             if missing:
                 raise UserError(f"dictionaries {missing} name no hook of {cache.path} ({', '.join(cache.hooks)}): "
                                 "pass dictionaries of a cached hook")
+            pairing = _pairing(dictionaries, cache, settings.allow_model_mismatch)
         print(f"{len(docs)} documents of {settings.cache} have descriptors ({len(documents)} in "
               f"{settings.descriptors})")
         doc_desc = [[index[n] for n in d["descriptors"] if n in index] for d in docs]
@@ -109,6 +110,8 @@ def describe_command(settings: DescribeSettings) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "settings.json", record)
         lines, summary = [], {"documents": len(docs), "descriptors": len(names), "dictionaries": []}
+        if any(p["status"].startswith("mismatch") for p in pairing):
+            summary["model_mismatch_allowed"] = pairing
         for dictionary in dictionaries:
             trackers = track_top(dictionary, pooled[dictionary.hook], first, settings.top_percent)
             recs, stats = _describe_one(dictionary, trackers, matrix, first, names, docs, doc_desc, settings)
@@ -122,6 +125,13 @@ def describe_command(settings: DescribeSettings) -> dict:
 
         print(f"wrote {plot_comparison(summary, settings.plot)}")
     return summary
+
+
+def _pairing(dictionaries: list, cache: PooledCache, allow: bool) -> list[dict]:
+    """Each dictionary against the pooled cache's model (`activations.provenance`), before any encoding."""
+    from activations.provenance import check_pairing
+
+    return [check_pairing(d, cache.model, f"pooled cache {cache.path}", allow=allow) for d in dictionaries]
 
 
 def _describe_one(dictionary, trackers: list[TopTracker], matrix, first: np.ndarray, names: list[str],

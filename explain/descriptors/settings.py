@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from activations.errors import UserError
 from activations.options import option
+from activations.provenance import ALLOW_HELP
 
 GENERATOR_HELP = ("field:<name> (the descriptors are an annotation field of the corpus: the honest offline source), "
                   "local:<hub id|folder|default> or openai:<model> (an LLM proposes up to 5 descriptors per document)")
@@ -23,6 +24,7 @@ class DescriptorsSettings:
 
     corpus: str = option("default", help="the corpus, as for `cli.py cache` (.jsonl, .csv, 'default', 'tweets', ...)")
     text_column: str | None = option(None, help="the .jsonl field or .csv column holding the text (default: text)")
+    encoding: str | None = option(None, help="text encoding of the corpus files (default: utf-8), e.g. latin-1")
     generator: str = option("field:description", help=GENERATOR_HELP)
     max_documents: int | None = option(None, help="the first N documents (default: all; must match the pooled cache)")
     cluster_threshold: float = option(0.25, help="cosine distance under which descriptors join one cluster "
@@ -82,6 +84,7 @@ class DescribeSettings:
                                                          "with 95% CI, descriptors per feature)")
     out: str = option("described", required=True, identity=False, help="the output folder")
     overwrite: bool = option(False, identity=False, help="replace a folder made with other settings")
+    allow_model_mismatch: bool = option(False, identity=False, help=ALLOW_HELP)
 
     def validate(self) -> None:
         if not 0.0 < self.top_percent <= 100.0:
