@@ -62,3 +62,17 @@ def check_hook_names(hooks: list[str] | tuple[str, ...]) -> None:
     names = [parse_hook(h).name for h in hooks]
     if len(set(names)) != len(names):
         raise UserError(f"duplicate hook names in {list(hooks)}: list each hook once")
+
+
+def layer_and_site(hook: str) -> tuple[int | None, str]:
+    """(layer, site) of a hook name, by the toolkit's one parser; (None, hook) for a name it does not know.
+
+    Tolerant because records may come from elsewhere (another tool, a hook
+    kind added later): such a record is still compared, on a row of its own
+    without a layer, instead of failing the whole comparison.
+    """
+    try:
+        point = parse_hook(hook or "")
+    except HookError:
+        return None, hook or "?"
+    return point.layer, point.kind

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from activations.cache_writer import (BFLOAT16_ENCODING, STORAGE, CacheResult, _check_existing, _early_alloc_dcpl,
-                                      _stored, run_attrs)
+from activations.cache_layout import (BFLOAT16_ENCODING, STORAGE, CacheResult, check_existing, early_alloc_dcpl,
+                                      run_attrs, stored_array)
 from activations.corpus import Corpus
 from activations.errors import UserError
 from activations.hooks import hook_width, is_encoder, run_with_cache, validate_hooks
@@ -93,7 +93,7 @@ def _pad_id(tokenizer) -> int:
 def write_pooled(settings: CacheSettings, corpus: Corpus, out: Path, progress: bool) -> CacheResult:
     """The pooled cache of `settings` at `out` (the caller holds its lock); resumes a killed run of the same settings."""
     record = settings.record(corpus.describe())
-    done = None if settings.overwrite else _check_existing(out, record)
+    done = None if settings.overwrite else check_existing(out, record)
     if done is not None:
         with h5py.File(out, "r") as f:
             total = int(f.attrs["n_contexts"])
@@ -138,7 +138,7 @@ def _create(out: Path, settings: CacheSettings, record: dict, loaded, doc_ids: l
         group = f.create_group("pooled")
         for name, d in widths.items():
             rows = max(1, min(n, (1 << 20) // (d * np.dtype(storage).itemsize)))
-            ds = group.create_dataset(name, shape=(n, d), dtype=storage, chunks=(rows, d), dcpl=_early_alloc_dcpl())
+            ds = group.create_dataset(name, shape=(n, d), dtype=storage, chunks=(rows, d), dcpl=early_alloc_dcpl())
             if settings.dtype == "bfloat16":
                 ds.attrs["encoding"] = BFLOAT16_ENCODING
         f.attrs.update({
@@ -175,7 +175,7 @@ def _write(out: Path, settings: CacheSettings, model, ids: list[list[int]], pad_
                                       attention_mask=mask.to(settings.device))
                 for name, ds in datasets.items():
                     pooled = pool_hidden(acts[name], mask, settings.pool)
-                    ds[start:stop] = _stored(pooled, settings.dtype, name, (start, stop), out)
+                    ds[start:stop] = stored_array(pooled, settings.dtype, name, (start, stop), out)
                 f.flush()
                 f.attrs["n_contexts_done"] = stop
                 f.flush()

@@ -16,7 +16,7 @@ import numpy as np
 
 from activations.errors import UserError
 from activations.provenance import record_of
-from activations.reader import unreadable_cache
+from activations.cache_layout import unreadable_cache
 
 
 class PooledCache:

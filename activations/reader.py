@@ -19,20 +19,10 @@ import h5py
 import numpy as np
 import torch
 
-from activations.errors import UserError, first_line
+from activations.cache_layout import unreadable_cache
+from activations.errors import UserError
 
 _DEFAULT_BUFFER_BYTES = 256 << 20
-
-
-def unreadable_cache(path: Path, err: OSError, fix: str) -> str:
-    """Why h5py cannot open `path`, in words: in use by a writer, a damaged HDF5 file, or no HDF5 file at all."""
-    text = str(err)
-    if "unable to lock file" in text.lower():
-        return f"{path} is open in another process that is writing it (HDF5 file lock): wait for it to finish"
-    if h5py.is_hdf5(path):
-        return (f"{path} is a corrupt HDF5 file (truncated or damaged: {first_line(err)}): it cannot be read; "
-                f"{fix}")
-    return f"{path} is not an HDF5 file, so not an activation cache written by `cli.py cache`: {fix}"
 
 
 def _block_contexts(dataset: h5py.Dataset) -> int:

@@ -36,8 +36,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from activations.cache_writer import (BFLOAT16_ENCODING, STORAGE, CacheResult, _check_existing, _chunk_rows,
-                                      _create_file, _create_tokens, _write_batches, cache_attrs)
+from activations.batch_writer import write_batches
+from activations.cache_layout import (BFLOAT16_ENCODING, STORAGE, CacheResult, cache_attrs, check_existing, chunk_rows,
+                                      create_token_file, create_tokens)
 from activations.corpus import build_contexts, resolve_corpus
 from activations.distributed import (Launch, barrier, destroy_process_group, first_error, gather_texts,
                                      init_process_group, rank_device)
@@ -109,7 +110,7 @@ def write_cache_distributed(settings: CacheSettings, out: Path, launch: Launch, 
                     locks.enter_context(output_lock(out, folder=False))
                 locks.enter_context(output_lock(shard, folder=False))
                 if not settings.overwrite:
-                    shard_done = _check_existing(shard, record, launch.world_size)
+                    shard_done = check_existing(shard, record, launch.world_size)
             except UserError as err:
                 error = str(err)
             _agree(launch, error)
@@ -134,7 +135,7 @@ def _check_launch(out: Path, record: dict, world_size: int) -> int | None:
     an unfinished OUT begun by one process), an OUT made with other settings.
     A complete OUT is complete whatever N wrote it: there is nothing to redo.
     """
-    done = _check_existing(out, record, world_size)
+    done = check_existing(out, record, world_size)
     if done is not None:
         with h5py.File(out, "r") as f:
             total = int(f.attrs["n_contexts"])
@@ -187,13 +188,13 @@ def _run(settings: CacheSettings, out: Path, shard: Path, launch: Launch, prepar
     n, world = len(tokens), launch.world_size
     mine = np.ascontiguousarray(tokens[launch.rank::world])
     if shard_done is None:
-        _create_file(shard, settings, record, loaded, mine, widths, stats,
+        create_token_file(shard, settings, record, loaded, mine, widths, stats,
                      extra_attrs={"world_size": world, "shard_rank": launch.rank, "shard_of": out.name})
     if launch.is_main and not out.exists():
         _create_main(out, settings, record, loaded, tokens, widths, stats, world)
     barrier(launch)  # OUT exists before any shard counts a context: a killed run always leaves it to check
     local = replace(settings, device=device)  # this rank's GPU under --device cuda
-    result = _write_batches(shard, local, loaded.model, mine, shard_done or 0, progress and launch.is_main)
+    result = write_batches(shard, local, loaded.model, mine, shard_done or 0, progress and launch.is_main)
     counts = gather_texts(launch, f"{result.tokens_written} {result.seconds!r}")
     written = sum(int(c.split()[0]) for c in counts)
     seconds = max(float(c.split()[1]) for c in counts)  # the slowest rank's forward-and-write loop
@@ -219,11 +220,11 @@ def _create_main(out: Path, settings: CacheSettings, record: dict, loaded, token
     sources = [os.path.relpath(shard_path(out, r, world), out.parent) for r in range(world)]
     partial = out.with_name(out.name + ".creating")
     with h5py.File(partial, "w") as f:
-        _create_tokens(f, n, ctx)[:] = tokens
+        create_tokens(f, n, ctx)[:] = tokens
         acts = f.create_group("acts")
         for name, d in widths.items():
             ds = _virtual_dataset(acts, name, (n, ctx, d), storage, sources, _FILL[settings.dtype])
-            ds.attrs["block_contexts"] = _chunk_rows(n, ctx * d * np.dtype(storage).itemsize)
+            ds.attrs["block_contexts"] = chunk_rows(n, ctx * d * np.dtype(storage).itemsize)
             if settings.dtype == "bfloat16":
                 ds.attrs["encoding"] = BFLOAT16_ENCODING
         f.attrs.update({**cache_attrs(settings, record, loaded, n, ctx, widths, stats),

@@ -21,27 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from activations.errors import UserError
-from activations.hooknames import HookError, parse_hook as parse_hook_name
+from activations.hooknames import layer_and_site
 from activations.runstate import check_output_file, write_json_atomic
 from explain.records_file import RESULTS_FILE, read_records
 from explain.scorers.base import record_mode
 from explain.scorers.stats import mean_ci
 
 REPORTED = ("top_and_random", "random", "top")
-
-
-def parse_hook(hook: str) -> tuple[int | None, str]:
-    """(layer, site) of a hook name, by the toolkit's one parser; (None, hook) for a name it does not know.
-
-    Tolerant because records may come from elsewhere (another tool, a hook
-    kind added later): such a record is still compared, on a row of its own
-    without a layer, instead of failing the whole comparison.
-    """
-    try:
-        point = parse_hook_name(hook or "")
-    except HookError:
-        return None, hook or "?"
-    return point.layer, point.kind
 
 
 def _results_path(p: str | Path) -> Path:
@@ -100,7 +86,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (scorer, mode, dictionary, site, layer), sorted by scorer, mode, site, kind, dictionary, layer."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        layer, site = parse_hook(r.get("hook", ""))
+        layer, site = layer_and_site(r.get("hook", ""))
         scorer = f"{r.get('explainer')}/{r.get('simulator')}"
         name = r.get("dictionary") or r.get("kind")
         groups[(scorer, record_mode(r, "simulation"), name, r.get("kind"), site, layer)].append(r)

@@ -79,9 +79,9 @@ def has_scorers(records: list[dict[str, Any]]) -> bool:
 
 
 def _layer_site(record: dict[str, Any]) -> tuple[int | None, str]:
-    from explain.compare import parse_hook
+    from activations.hooknames import layer_and_site
 
-    return parse_hook(record.get("hook", ""))
+    return layer_and_site(record.get("hook", ""))
 
 
 def by_feature(records: list[dict[str, Any]]) -> dict[tuple, tuple[dict[str, Any], dict[str, dict[str, Any]]]]:

@@ -77,9 +77,9 @@ def fnum(x: Any) -> float | None:
 
 
 def layer_of(hook: str) -> int | None:
-    from explain.compare import parse_hook
+    from activations.hooknames import layer_and_site
 
-    return parse_hook(hook)[0]
+    return layer_and_site(hook)[0]
 
 
 # -- explanations and descriptors ------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def test_float16_overflow_stops_with_one_line_naming_float32_and_bfloat16_holds_
 
 def test_a_batch_that_overflows_is_never_written_and_what_came_before_resumes(tiny_model_dirs, text_corpus, tmp_path,
                                                                                  monkeypatch):
-    import activations.cache_writer as writer
+    import activations.batch_writer as writer  # the write loop runs the model
 
     real = writer.run_with_cache
     calls = []
@@ -145,7 +145,7 @@ def test_a_batch_that_overflows_is_never_written_and_what_came_before_resumes(ti
 
 def test_a_model_that_produces_nan_is_named_as_the_cause_not_the_dtype(tiny_model_dirs, text_corpus, tmp_path,
                                                                         monkeypatch):
-    import activations.cache_writer as writer
+    import activations.batch_writer as writer  # the write loop runs the model
 
     real = writer.run_with_cache
     monkeypatch.setattr(writer, "run_with_cache",

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from activations.errors import UserError
-from explain.compare import parse_hook, summarise
+from activations.hooknames import layer_and_site as parse_hook
+from explain.compare import summarise
 from explain.exemplars import ExemplarConfig, FeatureExemplars, Fragment, select_fragments
 from explain.explainer import Candidate
 from explain.feature import explain_feature
