@@ -140,6 +140,7 @@ def test_candidates_screen_keeps_measured_kls(tiny_model_dirs, tmp_path):
     assert json.loads((tmp_path / "out" / "ioi_config.json").read_text())["candidates"] == 5
 
 
+@pytest.mark.slow
 def test_default_model_does_ioi_and_suffix_runs_match(default_model):
     """The real SmolLM2 prefers the indirect object, and the suffix-only run agrees with a full forward."""
     from causal.suffix import SuffixRunner

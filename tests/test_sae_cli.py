@@ -18,7 +18,9 @@ import sae
 from activations.reader import ActivationCache
 from sae.dictionaries import TiedSAE
 from sae.errors import DictionaryError
-from tests.test_sae_support import HOOK, one_thread, tiny_cache  # noqa: F401 (fixtures)
+from tests.support.sae_data import HOOK
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one torch thread (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP_HOOK = "blocks.0.mlp.hook_post"
