@@ -1,8 +1,8 @@
-"""Shared fixtures: tiny random models of each family (no download) and the real default model.
+"""Shared fixtures. Helpers that several modules use are in tests/support/ (imported by name); no test module
+imports from another test module.
 
-Tiny models use a small BPE tokenizer trained here on a few sentences, so no
-test needs the network; `add_bos=True` mimics Llama-style tokenizers that
-prepend a BOS token.
+Tiny random models of each family (no download; tests/support/tiny_models.py), the real offline default model,
+the explain pipeline's cache and dictionaries, the sae tests' tiny cache, the feature-page report.
 """
 
 from __future__ import annotations

@@ -146,6 +146,7 @@ def _cache_cmd(model_dir: Path, corpus: Path, out: Path) -> list[str]:
             "--batch-size", "2", "--dtype", "float16", "--out", str(out)]
 
 
+@pytest.mark.slow  # a long run killed twice and resumed
 def test_resume_after_kill_gives_identical_file(tiny_model_dirs, tmp_path):
     corpus = tmp_path / "corpus.txt"
     rng = np.random.default_rng(0)

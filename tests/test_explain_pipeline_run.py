@@ -167,6 +167,7 @@ sys.exit(cli.main({argv!r}))
 """
 
 
+@pytest.mark.slow  # a run killed mid-way and resumed
 def test_a_killed_run_resumes_to_the_same_records(setup):
     out, ref = setup["tmp"] / "killed", setup["tmp"] / "uninterrupted"
     args = _args(setup, out, features=8, dicts=[str(setup["neuron"]), str(setup["single"]), str(setup["pca"])])

@@ -66,6 +66,7 @@ def demo_run_to_rerun(tiny_model_dirs, corpus, tmp_path):
     return _demo(tiny_model_dirs["gpt_neox"], corpus, tmp_path / "run")
 
 
+@pytest.mark.slow  # the whole demo, every stage
 def test_every_file_of_the_run_follows_the_users_umask_and_no_lock_is_left(demo_run):
     """Caches, dictionaries, explanation and IOI folders, the report: shareable like any file the user makes
     (not mkdtemp's 0700 / safetensors' 0600), and every stage let go of its output."""
@@ -82,6 +83,7 @@ def test_every_file_of_the_run_follows_the_users_umask_and_no_lock_is_left(demo_
     assert wrong == []
 
 
+@pytest.mark.slow  # the whole demo, every stage
 def test_demo_runs_every_stage_and_writes_the_report(demo_run):
     run, index, settings = demo_run
     assert index == run / "report" / "index.html" and index.exists()
@@ -108,6 +110,7 @@ def test_demo_runs_every_stage_and_writes_the_report(demo_run):
     assert {p.name for p in (run / "report" / "features").iterdir() if p.is_dir()} == dict_names  # pages, every basis
 
 
+@pytest.mark.slow  # the whole demo, every stage
 def test_demo_rerun_skips_finished_stages_and_redoes_only_an_unmarked_one(demo_run_to_rerun, capsys):
     run, _, settings = demo_run_to_rerun
     markers = {p.name: p.read_text() for p in (run / "stages").glob("*.json") if p.stem != "10_report"}
@@ -129,6 +132,7 @@ def test_demo_rerun_skips_finished_stages_and_redoes_only_an_unmarked_one(demo_r
         assert ioi_after["dictionaries"][name]["curve"] == entry["curve"]
 
 
+@pytest.mark.slow  # the whole demo, every stage
 def test_demo_refuses_a_run_folder_with_other_settings(demo_run, tiny_model_dirs, corpus):
     run, _, settings = demo_run
     before = (run / "demo_settings.json").read_text()

@@ -259,6 +259,7 @@ def _train_args(cache: Path, out: Path) -> list[str]:
             "--batch-size", "32", "--tokens", str(32 * STEPS), "--checkpoint-every", "50", "--out", str(out)]
 
 
+@pytest.mark.slow  # a run killed mid-way and resumed
 def test_kill_9_then_rerun_ends_bit_identical(tiny_cache, tmp_path):
     """A real process is SIGKILLed after its first checkpoint; the rerun must end where an uninterrupted run ends.
 
