@@ -138,7 +138,8 @@ def _kill_rank1(args: list[str], out: Path) -> dict:
         reader = ""
     except UserError as err:
         reader = str(err)
-    return {"returncode": proc.returncode, "rank1_done": n_contexts_done(shard1), "main_done": main_done, "reader": reader}
+    return {"returncode": proc.returncode, "rank1_done": n_contexts_done(shard1), "main_done": main_done,
+            "reader": reader}
 
 
 def _refusals(args: list[str], model: Path, corpus: Path, out: Path) -> dict:

@@ -8,7 +8,6 @@ Paris -> (8·.2 + 9·.6)/.8 = 8.75, other -> (1·.1)/.8 = 0.125.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

@@ -11,7 +11,6 @@ without log-probabilities, refuse them (400), answer garbage, or 429.
 
 from __future__ import annotations
 
-
 import pytest
 
 from explain.llm.backends import LLMError
@@ -74,11 +73,13 @@ def test_garbage_answers_are_failed_batches_never_guesses(server, tmp_path):
 
 def test_429_is_retried_and_a_request_that_keeps_failing_raises(server, tmp_path):
     server.script = [429, 429]
-    result = make_oracle_scorer("detection", server, tmp_path, max_retries=2).score("dogs", scoring_examples(dog_scoring()))
+    result = make_oracle_scorer("detection", server, tmp_path, max_retries=2).score(
+        "dogs", scoring_examples(dog_scoring()))
     assert result.metrics["auroc"] == 1.0 and len(server.requests) == 4  # 2 x 429, then the two batches
     server.script = [429] * 3
     with pytest.raises(LLMError, match="failed after 3 attempts"):
-        make_oracle_scorer("detection", server, tmp_path / "b", max_retries=2).score("cats", scoring_examples(dog_scoring()))
+        make_oracle_scorer("detection", server, tmp_path / "b", max_retries=2).score(
+            "cats", scoring_examples(dog_scoring()))
 
 
 def test_intruder_finds_the_other_features_example_without_an_explanation(server, tmp_path):

@@ -44,7 +44,8 @@ def test_no_absolute_path_reaches_any_written_file_even_with_quotes_and_ampersan
 
     write_describe_folder(tmp_path / "described")  # outside the run: shown by its name
     index = build_report(root, root / "report", [tmp_path / "described"],
-                         summaries=(feature_summaries(), [("ica_x", f"{root}/cache_frags.h5 has no hook blocks.9.hook_resid_post")]))
+                         summaries=(feature_summaries(),
+                                    [("ica_x", f"{root}/cache_frags.h5 has no hook blocks.9.hook_resid_post")]))
     secrets = {str(root), str(tmp_path), "/models/p", "/data/x.jsonl", "/srv/llm", str(Path.home()) + "/"}
     written = [p for p in index.parent.rglob("*") if p.is_file() and p.suffix != ".png"]
     assert len(written) > 20

@@ -1,4 +1,5 @@
-"""References for hook values computed another way: explicit MLP submodule calls, each family's blocks and final norm."""
+"""References for hook values computed another way: explicit MLP submodule calls, each family's blocks and
+final norm."""
 
 from __future__ import annotations
 

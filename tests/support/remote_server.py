@@ -120,7 +120,8 @@ class FakeServer:
                 if body.get("logprobs"):
                     user = body["messages"][-1]["content"]
                     word = user.rsplit("\t", 1)[0].splitlines()[-1].strip()
-                    top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in answer_distribution(word, server.garbage).items()]
+                    top = [{"token": t, "logprob": lp, "bytes": None}
+                           for t, lp in answer_distribution(word, server.garbage).items()]
                     choices.append({"index": 0, "finish_reason": "length",
                                     "message": {"role": "assistant", "content": top[0]["token"]},
                                     "logprobs": {"content": [{"token": top[0]["token"], "logprob": top[0]["logprob"],
