@@ -1,8 +1,8 @@
-"""Shared fixtures: tiny random models of each family (no download) and the real default model.
+"""Shared fixtures. Helpers that several modules use are in tests/support/ (imported by name); no test module
+imports from another test module.
 
-Tiny models use a small BPE tokenizer trained here on a few sentences, so no
-test needs the network; `add_bos=True` mimics Llama-style tokenizers that
-prepend a BOS token.
+Tiny random models of each family (no download; tests/support/tiny_models.py), the real offline default model,
+the explain pipeline's cache and dictionaries, the sae tests' tiny cache, the feature-page report.
 """
 
 from __future__ import annotations
@@ -13,64 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.tiny_models import ARCHS, make_tiny_model, make_tokenizer
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-TRAIN_TEXT = [
-    "The quick brown fox jumps over the lazy dog.",
-    "When Mary and John went to the store, John gave a drink to Mary.",
-    "Paris is the capital of France. Berlin is the capital of Germany.",
-    "Numbers like 1, 2, 3, 10 and 42 appear in text; so do <tags> & symbols!",
-    "def main():\n    return 0\n",
-    "Sparse autoencoders find interpretable features in language models.",
-]
-
-
-def make_tokenizer(add_bos: bool = False, vocab_size: int = 400):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>", "<s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(TRAIN_TEXT * 5, trainer=trainer)
-    if add_bos:
-        bos = tok.token_to_id("<s>")
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>" if add_bos else "<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-    )
-
-
-def make_tiny_model(arch: str, vocab_size: int, n_layers: int = 3, seed: int = 0):
-    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig
-
-    torch.manual_seed(seed)
-    if arch == "gpt_neox":
-        config = GPTNeoXConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=n_layers,
-                               num_attention_heads=4, intermediate_size=64, max_position_embeddings=256)
-    elif arch == "gpt2":
-        config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=n_layers, n_head=4, n_positions=256)
-    elif arch == "llama":
-        config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=n_layers,
-                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
-                             max_position_embeddings=256)
-    else:
-        raise ValueError(arch)
-    model = AutoModelForCausalLM.from_config(config)
-    return model.eval()
-
-
-ARCHS = ["gpt_neox", "gpt2", "llama"]
 
 
 @pytest.fixture(params=ARCHS)
@@ -117,3 +64,60 @@ def text_corpus(tmp_path) -> Path:
     path = tmp_path / "corpus.jsonl"
     path.write_text("\n".join(json.dumps({"text": d}) for d in docs) + "\n", encoding="utf-8")
     return path
+
+
+# -- the sae tests ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for a test (the sae modules use it for every test: `pytestmark = usefixtures`).
+
+    Their tensors are tiny; on a shared 2-core machine a second thread only adds waiting.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny_model_dirs, tmp_path_factory) -> Path:
+    """A real cache written by the real writer from the tiny GPT-NeoX model (width 32)."""
+    import json
+
+    from activations.cache_writer import cache_activations
+    from tests.support.sae_data import HOOK
+
+    root = tmp_path_factory.mktemp("sae_cache")
+    corpus = root / "corpus.jsonl"
+    docs = [f"Document {i}: the quick brown fox {i} jumps over the lazy dog near Paris and Berlin. " * 4
+            for i in range(12)]
+    corpus.write_text("\n".join(json.dumps({"text": t}) for t in docs) + "\n", encoding="utf-8")
+    cache_activations(model=str(tiny_model_dirs["gpt_neox"]), corpus=str(corpus),
+                      hooks=[HOOK, "blocks.0.mlp.hook_post"], context_length=16, max_tokens=16 * 64,
+                      batch_size=16, dtype="float32", out=root / "tiny.h5", progress=False)
+    return root / "tiny.h5"
+
+
+# -- the explain tests ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def setup(tiny_model_dirs, tmp_path_factory) -> dict:
+    """A tiny Llama's fragment cache and the dictionaries `single`, `pca`, `neuron` (tests/support/explain_run.py).
+
+    Shared by every explain pipeline module: tests read the cache and dictionaries and write only their own folders
+    (a new folder under `tmp`, or their own tmp_path).
+    """
+    from tests.support.explain_run import build_explain_inputs
+
+    return build_explain_inputs(tmp_path_factory.mktemp("explain_run"), tiny_model_dirs["llama"])
+
+
+# -- the report tests -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    """A synthetic run with feature pages (tests/support/feature_pages.py); built once per module that uses it."""
+    from tests.support.feature_pages import build_feature_report
+
+    return build_feature_report(tmp_path_factory.mktemp("run"))

@@ -20,6 +20,7 @@ import torch
 from activations.cache_writer import cache_activations
 from activations.errors import UserError
 from activations.reader import ActivationCache
+from tests.support.cache_files import n_contexts_done
 
 ROOT = Path(__file__).resolve().parents[1]
 N_RESUME = 1000
@@ -68,7 +69,7 @@ def test_every_hook_kind_of_one_layer_is_cached_exactly(arch, order, tiny_model_
     """
     from transformers import AutoModelForCausalLM
 
-    from tests.test_activations_hooks import _blocks_and_norm, _mlp_reference
+    from tests.support.hook_references import blocks_and_norm, mlp_reference
 
     kinds = ["hook_mlp_out", "mlp.hook_post", "hook_resid_post", "hook_resid_pre"]
     if order == "mlp_pair":
@@ -78,7 +79,7 @@ def test_every_hook_kind_of_one_layer_is_cached_exactly(arch, order, tiny_model_
                             context_length=16, max_tokens=16 * 6, batch_size=4, dtype="float32",
                             out=tmp_path / "c.h5", progress=False).path
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[arch]).eval()
-    blocks, _ = _blocks_and_norm(arch, model)
+    blocks, _ = blocks_and_norm(arch, model)
     with ActivationCache(out) as cache:
         tokens = torch.from_numpy(cache.tokens()).long()
         mlp_in = {}
@@ -86,7 +87,7 @@ def test_every_hook_kind_of_one_layer_is_cached_exactly(arch, order, tiny_model_
         with torch.no_grad():
             hidden = model(tokens, output_hidden_states=True).hidden_states
             handle.remove()
-            post_ref, out_ref = _mlp_reference(arch, blocks[1], mlp_in["x"])
+            post_ref, out_ref = mlp_reference(arch, blocks[1], mlp_in["x"])
         reference = {"hook_resid_pre": hidden[1], "hook_resid_post": hidden[2],
                      "mlp.hook_post": post_ref, "hook_mlp_out": out_ref}
         for kind, name in zip(kinds, hooks):
@@ -154,15 +155,7 @@ def _cache_cmd(model_dir: Path, corpus: Path, out: Path) -> list[str]:
             "--batch-size", "2", "--dtype", "float16", "--out", str(out)]
 
 
-def _done(path: Path) -> int:
-    """Progress of a file another process is writing (read without taking the HDF5 lock)."""
-    try:
-        with h5py.File(path, "r", locking=False) as f:
-            return int(f.attrs["n_contexts_done"])
-    except (OSError, KeyError):
-        return 0
-
-
+@pytest.mark.slow  # a long run killed twice and resumed
 def test_resume_after_kill_gives_identical_file(tiny_model_dirs, tmp_path):
     corpus = tmp_path / "corpus.txt"
     rng = np.random.default_rng(0)
@@ -178,10 +171,10 @@ def test_resume_after_kill_gives_identical_file(tiny_model_dirs, tmp_path):
     for _ in range(2):  # kill twice at different points, then let it finish
         proc = subprocess.Popen(_cache_cmd(tiny_model_dirs["gpt_neox"], corpus, killed), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        before = _done(killed) if killed.exists() else 0
+        before = n_contexts_done(killed) if killed.exists() else 0
         deadline = time.time() + 60
         while time.time() < deadline and proc.poll() is None:
-            if killed.exists() and _done(killed) >= before + 100:
+            if killed.exists() and n_contexts_done(killed) >= before + 100:
                 break
             time.sleep(0.02)
         if proc.poll() is None:
@@ -189,7 +182,7 @@ def test_resume_after_kill_gives_identical_file(tiny_model_dirs, tmp_path):
             kills += 1
         proc.wait()
     assert kills >= 1, "the run finished before it could be killed; make it longer"
-    partial_done = _done(killed)
+    partial_done = n_contexts_done(killed)
     assert 0 < partial_done < N_RESUME
     subprocess.run(_cache_cmd(tiny_model_dirs["gpt_neox"], corpus, killed), check=True, env=env, capture_output=True)
 

@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from activations.cache_writer import cache_activations
 from activations.reader import ActivationCache
+
+pytestmark = pytest.mark.slow  # the real SmolLM2
 
 ROOT = Path(__file__).resolve().parents[1]
 

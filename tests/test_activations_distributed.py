@@ -42,7 +42,7 @@ import cli
 from activations.cache_writer import cache_activations
 from activations.errors import UserError
 from activations.reader import ActivationCache
-from tests.test_activations_cache import _done
+from tests.support.cache_files import n_contexts_done
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = ["blocks.0.hook_resid_post", "blocks.2.mlp.hook_post"]
@@ -126,7 +126,7 @@ def _kill_rank1(args: list[str], out: Path) -> dict:
         time.sleep(0.05)
     while not shard1.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # the ranks are still starting: leave them the CPU
-    while _done(shard1) == 0 and proc.poll() is None and time.monotonic() < deadline:
+    while n_contexts_done(shard1) == 0 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     assert pid is not None and proc.poll() is None, "the run ended before rank 1 could be killed"
     os.kill(pid, signal.SIGKILL)
@@ -138,7 +138,8 @@ def _kill_rank1(args: list[str], out: Path) -> dict:
         reader = ""
     except UserError as err:
         reader = str(err)
-    return {"returncode": proc.returncode, "rank1_done": _done(shard1), "main_done": main_done, "reader": reader}
+    return {"returncode": proc.returncode, "rank1_done": n_contexts_done(shard1), "main_done": main_done,
+            "reader": reader}
 
 
 def _refusals(args: list[str], model: Path, corpus: Path, out: Path) -> dict:
@@ -160,6 +161,7 @@ def _refusals(args: list[str], model: Path, corpus: Path, out: Path) -> dict:
             "three_shards": list(out.with_name(out.name + ".shards").glob("*of-3*"))}
 
 
+@pytest.mark.slow
 def test_a_killed_rank_leaves_an_unfinished_cache_that_no_other_launch_writes(caches):
     seen = caches["after_kill"]
     assert seen["returncode"] != 0
@@ -175,6 +177,7 @@ def test_a_killed_rank_leaves_an_unfinished_cache_that_no_other_launch_writes(ca
     assert seen["unchanged"] and not seen["three_shards"]
 
 
+@pytest.mark.slow
 def test_two_processes_resumed_cache_the_single_process_tokens_and_activations(caches):
     with ActivationCache(caches["single"]) as one, ActivationCache(caches["two"]) as two:
         assert one.n_contexts == two.n_contexts == CONTEXTS and two.complete
@@ -202,6 +205,7 @@ def test_two_processes_resumed_cache_the_single_process_tokens_and_activations(c
             assert int(f.attrs["n_contexts_done"]) == len(range(r, CONTEXTS, 2))
 
 
+@pytest.mark.slow
 def test_train_sae_on_the_two_process_cache_trains_the_same_weights(caches, tmp_path):
     from safetensors.torch import load_file
 
@@ -218,6 +222,7 @@ def test_train_sae_on_the_two_process_cache_trains_the_same_weights(caches, tmp_
     assert all((weights[0][k] == weights[1][k]).all() for k in weights[0])
 
 
+@pytest.mark.slow
 def test_a_moved_cache_reads_its_shards_and_a_missing_shard_is_one_line(caches, tmp_path):
     moved = tmp_path / "elsewhere"
     moved.mkdir()
@@ -261,6 +266,7 @@ def _as_rank0_of(env: pytest.MonkeyPatch, n: int) -> None:
     env.setenv("LOCAL_RANK", "0")
 
 
+@pytest.mark.slow
 def test_a_finished_cache_is_finished_for_any_number_of_processes(caches, corpus, monkeypatch, capsys):
     before = _files(caches["two"])
     _as_rank0_of(monkeypatch, 3)
@@ -270,6 +276,7 @@ def test_a_finished_cache_is_finished_for_any_number_of_processes(caches, corpus
     assert not list(caches["two"].with_name("two.h5.shards").glob("*of-3*"))
 
 
+@pytest.mark.slow
 def test_overwrite_with_a_bad_hook_removes_nothing(caches, corpus, tmp_path):
     """--overwrite replaces a cache only once the model, hooks and corpus pass: a bad hook leaves every file."""
     import shutil

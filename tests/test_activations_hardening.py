@@ -323,7 +323,7 @@ def test_hooks_into_a_closed_pipe_exits_quietly(tiny_model_dirs):
 
 def test_tokens_are_decoded_in_runs_so_split_characters_show_as_themselves():
     from activations.tokens import decode_each
-    from tests.conftest import make_tokenizer
+    from tests.support.tiny_models import make_tokenizer
 
     tok = make_tokenizer()
     text = "Party 🎉 at שלום and 日本語, é\x1b[0m end"

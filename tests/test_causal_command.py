@@ -171,6 +171,7 @@ def test_on_a_cpu_the_default_screens_by_attribution_and_full_greedy_is_one_flag
     assert not (tmp_path / "both").exists()
 
 
+@pytest.mark.slow
 def test_default_model_does_ioi_and_suffix_runs_match(default_model):
     """The real SmolLM2 prefers the indirect object, and the suffix-only run agrees with a full forward."""
     from causal.suffix import SuffixRunner

@@ -21,7 +21,7 @@ from causal.patching import (coefficient_delta, decoder_rows, kl_rows, last_logi
 from causal.prompts import IOIConfig, make_ioi_pairs
 from causal.selection import GreedyConfig, PatchProblem, greedy_curve
 from causal.suffix import SuffixRunner
-from tests.conftest import make_tiny_model, make_tokenizer
+from tests.support.tiny_models import make_tiny_model, make_tokenizer
 
 TINY_NAMES = ["John", "Mary", "Mar", "Jo", "Ber", "Fr", "Ger"]
 

@@ -6,7 +6,7 @@ import pytest
 
 from activations.errors import UserError
 from causal.prompts import (ABBA_TEMPLATES, BABA_TEMPLATES, IOIConfig, make_ioi_pairs, single_token_names)
-from tests.conftest import make_tokenizer
+from tests.support.tiny_models import make_tokenizer
 
 TINY_NAMES = ["John", "Mary", "Mar", "Jo", "Ber", "Fr", "Ger"]
 

@@ -23,7 +23,6 @@ from explain.llm.cache import LLMCache
 from explain.pipeline import read_records
 from explain.settings import ExplainSettings, ScoringConfig
 from tests.fake_served import FakeServed
-from tests.test_explain_pipeline_run import setup  # noqa: F401  (the module-scoped fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +50,7 @@ def test_ordered_map_keeps_order_overlaps_workers_and_raises_in_order():
     assert list(ordered_map(lambda i: -i, range(5), workers=1)) == [0, -1, -2, -3, -4]
 
 
-def _settings(setup, out, server, concurrency, **kw):  # noqa: F811
+def _settings(setup, out, server, concurrency, **kw):
     args = dict(cache=str(setup["cache"]), dicts=[str(setup["pca"]), str(setup["neuron"])], features=4,
                 explainer="openai:fake", simulator="openai:fake", base_url=server.url,
                 scorers=["simulation", "detection", "intruder"], out=str(out), concurrency=concurrency,
@@ -60,7 +59,7 @@ def _settings(setup, out, server, concurrency, **kw):  # noqa: F811
     return ExplainSettings(**args)
 
 
-def test_concurrency_overlaps_n_requests_and_writes_the_records_of_concurrency_1(setup, tmp_path,  # noqa: F811
+def test_concurrency_overlaps_n_requests_and_writes_the_records_of_concurrency_1(setup, tmp_path,
                                                                                   monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     one, many = FakeServed(latency=0.02), FakeServed(latency=0.02)
@@ -96,7 +95,7 @@ def test_concurrency_overlaps_n_requests_and_writes_the_records_of_concurrency_1
 
 
 def test_a_server_without_logprobs_fails_required_logprob_scoring_with_one_line_at_any_concurrency(
-        setup, tmp_path):  # noqa: F811
+        setup, tmp_path):
     server = FakeServed(logprobs=False)
     try:
         with pytest.raises(UserError, match="no feature of this run succeeded") as info:
@@ -111,7 +110,7 @@ def test_a_server_without_logprobs_fails_required_logprob_scoring_with_one_line_
     assert all(r["explanation"] for r in failed)  # issue 17: the explanation is kept
 
 
-def test_concurrency_below_one_is_refused_before_anything_is_written(setup, tmp_path):  # noqa: F811
+def test_concurrency_below_one_is_refused_before_anything_is_written(setup, tmp_path):
     with pytest.raises(UserError, match=r"--concurrency 0: pass 1 or more"):
         explain_command(ExplainSettings(cache=str(setup["cache"]), dicts=[str(setup["pca"])],
                                         out=str(tmp_path / "x"), concurrency=0))

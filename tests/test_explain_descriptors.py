@@ -127,6 +127,7 @@ def test_a_cluster_of_equally_frequent_members_is_named_by_its_most_central_memb
     assert vocab.names == ["american singer"]  # alphabetical order would have said "american actor"
 
 
+@pytest.mark.slow
 def test_real_sentence_embeddings_cluster_synonyms_apart_from_other_topics():
     from explain.descriptors.cluster import cluster_descriptors
     from explain.llm.embedder import Embedder
@@ -312,6 +313,7 @@ def test_bad_descriptor_arguments_are_one_line_errors(annotated, tmp_path, capsy
     assert "is not a generator" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_local_generator_end_to_end_with_the_real_offline_model(tmp_path):
     """`descriptors --generator local:default` (SmolLM2-135M) on two documents: every call lands in the call cache,
     every answer is recorded in documents.jsonl (read, or kept verbatim when malformed), and clustering runs."""

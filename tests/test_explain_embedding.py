@@ -49,6 +49,7 @@ def embedder(tmp_path_factory):
     e.close()
 
 
+@pytest.mark.slow
 def test_an_explanation_naming_the_only_word_a_feature_fires_on_ranks_perfectly(embedder):
     scorer = make_scorer("embedding", embedder, "--embedder default")
     examples = Examples("test", [], [], scoring=_feature())
@@ -65,6 +66,7 @@ def test_an_explanation_naming_the_only_word_a_feature_fires_on_ranks_perfectly(
     assert sims[:8].min() > sims[8:].max()
 
 
+@pytest.mark.slow
 def test_each_text_is_embedded_once_and_kept_in_the_run_folder(embedder, tmp_path):
     from explain.llm.embedder import Embedder
 
@@ -100,6 +102,7 @@ def test_a_missing_embedding_model_is_one_line_naming_the_fix(monkeypatch):
         module.Embedder.from_spec("no/such-model")
 
 
+@pytest.mark.slow
 def test_batching_by_length_changes_no_vector_and_counts_tokens_as_the_tokenizer_does(embedder):
     """Texts are cut into batches of similar length (less padding); a vector must not depend on its batch, and the
     memoised token counts must equal a fresh tokenisation."""
@@ -123,6 +126,7 @@ def test_batching_by_length_changes_no_vector_and_counts_tokens_as_the_tokenizer
     assert cold.count_tokens(texts) == sum(len(ids) for ids in enc[:len(texts)])  # never embedded: tokenised
 
 
+@pytest.mark.slow
 def test_a_store_keeps_token_counts_and_an_old_store_gains_the_column(embedder, tmp_path, monkeypatch):
     """A warm run reads each window's token count from the store instead of tokenising it again; a store written
     before the count was kept still opens, and its texts are counted by the tokenizer."""

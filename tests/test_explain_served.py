@@ -38,7 +38,8 @@ from explain.scorers.prompts import detection_request
 from explain.scorers.simulation import AllAtOnceSimulator
 from explain.scorers.text_sim import TextSimulator
 from explain.settings import ExplainSettings
-from tests.test_explain_pipeline_run import setup  # noqa: F401  (the module-scoped fixture)
+
+pytestmark = pytest.mark.slow  # starts `transformers serve`
 
 VALUES = [i % 11 for i in range(15)]
 ANSWER = json.dumps(VALUES)
@@ -50,7 +51,7 @@ def _answering_model(folder: Path) -> Path:
     import torch
     from tokenizers import AddedToken
 
-    from tests.conftest import make_tiny_model, make_tokenizer
+    from tests.support.tiny_models import make_tiny_model, make_tokenizer
 
     tok = make_tokenizer()
     tok.add_tokens([AddedToken(ANSWER, normalized=False, special=False)])
@@ -116,7 +117,7 @@ def served(tmp_path_factory):
         log.close()
 
 
-def _settings(setup, served, out, **kw):  # noqa: F811
+def _settings(setup, served, out, **kw):
     args = dict(cache=str(setup["cache"]), dicts=[str(setup["single"])], feature_ids=[0], explainer=served.spec,
                 simulator=served.spec, base_url=served.url, scorers=["simulation"], out=str(out), concurrency=2)
     args.update(kw)
@@ -129,7 +130,7 @@ def _test_fragments(rec: dict) -> list[list[float]]:
     return [f["acts"] for f in ex["top"] + ex["random"] if f["split"] == "test"]
 
 
-def test_no_logprobs_are_detected_and_auto_mode_scores_from_text_answers(setup, served, tmp_path, capsys):  # noqa: F811
+def test_no_logprobs_are_detected_and_auto_mode_scores_from_text_answers(setup, served, tmp_path, capsys):
     backend = make_backend(served.spec, base_url=served.url)
     prompt = AllAtOnceSimulator(backend).prompts("dogs", [[" the", " dog"]])[0]
     with pytest.raises(NoLogprobs, match="returned no logprobs"):
@@ -165,7 +166,7 @@ def test_a_text_answer_of_the_wrong_length_fails_that_fragment_only(served):
     assert failed["fragment"] == 1 and "15 values for 3 tokens" in failed["error"] and failed["answer"] == ANSWER
 
 
-def test_a_scoring_failure_keeps_the_explanation_and_rescore_scores_it(setup, served, tmp_path):  # noqa: F811
+def test_a_scoring_failure_keeps_the_explanation_and_rescore_scores_it(setup, served, tmp_path):
     src = tmp_path / "logprobs"
     with pytest.raises(UserError, match="no feature of this run succeeded"):
         explain_command(_settings(setup, served, src, score_mode="logprobs"))

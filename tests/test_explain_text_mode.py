@@ -138,7 +138,7 @@ def test_forced_text_mode_on_a_local_model_fails_unreadable_answers_and_caches_t
     from explain.llm.local import LocalBackend
     from explain.records import ActivationRecord, Examples
     from explain.scorers import make_scorer
-    from tests.conftest import make_tiny_model, make_tokenizer
+    from tests.support.tiny_models import make_tiny_model, make_tokenizer
 
     tok = make_tokenizer()
     model = make_tiny_model("llama", len(tok))
@@ -162,29 +162,29 @@ def test_forced_text_mode_on_a_local_model_fails_unreadable_answers_and_caches_t
 
 
 def test_score_mode_text_asks_for_text_only_and_logprobs_mode_refuses_a_server_without_them(tmp_path):
-    """Detection and intruder against the oracle judge of `tests.test_explain_scorers_llm` (a server with logprobs
+    """Detection and intruder against the oracle judge of `tests.support.oracle_server` (a server with logprobs
     that answers text only when asked without them)."""
     from explain.llm.errors import NoLogprobs
-    from tests.test_explain_scorers_llm import OracleServer, _examples, _scorer, dog_scoring
+    from tests.support.oracle_server import OracleServer, dog_scoring, make_oracle_scorer, scoring_examples
 
     server = OracleServer()
     try:
-        scorer = _scorer("detection", server, tmp_path)
+        scorer = make_oracle_scorer("detection", server, tmp_path)
         scorer.score_mode = "text"
-        result = scorer.score("the word dog", _examples(dog_scoring()))
+        result = scorer.score("the word dog", scoring_examples(dog_scoring()))
         detail = result.record["detection"]
         assert detail["mode"] == "text" and detail["n_text_answers"] == 10 and result.metrics["auroc"] == 1.0
         assert sorted(detail["p_yes"]) == [0] * 5 + [1] * 5  # each judgement exactly as written
         assert not any(r.get("logprobs") for r in server.requests)  # nothing asked for logprobs
-        intruder = _scorer("intruder", server, tmp_path / "i", intruder_rounds=2)
+        intruder = make_oracle_scorer("intruder", server, tmp_path / "i", intruder_rounds=2)
         intruder.score_mode = "text"
-        got = intruder.score("ignored", _examples(dog_scoring(intruders=2)))
+        got = intruder.score("ignored", scoring_examples(dog_scoring(intruders=2)))
         assert got.metrics["accuracy"] == 1.0 and got.metrics["p_correct"] == 1.0 and got.record["intruder"]["mode"] == "text"
 
         server.mode = "text"  # from now on the server returns no logprobs, even when asked
-        required = _scorer("detection", server, tmp_path / "r")
+        required = make_oracle_scorer("detection", server, tmp_path / "r")
         required.score_mode = "logprobs"
         with pytest.raises(NoLogprobs, match="detection answers came back without logprobs"):
-            required.score("the word dog", _examples(dog_scoring()))
+            required.score("the word dog", scoring_examples(dog_scoring()))
     finally:
         server.close()

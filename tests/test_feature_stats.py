@@ -15,7 +15,7 @@ from activations.reader import ActivationCache
 from report.feature_stats import SummaryConfig, summarize_dictionaries
 from report.feature_summary import DictionarySummaries
 from sae.logit_effects import batched_topk, decoder_neighbours, logit_effects, unembedding
-from tests.conftest import make_tiny_model, make_tokenizer
+from tests.support.tiny_models import make_tiny_model, make_tokenizer
 
 HOOK = "blocks.1.hook_resid_post"
 MLP = "blocks.0.mlp.hook_post"

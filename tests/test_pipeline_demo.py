@@ -20,7 +20,7 @@ import pytest
 import cli
 from pipeline.demo import DemoError, _llm_feature_ids, choose_sae, run_demo
 from pipeline.settings import DemoSettings
-from tests.conftest import TRAIN_TEXT
+from tests.support.tiny_models import TRAIN_TEXT
 
 NAMES = ["John", "Mary", "Mar", "Jo", "Ber", "Fr", "Ger"]
 
@@ -43,10 +43,8 @@ def corpus(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def demo_run(tiny_model_dirs, corpus, tmp_path_factory):
-    run = tmp_path_factory.mktemp("demo") / "run"
-    settings = _settings(tiny_model_dirs["gpt_neox"], corpus)
+def _demo(model: Path, corpus: Path, run: Path):
+    settings = _settings(model, corpus)
     old = os.umask(0o022)  # a common umask, so the permissions test knows what to expect
     try:
         index = run_demo(settings, run)
@@ -55,6 +53,20 @@ def demo_run(tiny_model_dirs, corpus, tmp_path_factory):
     return run, index, settings
 
 
+@pytest.fixture(scope="module")
+def demo_run(tiny_model_dirs, corpus, tmp_path_factory):
+    """The run the module's tests read; a test that changes a run makes its own (`demo_run_to_rerun`)."""
+    return _demo(tiny_model_dirs["gpt_neox"], corpus, tmp_path_factory.mktemp("demo") / "run")
+
+
+@pytest.fixture
+def demo_run_to_rerun(tiny_model_dirs, corpus, tmp_path):
+    """A run of its own for the rerun test, so no other test reads a folder that was rerun (or not) before it.
+    (Not a copy of `demo_run`: the stages record absolute paths, and a copy is rightly refused as another run.)"""
+    return _demo(tiny_model_dirs["gpt_neox"], corpus, tmp_path / "run")
+
+
+@pytest.mark.slow  # the whole demo, every stage
 def test_every_file_of_the_run_follows_the_users_umask_and_no_lock_is_left(demo_run):
     """Caches, dictionaries, explanation and IOI folders, the report: shareable like any file the user makes
     (not mkdtemp's 0700 / safetensors' 0600), and every stage let go of its output."""
@@ -71,6 +83,7 @@ def test_every_file_of_the_run_follows_the_users_umask_and_no_lock_is_left(demo_
     assert wrong == []
 
 
+@pytest.mark.slow  # the whole demo, every stage
 def test_demo_runs_every_stage_and_writes_the_report(demo_run):
     run, index, settings = demo_run
     assert index == run / "report" / "index.html" and index.exists()
@@ -97,8 +110,9 @@ def test_demo_runs_every_stage_and_writes_the_report(demo_run):
     assert {p.name for p in (run / "report" / "features").iterdir() if p.is_dir()} == dict_names  # pages, every basis
 
 
-def test_demo_rerun_skips_finished_stages_and_redoes_only_an_unmarked_one(demo_run, capsys):
-    run, _, settings = demo_run
+@pytest.mark.slow  # the whole demo, every stage
+def test_demo_rerun_skips_finished_stages_and_redoes_only_an_unmarked_one(demo_run_to_rerun, capsys):
+    run, _, settings = demo_run_to_rerun
     markers = {p.name: p.read_text() for p in (run / "stages").glob("*.json") if p.stem != "10_report"}
     weights = run / "dicts" / "pca" / "weights.safetensors"
     mtime = weights.stat().st_mtime_ns
@@ -118,6 +132,7 @@ def test_demo_rerun_skips_finished_stages_and_redoes_only_an_unmarked_one(demo_r
         assert ioi_after["dictionaries"][name]["curve"] == entry["curve"]
 
 
+@pytest.mark.slow  # the whole demo, every stage
 def test_demo_refuses_a_run_folder_with_other_settings(demo_run, tiny_model_dirs, corpus):
     run, _, settings = demo_run
     before = (run / "demo_settings.json").read_text()

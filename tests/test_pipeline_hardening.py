@@ -153,7 +153,7 @@ def test_a_dead_endpoint_stops_the_run_at_once_naming_its_url(explain_inputs, tm
 
 
 def test_a_run_where_every_feature_failed_exits_non_zero(explain_inputs, tmp_path, capsys, monkeypatch):
-    from tests.test_explain_llm_remote import FakeServer
+    from tests.support.remote_server import FakeServer
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     server = FakeServer()

@@ -1,7 +1,7 @@
 """`cli.py report --descriptors`: `describe` results joined to the feature cards, the comparison of bases, escaping.
 
-Uses the synthetic run folder of `test_report_build` and a hand-made describe
-folder (descriptors.jsonl + summary.json in the format `cli.py describe`
+Uses the synthetic run folder of tests/support/report_run.py and a hand-made describe
+folder (tests/support/descriptors.py: descriptors.jsonl + summary.json in the format `cli.py describe`
 writes), so the report is tested on known numbers without running a model.
 The descriptors include a <script> and an onerror= attribute, as an LLM or a
 corpus field could.
@@ -9,46 +9,16 @@ corpus field could.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
 import cli
 from activations.errors import UserError
 from report.build import build_report
-from tests.test_report_build import HOOK, IMG, SCRIPT, _chromium, _chromium_args, _table_with, make_run, parse
-
-SAE = "tied_R2_l1_0.001"
-HOSTILE = ["<script>alert('chip')</script>", "x\" onerror=\"alert(1)", IMG]
-
-
-def _describe_folder(folder: Path) -> dict:
-    """A describe --out folder: tied SAE feature 1 gets three hostile descriptors, feature 0 none; neuron 2 one."""
-    folder.mkdir(parents=True)
-    records = [
-        {"dictionary": SAE, "kind": "tied_sae", "hook": HOOK, "feature": 1, "status": "ok", "consistency": 0.5,
-         "descriptors": [{"descriptor": HOSTILE[0], "frequency": 0.625, "lift": 3.1},
-                         {"descriptor": HOSTILE[1], "frequency": 0.4, "lift": 2.5},
-                         {"descriptor": HOSTILE[2], "frequency": 0.25, "lift": 2.0}]},
-        {"dictionary": SAE, "kind": "tied_sae", "hook": HOOK, "feature": 0, "status": "none", "descriptors": [],
-         "consistency": None, "reason": "no descriptor reaches frequency 0.2 with lift 2.0"},
-        {"dictionary": "neuron", "kind": "neuron", "hook": HOOK, "feature": 2, "status": "ok", "consistency": 1.0,
-         "descriptors": [{"descriptor": "Family of birds", "frequency": 0.8, "lift": 12.0}]},
-    ]
-    (folder / "descriptors.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    summary = {"documents": 400, "descriptors": 12, "dictionaries": [
-        {"dictionary": SAE, "kind": "tied_sae", "hook": HOOK, "basis": "tied_sae @ L3", "n_features": 32,
-         "fraction_described": 0.40625, "descriptors_per_feature": 1.21875,
-         "consistency": {"mean": 0.6123, "ci95": [0.5012, 0.7234], "n": 13}},
-        {"dictionary": "neuron", "kind": "neuron", "hook": HOOK, "basis": "neuron @ L3 <b>", "n_features": 16,
-         "fraction_described": 0.0625, "descriptors_per_feature": 0.0625,
-         "consistency": {"mean": None, "ci95": None, "n": 0}},
-    ]}
-    (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
-    return summary
+from tests.support.descriptors import HOSTILE, SAE, write_describe_folder
+from tests.support.report_run import IMG, SCRIPT, chromium_args, chromium_path, make_run, parse, table_with
 
 
 def _cards(text: str) -> dict[tuple[str, str], list[str]]:
@@ -66,7 +36,7 @@ def _cards(text: str) -> dict[tuple[str, str], list[str]]:
 def reports(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("run")
     make_run(root, with_llm=True)
-    summary = _describe_folder(root / "described")
+    summary = write_describe_folder(root / "described")
     plain = build_report(root, root / "report_plain").read_text(encoding="utf-8")
     with_desc = build_report(root, root / "report_desc", [root / "described"]).read_text(encoding="utf-8")
     return {"root": root, "plain": plain, "desc": with_desc, "summary": summary}
@@ -95,7 +65,7 @@ def test_chips_appear_on_the_right_cards_with_their_frequency(reports):
 
 def test_summary_table_has_the_describe_numbers(reports):
     page = parse(reports["desc"])
-    t = _table_with(page, "consistency (95% CI)")
+    t = table_with(page, "consistency (95% CI)")
     head = t[0]
     rows = {r[head.index("dictionary")]: dict(zip(head, r)) for r in t[1:]}
     assert set(rows) == {SAE, "neuron"}
@@ -147,16 +117,17 @@ def test_bad_descriptors_folder_is_one_line_error_before_writing(tmp_path, capsy
 
 def test_report_cli_descriptors_option(tmp_path):
     make_run(tmp_path, with_ioi=False)
-    _describe_folder(tmp_path / "described")
+    write_describe_folder(tmp_path / "described")
     assert cli.main(["report", "--run", str(tmp_path), "--descriptors", str(tmp_path / "described")]) == 0
     text = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
     assert "Family of birds" in text and 'id="descriptors"' in text
 
 
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed (Debian: apt-get install -y chromium)")
+@pytest.mark.slow
+@pytest.mark.skipif(chromium_path() is None, reason="headless Chromium is not installed (Debian: apt-get install -y chromium)")
 def test_descriptor_report_in_headless_chromium_runs_no_descriptor_script(reports, tmp_path):
     index = reports["root"] / "report_desc" / "index.html"
-    dom = subprocess.run(_chromium_args(tmp_path / "profile") + ["--dump-dom", index.resolve().as_uri()],
+    dom = subprocess.run(chromium_args(tmp_path / "profile") + ["--dump-dom", index.resolve().as_uri()],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     page = parse(dom)
     assert "data-pwned" not in page.body and page.body.get("data-cards") == str(page.cards) != "0"

@@ -16,8 +16,8 @@ import pytest
 
 from activations.errors import UserError
 from report.build import build_report
-from tests.test_report_build import _record, make_run, parse
-from tests.test_report_features import SAE, _data, _summaries, report  # noqa: F401 (report: a fixture)
+from tests.support.feature_pages import SAE, feature_summaries, page_data
+from tests.support.report_run import make_record, make_run, parse
 
 
 # -- review of issue 16: paths, stale pages, card caps, logit-table message ---------------------------------------
@@ -35,16 +35,17 @@ def test_no_absolute_path_reaches_any_written_file_even_with_quotes_and_ampersan
     (root / "demo_settings.json").write_text(json.dumps(
         {"model": "/models/p", "corpus": "/data/x.jsonl", "out": str(root), "cache": f"{root}/cache_frags.h5"}),
         encoding="utf-8")
-    record = _record(root / "dicts" / SAE, "tied_sae", 3, "failed", np.random.default_rng(2), explainer="other")
+    record = make_record(root / "dicts" / SAE, "tied_sae", 3, "failed", np.random.default_rng(2), explainer="other")
     record["error"] = f"OSError: cannot read {root}/dicts/{SAE}/weights.safetensors nor /srv/llm/cache/q.json"
     folder = root / "explanations" / "errors"
     folder.mkdir(parents=True)
     (folder / "explanations.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
-    from tests.test_report_descriptors import _describe_folder
+    from tests.support.descriptors import write_describe_folder
 
-    _describe_folder(tmp_path / "described")  # outside the run: shown by its name
+    write_describe_folder(tmp_path / "described")  # outside the run: shown by its name
     index = build_report(root, root / "report", [tmp_path / "described"],
-                         summaries=(_summaries(), [("ica_x", f"{root}/cache_frags.h5 has no hook blocks.9.hook_resid_post")]))
+                         summaries=(feature_summaries(),
+                                    [("ica_x", f"{root}/cache_frags.h5 has no hook blocks.9.hook_resid_post")]))
     secrets = {str(root), str(tmp_path), "/models/p", "/data/x.jsonl", "/srv/llm", str(Path.home()) + "/"}
     written = [p for p in index.parent.rglob("*") if p.is_file() and p.suffix != ".png"]
     assert len(written) > 20
@@ -57,7 +58,7 @@ def test_no_absolute_path_reaches_any_written_file_even_with_quotes_and_ampersan
     assert '"out": ".."' in visible and '"cache": "../cache_frags.h5"' in visible  # under the run: relative
     assert f"cannot read ../dicts/{SAE}/weights.safetensors nor …/q.json" in visible  # under the run: relative
     assert "ica_x: ../cache_frags.h5 has no hook" in visible and "…/described" in visible
-    page = _data(index.parent / "features" / SAE / "3.html")
+    page = page_data(index.parent / "features" / SAE / "3.html")
     assert any(e["error"] and "../dicts/" in e["error"] for e in page["explanations"])
 
 
@@ -104,9 +105,9 @@ def test_cards_are_all_drawn_up_to_the_threshold_and_only_the_best_above_it(tmp_
     for name, n in sizes.items():
         folder = root / "explanations" / name
         folder.mkdir(parents=True)
-        records = [_record(root / "dicts" / "neuron", "neuron", f, "ok", rng, explainer=name) for f in range(n)]
+        records = [make_record(root / "dicts" / "neuron", "neuron", f, "ok", rng, explainer=name) for f in range(n)]
         (folder / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    index = build_report(root, root / "report", summaries=(_summaries(n_neuron=sizes["big"]), []))
+    index = build_report(root, root / "report", summaries=(feature_summaries(n_neuron=sizes["big"]), []))
     text = index.read_text(encoding="utf-8")
     assert parse(text).cards == counts["cards"] + sizes["mid"] + CARDS_WITH_PAGES
     assert f"{sizes['big'] - CARDS_WITH_PAGES} more card(s) of this group are not drawn here" in text
@@ -140,7 +141,7 @@ def test_a_dictionary_folder_named_features_in_the_run_survives_a_report_into_th
     shutil.copytree(root / "dicts" / "neuron", root / "features")
     before = {p.name: p.read_bytes() for p in (root / "features").iterdir()}
     with pytest.raises(UserError) as excinfo:
-        build_report(root, root, summaries=(_summaries(), []))
+        build_report(root, root, summaries=(feature_summaries(), []))
     _one_line_refusal(excinfo, root / "features")
     assert {p.name: p.read_bytes() for p in (root / "features").iterdir()} == before
     assert not (root / "index.html").exists()
@@ -215,10 +216,10 @@ def test_cards_of_features_without_a_page_are_never_cut(tmp_path):
     folder = root / "explanations" / "big"
     folder.mkdir(parents=True)
     n = CARDS_ABOVE_THRESHOLD + 1
-    records = [_record(root / "dicts" / "neuron", "neuron", f, "ok", rng, explainer="big") for f in range(n)]
+    records = [make_record(root / "dicts" / "neuron", "neuron", f, "ok", rng, explainer="big") for f in range(n)]
     (folder / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    sae_only = [s for s in _summaries() if s.name == SAE]
-    for summaries in ((sae_only, [("neuron", "hook not in cache")]), (_summaries(), [])):
+    sae_only = [s for s in feature_summaries() if s.name == SAE]
+    for summaries in ((sae_only, [("neuron", "hook not in cache")]), (feature_summaries(), [])):
         text = build_report(root, root / "report", summaries=summaries).read_text(encoding="utf-8")
         assert parse(text).cards == counts["cards"] + n
         assert "more card(s) of this group" not in text

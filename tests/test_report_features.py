@@ -4,91 +4,25 @@ The per-feature numbers are hand-made `DictionarySummaries` (the contract of
 `report.feature_stats`), with hostile corpus tokens: a <script> and an
 <img onerror> that would mark <body> if they ever ran, broken UTF-8 (U+FFFD,
 a lone surrogate), right-to-left text, a U+202E override and U+2028. The run
-folder is `test_report_build`'s synthetic one, plus an explanation run with a
-distinctive word and several scorers, so the joins are checked on known data.
+folder is the synthetic one of tests/support/report_run.py, plus an explanation run
+with a distinctive word and several scorers, so the joins are checked on known data
+(the `report` fixture, built by tests/support/feature_pages.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import cli
-from report.feature_summary import DictionarySummaries, Example, FeatureSummary, Quantile
 from report.build import build_report
 from report.feature_data import round_sig
-from tests.test_report_build import HOOK, IMG, SCRIPT, _chromium, _chromium_args, _record, make_run, parse
-
-SAE = "tied_R2_l1_0.001"
-HOSTILE = [" <script>alert(1)</script>", SCRIPT, IMG, " \ufffd\ufffd", "\ud800x", " שלום", " مرحبا",
-           " \u202eevil", " a\u2028b", "\n"]
-WORD = "giraffe"  # only the explanation of SAE feature 5 has it
-
-
-def _summaries(seed: int = 0, n_neuron: int = 16) -> list[DictionarySummaries]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for name, kind, n in ((SAE, "tied_sae", 8), ("neuron", "neuron", n_neuron)):  # the SAE's first 8 of 32 features
-        fragments = {0: list(HOSTILE)} | {k: [f" w{k}_{j}" for j in range(len(HOSTILE))] for k in (3, 7, 11)}
-        features = []
-        for i in range(n):
-            acts = lambda: [round(float(a), 4) for a in np.maximum(rng.normal(0.3, 1.0, len(HOSTILE)), 0)]
-            top = [Example(int(k), acts()) for k in (0, 3, 7)]
-            mx = max(max(e.acts) for e in top)
-            counts = [int(c) for c in rng.integers(0, 5, 24)]
-            features.append(FeatureSummary(
-                index=i, density=float(rng.uniform(0.001, 0.2)), max_act=mx,
-                hist_edges=[mx * b / 24 for b in range(25)], hist_counts=counts, top=top,
-                quantiles=[Quantile(mx * q / 5, mx * (q + 1) / 5, [Example(11, acts())] if q % 2 else [])
-                           for q in range(5)],
-                promoted=[(f" <b>up{j}</b>", 2.0 - j / 10) for j in range(10)],
-                suppressed=[(f"\u202edown{j}", -1.0 - j / 10) for j in range(10)],
-                neighbours=[((i + 1) % n, 0.5), (n + 3, 0.25)]))  # n + 3: a feature without a page
-        out.append(DictionarySummaries(name=name, kind=kind, hook=HOOK, n_tokens=640, fragments=fragments,
-                                       features=features))
-    return out
-
-
-def _extra_explanations(root: Path) -> None:
-    """An explanation run with a distinctive word and detection + embedding scores for SAE feature 5."""
-    rng = np.random.default_rng(1)
-    record = _record(root / "dicts" / SAE, "tied_sae", 5, "ok", rng, explainer="tokens")
-    record["explanation"] = f"long-necked {WORD} <img src=x onerror=alert(5)>"
-    record["scores"]["detection"] = {"auroc": 0.81, "balanced_accuracy": 0.7, "f1": 0.66, "n_prompts": 3}
-    record["scores"]["embedding"] = {"auroc": 0.62, "n_tokens": 100}
-    folder = root / "explanations" / "extra"
-    folder.mkdir(parents=True)
-    (folder / "explanations.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
-def report(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("run")
-    make_run(root, with_llm=False)
-    _extra_explanations(root)
-    summaries = _summaries()
-    index = build_report(root, root / "report", summaries=(summaries, [("ica_x", "hook blocks.9.hook_resid_post "
-                                                                         "is not in cache_frags.h5")]))
-    return {"root": root, "index": index, "summaries": summaries}
-
-
-def _data(page: Path) -> dict:
-    text = page.read_text(encoding="utf-8")
-    m = re.search(r'<script type="application/json" id="dl-data">(.*?)</script>', text, re.S)
-    assert m, page
-    return json.loads(m.group(1))
-
-
-def _table(index: Path) -> dict:
-    m = re.search(r'<script type="application/json" id="dl-table-data">(.*?)</script>',
-                  index.read_text(encoding="utf-8"), re.S)
-    assert m
-    return json.loads(m.group(1))
+from tests.support.feature_pages import SAE, WORD, dump_dom, feature_summaries, page_data, table_data
+from tests.support.report_run import chromium_path, make_run, parse
 
 
 def test_one_page_per_feature_with_its_numbers_joined_to_explanations_and_scores(report):
@@ -98,7 +32,7 @@ def test_one_page_per_feature_with_its_numbers_joined_to_explanations_and_scores
         assert pages == [f.index for f in s.features]
     sae = report["summaries"][0]
     f5 = sae.features[5]
-    data = _data(out / SAE / "5.html")
+    data = page_data(out / SAE / "5.html")
     assert data["index"] == 5 and data["dictionary"]["kind"] == "tied_sae" and data["dictionary"]["layer"] == 3
     assert data["density"] == pytest.approx(f5.density, rel=1e-2)
     assert data["hist"]["counts"] == f5.hist_counts
@@ -114,7 +48,7 @@ def test_one_page_per_feature_with_its_numbers_joined_to_explanations_and_scores
     extra = explanations[f"long-necked {WORD} <img src=x onerror=alert(5)>"]
     assert extra["scores"]["detection"] == {"auroc": 0.81, "balanced_accuracy": 0.7, "f1": 0.66}
     assert extra["scores"]["embedding"] == {"auroc": 0.62}
-    table = _table(report["index"])
+    table = table_data(report["index"])
     assert table["scorers"] == ["tokens", "detection", "embedding"]
     rows = {(table["dicts"][r[0]]["name"], r[1]): r for r in table["rows"]}
     assert len(rows) == len(table["rows"]) == 8 + 16 + 1  # + SAE feature 9: explained (failed), no page
@@ -174,7 +108,7 @@ def test_feature_pages_need_a_cache_and_refuse_bad_options_before_writing(tmp_pa
 
 
 def test_a_rebuilt_report_replaces_its_feature_pages_at_once(report, tmp_path):
-    summaries = _summaries(seed=3)
+    summaries = feature_summaries(seed=3)
     summaries[0].features = summaries[0].features[:4]
     out = tmp_path / "rep"
     build_report(report["root"], out, summaries=(summaries, []))
@@ -184,19 +118,9 @@ def test_a_rebuilt_report_replaces_its_feature_pages_at_once(report, tmp_path):
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
 
 
-# -- headless Chromium -------------------------------------------------------------------------------------
-
-def _dom(url: str, profile: Path) -> str:
-    return subprocess.run(_chromium_args(profile) + ["--dump-dom", url], capture_output=True, text=True,
-                          timeout=120, check=True).stdout
-
-
-needs_chromium = pytest.mark.skipif(_chromium() is None,
-                                    reason="headless Chromium is not installed (Debian: apt-get install -y chromium)")
-
-
 # -- end to end: the real summariser on a tiny model's cache ---------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_report_summarises_the_runs_cache_and_writes_every_dictionarys_pages(tmp_path):
     """`cli.py report --run RUN` finds RUN/cache_frags.h5 by itself; --max-features limits the pages."""
     import torch
@@ -205,7 +129,7 @@ def test_cli_report_summarises_the_runs_cache_and_writes_every_dictionarys_pages
     from sae.kinds.neuron import NeuronBasis
     from sae.kinds.topk import TopKSAE
 
-    from tests.conftest import make_tiny_model, make_tokenizer
+    from tests.support.tiny_models import make_tiny_model, make_tokenizer
 
     tokenizer = make_tokenizer(add_bos=True)  # one tiny Llama (BOS prepended), not every family's
     model_dir = tmp_path / "model"
@@ -231,7 +155,7 @@ def test_cli_report_summarises_the_runs_cache_and_writes_every_dictionarys_pages
     out = run / "report" / "features"
     for name in ("topk", "neuron"):
         assert sorted(int(p.stem) for p in (out / name).glob("*.html")) == list(range(6))
-    data = _data(out / "topk" / "2.html")
+    data = page_data(out / "topk" / "2.html")
     assert len(data["promoted"]) == len(data["suppressed"]) == 10  # residual stream: logit effects present
     assert len(data["neighbours"]) == 5 and data["max"] > 0 and 0 < data["density"] <= 1
     fragments = json.loads((out / "topk" / "fragments.js").read_text(encoding="ascii")[len("window.DL_FRAGMENTS="):-2])
@@ -239,24 +163,24 @@ def test_cli_report_summarises_the_runs_cache_and_writes_every_dictionarys_pages
         assert len(fragments[str(example[0])]) == len(example[1])  # tokens and activations align
     maxima = [max(e[1]) for e in data["top"]]
     assert maxima == sorted(maxima, reverse=True) and maxima[0] == pytest.approx(data["max"], rel=1e-2)
-    assert len(_table(run / "report" / "index.html")["rows"]) == 12
-    if _chromium() is not None:  # the real data draws without a script error
-        page = parse(_dom((out / "topk" / "2.html").resolve().as_uri(), tmp_path / "p"))
+    assert len(table_data(run / "report" / "index.html")["rows"]) == 12
+    if chromium_path() is not None:  # the real data draws without a script error
+        page = parse(dump_dom((out / "topk" / "2.html").resolve().as_uri(), tmp_path / "p"))
         assert page.body.get("data-rendered") == "1" and "data-error" not in page.body
         assert page.body.get("data-examples") == str(len(data["top"]) + sum(len(q[2]) for q in data["quantiles"]))
 
 
 def test_descriptors_join_the_pages_and_the_search(report, tmp_path):
-    from tests.test_report_descriptors import HOSTILE as CHIPS, _describe_folder
+    from tests.support.descriptors import HOSTILE as CHIPS, write_describe_folder
 
-    _describe_folder(tmp_path / "described")
+    write_describe_folder(tmp_path / "described")
     index = build_report(report["root"], tmp_path / "rep", [tmp_path / "described"],
                          summaries=(report["summaries"], []))
-    data = _data(index.parent / "features" / SAE / "1.html")
+    data = page_data(index.parent / "features" / SAE / "1.html")
     assert [d["text"] for d in data["descriptors"]["items"]] == CHIPS
     assert data["descriptors"]["items"][0]["frequency"] == 0.625 and data["descriptors"]["consistency"] == 0.5
-    assert _data(index.parent / "features" / SAE / "0.html")["descriptors"] is None  # "none": no chips
-    rows = {(t["dicts"][r[0]]["name"], r[1]): r for t in [_table(index)] for r in t["rows"]}
+    assert page_data(index.parent / "features" / SAE / "0.html")["descriptors"] is None  # "none": no chips
+    rows = {(t["dicts"][r[0]]["name"], r[1]): r for t in [table_data(index)] for r in t["rows"]}
     assert "Family of birds" in rows[("neuron", 2)][5]  # the search box looks in descriptors too
     assert "<script>alert('chip')" not in (index.parent / "features" / SAE / "1.html").read_text(encoding="utf-8")
 

@@ -11,9 +11,13 @@ import json
 import re
 import subprocess
 
+import pytest
+
 from report.build import build_report
-from tests.test_report_build import IMG, _chromium_args, make_run, parse
-from tests.test_report_features import SAE, WORD, _dom, _summaries, _table, needs_chromium, report  # noqa: F401
+from tests.support.feature_pages import SAE, WORD, dump_dom, feature_summaries, needs_chromium, table_data
+from tests.support.report_run import IMG, chromium_args, make_run, parse
+
+pytestmark = pytest.mark.slow  # headless Chromium
 
 
 def _rows(dom: str) -> list[tuple[str, int]]:
@@ -24,7 +28,7 @@ def _rows(dom: str) -> list[tuple[str, int]]:
 def test_index_table_sorts_filters_and_searches_from_the_address(report, tmp_path):
     url = report["index"].resolve().as_uri()
     density = {(s.name, f.index): f.density for s in report["summaries"] for f in s.features}
-    dom = _dom(url + "#sort=density&dir=desc", tmp_path / "p1")
+    dom = dump_dom(url + "#sort=density&dir=desc", tmp_path / "p1")
     page = parse(dom)
     assert page.body.get("data-table-total") == "25" and "data-pwned" not in page.body
     rows = _rows(dom)
@@ -33,11 +37,11 @@ def test_index_table_sorts_filters_and_searches_from_the_address(report, tmp_pat
     assert shown == sorted(shown, reverse=True)
     assert f'href="features/{SAE}/5.html"' in dom
 
-    dom = _dom(url + "#basis=neuron&min=0.05&sort=feature", tmp_path / "p2")
+    dom = dump_dom(url + "#basis=neuron&min=0.05&sort=feature", tmp_path / "p2")
     rows = _rows(dom)
     assert rows == [("neuron", i) for i in range(16) if density[("neuron", i)] >= 0.05] and rows
 
-    dom = _dom(url + f"#q={WORD.upper()}", tmp_path / "p3")
+    dom = dump_dom(url + f"#q={WORD.upper()}", tmp_path / "p3")
     assert _rows(dom) == [(SAE, 5)]
     assert parse(dom).body.get("data-table-matching") == "1"
 
@@ -46,7 +50,7 @@ def test_index_table_sorts_filters_and_searches_from_the_address(report, tmp_pat
 def test_feature_page_draws_histogram_logit_tables_and_examples_as_text(report, tmp_path):
     f5 = report["summaries"][0].features[5]
     page_path = report["index"].parent / "features" / SAE / "5.html"
-    dom = _dom(page_path.resolve().as_uri(), tmp_path / "p")
+    dom = dump_dom(page_path.resolve().as_uri(), tmp_path / "p")
     page = parse(dom)
     assert page.body.get("data-rendered") == "1" and "data-error" not in page.body, page.body
     assert page.body.get("data-hist-bars") == str(sum(c > 0 for c in f5.hist_counts))
@@ -68,7 +72,7 @@ def test_feature_page_draws_histogram_logit_tables_and_examples_as_text(report, 
 def test_an_empty_logit_table_says_why_from_the_hook(tmp_path):
     root = tmp_path / "run"
     make_run(root, with_ioi=False)
-    summaries = _summaries()
+    summaries = feature_summaries()
     summaries[1].hook = "blocks.3.mlp.hook_post"
     for s in summaries:
         for f in s.features:
@@ -76,7 +80,7 @@ def test_an_empty_logit_table_says_why_from_the_hook(tmp_path):
     index = build_report(root, root / "report", summaries=(summaries, []))
     for name, expected, wrong in ((SAE, "no logit effects were computed for this dictionary", "residual stream"),
                                   ("neuron", "the hook is not in the residual stream", "were computed")):
-        visible = "".join(parse(_dom((index.parent / "features" / name / "0.html").resolve().as_uri(),
+        visible = "".join(parse(dump_dom((index.parent / "features" / name / "0.html").resolve().as_uri(),
                                      tmp_path / name)).text)
         assert expected in visible and wrong not in visible, visible
 
@@ -117,7 +121,7 @@ def test_index_controls_sort_filter_and_search_when_clicked_and_typed(report, tm
     harness = out / "harness.html"
     harness.write_text(_HARNESS.replace("@WORD@", WORD.upper()), encoding="utf-8")
     try:
-        dom = subprocess.run(_chromium_args(tmp_path / "p") + ["--allow-file-access-from-files", "--dump-dom",
+        dom = subprocess.run(chromium_args(tmp_path / "p") + ["--allow-file-access-from-files", "--dump-dom",
                                                                harness.resolve().as_uri()],
                              capture_output=True, text=True, timeout=120, check=True).stdout
     finally:
@@ -125,7 +129,7 @@ def test_index_controls_sort_filter_and_search_when_clicked_and_typed(report, tm
     m = re.search(r'<pre id="out">(.*?)</pre>', dom, re.S)
     assert m and m.group(1) != "pending", dom[-2000:]
     seen = json.loads(m.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"'))
-    table = _table(report["index"])  # the densities as the table holds them (rounded, so ties keep feature order)
+    table = table_data(report["index"])  # the densities as the table holds them (rounded, so ties keep feature order)
     density = {(table["dicts"][r[0]]["name"], r[1]): r[2] for r in table["rows"] if r[2] is not None}
 
     first = [tuple(r) for r in seen["density_click"]["rows"]]

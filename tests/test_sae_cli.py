@@ -18,7 +18,9 @@ import sae
 from activations.reader import ActivationCache
 from sae.dictionaries import TiedSAE
 from sae.errors import DictionaryError
-from tests.test_sae_support import HOOK, one_thread, tiny_cache  # noqa: F401 (fixtures)
+from tests.support.sae_data import HOOK
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one torch thread (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP_HOOK = "blocks.0.mlp.hook_post"
@@ -257,6 +259,7 @@ def _train_args(cache: Path, out: Path) -> list[str]:
             "--batch-size", "32", "--tokens", str(32 * STEPS), "--checkpoint-every", "50", "--out", str(out)]
 
 
+@pytest.mark.slow  # a run killed mid-way and resumed
 def test_kill_9_then_rerun_ends_bit_identical(tiny_cache, tmp_path):
     """A real process is SIGKILLed after its first checkpoint; the rerun must end where an uninterrupted run ends.
 

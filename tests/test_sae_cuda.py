@@ -7,7 +7,7 @@ import torch
 
 from sae.stacked import StackedSAE
 from sae.step import Stepper, make_optimizer
-from tests.test_sae_support import sparse_data
+from tests.support.sae_data import sparse_data
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

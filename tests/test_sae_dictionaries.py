@@ -16,7 +16,7 @@ from sae.baselines import (collect, fit_ica, neuron_basis, pca_from_moments, ran
 from sae.dictionaries import KINDS, BatchTopKSAE, JumpReLUSAE, TiedSAE, TopKSAE, UntiedSAE
 from sae.errors import DictionaryError
 from sae.export import export_saelens
-from tests.test_sae_support import sparse_data
+from tests.support.sae_data import sparse_data
 
 D = 12
 

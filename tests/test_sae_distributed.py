@@ -25,7 +25,9 @@ from sae.distributed import resolve_mode, row_block, share_members
 from sae.settings import TrainSettings
 from sae.step import Stepper
 from sae.train import member_names, train_sweep
-from tests.test_sae_support import HOOK, one_thread, tiny_cache  # noqa: F401 (fixtures)
+from tests.support.sae_data import HOOK
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one torch thread (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-5  # float tolerance: measured max |difference| is printed by each test (pytest -s shows it)
@@ -85,6 +87,7 @@ def tied_alone(tiny_cache, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind_args", [TIED, TOPK], ids=["tied_sae", "topk"])
 def test_two_processes_give_the_weights_of_one_process_with_the_same_global_batch(kind_args, tiny_cache, tmp_path,
                                                                                   tied_alone):
@@ -106,6 +109,7 @@ def test_two_processes_give_the_weights_of_one_process_with_the_same_global_batc
     assert max_difference(other / folders(two)[0], two / folders(two)[0]) > 100 * TOL
 
 
+@pytest.mark.slow
 def test_distribute_sweep_gives_each_member_its_single_process_weights(tiny_cache, tmp_path, tied_alone):
     out = tmp_path / "sweep"
     done = torchrun(["--cache", str(tiny_cache), "--out", str(out), *COMMON, *TIED, "--distribute", "sweep"])
@@ -143,6 +147,7 @@ def _rank_pid(root: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_sigkill_of_one_rank_after_a_checkpoint_then_rerun_resumes_to_the_uninterrupted_weights(tiny_cache, tmp_path):
     args = ["--cache", str(tiny_cache), *COMMON, "--kind", "tied_sae", "--ratio", "1", "--l1", "1e-3",
             "--tokens", str(51 * 1000), "--checkpoint-every", "20"]
@@ -220,6 +225,7 @@ def _settings(cache: Path, out: Path, **kw) -> TrainSettings:
                          checkpoint_every=20, **kw)
 
 
+@pytest.mark.slow
 def test_a_one_process_checkpoint_resumes_data_parallel_to_the_same_weights(tiny_cache, tmp_path, tied_alone):
     """A data-parallel checkpoint does not depend on N: one process stops, two finish, as one would have."""
     out = tmp_path / "mixed"
@@ -259,6 +265,7 @@ def test_a_sweep_share_resumes_from_its_own_checkpoint(tiny_cache, tmp_path, tie
     assert max(diffs.values()) < TOL
 
 
+@pytest.mark.slow
 def test_an_output_folder_locked_by_another_run_stops_every_rank_with_one_line(tiny_cache, tmp_path):
     """Only rank 0 takes the lock; when it cannot, the other ranks stop too instead of waiting for it."""
     from activations.runstate import output_lock
@@ -290,6 +297,7 @@ def _locked_rank(rank: int, port: int, cache: str, out: str, said: "torch.multip
         said.put((rank, str(err)))
 
 
+@pytest.mark.slow
 def test_every_rank_refuses_a_locked_output_by_itself(tiny_cache, tmp_path):
     """The agreement itself, without torchrun (which stops a rank as soon as another fails, so the launch test
     cannot tell a rank that stopped by itself from one that was killed while waiting): each of two gloo ranks

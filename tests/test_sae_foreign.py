@@ -21,7 +21,8 @@ from sae.errors import DictionaryError
 from sae.export import export_saelens
 from sae.foreign import source_summary
 from sae.io import read_config
-from tests.test_sae_support import one_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one torch thread (tests/conftest.py)
 
 D, F = 8, 24
 HOOK = "blocks.3.hook_resid_post"

@@ -24,7 +24,9 @@ import sae
 from sae.kinds.affine import AffineDictionary, unit_rows
 from sae.kinds.stack import StackOptions, SweepStack, xavier
 from sae.registry import L1_SWEEP, KindSpec, kind_names, learned_kinds, objective_class, registered, specs
-from tests.test_sae_support import HOOK, one_thread, tiny_cache  # noqa: F401 (fixtures)
+from tests.support.sae_data import HOOK
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one torch thread (tests/conftest.py)
 
 TOY = "toy_sae"
 

@@ -17,7 +17,9 @@ from sae.registry import LEARNED_KINDS, objective_class
 from sae.settings import TrainSettings
 from sae.step import Stepper, lr_factor
 from sae.train import train_sweep
-from tests.test_sae_support import one_thread, sparse_data  # noqa: F401 (one_thread: autouse fixture)
+from tests.support.sae_data import sparse_data
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one torch thread (tests/conftest.py)
 
 VALUES = {"tied_sae": [1e-2, 1e-1], "untied_sae": [1e-2, 1e-1], "topk": [2, 5], "batchtopk": [2, 5]}
 

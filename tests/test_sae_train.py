@@ -13,7 +13,9 @@ from sae.errors import TrainingDiverged
 from sae.metrics import mmcs
 from sae.stacked import StackedSAE
 from sae.train import TrainSettings, train_sweep
-from tests.test_sae_support import one_thread, sparse_data  # noqa: F401 (one_thread: autouse fixture)
+from tests.support.sae_data import sparse_data
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one torch thread (tests/conftest.py)
 
 HOOK = "blocks.0.hook_resid_post"
 
