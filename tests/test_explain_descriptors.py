@@ -181,24 +181,58 @@ def _fake_embed(groups: dict[str, int]):
     return embed
 
 
-def test_clustering_on_a_hand_made_descriptor_list():
+@pytest.mark.parametrize("method", ["community", "agglomerative"])
+def test_clustering_on_a_hand_made_descriptor_list(method):
     from explain.descriptors.cluster import cluster_descriptors
 
     counts = Counter({"bird": 5, "birds": 2, "bird species": 1, "river": 3, "rivers": 1, "jazz": 1})
     groups = {"bird": 0, "birds": 0, "bird species": 0, "river": 1, "rivers": 1, "jazz": 2}
-    vocab = cluster_descriptors(counts, _fake_embed(groups), threshold=0.3)
+    vocab = cluster_descriptors(counts, _fake_embed(groups), threshold=0.3, method=method)
     assert vocab.names == ["bird", "river", "jazz"]  # named by the most frequent member, ordered by total count
     assert vocab.members[0] == {"bird": 5, "birds": 2, "bird species": 1}
     assert vocab.cluster_of["rivers"] == 1
 
 
-def test_a_cluster_of_equally_frequent_members_is_named_by_its_most_central_member():
+@pytest.mark.parametrize("method", ["community", "agglomerative"])
+def test_a_cluster_of_equally_frequent_members_is_named_by_its_most_central_member(method):
     from explain.descriptors.cluster import cluster_descriptors
 
     points = {"american actor": [1.0, 0.0], "american singer": [0.8, 0.6], "american writer": [0.6, 0.8]}
     vocab = cluster_descriptors(Counter(dict.fromkeys(points, 1)),
-                                lambda texts: np.asarray([points[t] for t in texts], dtype=np.float32), threshold=0.5)
+                                lambda texts: np.asarray([points[t] for t in texts], dtype=np.float32), threshold=0.5,
+                                method=method)
     assert vocab.names == ["american singer"]  # alphabetical order would have said "american actor"
+
+
+def test_community_detection_groups_near_duplicates_prunes_rare_ones_and_names_the_centre():
+    from explain.descriptors.cluster import cluster_descriptors, communities
+
+    rng = np.random.default_rng(0)
+    d = 32
+    centres = np.linalg.qr(rng.normal(size=(d, d)))[0][:4]  # four orthonormal directions
+    points, counts, truth = {}, Counter(), {}
+    for g, size in enumerate([12, 8, 6]):
+        for k in range(size):  # near-duplicates: the centre plus noise (cosine to it about 0.99)
+            v = centres[g] + (0 if k == 0 else 0.08) * rng.normal(size=d)
+            points[f"g{g}-{k}"] = v / np.linalg.norm(v)
+            counts[f"g{g}-{k}"] = 1 + (k == 0)  # the exact centre is carried by two documents
+            truth[f"g{g}-{k}"] = g
+    points["loner"], counts["loner"] = centres[3], 3  # rare: 3 documents, nobody near
+    points["popular"], counts["popular"] = -centres[0], 40  # one string on 40 documents: a community by itself
+    embed = lambda texts: np.asarray([points[t] for t in texts], dtype=np.float32)  # noqa: E731
+    vocab = cluster_descriptors(counts, embed, threshold=0.2, method="community", min_size=5)
+    assert vocab.pruned == {"loner": 3}
+    assert vocab.names[0] == "popular" and vocab.members[0] == {"popular": 40}
+    for g in range(3):
+        cluster = vocab.cluster_of[f"g{g}-0"]
+        assert {m for m, c in vocab.cluster_of.items() if c == cluster} == {r for r in truth if truth[r] == g}
+        assert vocab.names[cluster] == f"g{g}-0"  # the exact centre is the most central member
+    # a community below the size is pruned whole; with unit weights, sizes count strings (the library's algorithm)
+    assert "g2-0" in cluster_descriptors(counts, embed, 0.2, method="community", min_size=8).pruned
+    names = sorted(points)
+    groups = communities(embed(names), np.ones(len(names)), 0.8, min_size=7)
+    assert sorted(sorted(names[i] for i in g) for g in groups) == sorted(
+        sorted(r for r in truth if truth[r] == g) for g in (0, 1))
 
 
 def test_real_sentence_embeddings_cluster_synonyms_apart_from_other_topics():

@@ -66,13 +66,14 @@ def _cluster_and_write(out: Path, settings: DescriptorsSettings, described: list
     counts = Counter(r for d in described for r in d.raw)
     embedder = Embedder.from_spec(settings.embedder, store_path=out / "embeddings.sqlite")
     try:
-        vocab = cluster_descriptors(counts, embedder.embed, settings.cluster_threshold)
+        vocab = cluster_descriptors(counts, embedder.embed, settings.cluster_threshold, settings.cluster,
+                                    settings.min_community)
     finally:
         embedder.store.close()
     doc_counts = [0] * len(vocab.names)
     lines = []
     for d in described:
-        clusters = sorted({vocab.cluster_of[r] for r in d.raw})
+        clusters = sorted({vocab.cluster_of[r] for r in d.raw if r in vocab.cluster_of})  # pruned ones are not
         for c in clusters:
             doc_counts[c] += 1
         row = {"id": d.id, "descriptors": [vocab.names[c] for c in clusters], "raw": d.raw, "status": d.status,
@@ -85,11 +86,18 @@ def _cluster_and_write(out: Path, settings: DescriptorsSettings, described: list
     statuses = Counter(d.status for d in described)
     if not vocab.names:
         print(f"warning: no document got a descriptor; see the statuses and answers in {out / DOCUMENTS_FILE}")
+    kept = sum(1 for d in described if any(r in vocab.cluster_of for r in d.raw))
     summary = {"documents": len(described), "statuses": dict(statuses), "raw_descriptors": len(counts),
-               "clusters": len(vocab.names), "generator": settings.generator}
+               "clusters": len(vocab.names), "generator": settings.generator, "cluster": settings.cluster,
+               "cluster_threshold": settings.cluster_threshold, "min_community": settings.min_community,
+               "pruned_descriptors": len(vocab.pruned), "pruned_occurrences": sum(vocab.pruned.values()),
+               "documents_with_a_cluster": kept}
     write_json_atomic(out / "summary.json", summary)
-    print(f"{len(described)} documents, {len(counts)} distinct descriptors -> {len(vocab.names)} clusters in {out} "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))})")
+    write_json_atomic(out / "pruned.json", vocab.pruned)
+    pruned = (f"; {len(vocab.pruned)} rare descriptors pruned, {len(described) - kept} documents left without one"
+              if settings.cluster == "community" else "")
+    print(f"{len(described)} documents, {len(counts)} distinct descriptors -> {len(vocab.names)} clusters "
+          f"({settings.cluster}){pruned} in {out} ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))})")
     return summary
 
 

@@ -25,8 +25,15 @@ class DescriptorsSettings:
     text_column: str | None = option(None, help="the .jsonl field or .csv column holding the text (default: text)")
     generator: str = option("field:description", help=GENERATOR_HELP)
     max_documents: int | None = option(None, help="the first N documents (default: all; must match the pooled cache)")
-    cluster_threshold: float = option(0.25, help="cosine distance under which descriptors join one cluster "
-                                                 "(average linkage; 0 keeps only identical ones together)")
+    cluster: str = option("community", choices=("community", "agglomerative"),
+                          help="community: fast community detection on the embeddings, rare descriptors pruned, "
+                               "each cluster named by its most central member (the paper); agglomerative: average "
+                               "linkage, nothing pruned (the earlier default)")
+    cluster_threshold: float = option(0.25, help="cosine distance: community members lie within 1 - this cosine "
+                                                 "similarity of the centre; agglomerative cuts average linkage here "
+                                                 "(0 keeps only identical descriptors together)")
+    min_community: int = option(10, help="community: a community must cover this many documents (a descriptor "
+                                         "weighs the documents carrying it), else its descriptors are pruned")
     embedder: str = option("default", help="sentence-embedding model for clustering: default (all-MiniLM-L6-v2), "
                                            "hub id or folder")
     max_tokens: int = option(60, help="LLM generators: answer length in tokens")
@@ -44,6 +51,10 @@ class DescriptorsSettings:
                             "(0.2-0.4 merges near-synonyms)")
         if self.max_documents is not None and self.max_documents < 1:
             raise UserError(f"--max-documents {self.max_documents} must be at least 1")
+        if self.cluster not in ("community", "agglomerative"):
+            raise UserError(f"--cluster {self.cluster!r} is not a clustering: use community or agglomerative")
+        if self.min_community < 1:
+            raise UserError(f"--min-community {self.min_community} must be at least 1")
 
 
 @dataclass
