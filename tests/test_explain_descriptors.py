@@ -273,9 +273,84 @@ def test_llm_answers_are_parsed_and_malformed_ones_recorded(tmp_path, monkeypatc
 
     monkeypatch.setattr(backends, "make_backend", lambda spec, **kw: Fake())
     docs = [Document("a", "The robin is a bird.", {}), Document("b", "???", {})]
-    got = generate.from_llm(docs, "openai:x", tmp_path / "c.sqlite", max_tokens=40, base_url=None, concurrency=1)
+    got, example = generate.from_llm(docs, "openai:x", tmp_path / "c.sqlite", max_tokens=40, base_url=None,
+                                     concurrency=1, example_seed=None)
+    assert example.source == "builtin"
     assert (got[0].raw, got[0].status) == (["birds", "nature"], "ok")
     assert (got[1].raw, got[1].status, got[1].answer) == ([], "malformed", "I cannot answer that")
+
+
+class _Scripted:
+    """A fake backend: the answer is a function of the prompt (so call order does not matter); records every prompt."""
+
+    def __init__(self, answer):
+        self.answer, self.prompts = answer, []
+
+    def generate(self, messages, **kw):
+        self.prompts.append(messages)
+        return [self.answer(messages)]
+
+    def map_concurrent(self, fn, items):
+        return [fn(x) for x in items]
+
+    def close(self):
+        pass
+
+
+def test_one_shot_example_is_drawn_from_the_corpus_by_seed_and_used_in_every_prompt(tmp_path, monkeypatch):
+    from activations.corpus import Document
+    from explain.descriptors import generate
+
+    docs = [Document(f"d{i}", f"text of document {i}", {}) for i in range(30)]
+    # zero-shot answers (no worked example in the chat) are readable only for documents 5 and up
+    def answer(messages):
+        n = int(messages[-1]["content"].split("document ")[1].split()[0])
+        zero_shot = len(messages) == 2
+        return "no" if zero_shot and n < 5 else f'["topic {n}", "kind {n % 3}"]'
+
+    fake = _Scripted(answer)
+    monkeypatch.setattr("explain.llm.backends.make_backend", lambda spec, **kw: fake)
+    _, example = generate.from_llm(docs, "openai:x", tmp_path / "c.sqlite", max_tokens=40, base_url=None,
+                                   concurrency=1, example_seed=11, aspects="the subject or the era")
+    order = np.random.default_rng(11).permutation(30)
+    first_readable = next(i for i in order.tolist() if i >= 5)  # drawn in the seeded order, unreadable ones skipped
+    assert (example.source, example.doc_id) == ("corpus", f"d{first_readable}")
+    assert json.loads(example.answer) == [f"topic {first_readable}", f"kind {first_readable % 3}"]
+    described = [m for m in fake.prompts if len(m) == 4]
+    assert len(described) == 30
+    assert all(m[1]["content"] == f"Document:\n{docs[first_readable].text}\n\nDescriptors:" and
+               m[2]["content"] == example.answer and "the subject or the era" in m[0]["content"] for m in described)
+    fake.prompts.clear()
+    _, again = generate.from_llm(docs, "openai:x", tmp_path / "c2.sqlite", max_tokens=40, base_url=None,
+                                 concurrency=1, example_seed=11)
+    assert again == example  # the same seed and corpus: the same example
+    # no readable zero-shot answer anywhere: the built-in example, said so
+    fake.answer = lambda messages: "no" if len(messages) == 2 else '["x"]'
+    _, builtin = generate.from_llm(docs, "openai:x", tmp_path / "c3.sqlite", max_tokens=40, base_url=None,
+                                   concurrency=1, example_seed=11)
+    assert builtin.source == "builtin" and builtin.doc_id is None
+
+
+def test_two_generators_are_compared_per_document(annotated, tmp_path, monkeypatch):
+    import cli
+    from explain.descriptors.assign import jaccard
+
+    fakes = {"openai:a": _Scripted(lambda m: '["alpha", "shared"]'),
+             "openai:b": _Scripted(lambda m: "garbled" if "number 0\n" in m[-1]["content"] else '["shared", "beta"]')}
+    monkeypatch.setattr("explain.llm.backends.make_backend", lambda spec, **kw: fakes[spec])
+    monkeypatch.setattr("explain.llm.embedder.Embedder.from_spec", classmethod(
+        lambda cls, spec, store_path=None: _StubEmbedder()))
+    assert cli.main(["descriptors", "--corpus", str(annotated), "--generator", "openai:a", "--compare-generator",
+                     "openai:b", "--max-documents", "6", "--min-community", "1", "--out", str(tmp_path / "d")]) == 0
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    compared = summary["compared"]
+    assert compared["generator"] == "openai:b" and summary["example"]["source"] == "corpus"
+    assert compared["documents_both_described"] == 5 and compared["documents_not_both"] == 1
+    want = jaccard({"alpha", "shared"}, {"shared", "beta"})
+    assert compared["raw_jaccard"]["mean"] == pytest.approx(want)
+    assert compared["cluster_jaccard"]["mean"] == pytest.approx(want)  # the stub embedder merges nothing
+    rows = [json.loads(line) for line in (tmp_path / "d" / "agreement.jsonl").read_text().splitlines()]
+    assert [r["raw_jaccard"] is None for r in rows] == [True] + [False] * 5
 
 
 def test_a_run_where_every_answer_is_malformed_keeps_the_answers(annotated, tmp_path, monkeypatch, capsys):
@@ -462,8 +537,11 @@ def test_local_generator_end_to_end_with_the_real_offline_model(tmp_path):
     assert all(len(x.split()) <= 3 for r in rows for x in r["raw"]) and all(len(r["raw"]) <= 5 for r in rows)
     vocab = json.loads((tmp_path / "d" / "vocabulary.json").read_text())
     assert {m for v in vocab for m in v["members"]} == {x for r in rows for x in r["raw"]}
+    example = json.loads((tmp_path / "d" / "summary.json").read_text())["example"]
+    assert example["source"] in ("corpus", "builtin")
     cache = LLMCache(tmp_path / "d" / "llm_cache.sqlite")
-    assert len(cache) == 2
+    # the two documents' calls, and the one or two zero-shot calls that drew the one-shot example from the corpus
+    assert 3 <= len(cache) <= 4
     cache.close()
 
 

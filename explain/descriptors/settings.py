@@ -37,6 +37,13 @@ class DescriptorsSettings:
     embedder: str = option("default", help="sentence-embedding model for clustering: default (all-MiniLM-L6-v2), "
                                            "hub id or folder")
     max_tokens: int = option(60, help="LLM generators: answer length in tokens")
+    aspects: str = option("a topic, entity type, sentiment, style or other property",
+                          help="LLM generators: what a descriptor names, phrased for the corpus (e.g. for reviews: "
+                               "'the product, an aspect of it or the sentiment')")
+    example_seed: int = option(0, help="LLM generators: seed drawing the prompt's one worked example from the corpus "
+                                       "(its descriptors: the generator's own zero-shot answer)")
+    compare_generator: str | None = option(None, help="a second generator (same forms as --generator): both run, and "
+                                                      "their per-document agreement is reported (agreement.jsonl)")
     base_url: str | None = option(None, identity=False, help="openai: generator: an OpenAI-compatible endpoint")
     concurrency: int = option(4, identity=False, help="openai: generator: requests in flight")
     out: str = option("descriptors", required=True, identity=False, help="the output folder")
@@ -46,6 +53,11 @@ class DescriptorsSettings:
         kind, sep, target = self.generator.partition(":")
         if not sep or kind not in ("field", "local", "openai") or not target.strip():
             raise UserError(f"--generator {self.generator!r} is not a generator: use {GENERATOR_HELP}")
+        if self.compare_generator is not None:
+            kind, sep, target = self.compare_generator.partition(":")
+            if not sep or kind not in ("field", "local", "openai") or not target.strip():
+                raise UserError(f"--compare-generator {self.compare_generator!r} is not a generator: use "
+                                f"{GENERATOR_HELP}")
         if not 0.0 <= self.cluster_threshold <= 2.0:
             raise UserError(f"--cluster-threshold {self.cluster_threshold} is not a cosine distance: use 0..2 "
                             "(0.2-0.4 merges near-synonyms)")
