@@ -580,3 +580,22 @@ def test_track_top_second_pass_gives_every_halfs_exact_top_documents():
                 assert torch.equal(vals[keep], own.values[keep])
                 assert torch.equal(rows[keep], torch.from_numpy(np.flatnonzero(mask))[own.indices][keep])
                 assert not (vals[~keep] > 0).any()
+
+
+def test_judge_calibration_against_the_annotations():
+    from explain.descriptors.judge import judge_calibration
+
+    gold_of = {"birds": "animals", "jazz": "music", "rivers": "geography"}
+    truth = ["animals", "music"]
+    verdicts = {0: [{"descriptor": "birds", "status": "ok", "fits": True},      # yes, right
+                    {"descriptor": "jazz", "status": "ok", "fits": True},       # yes, wrong
+                    {"descriptor": "rivers", "status": "malformed", "fits": None}],  # not read: left out
+                1: [{"descriptor": "jazz", "status": "ok", "fits": False},      # no, right
+                    {"descriptor": "rivers", "status": "ok", "fits": False}]}   # no, wrong
+    got = judge_calibration(verdicts, truth, gold_of)
+    assert got["verdicts"] == 4 and got["confusion"] == {"yes_right": 1, "yes_wrong": 1, "no_right": 1, "no_wrong": 1}
+    assert got["agreement"] == 0.5 and got["kappa"] == pytest.approx(0.0)  # a coin: agreement is chance, kappa 0
+    perfect = {0: [{"descriptor": "birds", "status": "ok", "fits": True}],
+               1: [{"descriptor": "rivers", "status": "ok", "fits": False}]}
+    assert judge_calibration(perfect, truth, gold_of)["kappa"] == pytest.approx(1.0)
+    assert judge_calibration({}, truth, gold_of)["agreement"] is None

@@ -16,7 +16,9 @@ PCA, ICA, random, probe: all through `encode`), assigns descriptors
   labels are known: a descriptor counts as correct when its majority gold
   label in the corpus is the feature's label;
 * with `--judge`, precision@K from an LLM's yes/no on whether each top-K
-  descriptor fits the feature's top documents (`explain.descriptors.judge`).
+  descriptor fits the feature's top documents (`explain.descriptors.judge`);
+  on `probe` dictionaries also the judge's agreement with the annotations
+  (its calibration: accuracy, Cohen's kappa, confusion counts).
 
 The rule is the paper's by default (top k %, f(c) >= T, f(c) the share of
 descriptor occurrences among the exemplars); `--min-lift`, `--min-exemplars`
@@ -262,6 +264,10 @@ def _describe_one(dictionary, tops: Tops, matrix, splits: list[np.ndarray], name
         gold_of = dict(zip(names, majority_labels(doc_desc, labels, len(names))))
         stats["gold_field"] = field
         stats["at_k"] = precision_recall_at_k(ranked_names, truth, gold_of, settings.top_k)
+        if settings.judge is not None:
+            from explain.descriptors.judge import judge_calibration
+
+            stats["judge"]["calibration"] = judge_calibration(verdicts, truth, gold_of)
     return records, stats
 
 
