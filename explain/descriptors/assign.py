@@ -248,20 +248,17 @@ def half_tops(values: torch.Tensor, rows: torch.Tensor, first: np.ndarray, m_fir
     member = torch.from_numpy(first)[rows]  # [M, F]: the document belongs to the first half
     complete = values.shape[0] >= n_documents
     tops, short = [], np.zeros(values.shape[1], dtype=bool)
-    order = -torch.arange(values.shape[0], dtype=torch.float32).unsqueeze(1)
     for in_half, m in ((member, m_first), (~member, m_second)):
-        take = in_half & (torch.cumsum(in_half.to(torch.int32), 0) <= m)
-        k = min(m, values.shape[0])
-        # the taken entries, in their order (largest first), moved to the front of each column
-        idx = torch.topk(torch.where(take, order, -float("inf")), k, dim=0, sorted=True).indices
-        got = torch.gather(take, 0, idx)
-        vals = torch.where(got, torch.gather(values, 0, idx), torch.zeros(()))
-        found = torch.where(got, torch.gather(rows, 0, idx), torch.zeros((), dtype=rows.dtype))
-        if k < m:
-            vals = torch.cat([vals, torch.zeros(m - k, vals.shape[1])])
-            found = torch.cat([found, torch.zeros(m - k, found.shape[1], dtype=found.dtype)])
+        position = torch.cumsum(in_half.to(torch.int32), 0)  # 1-based rank of the document within its half
+        take = in_half & (position <= m)
+        r, c = take.nonzero(as_tuple=True)
+        slot = position[r, c].long() - 1
+        vals = torch.zeros(m, values.shape[1], dtype=values.dtype)
+        found = torch.zeros(m, values.shape[1], dtype=rows.dtype)
+        vals[slot, c] = values[r, c]
+        found[slot, c] = rows[r, c]
         if not complete:
-            short |= ((take.sum(0) < m) & (values[-1] > 0)).numpy()
+            short |= ((position[-1] < m) & (values[-1] > 0)).numpy()
         tops.append((vals, found))
     return tops, short
 
