@@ -195,20 +195,21 @@ def stratified_halves(doc_descriptors: Sequence[Sequence[int]], n_descriptors: i
     for i, vs in enumerate(doc_descriptors):
         for v in vs:
             docs_of[v].append(i)
-    left = np.asarray([len(d) for d in docs_of], dtype=np.int64)  # unplaced documents per descriptor
-    want = [[c / 2.0 for c in left.tolist()], [c / 2.0 for c in left.tolist()]]  # per half, per descriptor
+    left = [len(d) for d in docs_of]  # unplaced documents per descriptor (plain lists: the loop is per document)
+    want = [[c / 2.0 for c in left], [c / 2.0 for c in left]]  # per half, per descriptor
     want_total = [n / 2.0, n / 2.0]
-    half = np.full(n, -1, dtype=np.int8)
+    half = [-1] * n
 
     def choose(a: float, b: float) -> int:
         return (0 if a > b else 1) if a != b else int(rng.integers(2))
 
     while True:
-        open_ = np.flatnonzero(left > 0)
+        counts = np.asarray(left)
+        open_ = np.flatnonzero(counts > 0)
         if open_.size == 0:
             break
-        fewest = left[open_].min()
-        label = int(rng.choice(open_[left[open_] == fewest]))
+        fewest = counts[open_].min()
+        label = int(rng.choice(open_[counts[open_] == fewest]))
         pending = [i for i in docs_of[label] if half[i] < 0]
         for j in rng.permutation(len(pending)).tolist():
             i = pending[j]
@@ -216,14 +217,15 @@ def stratified_halves(doc_descriptors: Sequence[Sequence[int]], n_descriptors: i
             h = choose(want_total[0], want_total[1]) if a == b else (0 if a > b else 1)
             half[i] = h
             want_total[h] -= 1
+            wanted = want[h]
             for v in doc_descriptors[i]:
-                want[h][v] -= 1
+                wanted[v] -= 1
                 left[v] -= 1
-    for i in rng.permutation(np.flatnonzero(half < 0)).tolist():
+    for i in rng.permutation([i for i in range(n) if half[i] < 0]).tolist():
         h = choose(want_total[0], want_total[1])
         half[i] = h
         want_total[h] -= 1
-    return half == 0
+    return np.asarray(half) == 0
 
 
 def repeated_halves(doc_descriptors: Sequence[Sequence[int]], n_descriptors: int, n_splits: int,
