@@ -273,7 +273,7 @@ def _describe_one(dictionary, tops: Tops, matrix, splits: list[np.ndarray], name
 
 def _print_table(summary: dict) -> None:
     print(f"{'dictionary':<28} {'basis':<14} {'features':>8} {'described':>9} {'desc/feat':>9} {'consistency (95% CI)':<26}"
-          f" {'P@K':>6} {'R@K':>6} {'judge P@K':>9}")
+          f" {'empty':>6} {'P@K':>6} {'R@K':>6} {'judge P@K':>9}")
     for s in summary["dictionaries"]:
         c = s["consistency"]
         cons = "-" if c["mean"] is None else f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}] n={c['n']}"
@@ -283,4 +283,6 @@ def _print_table(summary: dict) -> None:
         judged = s.get("judge", {}).get("precision")
         j = "-" if judged is None else f"{judged:.2f}"
         print(f"{s['dictionary'][:28]:<28} {s['basis'][:14]:<14} {s['n_features']:>8} {s['fraction_described']:>9.2f} "
-              f"{s['descriptors_per_feature']:>9.2f} {cons:<26} {p:>6} {r:>6} {j:>9}")
+              f"{s['descriptors_per_feature']:>9.2f} {cons:<26} {s['empty_both_halves']['every_split']:>6} {p:>6} "
+              f"{r:>6} {j:>9}")
+    print("empty: features with no descriptor in either half of every split (not in the consistency mean)")
