@@ -536,7 +536,8 @@ def test_local_generator_end_to_end_with_the_real_offline_model(tmp_path):
     assert all(("answer" in r) == (r["status"] != "ok") for r in rows)
     assert all(len(x.split()) <= 3 for r in rows for x in r["raw"]) and all(len(r["raw"]) <= 5 for r in rows)
     vocab = json.loads((tmp_path / "d" / "vocabulary.json").read_text())
-    assert {m for v in vocab for m in v["members"]} == {x for r in rows for x in r["raw"]}
+    pruned = json.loads((tmp_path / "d" / "pruned.json").read_text())  # two documents: every community is rare
+    assert {m for v in vocab for m in v["members"]} | set(pruned) == {x for r in rows for x in r["raw"]}
     example = json.loads((tmp_path / "d" / "summary.json").read_text())["example"]
     assert example["source"] in ("corpus", "builtin")
     cache = LLMCache(tmp_path / "d" / "llm_cache.sqlite")
