@@ -147,7 +147,8 @@ def main() -> None:
           f"{a['splits']} splits: setup (matrix + stratified halves) {a['setup_s']:.1f}s, encode + streaming top-k "
           f"(whole, halves read from it; {a['exact_second_pass']} features needed the exact second pass) "
           f"{a['encode_and_topk_s']:.1f}s, frequencies/Jaccard {a['assign_s']:.1f}s, total {a['total_s']:.1f}s "
-          f"(target < 60s; CPU time of this process {a['cpu_s']:.1f}s on {a['threads']} threads); per-feature records {a['records_s']:.1f}s; {a['described']:.0%} described")
+          f"(target < 60s; CPU time of this process {a['cpu_s']:.1f}s on {a['threads']} threads); "
+          f"per-feature records {a['records_s']:.1f}s; {a['described']:.0%} described")
 
 
 if __name__ == "__main__":

@@ -154,8 +154,8 @@ def main() -> None:
                     top_percent=args.top_percent, threshold=args.threshold, gold_field=gold, splits=args.splits,
                     out=str(out / name), plot=str(out / f"{name}.png"), overwrite=True, **ours))
                 results[name] = summary
-    (out / f"study_{args.subjects.replace(',', '')}_{'w' if args.wiki else ''}{'t' if args.tweets else ''}.json").write_text(
-        json.dumps(results, indent=2) + "\n")
+    corpora = ("w" if args.wiki else "") + ("t" if args.tweets else "")
+    (out / f"study_{args.subjects.replace(',', '')}_{corpora}.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -34,9 +34,10 @@ def rows(folder: Path) -> list[str]:
     for i, s in enumerate(paper["dictionaries"]):
         o = lift["dictionaries"][i] if lift else None
         spread = s["consistency_over_splits"]
-        splits = "–" if spread["mean"] is None else f"{spread['mean']:.2f} [{spread['ci95'][0]:.2f}, {spread['ci95'][1]:.2f}]"
-        cells = [folder.name.replace("_described", ""), s["basis"], str(s["n_features"]), f"{s['fraction_described']:.2f}",
-                 _cons(s), splits, str(s["empty_both_halves"]["every_split"]), _at(s)]
+        splits = ("–" if spread["mean"] is None else
+                  f"{spread['mean']:.2f} [{spread['ci95'][0]:.2f}, {spread['ci95'][1]:.2f}]")
+        cells = [folder.name.replace("_described", ""), s["basis"], str(s["n_features"]),
+                 f"{s['fraction_described']:.2f}", _cons(s), splits, str(s["empty_both_halves"]["every_split"]), _at(s)]
         if o is not None:
             cells += [f"{o['fraction_described']:.2f}", _cons(o), str(o["empty_both_halves"]["every_split"]), _at(o)]
         out.append("| " + " | ".join(cells) + " |")

@@ -247,7 +247,8 @@ def _describe_one(dictionary, tops: Tops, matrix, splits: list[np.ndarray], name
              "consistency": mean_ci(consistency.tolist()),
              "consistency_per_split": [None if not d.any() else float(np.nanmean(j)) for j, d in zip(jac, defined)],
              "consistency_over_splits": mean_ci([float(np.nanmean(j)) for j, d in zip(jac, defined) if d.any()]),
-             "empty_both_halves": {"per_split": (~defined).sum(1).tolist(), "every_split": int((~defined).all(0).sum())},
+             "empty_both_halves": {"per_split": (~defined).sum(1).tolist(),
+                                   "every_split": int((~defined).all(0).sum())},
              "exact_second_pass": tops.exact}
     if settings.judge is not None:
         from explain.descriptors.judge import judge_features
