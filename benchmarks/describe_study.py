@@ -8,7 +8,11 @@ default causal model SmolLM2-135M (mean pooling, a middle layer). Bases per
 pooled cache: neuron, PCA, ICA, random (fitted on the pooled vectors) and a
 probe per gold label; `describe` then gives consistency per basis and
 precision@K / recall@K on the probes. Everything goes through the CLI
-functions, so the folders can be inspected and every step resumes.
+functions, so the folders can be inspected and every step resumes (a pooled
+cache already at its path is used as it is, e.g. one written by
+`benchmarks/pool_once.py`). `describe` runs once per rule: the paper's
+(`*_described`) and ours (lift >= 2, >= 5 active exemplars, per-document
+frequency: `*_described_lift`), each over `--splits` stratified splits.
 
     python benchmarks/describe_study.py --out runs/describe_study [--wiki 2000] [--tweets 2000]
 """
@@ -90,9 +94,13 @@ def main() -> None:
     parser.add_argument("--out", default="runs/describe_study")
     parser.add_argument("--wiki", type=int, default=2000)
     parser.add_argument("--tweets", type=int, default=2000)
-    parser.add_argument("--cluster-threshold", type=float, default=0.5,
+    parser.add_argument("--cluster-threshold", type=float, default=0.6,
                         help="for the Wikipedia descriptions; the tweets' three labels are never merged (0): "
                              "all-MiniLM-L6-v2 puts 'positive' and 'negative' within cosine distance 0.5")
+    parser.add_argument("--cluster", default="community", choices=["community", "agglomerative"])
+    parser.add_argument("--min-community", type=int, default=10)
+    parser.add_argument("--splits", type=int, default=5)
+    parser.add_argument("--rules", default="paper,lift", help="paper and/or lift (ours), comma-separated")
     parser.add_argument("--top-percent", type=float, default=1.0)
     parser.add_argument("--threshold", type=float, default=0.2)
     parser.add_argument("--subjects", default="0,1,2", help="indices into SUBJECTS")
@@ -114,32 +122,40 @@ def main() -> None:
         descriptors = out / f"{corpus_name}_descriptors"
         descriptors_command(DescriptorsSettings(corpus=str(corpus), generator=f"field:{desc_field}",
                                                 cluster_threshold=args.cluster_threshold if corpus_name == "wiki"
-                                                else 0.0, out=str(descriptors)))
+                                                else 0.0, cluster=args.cluster, min_community=args.min_community,
+                                                out=str(descriptors)))
+        n_lines = sum(1 for _ in corpus.open(encoding="utf-8"))
         for i in map(int, args.subjects.split(",")):
             model, pool, hook = SUBJECTS[i]
             tag = f"{corpus_name}_{model}_{pool}"
             cache = out / f"{tag}.h5"
             source = corpus
-            if model == "default" and args.causal_documents:
+            if model == "default" and args.causal_documents and args.causal_documents < n_lines:
                 # a seeded random subset, not the first N: the samples keep the corpus's order, and the tweets
                 # file is sorted by sentiment (the first 1,000 held almost no positive tweet)
                 source = subset(corpus, args.causal_documents, out)
                 tag += f"_{args.causal_documents}"
                 cache = out / f"{tag}.h5"
-            cache_activations(model=model, corpus=str(source), hooks=[hook], context_length=128, batch_size=32,
-                              dtype="float32", out=cache, pool=pool, progress=False)
+            if not cache.exists():
+                cache_activations(model=model, corpus=str(source), hooks=[hook], context_length=128, batch_size=32,
+                                  dtype="float32", out=cache, pool=pool, progress=False)
             dicts = fitted_bases(cache, hook, out / f"{tag}_dicts", args.ica)
             dicts += [Path(p) for key, p in (e.split("=", 1) for e in args.extra) if key == f"{model}@{hook}"]
             probe = out / f"{tag}_dicts" / "probe"
-            probe_command(ProbeSettings(cache=str(cache), hook=hook, descriptors=str(descriptors), field=gold,
-                                        min_documents=10, out=str(probe)))
-            print(f"== {tag} ({hook}) ==")
-            summary = describe_command(DescribeSettings(
-                cache=str(cache), dictionaries=[str(d) for d in [*dicts, probe]], descriptors=str(descriptors),
-                top_percent=args.top_percent, threshold=args.threshold, gold_field=gold, out=str(out / f"{tag}_described"),
-                plot=str(out / f"{tag}_described.png"), overwrite=True))
-            results[tag] = summary
-    (out / "study.json").write_text(json.dumps(results, indent=2) + "\n")
+            if not (probe / "config.json").exists():
+                probe_command(ProbeSettings(cache=str(cache), hook=hook, descriptors=str(descriptors), field=gold,
+                                            min_documents=10, out=str(probe)))
+            for rule in args.rules.split(","):
+                ours = dict(min_lift=2.0, min_exemplars=5, frequency="documents") if rule == "lift" else {}
+                name = f"{tag}_described" + ("_lift" if rule == "lift" else "")
+                print(f"== {tag} ({hook}), {rule} rule ==")
+                summary = describe_command(DescribeSettings(
+                    cache=str(cache), dictionaries=[str(d) for d in [*dicts, probe]], descriptors=str(descriptors),
+                    top_percent=args.top_percent, threshold=args.threshold, gold_field=gold, splits=args.splits,
+                    out=str(out / name), plot=str(out / f"{name}.png"), overwrite=True, **ours))
+                results[name] = summary
+    corpora = ("w" if args.wiki else "") + ("t" if args.tweets else "")
+    (out / f"study_{args.subjects.replace(',', '')}_{corpora}.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

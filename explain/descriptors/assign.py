@@ -1,20 +1,32 @@
 """Descriptor assignment and its measures, as array operations over all features at once.
 
-Assignment (Mondal et al.): a feature's exemplars are its top k % documents
-by activation; a descriptor is assigned when its frequency among them is at
-least T. We add a lift condition: the frequency must also be at least
-`min_lift` times the descriptor's base rate in the corpus. Without it the
-most common descriptor of a corpus (e.g. "neutral" for a third of the
-tweets) clears any T below its base rate for *every* feature, which says
-nothing about the feature. Only documents where the feature is active (> 0)
-count as exemplars, so a feature that is zero almost everywhere is not
-described by an arbitrary tie-broken set of zeros.
+The paper's rule (Mondal et al., the default): a feature's exemplars are its
+top k % documents by activation; a descriptor c is assigned when its
+frequency f(c) among them is at least T. f(c) is, as in the paper, c's
+share of all descriptor occurrences in the exemplar set
+(`frequency="occurrences"`); `frequency="documents"` (an option) is the
+share of exemplar documents that carry c, the same number when every
+document has one descriptor. A document at activation <= 0 is not an
+exemplar: zeros carry no ranking (a ReLU'd feature active on fewer than
+k % of the documents would otherwise be described by tie-broken zeros);
+for a feature active on at least k % of the documents (every dense BERT
+neuron of the paper) this is exactly the paper's set.
+
+Our additions, options only: `min_lift` (the frequency must also be at
+least that many times the descriptor's rate in the corpus, so that the
+corpus's most common descriptor, e.g. "neutral" for a third of the tweets,
+is not assigned to every feature) and `min_exemplars` > 1 (a feature
+active on fewer documents gets no descriptor).
 
 Everything is matrix algebra: each feature's top documents come from a
 streaming `torch.topk` over blocks of documents (all features at once),
-exemplar membership is a sparse [F, n] matrix, and descriptor frequencies
-are its product with the sparse [n, V] document x descriptor matrix; there
-is no Python loop over features and no dense [n, F] matrix.
+exemplar membership is a sparse [F, n] matrix, and descriptor counts are its
+product with the sparse [n, V] document x descriptor matrix; there is no
+Python loop over features and no dense [n, F] matrix. Consistency uses
+repeated calibration / validation splits by iterative stratification over
+the document x descriptor matrix (`stratified_halves`), and every half's top
+documents are read from one oversampled top list of the whole corpus
+(`half_tops`), so N splits cost no extra pass over the corpus.
 """
 
 from __future__ import annotations
@@ -111,9 +123,26 @@ class TopTracker:
         return self._result()[1]
 
 
-def assign_top(values: torch.Tensor, rows: torch.Tensor, docs: sparse.csr_matrix, base: np.ndarray, *,
-               threshold: float, min_lift: float, min_exemplars: int) -> Assignment:
-    """Assign from each feature's top documents (`TopTracker`); `base` [V] is each descriptor's corpus rate."""
+FREQUENCIES = ("occurrences", "documents")
+
+
+def base_rate(docs: sparse.csr_matrix, frequency: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """[V] each descriptor's frequency in the corpus (or its `rows`), in the same definition as among exemplars."""
+    sub = docs if rows is None else docs[rows]
+    counts = np.asarray(sub.sum(0), dtype=np.float64).ravel()
+    denom = counts.sum() if frequency == "occurrences" else sub.shape[0]
+    return counts / max(denom, 1)
+
+
+def assign_top(values: torch.Tensor, rows: torch.Tensor, docs: sparse.csr_matrix, base: np.ndarray | None = None, *,
+               threshold: float, min_lift: float | None = None, min_exemplars: int = 1,
+               frequency: str = "occurrences") -> Assignment:
+    """Assign from each feature's top documents (`TopTracker`, largest first); `base` [V]: `base_rate` (lift only).
+
+    `min_lift` None is the paper's rule (frequency >= `threshold` only).
+    """
+    if frequency not in FREQUENCIES:
+        raise ValueError(f"frequency {frequency!r} is not one of {FREQUENCIES}")
     n_features = values.shape[1]
     valid = (values > 0).numpy()
     feats = np.broadcast_to(np.arange(n_features), valid.shape)[valid]
@@ -121,10 +150,15 @@ def assign_top(values: torch.Tensor, rows: torch.Tensor, docs: sparse.csr_matrix
                                shape=(n_features, docs.shape[0]))
     counts = np.asarray((member @ docs).todense(), dtype=np.float32)  # [F, V] exemplars carrying each descriptor
     n_ex = valid.sum(0)
-    freq = counts / np.maximum(n_ex, 1)[:, None]
+    denom = counts.sum(1) if frequency == "occurrences" else n_ex
+    freq = counts / np.maximum(denom, 1)[:, None]
+    if base is None:
+        base = base_rate(docs, frequency)
     with np.errstate(divide="ignore", invalid="ignore"):
         lift = np.where(base > 0, freq / np.maximum(base, 1e-12), 0.0).astype(np.float32)
-    assigned = (freq >= threshold) & (lift >= min_lift) & (n_ex >= min_exemplars)[:, None] & (counts > 0)
+    assigned = (freq >= threshold) & (n_ex >= min_exemplars)[:, None] & (counts > 0)
+    if min_lift is not None:
+        assigned &= lift >= min_lift
     return Assignment(n_ex.astype(np.int64), freq, lift, assigned)
 
 
@@ -133,36 +167,102 @@ def n_top(n_documents: int, top_percent: float) -> int:
     return max(1, math.ceil(n_documents * top_percent / 100.0))
 
 
-def assign(acts: torch.Tensor, docs: sparse.csr_matrix, *, top_percent: float, threshold: float, min_lift: float,
-           min_exemplars: int) -> Assignment:
+def assign(acts: torch.Tensor, docs: sparse.csr_matrix, *, top_percent: float, threshold: float,
+           min_lift: float | None = None, min_exemplars: int = 1, frequency: str = "occurrences") -> Assignment:
     """Assign descriptors to every feature: `acts` [n, F] feature activations, `docs` [n, V] from `descriptor_matrix`."""
     tracker = TopTracker(n_top(acts.shape[0], top_percent))
     tracker.update(acts, torch.arange(acts.shape[0]))
-    base = np.asarray(docs.mean(0)).ravel()
-    return assign_top(tracker.values, tracker.rows, docs, base, threshold=threshold, min_lift=min_lift,
-                      min_exemplars=min_exemplars)
+    return assign_top(tracker.values, tracker.rows, docs, base_rate(docs, frequency), threshold=threshold,
+                      min_lift=min_lift, min_exemplars=min_exemplars, frequency=frequency)
 
 
-def balanced_halves(doc_descriptors: Sequence[Sequence[int]], counts: Sequence[int], seed: int) -> np.ndarray:
-    """A seeded 50/50 split of the documents, balanced over descriptors; True = the first half.
+def stratified_halves(doc_descriptors: Sequence[Sequence[int]], n_descriptors: int, seed: int) -> np.ndarray:
+    """A seeded 50/50 split balanced on every descriptor (iterative stratification); True = the first half.
 
-    Documents are grouped by their most frequent descriptor (those without
-    any form one group), and each group is shuffled and dealt alternately, so
-    every descriptor's documents fall about half in each half (the paper's
-    calibration / validation split).
+    Sechidis, Tsoumakas & Vlahavas (2011), two folds of equal size: take the
+    descriptor with the fewest documents still unplaced (ties: at random);
+    deal each of its unplaced documents (in random order) to the half that
+    still wants the most documents of that descriptor, ties to the half that
+    wants the most documents overall, then at random; every descriptor of the
+    document lowers that half's wants. Documents without descriptors go last,
+    to the half that wants more. So rare descriptors are balanced first,
+    while there is room, and every descriptor, not just each document's most
+    frequent one, ends about half in each half.
     """
     rng = np.random.default_rng(seed)
-    key = [max(vs, key=lambda v: (counts[v], -v)) if len(vs) else -1 for vs in doc_descriptors]
-    first = np.zeros(len(key), dtype=bool)
-    groups: dict[int, list[int]] = {}
-    for i, k in enumerate(key):
-        groups.setdefault(k, []).append(i)
-    flip = 0
-    for k in sorted(groups):
-        members = np.asarray(groups[k])[rng.permutation(len(groups[k]))]
-        first[members[flip::2]] = True
-        flip ^= len(members) % 2  # an odd group's extra document goes to the other half next time
-    return first
+    n = len(doc_descriptors)
+    docs_of: list[list[int]] = [[] for _ in range(n_descriptors)]
+    for i, vs in enumerate(doc_descriptors):
+        for v in vs:
+            docs_of[v].append(i)
+    left = [len(d) for d in docs_of]  # unplaced documents per descriptor (plain lists: the loop is per document)
+    want = [[c / 2.0 for c in left], [c / 2.0 for c in left]]  # per half, per descriptor
+    want_total = [n / 2.0, n / 2.0]
+    half = [-1] * n
+
+    def choose(a: float, b: float) -> int:
+        return (0 if a > b else 1) if a != b else int(rng.integers(2))
+
+    while True:
+        counts = np.asarray(left)
+        open_ = np.flatnonzero(counts > 0)
+        if open_.size == 0:
+            break
+        fewest = counts[open_].min()
+        label = int(rng.choice(open_[counts[open_] == fewest]))
+        pending = [i for i in docs_of[label] if half[i] < 0]
+        for j in rng.permutation(len(pending)).tolist():
+            i = pending[j]
+            a, b = want[0][label], want[1][label]
+            h = choose(want_total[0], want_total[1]) if a == b else (0 if a > b else 1)
+            half[i] = h
+            want_total[h] -= 1
+            wanted = want[h]
+            for v in doc_descriptors[i]:
+                wanted[v] -= 1
+                left[v] -= 1
+    for i in rng.permutation([i for i in range(n) if half[i] < 0]).tolist():
+        h = choose(want_total[0], want_total[1])
+        half[i] = h
+        want_total[h] -= 1
+    return np.asarray(half) == 0
+
+
+def repeated_halves(doc_descriptors: Sequence[Sequence[int]], n_descriptors: int, n_splits: int,
+                    seed: int) -> list[np.ndarray]:
+    """`n_splits` independent stratified halves (`stratified_halves`), seeded from `seed`."""
+    seeds = np.random.SeedSequence(seed).generate_state(n_splits)
+    return [stratified_halves(doc_descriptors, n_descriptors, int(s)) for s in seeds]
+
+
+def half_tops(values: torch.Tensor, rows: torch.Tensor, first: np.ndarray, m_first: int, m_second: int,
+              n_documents: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], np.ndarray]:
+    """Each half's top documents, read from the whole corpus's top M ([M, F] `values`/`rows`, largest first).
+
+    The top m documents of a half are its first m among the whole corpus's
+    top M whenever at least m of them belong to it, or the M-th value is
+    <= 0 (every document above 0 is then in the list, and the others are
+    not exemplars), or M is the whole corpus. Returns the two halves'
+    ([m, F] values, rows), slots past the documents found at value 0 (not
+    exemplars), and the [F] boolean of the features for which none of that
+    holds in some half: those need their exact top documents, another pass.
+    """
+    member = torch.from_numpy(first)[rows]  # [M, F]: the document belongs to the first half
+    complete = values.shape[0] >= n_documents
+    tops, short = [], np.zeros(values.shape[1], dtype=bool)
+    for in_half, m in ((member, m_first), (~member, m_second)):
+        position = torch.cumsum(in_half.to(torch.int32), 0)  # 1-based rank of the document within its half
+        take = in_half & (position <= m)
+        r, c = take.nonzero(as_tuple=True)
+        slot = position[r, c].long() - 1
+        vals = torch.zeros(m, values.shape[1], dtype=values.dtype)
+        found = torch.zeros(m, values.shape[1], dtype=rows.dtype)
+        vals[slot, c] = values[r, c]
+        found[slot, c] = rows[r, c]
+        if not complete:
+            short |= ((position[-1] < m) & (values[-1] > 0)).numpy()
+        tops.append((vals, found))
+    return tops, short
 
 
 def jaccard_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -49,30 +49,69 @@ def descriptors_command(settings: DescriptorsSettings) -> dict:
         kind, _, target = settings.generator.partition(":")
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / SETTINGS_FILE, record)
-        if kind == "field":
-            described = from_field(documents, target)
-        else:
-            described = from_llm(documents, settings.generator, out / "llm_cache.sqlite",
-                                 max_tokens=settings.max_tokens, base_url=settings.base_url,
-                                 concurrency=settings.concurrency)
+        described, example = _generate(settings.generator, documents, out, settings)
+        compared = None
+        if settings.compare_generator:
+            compared = (settings.compare_generator, *_generate(settings.compare_generator, documents, out, settings))
         texts = {doc.id: doc.text[:_TEXT_CHARS] for doc in documents}
-        return _cluster_and_write(out, settings, described, texts)
+        return _cluster_and_write(out, settings, described, texts, example, compared)
+
+
+def _generate(spec: str, documents: list, out: Path, settings: DescriptorsSettings) -> tuple[list[DocDescriptors],
+                                                                                             dict | None]:
+    """(descriptors per document, the one-shot example's record or None) of one generator."""
+    kind, _, target = spec.partition(":")
+    if kind == "field":
+        return from_field(documents, target), None
+    described, example = from_llm(documents, spec, out / "llm_cache.sqlite", max_tokens=settings.max_tokens,
+                                  base_url=settings.base_url, concurrency=settings.concurrency,
+                                  example_seed=settings.example_seed, aspects=settings.aspects)
+    return described, example.record()
+
+
+def agreement(first: list[DocDescriptors], second: list[DocDescriptors],
+              cluster_of: dict[str, int]) -> tuple[dict, list[dict]]:
+    """Per-document agreement of two generators: Jaccard of their raw descriptor sets and of their cluster sets.
+
+    Documents where either generator gave nothing readable are counted
+    apart; Jaccard is taken over the documents both described. Returns the
+    summary and one row per document.
+    """
+    from explain.descriptors.assign import jaccard, mean_ci
+
+    raw, clustered, rows = [], [], []
+    for a, b in zip(first, second):
+        if not a.raw or not b.raw:
+            rows.append({"id": a.id, "raw_jaccard": None, "cluster_jaccard": None})
+            continue
+        ca, cb = {cluster_of[r] for r in a.raw}, {cluster_of[r] for r in b.raw}
+        raw.append(jaccard(set(a.raw), set(b.raw)))
+        clustered.append(jaccard(ca, cb))
+        rows.append({"id": a.id, "raw_jaccard": raw[-1], "cluster_jaccard": clustered[-1], "first": a.raw,
+                     "second": b.raw})
+    return {"documents_both_described": len(raw), "documents_not_both": len(first) - len(raw),
+            "raw_jaccard": mean_ci(raw), "cluster_jaccard": mean_ci(clustered)}, rows
 
 
 def _cluster_and_write(out: Path, settings: DescriptorsSettings, described: list[DocDescriptors],
-                       texts: dict[str, str]) -> dict:
+                       texts: dict[str, str], example: dict | None = None, compared: tuple | None = None) -> dict:
     from explain.llm.embedder import Embedder
 
     counts = Counter(r for d in described for r in d.raw)
     embedder = Embedder.from_spec(settings.embedder, store_path=out / "embeddings.sqlite")
     try:
-        vocab = cluster_descriptors(counts, embedder.embed, settings.cluster_threshold)
+        vocab = cluster_descriptors(counts, embedder.embed, settings.cluster_threshold, settings.cluster,
+                                    settings.min_community)
+        if compared is not None:  # both generators' descriptors clustered together, nothing pruned: agreement only
+            both = counts + Counter(r for d in compared[1] for r in d.raw)
+            joint = cluster_descriptors(both, embedder.embed, settings.cluster_threshold, settings.cluster, 1)
+            agreed, agreed_rows = agreement(described, compared[1], joint.cluster_of)
     finally:
         embedder.store.close()
     doc_counts = [0] * len(vocab.names)
     lines = []
     for d in described:
-        clusters = sorted({vocab.cluster_of[r] for r in d.raw})
+        clusters = sorted({vocab.cluster_of[r] for r in d.raw if r in vocab.cluster_of})  # pruned ones are not
         for c in clusters:
             doc_counts[c] += 1
         row = {"id": d.id, "descriptors": [vocab.names[c] for c in clusters], "raw": d.raw, "status": d.status,
@@ -85,11 +124,24 @@ def _cluster_and_write(out: Path, settings: DescriptorsSettings, described: list
     statuses = Counter(d.status for d in described)
     if not vocab.names:
         print(f"warning: no document got a descriptor; see the statuses and answers in {out / DOCUMENTS_FILE}")
+    kept = sum(1 for d in described if any(r in vocab.cluster_of for r in d.raw))
     summary = {"documents": len(described), "statuses": dict(statuses), "raw_descriptors": len(counts),
-               "clusters": len(vocab.names), "generator": settings.generator}
+               "clusters": len(vocab.names), "generator": settings.generator, "cluster": settings.cluster,
+               "cluster_threshold": settings.cluster_threshold, "min_community": settings.min_community,
+               "pruned_descriptors": len(vocab.pruned), "pruned_occurrences": sum(vocab.pruned.values()),
+               "documents_with_a_cluster": kept}
+    if example is not None:
+        summary["example"] = example
+    if compared is not None:
+        summary["compared"] = {"generator": compared[0], "example": compared[2], **agreed}
+        write_text_atomic(out / "agreement.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                          for r in agreed_rows))
     write_json_atomic(out / "summary.json", summary)
-    print(f"{len(described)} documents, {len(counts)} distinct descriptors -> {len(vocab.names)} clusters in {out} "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))})")
+    write_json_atomic(out / "pruned.json", vocab.pruned)
+    pruned = (f"; {len(vocab.pruned)} rare descriptors pruned, {len(described) - kept} documents left without one"
+              if settings.cluster == "community" else "")
+    print(f"{len(described)} documents, {len(counts)} distinct descriptors -> {len(vocab.names)} clusters "
+          f"({settings.cluster}){pruned} in {out} ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))})")
     return summary
 
 

@@ -5,15 +5,25 @@ document id, encodes the pooled vectors with each dictionary (neuron, SAE,
 PCA, ICA, random, probe: all through `encode`), assigns descriptors
 (`explain.descriptors.assign`), and measures:
 
-* consistency: the corpus is split 50/50 (seeded, balanced over
-  descriptors), assignment runs on each half alone, and each feature's two
-  descriptor sets are compared by Jaccard (NaN, left out of the mean, when
-  both are empty);
+* consistency: the corpus is split 50/50 `--splits` times (seeded
+  iterative stratification, balanced on every descriptor), assignment runs
+  on each half alone, and each feature's two descriptor sets are compared by
+  Jaccard; a feature's consistency is its mean over the splits where at
+  least one half describes it, and the summary gives the mean with a 95 %
+  interval over features, the mean of each split, and the features empty in
+  both halves (per split, and in every split) as counts of their own;
 * precision@K / recall@K for `probe` dictionaries, whose features' true
   labels are known: a descriptor counts as correct when its majority gold
   label in the corpus is the feature's label;
 * with `--judge`, precision@K from an LLM's yes/no on whether each top-K
-  descriptor fits the feature's top documents (`explain.descriptors.judge`).
+  descriptor fits the feature's top documents (`explain.descriptors.judge`);
+  on `probe` dictionaries also the judge's agreement with the annotations
+  (its calibration: accuracy, Cohen's kappa, confusion counts).
+
+The rule is the paper's by default (top k %, f(c) >= T, f(c) the share of
+descriptor occurrences among the exemplars); `--min-lift`, `--min-exemplars`
+and `--frequency documents` are options, and `summary.json`'s `assignment`
+and the console say which rule and frequency were used.
 
 Writes `OUT/descriptors.jsonl` (one record per (dictionary, feature)) and
 `OUT/summary.json` (per dictionary), and prints the per-basis table.
@@ -22,6 +32,7 @@ Writes `OUT/descriptors.jsonl` (one record per (dictionary, feature)) and
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +43,25 @@ from activations.options import identity_fields
 from activations.pooled_reader import PooledCache
 from activations.runstate import (check_output_folder, output_lock, read_json, require_same_settings,
                                   write_json_atomic, write_text_atomic)
-from explain.descriptors.assign import (TopTracker, assign_top, balanced_halves, descriptor_matrix, jaccard_rows,
-                                        majority_labels, mean_ci, n_top, precision_recall_at_k)
+from explain.descriptors.assign import (TopTracker, assign_top, base_rate, descriptor_matrix, half_tops, jaccard_rows,
+                                        majority_labels, mean_ci, n_top, precision_recall_at_k, repeated_halves)
 from explain.descriptors.build import read_descriptors
 from explain.descriptors.plot import label_of
 from explain.descriptors.settings import DescribeSettings
 
 _ENCODE_ROWS = 4096
+#: the whole corpus's top list holds this many times a feature's exemplars, so that each half's top documents of
+#: every split are read from it; a feature for which one half falls short gets an exact second pass
+OVERSAMPLE = 3
+
+
+@dataclass
+class Tops:
+    """Top documents ([m, F] values and rows, largest first) of the whole corpus and of both halves of every split."""
+
+    whole: tuple[torch.Tensor, torch.Tensor]
+    halves: list[list[tuple[torch.Tensor, torch.Tensor]]]
+    exact: int  # features whose half tops needed the second pass
 
 
 def joined(cache: PooledCache, documents: list[dict]) -> tuple[np.ndarray, list[dict]]:
@@ -58,20 +81,51 @@ def check_width(dictionary, x: np.ndarray) -> None:
                         f"{dictionary.hook!r} has {x.shape[1]}: use a dictionary of this model and hook")
 
 
-def track_top(dictionary, x: np.ndarray, first: np.ndarray, top_percent: float) -> list[TopTracker]:
-    """Top documents of every feature in the whole corpus and in each half, from one encoding pass in row blocks."""
-    check_width(dictionary, x)
-    trackers = [TopTracker(n_top(len(x), top_percent)), TopTracker(n_top(int(first.sum()), top_percent)),
-                TopTracker(n_top(int((~first).sum()), top_percent))]
+def _encoded(dictionary, x: np.ndarray):
+    """(row offset, [b, F] activations) over `x` in row blocks."""
     with torch.no_grad():
         for i in range(0, len(x), _ENCODE_ROWS):
-            acts = dictionary.encode(torch.from_numpy(x[i:i + _ENCODE_ROWS])).float()
-            rows = torch.arange(i, i + acts.shape[0])
-            half = torch.from_numpy(first[i:i + acts.shape[0]])
-            trackers[0].update(acts, rows)
-            trackers[1].update(acts[half], rows[half])
-            trackers[2].update(acts[~half], rows[~half])
-    return trackers
+            yield i, dictionary.encode(torch.from_numpy(x[i:i + _ENCODE_ROWS])).float()
+
+
+def track_top(dictionary, x: np.ndarray, splits: list[np.ndarray], top_percent: float,
+              oversample: int = OVERSAMPLE) -> Tops:
+    """Top documents of every feature in the whole corpus and in both halves of every split, from one encoding pass.
+
+    The halves are read from an oversampled top list of the whole corpus
+    (`half_tops`); features for which that list does not hold a half's top
+    documents (rare: the half would have to be much less than half of the
+    feature's top documents) get them from a second pass over those features only.
+    """
+    check_width(dictionary, x)
+    n = len(x)
+    m = n_top(n, top_percent)
+    sizes = [(n_top(int(f.sum()), top_percent), n_top(int((~f).sum()), top_percent)) for f in splits]
+    tracker = TopTracker(min(n, max([m] + [oversample * (a + b) for a, b in sizes])))
+    for i, acts in _encoded(dictionary, x):
+        tracker.update(acts, torch.arange(i, i + acts.shape[0]))
+    values, rows = tracker.values, tracker.rows
+    halves, short = [], np.zeros(values.shape[1], dtype=bool)
+    for first, (a, b) in zip(splits, sizes):
+        tops, lacking = half_tops(values, rows, first, a, b, n)
+        halves.append(tops)
+        short |= lacking
+    if short.any():
+        feats = torch.from_numpy(np.flatnonzero(short))
+        exact = [[TopTracker(a), TopTracker(b)] for a, b in sizes]
+        masks = [(torch.from_numpy(f), torch.from_numpy(~f)) for f in splits]
+        for i, acts in _encoded(dictionary, x):
+            acts, block_rows = acts[:, feats], torch.arange(i, i + acts.shape[0])
+            for trackers, pair in zip(exact, masks):
+                for tracker_h, mask in zip(trackers, pair):
+                    part = mask[i:i + acts.shape[0]]
+                    tracker_h.update(acts[part], block_rows[part])
+        for tops, trackers in zip(halves, exact):
+            for h, tracker_h in enumerate(trackers):
+                vals, found = tops[h][0].clone(), tops[h][1].clone()
+                vals[:, feats], found[:, feats] = tracker_h.values, tracker_h.rows
+                tops[h] = (vals, found)
+    return Tops((values[:m], rows[:m]), halves, int(short.sum()))
 
 
 def describe_command(settings: DescribeSettings) -> dict:
@@ -105,16 +159,18 @@ def describe_command(settings: DescribeSettings) -> dict:
               f"{settings.descriptors})")
         doc_desc = [[index[n] for n in d["descriptors"] if n in index] for d in docs]
         matrix = descriptor_matrix(doc_desc, len(names))
-        counts = np.asarray(matrix.sum(0)).ravel()
-        first = balanced_halves(doc_desc, counts.tolist(), settings.seed)
+        splits = repeated_halves(doc_desc, len(names), settings.splits, settings.seed)
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "settings.json", record)
-        lines, summary = [], {"documents": len(docs), "descriptors": len(names), "dictionaries": []}
+        lines, summary = [], {"documents": len(docs), "descriptors": len(names),
+                              "documents_with_descriptors": int(sum(bool(v) for v in doc_desc)),
+                              "assignment": assignment_record(settings, len(docs), splits), "dictionaries": []}
+        print(rule_line(summary["assignment"]))
         if any(p["status"].startswith("mismatch") for p in pairing):
             summary["model_mismatch_allowed"] = pairing
         for dictionary in dictionaries:
-            trackers = track_top(dictionary, pooled[dictionary.hook], first, settings.top_percent)
-            recs, stats = _describe_one(dictionary, trackers, matrix, first, names, docs, doc_desc, settings)
+            tops = track_top(dictionary, pooled[dictionary.hook], splits, settings.top_percent)
+            recs, stats = _describe_one(dictionary, tops, matrix, splits, names, docs, doc_desc, settings)
             lines.extend(json.dumps(r, ensure_ascii=False) for r in recs)
             summary["dictionaries"].append(stats)
         write_text_atomic(out / "descriptors.jsonl", "\n".join(lines) + "\n")
@@ -134,12 +190,45 @@ def _pairing(dictionaries: list, cache: PooledCache, allow: bool) -> list[dict]:
     return [check_pairing(d, cache.model, f"pooled cache {cache.path}", allow=allow) for d in dictionaries]
 
 
-def _describe_one(dictionary, trackers: list[TopTracker], matrix, first: np.ndarray, names: list[str],
+def assignment_record(settings: DescribeSettings, n_documents: int, splits: list[np.ndarray]) -> dict:
+    """Which rule and frequency were used, and the exemplar counts they give (`summary.json`'s `assignment`)."""
+    lift = settings.min_lift is not None
+    return {"rule": "lift (ours)" if lift else "paper", "frequency": settings.frequency,
+            "top_percent": settings.top_percent, "threshold": settings.threshold, "min_lift": settings.min_lift,
+            "min_exemplars": settings.min_exemplars, "splits": len(splits), "seed": settings.seed,
+            "exemplars_whole": n_top(n_documents, settings.top_percent),
+            "exemplars_per_half": min(n_top(int(f.sum()), settings.top_percent) for f in splits)}
+
+
+def rule_line(a: dict) -> str:
+    """The assignment rule in one line, as the console and the RESULTS tables state it."""
+    freq = ("f(c) = share of descriptor occurrences among the exemplars" if a["frequency"] == "occurrences" else
+            "f(c) = share of exemplar documents carrying c")
+    extra = [f"lift >= {a['min_lift']:g}"] if a["min_lift"] is not None else []
+    if a["min_exemplars"] > 1:
+        extra.append(f">= {a['min_exemplars']} active exemplars")
+    rule = "the paper's rule" if not extra else "our rule"
+    return (f"assignment: {rule}: top {a['top_percent']:g} % ({a['exemplars_whole']} exemplars; "
+            f"{a['exemplars_per_half']} per half), f(c) >= {a['threshold']:g}{''.join(', ' + e for e in extra)}; "
+            f"{freq}; consistency over {a['splits']} stratified splits (seed {a['seed']})")
+
+
+def _describe_one(dictionary, tops: Tops, matrix, splits: list[np.ndarray], names: list[str],
                   docs: list[dict], doc_desc: list[list[int]], settings: DescribeSettings) -> tuple[list[dict], dict]:
-    knobs = dict(threshold=settings.threshold, min_lift=settings.min_lift, min_exemplars=settings.min_exemplars)
-    bases = [np.asarray(matrix[m].mean(0)).ravel() for m in (np.ones(len(first), dtype=bool), first, ~first)]
-    whole, *halves = [assign_top(t.values, t.rows, matrix, base, **knobs) for t, base in zip(trackers, bases)]
-    consistency = jaccard_rows(halves[0].assigned, halves[1].assigned)
+    knobs = dict(threshold=settings.threshold, min_lift=settings.min_lift, min_exemplars=settings.min_exemplars,
+                 frequency=settings.frequency)
+    whole = assign_top(*tops.whole, matrix, base_rate(matrix, settings.frequency), **knobs)
+    per_split, first_halves = [], []
+    for first, (a, b) in zip(splits, tops.halves):
+        pair = [assign_top(*a, matrix, base_rate(matrix, settings.frequency, np.flatnonzero(first)), **knobs),
+                assign_top(*b, matrix, base_rate(matrix, settings.frequency, np.flatnonzero(~first)), **knobs)]
+        per_split.append(jaccard_rows(pair[0].assigned, pair[1].assigned))
+        if not first_halves:
+            first_halves = pair
+    jac = np.stack(per_split)  # [splits, F], NaN: both halves empty
+    defined = ~np.isnan(jac)
+    with np.errstate(invalid="ignore"):
+        consistency = np.where(defined.any(0), np.nansum(jac, 0) / np.maximum(defined.sum(0), 1), np.nan)
     truth = [str(x) for x in dictionary.config.get("labels", [])] if dictionary.kind == "probe" else None
     records, ranked_names = [], []
     for j in range(dictionary.n_features):
@@ -149,11 +238,14 @@ def _describe_one(dictionary, trackers: list[TopTracker], matrix, first: np.ndar
                "status": "ok" if ranked else "none", "descriptors": ranked,
                "n_exemplars": int(whole.n_exemplars[j]),
                "consistency": None if np.isnan(consistency[j]) else round(float(consistency[j]), 4),
-               "halves": [[names[v] for v in np.flatnonzero(h.assigned[j])] for h in halves]}
+               "consistency_splits": [None if np.isnan(v) else round(float(v), 4) for v in jac[:, j]],
+               "halves": [[names[v] for v in np.flatnonzero(h.assigned[j])] for h in first_halves]}
         if not ranked:
-            rec["reason"] = (f"active on {int(whole.n_exemplars[j])} documents (< {settings.min_exemplars})"
+            rec["reason"] = ("active on no document" if whole.n_exemplars[j] == 0 else
+                             f"active on {int(whole.n_exemplars[j])} documents (< {settings.min_exemplars})"
                              if whole.n_exemplars[j] < settings.min_exemplars else
-                             f"no descriptor reaches frequency {settings.threshold} with lift {settings.min_lift}")
+                             f"no descriptor reaches frequency {settings.threshold}" +
+                             ("" if settings.min_lift is None else f" with lift {settings.min_lift}"))
         if truth is not None:
             rec["truth"] = truth[j]
         records.append(rec)
@@ -162,12 +254,17 @@ def _describe_one(dictionary, trackers: list[TopTracker], matrix, first: np.ndar
              "n_features": dictionary.n_features,
              "fraction_described": float(np.mean([bool(r) for r in ranked_names])),
              "descriptors_per_feature": float(np.mean([len(r) for r in ranked_names])),
-             "consistency": mean_ci(consistency.tolist())}
+             "consistency": mean_ci(consistency.tolist()),
+             "consistency_per_split": [None if not d.any() else float(np.nanmean(j)) for j, d in zip(jac, defined)],
+             "consistency_over_splits": mean_ci([float(np.nanmean(j)) for j, d in zip(jac, defined) if d.any()]),
+             "empty_both_halves": {"per_split": (~defined).sum(1).tolist(),
+                                   "every_split": int((~defined).all(0).sum())},
+             "exact_second_pass": tops.exact}
     if settings.judge is not None:
         from explain.descriptors.judge import judge_features
 
         stats["judge"], verdicts = judge_features(
-            settings.judge, Path(settings.out) / "llm_cache.sqlite", trackers[0].rows, ranked_names,
+            settings.judge, Path(settings.out) / "llm_cache.sqlite", tops.whole[1], ranked_names,
             [d.get("text", "") for d in docs], k=settings.top_k, n_features=settings.judge_features,
             seed=settings.seed, base_url=settings.base_url)
         for j, v in verdicts.items():
@@ -178,12 +275,16 @@ def _describe_one(dictionary, trackers: list[TopTracker], matrix, first: np.ndar
         gold_of = dict(zip(names, majority_labels(doc_desc, labels, len(names))))
         stats["gold_field"] = field
         stats["at_k"] = precision_recall_at_k(ranked_names, truth, gold_of, settings.top_k)
+        if settings.judge is not None:
+            from explain.descriptors.judge import judge_calibration
+
+            stats["judge"]["calibration"] = judge_calibration(verdicts, truth, gold_of)
     return records, stats
 
 
 def _print_table(summary: dict) -> None:
     print(f"{'dictionary':<28} {'basis':<14} {'features':>8} {'described':>9} {'desc/feat':>9} {'consistency (95% CI)':<26}"
-          f" {'P@K':>6} {'R@K':>6} {'judge P@K':>9}")
+          f" {'empty':>6} {'P@K':>6} {'R@K':>6} {'judge P@K':>9}")
     for s in summary["dictionaries"]:
         c = s["consistency"]
         cons = "-" if c["mean"] is None else f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}] n={c['n']}"
@@ -193,4 +294,6 @@ def _print_table(summary: dict) -> None:
         judged = s.get("judge", {}).get("precision")
         j = "-" if judged is None else f"{judged:.2f}"
         print(f"{s['dictionary'][:28]:<28} {s['basis'][:14]:<14} {s['n_features']:>8} {s['fraction_described']:>9.2f} "
-              f"{s['descriptors_per_feature']:>9.2f} {cons:<26} {p:>6} {r:>6} {j:>9}")
+              f"{s['descriptors_per_feature']:>9.2f} {cons:<26} {s['empty_both_halves']['every_split']:>6} {p:>6} "
+              f"{r:>6} {j:>9}")
+    print("empty: features with no descriptor in either half of every split (not in the consistency mean)")

@@ -88,3 +88,25 @@ def judge_features(spec: str, cache_path: Path, top_rows: torch.Tensor, ranked: 
                "malformed": sum(r["status"] == "malformed" for r in results),
                "failed": sum(r["status"] == "failed" for r in results), "calls": len(results)}
     return summary, per_feature
+
+
+def judge_calibration(verdicts: dict[int, list[dict]], truth: Sequence[str], gold_of: dict[str, str | None]) -> dict:
+    """The judge against the annotations where the truth is known (probe dictionaries): its calibration.
+
+    A judged descriptor is right by the annotations when its majority gold
+    label is the probe's label (as for precision@K). Returns the agreement
+    (share of readable verdicts equal to that), Cohen's kappa, and the
+    confusion counts (judge yes/no x annotations right/wrong).
+    """
+    pairs = [(bool(v["fits"]), gold_of.get(v["descriptor"]) == truth[j])
+             for j, vs in verdicts.items() for v in vs if v["status"] == "ok"]
+    confusion = {"yes_right": sum(a and b for a, b in pairs), "yes_wrong": sum(a and not b for a, b in pairs),
+                 "no_right": sum(b and not a for a, b in pairs), "no_wrong": sum(not a and not b for a, b in pairs)}
+    n = len(pairs)
+    if n == 0:
+        return {"verdicts": 0, "agreement": None, "kappa": None, "confusion": confusion}
+    observed = (confusion["yes_right"] + confusion["no_wrong"]) / n
+    yes, right = sum(a for a, _ in pairs) / n, sum(b for _, b in pairs) / n
+    chance = yes * right + (1 - yes) * (1 - right)
+    kappa = None if chance >= 1.0 else (observed - chance) / (1.0 - chance)
+    return {"verdicts": n, "agreement": observed, "kappa": kappa, "confusion": confusion}

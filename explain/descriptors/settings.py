@@ -27,11 +27,25 @@ class DescriptorsSettings:
     encoding: str | None = option(None, help="text encoding of the corpus files (default: utf-8), e.g. latin-1")
     generator: str = option("field:description", help=GENERATOR_HELP)
     max_documents: int | None = option(None, help="the first N documents (default: all; must match the pooled cache)")
-    cluster_threshold: float = option(0.25, help="cosine distance under which descriptors join one cluster "
-                                                 "(average linkage; 0 keeps only identical ones together)")
+    cluster: str = option("community", choices=("community", "agglomerative"),
+                          help="community: fast community detection on the embeddings, rare descriptors pruned, "
+                               "each cluster named by its most central member (the paper); agglomerative: average "
+                               "linkage, nothing pruned (the earlier default)")
+    cluster_threshold: float = option(0.25, help="cosine distance: community members lie within 1 - this cosine "
+                                                 "similarity of the centre; agglomerative cuts average linkage here "
+                                                 "(0 keeps only identical descriptors together)")
+    min_community: int = option(10, help="community: a community must cover this many documents (a descriptor "
+                                         "weighs the documents carrying it), else its descriptors are pruned")
     embedder: str = option("default", help="sentence-embedding model for clustering: default (all-MiniLM-L6-v2), "
                                            "hub id or folder")
     max_tokens: int = option(60, help="LLM generators: answer length in tokens")
+    aspects: str = option("a topic, entity type, sentiment, style or other property",
+                          help="LLM generators: what a descriptor names, phrased for the corpus (e.g. for reviews: "
+                               "'the product, an aspect of it or the sentiment')")
+    example_seed: int = option(0, help="LLM generators: seed drawing the prompt's one worked example from the corpus "
+                                       "(its descriptors: the generator's own zero-shot answer)")
+    compare_generator: str | None = option(None, help="a second generator (same forms as --generator): both run, and "
+                                                      "their per-document agreement is reported (agreement.jsonl)")
     base_url: str | None = option(None, identity=False, help="openai: generator: an OpenAI-compatible endpoint")
     concurrency: int = option(4, identity=False, help="openai: generator: requests in flight")
     out: str = option("descriptors", required=True, identity=False, help="the output folder")
@@ -41,11 +55,20 @@ class DescriptorsSettings:
         kind, sep, target = self.generator.partition(":")
         if not sep or kind not in ("field", "local", "openai") or not target.strip():
             raise UserError(f"--generator {self.generator!r} is not a generator: use {GENERATOR_HELP}")
+        if self.compare_generator is not None:
+            kind, sep, target = self.compare_generator.partition(":")
+            if not sep or kind not in ("field", "local", "openai") or not target.strip():
+                raise UserError(f"--compare-generator {self.compare_generator!r} is not a generator: use "
+                                f"{GENERATOR_HELP}")
         if not 0.0 <= self.cluster_threshold <= 2.0:
             raise UserError(f"--cluster-threshold {self.cluster_threshold} is not a cosine distance: use 0..2 "
                             "(0.2-0.4 merges near-synonyms)")
         if self.max_documents is not None and self.max_documents < 1:
             raise UserError(f"--max-documents {self.max_documents} must be at least 1")
+        if self.cluster not in ("community", "agglomerative"):
+            raise UserError(f"--cluster {self.cluster!r} is not a clustering: use community or agglomerative")
+        if self.min_community < 1:
+            raise UserError(f"--min-community {self.min_community} must be at least 1")
 
 
 @dataclass
@@ -69,11 +92,21 @@ class DescribeSettings:
     dictionaries: list[str] = option(flag="--dict", help="dictionary folders (any kind)")
     descriptors: str = option(help="a `cli.py descriptors` folder")
     top_percent: float = option(1.0, help="a feature's exemplars: its top k percent of documents (the paper: 1)")
-    threshold: float = option(0.2, help="a descriptor is assigned when its frequency among the exemplars is >= T ...")
-    min_lift: float = option(2.0, help="... and at least this many times its frequency in the whole corpus")
-    min_exemplars: int = option(5, help="features active (> 0) on fewer documents get status none")
+    threshold: float = option(0.2, help="the paper's rule: a descriptor is assigned when its frequency f(c) among "
+                                        "the exemplars is >= T")
+    frequency: str = option("occurrences", choices=("occurrences", "documents"),
+                            help="f(c): occurrences = c's share of all descriptor occurrences among the exemplars "
+                                 "(the paper); documents = the share of exemplar documents carrying c")
+    min_lift: float | None = option(None, help="our addition, not the paper's: also require f(c) >= L times c's "
+                                               "frequency in the corpus (e.g. 2), so the corpus's most common "
+                                               "descriptors are not assigned to every feature (default: off)")
+    min_exemplars: int = option(1, help="our addition: features active (> 0) on fewer documents get status none "
+                                        "(default 1: the paper's rule; documents at activation <= 0 are never "
+                                        "exemplars)")
+    splits: int = option(5, help="consistency: random calibration/validation halves, each balanced on every "
+                                 "descriptor (iterative stratification)")
     top_k: int = option(2, help="K of precision@K / recall@K (probe dictionaries and --judge)")
-    seed: int = option(0, help="seed of the 50/50 corpus split for consistency")
+    seed: int = option(0, help="seed of the splits for consistency")
     gold_field: str | None = option(None, help="annotation field that maps each descriptor to a gold label (its "
                                                "majority label); default: the probe dictionary's field")
     judge: str | None = option(None, help="openai:<model> or local:<...>: asks whether each assigned descriptor "
@@ -91,11 +124,14 @@ class DescribeSettings:
             raise UserError(f"--top-percent {self.top_percent} must be in (0, 100]: the paper uses 1")
         if not 0.0 < self.threshold <= 1.0:
             raise UserError(f"--threshold {self.threshold} is a frequency: use a value in (0, 1]")
-        if self.min_lift < 1.0:
+        if self.min_lift is not None and self.min_lift < 1.0:
             raise UserError(f"--min-lift {self.min_lift} below 1 would assign descriptors rarer among the exemplars "
-                            "than in the corpus: use 1 or more")
-        if self.top_k < 1 or self.min_exemplars < 1 or self.judge_features < 1:
-            raise UserError("--top-k, --min-exemplars and --judge-features must be at least 1")
+                            "than in the corpus: use 1 or more, or leave it out (the paper's rule)")
+        if self.frequency not in ("occurrences", "documents"):
+            raise UserError(f"--frequency {self.frequency!r} is not a frequency: use occurrences (the paper) or "
+                            "documents")
+        if self.top_k < 1 or self.min_exemplars < 1 or self.judge_features < 1 or self.splits < 1:
+            raise UserError("--top-k, --min-exemplars, --judge-features and --splits must be at least 1")
         if self.judge is not None:
             kind, sep, target = self.judge.partition(":")
             if not sep or kind not in ("local", "openai") or not target.strip():
