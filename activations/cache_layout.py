@@ -191,6 +191,22 @@ def _non_finite(x: torch.Tensor, stored: torch.Tensor, dtype: str, hook: str, co
                      f"16 bits) and --overwrite ({kept})")
 
 
+def resume_point(out: Path, record: dict, overwrite: bool, unit: str = "contexts") -> tuple[int | None, CacheResult | None]:
+    """(how many are done, or None for a new file; the result to return at once when the file is already complete).
+
+    One rule for every writer: an existing file is resumed only with the same settings (`check_existing`).
+    """
+    done = None if overwrite else check_existing(out, record)
+    if done is None:
+        return None, None
+    with h5py.File(out, "r") as f:
+        total = int(f.attrs["n_contexts"])
+    if done >= total:
+        print(f"{out} is already complete ({total} {unit}); nothing to do.")
+        return done, CacheResult(out, total, 0, 0.0)
+    return done, None
+
+
 def unreadable_cache(path: Path, err: OSError, fix: str) -> str:
     """Why h5py cannot open `path`, in words: in use by a writer, a damaged HDF5 file, or no HDF5 file at all."""
     text = str(err)

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 
 from activations.batch_writer import write_batches
-from activations.cache_layout import CacheResult, check_existing, create_token_file
+from activations.cache_layout import CacheResult, create_token_file, resume_point
 from activations.corpus import build_contexts, resolve_corpus
 from activations.devices import check_device
 from activations.distributed import launch_from_env
@@ -86,13 +85,9 @@ def _write_cache_locked(settings: CacheSettings, out: Path, progress: bool) -> C
 
         return write_pooled(settings, resolved, out, progress)
     record = settings.record(resolved.describe())
-    done = None if settings.overwrite else check_existing(out, record)
-    if done is not None:
-        with h5py.File(out, "r") as f:
-            total = int(f.attrs["n_contexts"])
-        if done >= total:
-            print(f"{out} is already complete ({total} contexts); nothing to do.")
-            return CacheResult(out, total, 0, 0.0)
+    done, complete = resume_point(out, record, settings.overwrite)
+    if complete is not None:
+        return complete
 
     loaded = load_model(settings.model, device=settings.device)
     hook_points = validate_hooks(loaded.model, settings.hooks)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from activations.cache_layout import (BFLOAT16_ENCODING, STORAGE, CacheResult, check_existing, early_alloc_dcpl,
+from activations.cache_layout import (BFLOAT16_ENCODING, STORAGE, CacheResult, early_alloc_dcpl, resume_point,
                                       run_attrs, stored_array)
 from activations.corpus import Corpus
 from activations.errors import UserError
@@ -93,13 +93,9 @@ def _pad_id(tokenizer) -> int:
 def write_pooled(settings: CacheSettings, corpus: Corpus, out: Path, progress: bool) -> CacheResult:
     """The pooled cache of `settings` at `out` (the caller holds its lock); resumes a killed run of the same settings."""
     record = settings.record(corpus.describe())
-    done = None if settings.overwrite else check_existing(out, record)
-    if done is not None:
-        with h5py.File(out, "r") as f:
-            total = int(f.attrs["n_contexts"])
-        if done >= total:
-            print(f"{out} is already complete ({total} documents); nothing to do.")
-            return CacheResult(out, total, 0, 0.0)
+    done, complete = resume_point(out, record, settings.overwrite, unit="documents")
+    if complete is not None:
+        return complete
     documents = []
     for doc in corpus.records():
         documents.append(doc)

@@ -22,6 +22,7 @@ from activations.cache_writer import cache_activations
 from activations.errors import UserError
 from activations.reader import ActivationCache
 from activations.runstate import LOCK_NAME, lock_path_of, output_lock
+from tests.support.cli_output import error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "blocks.0.hook_resid_pre"
@@ -32,13 +33,6 @@ with output_lock(sys.argv[1], folder=sys.argv[2] == "folder"):
     print("locked", flush=True)
     sys.stdin.read()
 """
-
-
-def error_line(err: str) -> str:
-    """The one `error: ...` line of a failed command (progress bars may share stderr; tracebacks may not)."""
-    lines = [line[line.index("error: "):] for line in err.replace("\r", "\n").splitlines() if "error: " in line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 class Holder:

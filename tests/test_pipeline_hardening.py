@@ -16,6 +16,7 @@ import pytest
 import cli
 from activations.cache_writer import cache_activations
 from explain.records_file import RESULTS_FILE, read_records
+from tests.support.cli_output import error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "blocks.0.hook_resid_pre"
@@ -31,12 +32,6 @@ with ExitStack() as stack:
     print("locked", flush=True)
     sys.stdin.read()
 """
-
-
-def error_line(err: str) -> str:
-    lines = [line[line.index("error: "):] for line in err.replace("\r", "\n").splitlines() if "error: " in line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 # -- one writer per output --------------------------------------------------------------------------------------------

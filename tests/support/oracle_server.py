@@ -13,13 +13,14 @@ import json
 import math
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 from explain.llm.backends import make_backend
 from explain.llm.cache import LLMCache
 from explain.records import Example, Examples, ScoringSet
 from explain.scorers import make_scorer
 from explain.settings import ScoringConfig
+from tests.support.json_handler import JSONHandler
 
 WORDS = [" the", " cat", " sat", " on", " a", " mat", " by", " river", " in", " spring"]
 
@@ -69,20 +70,9 @@ class OracleServer:
     def _handler(self):
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status: int, obj: dict) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self._body()
                 with server.lock:
                     server.requests.append(body)
                     status = server.script.pop(0) if server.script else 200

@@ -13,9 +13,11 @@ import math
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import numpy as np
+
+from tests.support.json_handler import JSONHandler
 
 PARIS = {"9": math.log(0.6), "8": math.log(0.2), "unknown": math.log(0.2)}
 OTHER = {"0": math.log(0.7), "1": math.log(0.1), "unknown": math.log(0.2)}
@@ -49,20 +51,9 @@ class FakeServer:
     def _handler(self):
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output clean
-                pass
-
-            def _send(self, status: int, obj: dict) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self._body()
                 with server.lock:
                     server.requests.append((self.path, body))
                     status = server.script.pop(0) if server.script else 200
