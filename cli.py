@@ -18,7 +18,7 @@ class Subcommand:
     """One row of the command line: `run` ("module:function") is called with one `settings` object.
 
     `settings` ("module:Class") is a dataclass whose `option()` fields are the
-    flags (see `activations.options`); its module imports nothing heavy, so
+    flags (see `common.options`); its module imports nothing heavy, so
     `--help` stays instant.
     """
 
@@ -69,7 +69,7 @@ def _load(target: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from activations.options import add_options
+    from common.options import add_options
 
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="<subcommand>")
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is a complete, fixable one-line answer."""
-    from activations.errors import UserError
+    from common.errors import UserError
 
     return (UserError,)
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command: Subcommand = args._command
     try:
-        from activations.options import from_namespace
+        from common.options import from_namespace
 
         _load(command.run)(from_namespace(_load(command.settings), args))
         sys.stdout.flush()  # here, so that a reader that went away (`hooks | head`) is caught below

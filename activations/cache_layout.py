@@ -25,8 +25,8 @@ import h5py
 import numpy as np
 import torch
 
-from activations.errors import UserError, first_line
-from activations.runstate import differing_keys, replace_atomically
+from common.errors import UserError, first_line
+from common.runstate import differing_keys, replace_atomically
 from activations.settings import CacheSettings, record_json
 
 FORMAT_VERSION = 1

@@ -18,7 +18,7 @@ from activations.devices import check_device
 from activations.distributed import launch_from_env
 from activations.hooks import hook_width, validate_hooks
 from activations.models import check_context_length, load_model
-from activations.runstate import check_output_file, output_lock
+from common.runstate import check_output_file, output_lock
 from activations.settings import CacheSettings
 
 __all__ = ["CacheResult", "cache_activations", "write_cache"]

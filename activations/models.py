@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from activations.errors import UserError, first_line
-from activations.runstate import replace_atomically
+from common.errors import UserError, first_line
+from common.runstate import replace_atomically
 
 DEFAULT_MODEL_ALIAS = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"

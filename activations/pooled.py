@@ -31,10 +31,10 @@ from tqdm.auto import tqdm
 from activations.cache_layout import (BFLOAT16_ENCODING, STORAGE, CacheResult, early_alloc_dcpl, resume_point,
                                       run_attrs, stored_array)
 from activations.corpus import Corpus
-from activations.errors import UserError
+from common.errors import UserError
 from activations.hooks import hook_width, is_encoder, run_with_cache, validate_hooks
 from activations.models import check_context_length, load_model
-from activations.runstate import replace_atomically
+from common.runstate import replace_atomically
 from activations.settings import CacheSettings
 
 _TOKENIZE_BATCH = 256

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from activations.errors import UserError
+from common.errors import UserError
 from activations.provenance import record_of
 from activations.cache_layout import unreadable_cache
 

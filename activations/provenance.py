@@ -21,7 +21,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Mapping
 
-from activations.errors import UserError
+from common.errors import UserError
 
 ALLOW_FLAG = "--allow-model-mismatch"
 ALLOW_HELP = ("use dictionaries with a cache or model other than the one they were trained on (e.g. a fine-tune's "

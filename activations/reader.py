@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from activations.cache_layout import unreadable_cache
-from activations.errors import UserError
+from common.errors import UserError
 
 _DEFAULT_BUFFER_BYTES = 256 << 20
 

@@ -1,7 +1,7 @@
 """Settings of `cli.py cache` and `cli.py hooks`: the one place their options and defaults are written.
 
 `cli.py` builds both subcommands from these dataclasses (see
-`activations.options`); `cache_activations`, `demo` and tests construct the
+`common.options`); `cache_activations`, `demo` and tests construct the
 same objects. The cache file stores `CacheSettings.record(...)` as its
 `settings` attribute, built from the fields that decide its bytes (the
 `identity` ones): a rerun resumes only into a file whose record matches.
@@ -14,9 +14,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from activations.errors import UserError
+from common.errors import UserError
 from activations.hooknames import check_hook_names
-from activations.options import identity_fields, option
+from common.options import identity_fields, option
 
 DTYPES = ("float16", "float32", "bfloat16")
 POOLS = ("cls", "mean", "max", "last")

@@ -42,10 +42,10 @@ from activations.cache_layout import (BFLOAT16_ENCODING, STORAGE, CacheResult, c
 from activations.corpus import build_contexts, resolve_corpus
 from activations.distributed import (Launch, barrier, destroy_process_group, first_error, gather_texts,
                                      init_process_group, rank_device)
-from activations.errors import UserError
+from common.errors import UserError
 from activations.hooks import hook_width, validate_hooks
 from activations.models import check_context_length, load_model
-from activations.runstate import output_lock, replace_atomically
+from common.runstate import output_lock, replace_atomically
 from activations.settings import CacheSettings
 
 _SHARD_NAME = re.compile(r"rank(\d+)-of-(\d+)\.h5")

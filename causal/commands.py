@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from activations.errors import UserError
-from activations.options import identity_fields
-from activations.runstate import (check_output_file, check_output_folder, differing_keys, output_lock, read_json,
+from common.errors import UserError
+from common.options import identity_fields
+from common.runstate import (check_output_file, check_output_folder, differing_keys, output_lock, read_json,
                                   write_json_atomic)
 from causal.patching import (coefficient_delta, decoder_rows, last_logits, pad_token_id,
                              pair_batch, task_check)

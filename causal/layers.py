@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from activations.errors import UserError
+from common.errors import UserError
 from activations.hooks import hook_name, n_layers, run_with_cache
-from activations.runstate import check_output_file, write_json_atomic
+from common.runstate import check_output_file, write_json_atomic
 from causal.patching import PairBatch, kl_rows, last_logits, pad_token_id, pair_batch, task_check
 from causal.prompts import IOIConfig, make_ioi_pairs
 from causal.settings import IOILayersSettings

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from activations.errors import UserError
+from common.errors import UserError
 from activations.hooks import hooks_installed, run_with_cache
 from causal.prompts import IOIPair
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from activations.errors import UserError
+from common.errors import UserError
 
 
 class IOIPromptError(UserError):

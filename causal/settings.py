@@ -1,7 +1,7 @@
 """Settings of `cli.py patch-ioi` and `cli.py ioi-layers`: the one place their options and defaults are written.
 
 `cli.py` builds both subcommands from these dataclasses (see
-`activations.options`); `demo` and tests construct the same objects. The
+`common.options`); `demo` and tests construct the same objects. The
 identity fields of `PatchIOISettings` (plus the τ grid and the hook) are the
 settings record that ioi.json and ioi_config.json carry and a rerun is
 checked against. Imports nothing heavy, so `cli.py --help` stays instant.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from activations.errors import UserError
-from activations.options import option
+from common.errors import UserError
+from common.options import option
 from activations.provenance import ALLOW_HELP
 
 # ioi.json's features_to_reach: the fewest features with KL <= these fractions of KL(clean || cf); the plot marks them.

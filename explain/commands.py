@@ -15,7 +15,7 @@ from explain.settings import CompareSettings, ExplainSettings
 
 def explain_command(settings: ExplainSettings | None = None, /, **keywords: Any) -> Path:
     """Run (or resume) an explanation run; this process holds --out until it ends (see `output_lock`)."""
-    from activations.runstate import check_output_folder, output_lock
+    from common.runstate import check_output_folder, output_lock
     from explain.pipeline import run_explain
 
     s = _settings(ExplainSettings, settings, keywords, ExplainSettings.from_keywords)

@@ -20,9 +20,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from activations.errors import UserError
+from common.errors import UserError
 from activations.hooknames import layer_and_site
-from activations.runstate import check_output_file, write_json_atomic
+from common.runstate import check_output_file, write_json_atomic
 from explain.records_file import RESULTS_FILE, read_records
 from explain.scorers.base import record_mode
 from explain.scorers.stats import mean_ci

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from activations.errors import UserError
+from common.errors import UserError
 from explain.records import ActivationRecord, Examples, ScoringSet, compact
 from explain.sampling import N_DONORS
 from explain.settings import ExemplarConfig, ScoringConfig

@@ -30,7 +30,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from activations.errors import UserError
+from common.errors import UserError
 from explain.llm.base import LLMBackend
 from explain.llm.errors import LLMError
 from explain.prompts import build_explainer_messages, check_format, parse_explanation

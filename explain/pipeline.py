@@ -27,8 +27,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from activations.errors import UserError
-from activations.runstate import check_output_folder
+from common.errors import UserError
+from common.runstate import check_output_folder
 from explain.components import Components, build_components, check_specs
 from explain.exemplars import FeatureJob, TokenDecoder, collect_exemplars
 from explain.explainer import Explainer

@@ -45,7 +45,7 @@ from typing import Sequence
 
 import numpy as np
 
-from activations.errors import UserError
+from common.errors import UserError
 from explain.records import MAX_DISPLAY, ActivationRecord, FewShotExample
 
 FORMATS = ("bills", "highlight")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, Sequence, Union
 
-from activations.errors import UserError
+from common.errors import UserError
 
 #: Activation values the LLM reads and writes (Bills et al.): integers 0..10.
 MAX_DISPLAY = 10

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from activations.errors import UserError
-from activations.runstate import write_text_atomic
+from common.errors import UserError
+from common.runstate import write_text_atomic
 
 RESULTS_FILE = "explanations.jsonl"
 

@@ -25,8 +25,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from activations.errors import UserError, first_line
-from activations.runstate import read_json
+from common.errors import UserError, first_line
+from common.runstate import read_json
 from explain.llm.base import LLMBackend, Messages
 from explain.llm.cache import LLMCache
 from explain.llm.errors import LLMError

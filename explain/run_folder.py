@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from activations.errors import UserError
-from activations.runstate import read_json, require_same_settings, write_json_atomic
+from common.errors import UserError
+from common.runstate import read_json, require_same_settings, write_json_atomic
 from explain.records_file import RESULTS_FILE, read_records, rewrite_records
 from explain.settings import ExplainSettings
 

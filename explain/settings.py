@@ -1,7 +1,7 @@
 """Settings of `cli.py explain` and `cli.py compare`: the one place their options are declared.
 
 `cli.py` builds each subcommand's flags from these dataclasses (see
-`activations.options`), and Python callers (`report.demo`, tests) construct
+`common.options`), and Python callers (`report.demo`, tests) construct
 the same objects, so a default is written once. This module imports only
 dataclasses and the two light `activations` helpers, so `cli.py --help`
 stays instant: nothing here may import numpy, torch or an LLM client.
@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from activations.errors import UserError
-from activations.options import identity_fields, option
+from common.errors import UserError
+from common.options import identity_fields, option
 from activations.provenance import ALLOW_HELP
 from explain.scorers.spec import SCORERS, known_specs, llm_default_scorers
 

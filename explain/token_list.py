@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
 
-from activations.errors import UserError
+from common.errors import UserError
 from explain.explainer import Candidate
 from explain.records import MAX_DISPLAY, ActivationRecord
 

@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from activations.errors import UserError
+from common.errors import UserError
 from activations.devices import check_device
-from activations.runstate import (LOCK_NAME, check_output_folder, output_lock, read_json, settings_differences,
+from common.runstate import (LOCK_NAME, check_output_folder, output_lock, read_json, settings_differences,
                                   write_json_atomic, write_text_atomic)
 from pipeline.settings import RUNTIME_FIELDS, DemoSettings
 from report.layout import (COMPARE_JSON, COMPARE_PNG, DICTS_DIR, EXPLANATIONS_DIR, FRAGMENT_CACHE, IOI_DIR,

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from activations.errors import UserError
+from common.errors import UserError
 from activations.hooknames import hook_name
-from activations.options import option
+from common.options import option
 
 # Settings that only decide where or how fast things run; a rerun may change them.
 RUNTIME_FIELDS = ("device", "progress")

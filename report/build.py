@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from activations.errors import UserError
-from activations.runstate import check_output_folder, output_lock, write_text_atomic
+from common.errors import UserError
+from common.runstate import check_output_folder, output_lock, write_text_atomic
 from report.cards import feature_card, skipped_table
 from report.descriptors import (DescriptorResults, chips_html, descriptors_section,
                                 load_descriptor_results)

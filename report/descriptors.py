@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from activations.errors import UserError
-from activations.runstate import read_json
+from common.errors import UserError
+from common.runstate import read_json
 from report.html import esc, fmt, table
 
 RECORDS_FILE = "descriptors.jsonl"  # explain.descriptors.describe writes these two; repeated to import nothing heavy

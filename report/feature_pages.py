@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from activations.errors import UserError
-from activations.runstate import replace_atomically
+from common.errors import UserError
+from common.runstate import replace_atomically
 from report.feature_assets import FEATURE_CSS, FEATURE_JS
 from report.feature_data import (FeatureNotes, clean_text, feature_json, fnum, fragments_js, join_notes, js_json,
                                  layer_of, score_columns, search_text)

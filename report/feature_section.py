@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from activations.errors import UserError
+from common.errors import UserError
 from report.feature_assets import TABLE_JS
 from report.feature_pages import FeatureTable
 from report.html import esc

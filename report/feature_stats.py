@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from activations.errors import UserError
+from common.errors import UserError
 from report.feature_codes import BatchCodes
 from report.feature_select import example_pairs, example_rows, histograms, n_shown, select
 from report.feature_summary import DictionarySummaries, Example, FeatureSummary, Quantile

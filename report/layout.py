@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from activations import runstate
-from activations.errors import UserError
+from common import runstate
+from common.errors import UserError
 
 SETTINGS_FILE = "demo_settings.json"
 TRAIN_CACHE = "cache_train.h5"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from activations.options import option
+from common.options import option
 from activations.provenance import ALLOW_HELP
 
 

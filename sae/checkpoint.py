@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from activations.runstate import replace_atomically, write_json_atomic
+from common.runstate import replace_atomically, write_json_atomic
 
 STATE_FILE = "state.json"
 

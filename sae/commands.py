@@ -24,7 +24,7 @@ def _export_each(folders: list[Path], export: str | None) -> None:
 
 def train_sae_command(settings: TrainSettings) -> list[Path]:
     from activations.distributed import launch_from_env
-    from activations.runstate import check_output_folder, output_lock
+    from common.runstate import check_output_folder, output_lock
     from sae.data import split_cache
     from sae.train import train_sweep
 
@@ -45,7 +45,7 @@ def train_sae_command(settings: TrainSettings) -> list[Path]:
 
 
 def baselines_command(settings: BaselinesSettings) -> list[Path]:
-    from activations.runstate import check_output_folder, output_lock
+    from common.runstate import check_output_folder, output_lock
     from sae.fit_baselines import ICA_MAX_SAMPLES, fit_baselines_from_cache
 
     s = settings
@@ -63,7 +63,7 @@ def baselines_command(settings: BaselinesSettings) -> list[Path]:
 def evaluate_command(settings: EvaluateSettings) -> list[dict]:
     from contextlib import ExitStack
 
-    from activations.runstate import check_output_file, output_lock
+    from common.runstate import check_output_file, output_lock
     from sae.evaluate import evaluate_dictionaries
 
     s = settings

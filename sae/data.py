@@ -120,7 +120,7 @@ def split_cache(path: str | Path, hook: str, eval_fraction: float, skip_first: b
     many times the training split's median norm (see `sink_norm_limit`); its
     default is `train-sae`'s, so a Python caller gets what the command does.
     """
-    from activations.errors import UserError
+    from common.errors import UserError
     from activations.reader import ActivationCache
 
     if not 0.0 <= eval_fraction < 1.0:

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from activations.distributed import Launch
-from activations.errors import UserError
+from common.errors import UserError
 from sae.kinds.topk import batch_variance
 from sae.registry import kind_spec
 

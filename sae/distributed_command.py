@@ -12,7 +12,7 @@ from typing import Callable
 
 from activations.distributed import (Launch, barrier, destroy_process_group, first_error, init_process_group,
                                      rank_device)
-from activations.errors import UserError
+from common.errors import UserError
 from sae.settings import TrainSettings
 
 
@@ -24,7 +24,7 @@ def train_sae_distributed(settings: TrainSettings, launch: Launch,
     second rank would be refused); it holds it until every rank is done, and
     if it cannot get it, every rank stops with one line instead of waiting.
     """
-    from activations.runstate import check_output_folder, output_lock
+    from common.runstate import check_output_folder, output_lock
     from sae.data import split_cache
     from sae.distributed import resolve_mode
     from sae.train import train_sweep

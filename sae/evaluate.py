@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from activations.errors import UserError
+from common.errors import UserError
 from sae.data import check_fits, clipped_line, split_cache
 from sae.io import load, update_metrics
 from sae.metrics import density_histogram, mmcs, model_metrics, quality_warnings, reconstruction_metrics

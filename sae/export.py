@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from activations.errors import UserError
+from common.errors import UserError
 from activations.hooks import parse_hook
-from activations.runstate import replace_atomically, write_json_atomic
+from common.runstate import replace_atomically, write_json_atomic
 from sae.kinds.affine import AffineDictionary
 from sae.kinds.threshold import ThresholdSAE
 

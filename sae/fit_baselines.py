@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from activations.errors import UserError
-from activations.runstate import settings_digest
+from common.errors import UserError
+from common.runstate import settings_digest
 from sae.baselines import (ICA_MAX_SAMPLES, collect, fit_ica, neuron_basis, pca_from_moments, random_basis,
                            sample_limit, topk_control)
 from sae.data import BatchSource, clipped_line, split_cache

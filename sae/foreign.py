@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from activations.errors import first_line
+from common.errors import first_line
 from sae.errors import DictionaryError
 from sae.kinds.affine import AffineDictionary
 from sae.kinds.threshold import JumpReLUSAE

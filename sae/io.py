@@ -13,8 +13,8 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from activations.errors import first_line
-from activations.runstate import write_json_atomic
+from common.errors import first_line
+from common.runstate import write_json_atomic
 from sae.errors import DictionaryError
 from sae.foreign import CFG_FILE, FOREIGN_FILES, foreign_format, read_cfg
 from sae.foreign_saelens import load_saelens

@@ -1,7 +1,7 @@
 """Settings of the dictionary stage's subcommands: the one place their options and defaults are written.
 
 `cli.py` builds `train-sae`, `baselines`, `evaluate` and `export` from these
-dataclasses (see `activations.options`), and `demo` constructs the same
+dataclasses (see `common.options`), and `demo` constructs the same
 objects. Imports nothing heavy, so `cli.py --help` stays instant.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from activations.errors import UserError
-from activations.options import option
+from common.errors import UserError
+from common.options import option
 from activations.provenance import ALLOW_HELP
 from sae.registry import K_SWEEP, L1_SWEEP, Sweep, fitted_kinds, kind_spec, learned_kinds, specs
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from safetensors.torch import save_file
 
-from activations.runstate import replace_atomically, staging_folder, write_json_atomic
+from common.runstate import replace_atomically, staging_folder, write_json_atomic
 
 if TYPE_CHECKING:
     from sae.kinds.affine import AffineDictionary

@@ -35,8 +35,8 @@ import torch
 from tqdm.auto import tqdm
 
 from activations.distributed import Launch, barrier
-from activations.errors import UserError
-from activations.runstate import settings_digest
+from common.errors import UserError
+from common.runstate import settings_digest
 from sae.checkpoint import load_checkpoint, read_state, remove_stale, save_checkpoint
 from sae.data import BatchSource, passes, passes_line, prefetch
 from sae.errors import TrainingDiverged

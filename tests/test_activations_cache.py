@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from activations.cache_writer import cache_activations
-from activations.errors import UserError
+from common.errors import UserError
 from activations.reader import ActivationCache
 from tests.support.cache_files import n_contexts_done
 

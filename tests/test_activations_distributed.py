@@ -40,7 +40,7 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(),
 
 import cli
 from activations.cache_writer import cache_activations
-from activations.errors import UserError
+from common.errors import UserError
 from activations.reader import ActivationCache
 from tests.support.cache_files import n_contexts_done
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from activations.errors import UserError
+from common.errors import UserError
 
 WORDS = ("the a cat dog sat on mat paris is capital of france berlin germany sparse features model text "
          "quick brown fox jumps over lazy and river city").split()

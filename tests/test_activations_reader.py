@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from activations.cache_writer import cache_activations
-from activations.errors import UserError
+from common.errors import UserError
 from activations.reader import ActivationCache
 
 HOOK = "blocks.0.hook_resid_post"

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 import cli
-from activations.errors import UserError
+from common.errors import UserError
 from activations.hooknames import HookError, hook_name, parse_hook
-from activations.options import from_namespace
-from activations.runstate import differing_keys, replace_atomically, settings_differences
+from common.options import from_namespace
+from common.runstate import differing_keys, replace_atomically, settings_differences
 from activations.settings import CacheSettings, HooksSettings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cli
-from activations.errors import UserError
+from common.errors import UserError
 from causal.patching import kl_rows, last_logits, pad_token_id, pair_batch
 from causal.prompts import IOIConfig, make_ioi_pairs
 from causal.settings import PatchIOISettings
@@ -188,7 +188,7 @@ def test_default_model_does_ioi_and_suffix_runs_match(default_model):
 
 def test_rerun_keeps_finished_dictionaries_and_other_settings_fail_untouched(tiny_model_dirs, tmp_path, capsys):
     """A rerun after a kill runs only what ioi.json lacks; other settings in the folder are refused before any write."""
-    from activations.errors import UserError
+    from common.errors import UserError
     from causal.commands import patch_ioi_command
 
     model = str(tiny_model_dirs["gpt2"])
@@ -229,7 +229,7 @@ def test_resume_refuses_stale_or_foreign_results_before_writing(tiny_model_dirs,
     import shutil
 
     import causal.commands as commands
-    from activations.errors import UserError
+    from common.errors import UserError
 
     model = str(tiny_model_dirs["gpt_neox"])
     dicts = _dicts(tmp_path, "blocks.1.hook_resid_post")

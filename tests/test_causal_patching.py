@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from activations.errors import UserError
+from common.errors import UserError
 from activations.hooks import logits_with_edits, run_with_cache
 from causal.attribution import attribution_scores
 from causal.patching import (coefficient_delta, decoder_rows, kl_rows, last_logits, pad_token_id, pair_batch,

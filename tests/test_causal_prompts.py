@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from activations.errors import UserError
+from common.errors import UserError
 from causal.prompts import (ABBA_TEMPLATES, BABA_TEMPLATES, IOIConfig, make_ioi_pairs, single_token_names)
 from tests.support.tiny_models import make_tokenizer
 

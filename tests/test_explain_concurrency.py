@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from activations.errors import UserError
+from common.errors import UserError
 from explain.commands import explain_command
 from explain.feature_pool import ordered_map
 from explain.llm.cache import LLMCache

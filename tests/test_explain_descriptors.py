@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from activations.errors import UserError
+from common.errors import UserError
 from explain.descriptors.assign import (assign, descriptor_matrix, jaccard, jaccard_rows, majority_labels,
                                         precision_recall_at_k, stratified_halves)
 

@@ -92,7 +92,7 @@ def test_token_lists_are_embedded_as_their_tokens_and_other_explanations_as_writ
 
 
 def test_a_missing_embedding_model_is_one_line_naming_the_fix(monkeypatch):
-    from activations.errors import UserError
+    from common.errors import UserError
     from explain.llm import embedder as module
 
     monkeypatch.setattr(module, "DEFAULT_PACKAGE", "no_such_embedding_package")

@@ -52,7 +52,7 @@ def test_a_multi_line_database_error_is_a_one_line_user_error(tmp_path, monkeypa
     import pytest
 
     import explain.llm.cache
-    from activations.errors import UserError
+    from common.errors import UserError
 
     def broken(*args, **kwargs):
         raise sqlite3.DatabaseError("file is not a database\nSQL logic error near line 3\n")

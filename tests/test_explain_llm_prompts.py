@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from activations.errors import UserError
+from common.errors import UserError
 from explain.prompts import (
     BILLS_SYSTEM,
     HIGHLIGHT_SYSTEM,

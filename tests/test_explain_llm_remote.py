@@ -195,7 +195,7 @@ def _closed_port_url() -> str:
 
 
 def test_a_closed_port_gives_up_after_n_connection_failures_in_a_row_naming_the_url(tmp_path):
-    from activations.errors import UserError
+    from common.errors import UserError
     from explain.llm.errors import EndpointUnreachable
 
     url = _closed_port_url()

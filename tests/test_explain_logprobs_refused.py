@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from activations.errors import UserError
+from common.errors import UserError
 from explain.commands import explain_command
 from explain.llm.backends import make_backend
 from explain.llm.errors import LLMError, NoLogprobs

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import sae
-from activations.errors import UserError
+from common.errors import UserError
 from activations.reader import ActivationCache
 from explain.commands import compare_command, explain_command
 from explain.pipeline import read_records

@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from activations.errors import UserError
+from common.errors import UserError
 from explain.commands import compare_command, explain_command
 from explain.pipeline import read_records
 from explain.settings import CompareSettings, ExplainSettings, ScoringConfig
@@ -107,7 +107,7 @@ def test_scorer_choices_are_checked_before_anything_runs(setup, tmp_path):
     assert ExplainSettings(cache="c", dicts=["d"]).resolved_scorers() == ["tokens"]
     assert "scorers" not in ExplainSettings(cache="c", dicts=["d"], scorers=["tokens"]).to_json()  # as before
     import cli
-    from activations.options import from_namespace
+    from common.options import from_namespace
 
     args = cli.build_parser().parse_args(["explain", "--cache", "c", "--dict", "d", "--out", "o", "--scorers",
                                           "tokens,embedding", "--hard-negatives", "3", "--embedder", "my/encoder"])

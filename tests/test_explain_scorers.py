@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import pytest
 
-from activations.errors import UserError
+from common.errors import UserError
 from activations.hooknames import layer_and_site as parse_hook
 from explain.compare import summarise
 from explain.exemplars import ExemplarConfig, FeatureExemplars, Fragment, select_fragments

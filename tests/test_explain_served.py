@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from activations.errors import UserError
+from common.errors import UserError
 from explain.commands import explain_command
 from explain.llm.backends import make_backend
 from explain.llm.errors import NoLogprobs

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import cli
-from activations.errors import UserError
-from activations.options import from_namespace
+from common.errors import UserError
+from common.options import from_namespace
 from explain.commands import compare_command, explain_command
 from explain.settings import CompareSettings, ExemplarConfig, ExplainSettings
 

@@ -78,8 +78,8 @@ def test_modes_of_records_old_and_new():
 
 def test_score_mode_and_rescore_are_settings_and_cli_flags():
     import cli
-    from activations.errors import UserError
-    from activations.options import from_namespace
+    from common.errors import UserError
+    from common.options import from_namespace
 
     args = cli.build_parser().parse_args(["explain", "--cache", "c", "--dict", "d", "--out", "o",
                                           "--score-mode", "text", "--rescore", "runs/old"])

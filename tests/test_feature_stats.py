@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from activations.cache_writer import cache_activations
-from activations.errors import UserError
+from common.errors import UserError
 from activations.reader import ActivationCache
 from report.feature_stats import SummaryConfig, summarize_dictionaries
 from report.feature_summary import DictionarySummaries

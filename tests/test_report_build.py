@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import cli
-from activations.errors import UserError
+from common.errors import UserError
 from report.build import build_report
 from tests.support.report_run import HOOK, chromium_args, chromium_path, make_run, parse, table_with
 

@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 import cli
-from activations.errors import UserError
+from common.errors import UserError
 from report.build import build_report
 from tests.support.descriptors import HOSTILE, SAE, write_describe_folder
 from tests.support.report_run import IMG, SCRIPT, chromium_args, chromium_path, make_run, parse, table_with

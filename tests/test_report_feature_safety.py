@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from activations.errors import UserError
+from common.errors import UserError
 from report.build import build_report
 from tests.support.feature_pages import SAE, feature_summaries, page_data
 from tests.support.report_run import make_record, make_run, parse

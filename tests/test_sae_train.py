@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sae
-from activations.errors import UserError
+from common.errors import UserError
 from sae.baselines import random_basis
 from sae.data import TensorSource
 from sae.errors import TrainingDiverged

@@ -16,9 +16,9 @@ from collections import Counter
 from pathlib import Path
 
 from activations.corpus import resolve_corpus
-from activations.errors import UserError
-from activations.options import identity_fields
-from activations.runstate import (check_output_folder, output_lock, read_json, require_same_settings,
+from common.errors import UserError
+from common.options import identity_fields
+from common.runstate import (check_output_folder, output_lock, read_json, require_same_settings,
                                   write_json_atomic, write_text_atomic)
 from explain.descriptors.cluster import cluster_descriptors
 from explain.descriptors.generate import DocDescriptors, from_field, from_llm

@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from activations.errors import UserError
-from activations.options import identity_fields
+from common.errors import UserError
+from common.options import identity_fields
 from activations.pooled_reader import PooledCache
-from activations.runstate import (check_output_folder, output_lock, read_json, require_same_settings,
+from common.runstate import (check_output_folder, output_lock, read_json, require_same_settings,
                                   write_json_atomic, write_text_atomic)
 from explain.descriptors.assign import (TopTracker, assign_top, base_rate, descriptor_matrix, half_tops, jaccard_rows,
                                         majority_labels, mean_ci, n_top, precision_recall_at_k, repeated_halves)

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from activations.corpus import Document
-from activations.errors import UserError
+from common.errors import UserError
 
 MAX_DESCRIPTORS = 5
 MAX_WORDS = 3

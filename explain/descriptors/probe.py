@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from activations.errors import UserError
+from common.errors import UserError
 from activations.pooled_reader import PooledCache
-from activations.runstate import check_output_folder, output_lock
+from common.runstate import check_output_folder, output_lock
 from explain.descriptors.build import read_descriptors
 from explain.descriptors.describe import joined
 from explain.descriptors.settings import ProbeSettings

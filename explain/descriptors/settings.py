@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from activations.errors import UserError
-from activations.options import option
+from common.errors import UserError
+from common.options import option
 from activations.provenance import ALLOW_HELP
 
 GENERATOR_HELP = ("field:<name> (the descriptors are an annotation field of the corpus: the honest offline source), "

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from activations.errors import UserError, first_line
+from common.errors import UserError, first_line
 
 
 def request_key(request: dict[str, Any]) -> str:

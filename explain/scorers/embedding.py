@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from activations.errors import UserError
+from common.errors import UserError
 from explain.records import compact
 from explain.scorers.base import Cost, Job, Scorer, ScoreResult
 from explain.scorers.classify import undefined

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from activations.errors import UserError
+from common.errors import UserError
 from explain.llm.base import Generation, LLMBackend, ScoredRequest
 from explain.records import Examples, ScoringSet, compact
 from explain.scorers.answers import AnswerError, read_choice

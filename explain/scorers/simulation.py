@@ -49,7 +49,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from activations.errors import UserError
+from common.errors import UserError
 from explain.llm.base import LLMBackend
 from explain.llm.digits import expected_value
 from explain.llm.errors import LLMError, NoLogprobs

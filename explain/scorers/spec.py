@@ -7,7 +7,7 @@ cost counts, whether it runs by default) were written in settings,
 components, compare and the report, so a new scorer had to touch them all
 and a miss failed silently. They are read here instead, without importing
 the scorer's class: this module imports nothing but the standard library
-and `activations.errors`, so `explain.settings` (and `cli.py --help`) may
+and `common.errors`, so `explain.settings` (and `cli.py --help`) may
 read it and stay instant.
 
 Adding a scorer is its module (a `Scorer` subclass) and one row in
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from activations.errors import UserError
+from common.errors import UserError
 
 #: Capabilities a scorer may need. "generation": chat completions; "logprobs": the distribution over
 #: the values 0..10 at marked slots (`LLMBackend.digit_distributions`); "embeddings": text embeddings.

@@ -23,7 +23,7 @@ import json
 import re
 from typing import Sequence
 
-from activations.errors import UserError
+from common.errors import UserError
 from explain.llm.base import Generation, LLMBackend, ScoredRequest
 from explain.prompts import display_value, max_activation
 from explain.records import DEFAULT_SIM_FEWSHOT, FewShotExample, Fragments, SimulationResult, fragment_tokens, load_fewshot

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from activations.errors import UserError, first_line
+from common.errors import UserError, first_line
 
 try:
     import fcntl
