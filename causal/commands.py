@@ -178,7 +178,7 @@ class _Plan:
     paths: dict[str, str]  # dictionary name -> resolved folder
     identity: dict
     previous: dict[str, dict]  # finished earlier with these settings: kept, whatever this run does
-    candidates_given: bool = True  # False: the CPU default chose them (`PatchIOISettings.greedy_choice`)
+    candidates_given: bool  # False: the CPU default chose them (`PatchIOISettings.greedy_choice`)
 
     def done(self, name: str) -> bool:
         return self.previous.get(name, {}).get("path") == self.paths[name]
@@ -197,13 +197,13 @@ def _validate(settings: PatchIOISettings) -> None:
             raise UserError(f"the folder of --plot {settings.plot!r} does not exist: create it or pass another path")
 
 
-def _plan(settings: PatchIOISettings) -> _Plan:
+def _plan(settings: PatchIOISettings, candidates_given: bool) -> _Plan:
     dictionaries = load_dictionaries(list(settings.dicts))
     paths = {d.name: str(Path(p).resolve()) for d, p in zip(dictionaries, settings.dicts)}
     identity = identity_of(settings, dictionaries[0].hook)
     out_dir = Path(settings.out)
     previous = _previous_results(out_dir, identity, paths, settings.overwrite)
-    return _Plan(settings, out_dir, dictionaries, paths, identity, previous)
+    return _Plan(settings, out_dir, dictionaries, paths, identity, previous, candidates_given)
 
 
 def _persist_setup(plan: _Plan, config: PatchIOIConfig, loaded, hook: str, pairs: list, pairing: dict) -> None:
@@ -324,8 +324,7 @@ def _patch_ioi_locked(settings: PatchIOISettings, chosen_by: str) -> dict:
     from activations.models import load_model
 
     s = settings
-    plan = _plan(s)
-    plan.candidates_given = chosen_by == "--candidates"
+    plan = _plan(s, candidates_given=chosen_by == "--candidates")
     loaded = load_model(s.model, device=s.device)
     hook = _check_against_model(loaded.model, plan.dictionaries)
     pairing = _check_pairing(loaded, plan.dictionaries, s.allow_model_mismatch)
