@@ -3,7 +3,7 @@
 Dataset names and dtypes (`/tokens`, `/acts/<hook>`, bfloat16 kept as its
 bits), chunking, the file attributes every cache carries (`run_attrs`,
 `cache_attrs`), the check of an existing file before a run resumes it
-(`check_existing`), and how a batch becomes what the file stores
+(`recorded_settings`, for `common.runstate.claim_output`), and how a batch becomes what the file stores
 (`stored_array`, which refuses a value that would not be finite there).
 The token-level writer (`activations.cache_writer`), the torchrun shards
 (`activations.shards`), the pooled writer (`activations.pooled`) and the
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from common.errors import UserError, first_line
-from common.runstate import differing_keys, replace_atomically
+from common.runstate import Claim, replace_atomically, require_same_settings, staging_file
 from activations.settings import CacheSettings, record_json
 
 FORMAT_VERSION = 1
@@ -57,13 +57,15 @@ def early_alloc_dcpl() -> h5py.h5p.PropDCID:
     return dcpl
 
 
-def check_existing(out: Path, record: dict, world_size: int = 1) -> int | None:
-    """Contexts already done in a file made with the same settings; None if no file.
+def recorded_settings(out: Path, world_size: int = 1) -> dict[str, dict]:
+    """{"file": the settings an existing cache was made with}, for `Claim.compare`; {} if there is no file.
 
-    An unfinished file begun by another number of processes (`world_size`, torchrun) is refused.
+    A file this tool did not write, and an unfinished file begun by another
+    number of processes (`world_size`, torchrun: which contexts go where
+    depends on it), are refused.
     """
     if not out.exists():
-        return None
+        return {}
     fix = "choose another --out or pass --overwrite"
     try:
         f = h5py.File(out, "r")
@@ -84,13 +86,25 @@ def check_existing(out: Path, record: dict, world_size: int = 1) -> int | None:
                f"`torchrun --nproc_per_node {written_by} cli.py cache ...`")
         raise UserError(f"{out} is an unfinished cache of {written_by} process(es), not {world_size}: resume it with "
                         f"{how} (same arguments), or pass --overwrite")
-    diffs = [f"{k}: file has {stored.get(k)!r}, command asks {record.get(k)!r}" for k in differing_keys(stored, record)]
-    if diffs:
-        raise UserError(
-            f"{out} was made with other settings ({'; '.join(diffs)}): rerun with the same settings to resume, "
-            "or pass --overwrite, or choose another --out"
-        )
-    return done
+    return {"file": stored}
+
+
+def check_existing(out: Path, record: dict, world_size: int = 1) -> int | None:
+    """Contexts already done in a file made with the same settings; None if no file. For a check before the
+    file is claimed (`claim_output` with `recorded_settings` compares it again under the lock)."""
+    recorded = recorded_settings(out, world_size)
+    if not recorded:
+        return None
+    require_same_settings(recorded["file"], record, f"--out {str(out)!r}", source="file", can_overwrite=True,
+                          what="cache")
+    return contexts_done(out)[0]
+
+
+def contexts_done(out: Path) -> tuple[int, int]:
+    """(contexts written, contexts the file holds) of an existing cache."""
+    with h5py.File(out, "r") as f:
+        done = int(f.attrs["n_contexts_done"])
+        return done, int(f.attrs.get("n_contexts", done))
 
 
 def chunk_rows(n: int, per_context_bytes: int) -> int:
@@ -111,18 +125,18 @@ def create_token_file(out: Path, settings: CacheSettings, record: dict, loaded, 
     out.parent.mkdir(parents=True, exist_ok=True)
     # Build the empty file under a temporary name and rename it into place, so
     # a kill during creation never leaves a file that a rerun cannot resume.
-    partial = out.with_name(out.name + ".creating")
-    with h5py.File(partial, "w") as f:
-        create_tokens(f, n, ctx)
-        acts = f.create_group("acts")
-        for name, d in widths.items():
-            rows = chunk_rows(n, ctx * d * np.dtype(storage).itemsize)
-            ds = acts.create_dataset(name, shape=(n, ctx, d), maxshape=(None, ctx, d), dtype=storage,
-                                     chunks=(rows, ctx, d), dcpl=early_alloc_dcpl())
-            if settings.dtype == "bfloat16":
-                ds.attrs["encoding"] = BFLOAT16_ENCODING
-        f.attrs.update({**cache_attrs(settings, record, loaded, n, ctx, widths, stats), **(extra_attrs or {})})
-    replace_atomically(partial, out)
+    with staging_file(out) as partial:
+        with h5py.File(partial, "w") as f:
+            create_tokens(f, n, ctx)
+            acts = f.create_group("acts")
+            for name, d in widths.items():
+                rows = chunk_rows(n, ctx * d * np.dtype(storage).itemsize)
+                ds = acts.create_dataset(name, shape=(n, ctx, d), maxshape=(None, ctx, d), dtype=storage,
+                                         chunks=(rows, ctx, d), dcpl=early_alloc_dcpl())
+                if settings.dtype == "bfloat16":
+                    ds.attrs["encoding"] = BFLOAT16_ENCODING
+            f.attrs.update({**cache_attrs(settings, record, loaded, n, ctx, widths, stats), **(extra_attrs or {})})
+        replace_atomically(partial, out)
 
 
 def cache_attrs(settings: CacheSettings, record: dict, loaded, n: int, ctx: int, widths: dict[str, int],
@@ -191,19 +205,18 @@ def _non_finite(x: torch.Tensor, stored: torch.Tensor, dtype: str, hook: str, co
                      f"16 bits) and --overwrite ({kept})")
 
 
-def resume_point(out: Path, record: dict, overwrite: bool, unit: str = "contexts") -> tuple[int | None, CacheResult | None]:
+def resume_point(claim: Claim, record: dict, unit: str = "contexts") -> tuple[int | None, CacheResult | None]:
     """(how many are done, or None for a new file; the result to return at once when the file is already complete).
 
-    One rule for every writer: an existing file is resumed only with the same settings (`check_existing`).
+    One rule for every writer: an existing file is resumed only with the same settings (`claim.compare`,
+    reading `recorded_settings`; --overwrite starts a new file).
     """
-    done = None if overwrite else check_existing(out, record)
-    if done is None:
+    if not claim.compare(record).resumes:
         return None, None
-    with h5py.File(out, "r") as f:
-        total = int(f.attrs["n_contexts"])
+    done, total = contexts_done(claim.path)
     if done >= total:
-        print(f"{out} is already complete ({total} {unit}); nothing to do.")
-        return done, CacheResult(out, total, 0, 0.0)
+        print(f"{claim.path} is already complete ({total} {unit}); nothing to do.")
+        return done, CacheResult(claim.path, total, 0, 0.0)
     return done, None
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 
 from activations.batch_writer import write_batches
-from activations.cache_layout import CacheResult, create_token_file, resume_point
+from activations.cache_layout import CacheResult, create_token_file, recorded_settings, resume_point
 from activations.corpus import build_contexts, resolve_corpus
 from activations.devices import check_device
 from activations.distributed import launch_from_env
 from activations.hooks import hook_width, validate_hooks
 from activations.models import check_context_length, load_model
-from common.runstate import check_output_file, output_lock
+from common.runstate import Claim, check_output_file, claim_output
 from activations.settings import CacheSettings
 
 __all__ = ["CacheResult", "cache_activations", "write_cache"]
@@ -60,7 +60,7 @@ def write_cache(settings: CacheSettings, progress: bool = True) -> CacheResult:
     the (slow) model load and before any file is created: the numbers, the
     device, that --out can be written, the corpus, the hook names, and an
     existing file's settings. From the check of --out on, this process holds
-    it (`output_lock`): a second `cache` into the same file is refused.
+    it (`claim_output`): a second `cache` into the same file is refused.
     Under `torchrun` (WORLD_SIZE > 1) each rank caches every N-th context
     into a shard file, joined by the main file (see `activations.shards`).
     """
@@ -72,20 +72,21 @@ def write_cache(settings: CacheSettings, progress: bool = True) -> CacheResult:
         from activations.shards import write_cache_distributed
 
         return write_cache_distributed(settings, out, launch, progress)
-    with output_lock(out, folder=False):
-        return _write_cache_locked(settings, out, progress)
+    with claim_output(out, None, settings.overwrite, folder=False, read=recorded_settings, what="cache") as claim:
+        return _write_cache_locked(settings, claim, progress)
 
 
-def _write_cache_locked(settings: CacheSettings, out: Path, progress: bool) -> CacheResult:
+def _write_cache_locked(settings: CacheSettings, claim: Claim, progress: bool) -> CacheResult:
     """`write_cache` once this process holds --out: no other writer can change the file from here on."""
+    out = claim.path
     resolved = resolve_corpus(settings.corpus, settings.text_column, settings.encoding)
     settings.check_hooks()
     if settings.pool is not None:
         from activations.pooled import write_pooled
 
-        return write_pooled(settings, resolved, out, progress)
+        return write_pooled(settings, resolved, claim, progress)
     record = settings.record(resolved.describe())
-    done, complete = resume_point(out, record, settings.overwrite)
+    done, complete = resume_point(claim, record)
     if complete is not None:
         return complete
 

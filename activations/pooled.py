@@ -34,7 +34,7 @@ from activations.corpus import Corpus
 from common.errors import UserError
 from activations.hooks import hook_width, is_encoder, run_with_cache, validate_hooks
 from activations.models import check_context_length, load_model
-from common.runstate import replace_atomically
+from common.runstate import Claim, replace_atomically, staging_file
 from activations.settings import CacheSettings
 
 _TOKENIZE_BATCH = 256
@@ -90,10 +90,11 @@ def _pad_id(tokenizer) -> int:
     return 0  # masked out anyway: any valid id will do
 
 
-def write_pooled(settings: CacheSettings, corpus: Corpus, out: Path, progress: bool) -> CacheResult:
-    """The pooled cache of `settings` at `out` (the caller holds its lock); resumes a killed run of the same settings."""
+def write_pooled(settings: CacheSettings, corpus: Corpus, claim: Claim, progress: bool) -> CacheResult:
+    """The pooled cache of `settings` at the claimed --out; resumes a killed run of the same settings."""
+    out = claim.path
     record = settings.record(corpus.describe())
-    done, complete = resume_point(out, record, settings.overwrite, unit="documents")
+    done, complete = resume_point(claim, record, unit="documents")
     if complete is not None:
         return complete
     documents = []
@@ -126,29 +127,29 @@ def _create(out: Path, settings: CacheSettings, record: dict, loaded, doc_ids: l
     for i, row in enumerate(ids):
         tokens[i, :len(row)] = row
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".creating")
-    with h5py.File(partial, "w") as f:
-        f.create_dataset("tokens", data=tokens, chunks=(max(1, min(n, (1 << 20) // (ctx * 4))), ctx))
-        f.create_dataset("lengths", data=np.asarray([len(r) for r in ids], dtype=np.int32))
-        f.create_dataset("doc_ids", data=doc_ids, dtype=h5py.string_dtype("utf-8"))
-        group = f.create_group("pooled")
-        for name, d in widths.items():
-            rows = max(1, min(n, (1 << 20) // (d * np.dtype(storage).itemsize)))
-            ds = group.create_dataset(name, shape=(n, d), dtype=storage, chunks=(rows, d), dcpl=early_alloc_dcpl())
-            if settings.dtype == "bfloat16":
-                ds.attrs["encoding"] = BFLOAT16_ENCODING
-        f.attrs.update({
-            **run_attrs(settings, loaded, record, ctx, widths),
-            "encoder": is_encoder(loaded.model),
-            "pool": settings.pool,
-            "fragments": False,
-            "bos_prepended": False,
-            "documents_read": n,
-            "documents_too_short": 0,
-            "n_contexts": n,
-            "n_contexts_done": 0,
-        })
-    replace_atomically(partial, out)
+    with staging_file(out) as partial:
+        with h5py.File(partial, "w") as f:
+            f.create_dataset("tokens", data=tokens, chunks=(max(1, min(n, (1 << 20) // (ctx * 4))), ctx))
+            f.create_dataset("lengths", data=np.asarray([len(r) for r in ids], dtype=np.int32))
+            f.create_dataset("doc_ids", data=doc_ids, dtype=h5py.string_dtype("utf-8"))
+            group = f.create_group("pooled")
+            for name, d in widths.items():
+                rows = max(1, min(n, (1 << 20) // (d * np.dtype(storage).itemsize)))
+                ds = group.create_dataset(name, shape=(n, d), dtype=storage, chunks=(rows, d), dcpl=early_alloc_dcpl())
+                if settings.dtype == "bfloat16":
+                    ds.attrs["encoding"] = BFLOAT16_ENCODING
+            f.attrs.update({
+                **run_attrs(settings, loaded, record, ctx, widths),
+                "encoder": is_encoder(loaded.model),
+                "pool": settings.pool,
+                "fragments": False,
+                "bos_prepended": False,
+                "documents_read": n,
+                "documents_too_short": 0,
+                "n_contexts": n,
+                "n_contexts_done": 0,
+            })
+        replace_atomically(partial, out)
 
 
 def _write(out: Path, settings: CacheSettings, model, ids: list[list[int]], pad_id: int, done: int,

@@ -38,14 +38,14 @@ import numpy as np
 
 from activations.batch_writer import write_batches
 from activations.cache_layout import (BFLOAT16_ENCODING, STORAGE, CacheResult, cache_attrs, check_existing, chunk_rows,
-                                      create_token_file, create_tokens)
+                                      contexts_done, create_token_file, create_tokens, recorded_settings)
 from activations.corpus import build_contexts, resolve_corpus
 from activations.distributed import (Launch, barrier, destroy_process_group, first_error, gather_texts,
                                      init_process_group, rank_device)
 from common.errors import UserError
 from activations.hooks import hook_width, validate_hooks
 from activations.models import check_context_length, load_model
-from common.runstate import output_lock, replace_atomically
+from common.runstate import claim_output, replace_atomically, staging_file
 from activations.settings import CacheSettings
 
 _SHARD_NAME = re.compile(r"rank(\d+)-of-(\d+)\.h5")
@@ -107,10 +107,11 @@ def write_cache_distributed(settings: CacheSettings, out: Path, launch: Launch, 
             error, shard_done = "", None
             try:
                 if launch.is_main:
-                    locks.enter_context(output_lock(out, folder=False))
-                locks.enter_context(output_lock(shard, folder=False))
-                if not settings.overwrite:
-                    shard_done = check_existing(shard, record, launch.world_size)
+                    locks.enter_context(claim_output(out, None, settings.overwrite, folder=False, what="cache"))
+                claim = locks.enter_context(claim_output(
+                    shard, record, settings.overwrite, folder=False, what="cache shard",
+                    read=lambda path: recorded_settings(path, launch.world_size)))
+                shard_done = contexts_done(shard)[0] if claim.resumes else None
             except UserError as err:
                 error = str(err)
             _agree(launch, error)
@@ -135,10 +136,8 @@ def _check_launch(out: Path, record: dict, world_size: int) -> int | None:
     an unfinished OUT begun by one process), an OUT made with other settings.
     A complete OUT is complete whatever N wrote it: there is nothing to redo.
     """
-    done = check_existing(out, record, world_size)
-    if done is not None:
-        with h5py.File(out, "r") as f:
-            total = int(f.attrs["n_contexts"])
+    if check_existing(out, record, world_size) is not None:
+        done, total = contexts_done(out)
         if done >= total:
             return total
     stale = other_shards(out, world_size)
@@ -218,18 +217,18 @@ def _create_main(out: Path, settings: CacheSettings, record: dict, loaded, token
     n, ctx = tokens.shape
     storage = STORAGE[settings.dtype][0]
     sources = [os.path.relpath(shard_path(out, r, world), out.parent) for r in range(world)]
-    partial = out.with_name(out.name + ".creating")
-    with h5py.File(partial, "w") as f:
-        create_tokens(f, n, ctx)[:] = tokens
-        acts = f.create_group("acts")
-        for name, d in widths.items():
-            ds = _virtual_dataset(acts, name, (n, ctx, d), storage, sources, _FILL[settings.dtype])
-            ds.attrs["block_contexts"] = chunk_rows(n, ctx * d * np.dtype(storage).itemsize)
-            if settings.dtype == "bfloat16":
-                ds.attrs["encoding"] = BFLOAT16_ENCODING
-        f.attrs.update({**cache_attrs(settings, record, loaded, n, ctx, widths, stats),
-                        "world_size": world, "shards": json.dumps(sources)})
-    replace_atomically(partial, out)
+    with staging_file(out) as partial:
+        with h5py.File(partial, "w") as f:
+            create_tokens(f, n, ctx)[:] = tokens
+            acts = f.create_group("acts")
+            for name, d in widths.items():
+                ds = _virtual_dataset(acts, name, (n, ctx, d), storage, sources, _FILL[settings.dtype])
+                ds.attrs["block_contexts"] = chunk_rows(n, ctx * d * np.dtype(storage).itemsize)
+                if settings.dtype == "bfloat16":
+                    ds.attrs["encoding"] = BFLOAT16_ENCODING
+            f.attrs.update({**cache_attrs(settings, record, loaded, n, ctx, widths, stats),
+                            "world_size": world, "shards": json.dumps(sources)})
+        replace_atomically(partial, out)
 
 
 def _virtual_dataset(group: h5py.Group, name: str, shape: tuple[int, int, int], dtype, sources: list[str],

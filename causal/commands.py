@@ -18,8 +18,7 @@ import torch
 
 from common.errors import UserError
 from common.options import identity_fields
-from common.runstate import (check_output_file, check_output_folder, differing_keys, output_lock, read_json,
-                                  write_json_atomic)
+from common.runstate import Claim, check_output_file, check_output_folder, claim_output, read_json, write_json_atomic
 from causal.patching import (coefficient_delta, decoder_rows, last_logits, pad_token_id,
                              pair_batch, task_check)
 from causal.prompts import IOIConfig, make_ioi_pairs
@@ -120,36 +119,24 @@ def has_settings_record(out_dir: str | Path) -> bool:
         return False
 
 
-def _previous_results(out_dir: Path, identity: dict, paths: dict[str, str], overwrite: bool) -> dict[str, dict]:
+def _previous_results(claim: Claim, identity: dict, paths: dict[str, str]) -> dict[str, dict]:
     """Finished dictionaries of an earlier run into the same folder with the same settings (the resume).
 
     A run is slow (minutes per dictionary on a CPU) and ioi.json is rewritten
     after each dictionary, so a rerun after a kill keeps what was finished.
-    Both files carry the settings record, and ioi.json's is the one that
-    vouches for its curves. Other settings, a folder from an older version,
-    or a result under the same name from another folder fail here, before
-    anything is written, unless --overwrite.
+    Both files carry the settings record (`claim_output` compares both), and
+    ioi.json's is the one that vouches for its curves. Other settings, a folder
+    from an older version, or a result under the same name from another folder
+    fail here, before anything is written, unless --overwrite.
     """
-    config_path, result_path = out_dir / CONFIG_FILE, out_dir / RESULT_FILE
-    if overwrite or not (config_path.exists() or result_path.exists()):
+    result_path = claim.path / RESULT_FILE
+    if not claim.compare(identity).resumes or not result_path.exists():
         return {}
     fix = "pass another --out, or --overwrite to replace it"
-    stored: dict[Path, dict] = {}
-    for path in (config_path, result_path):
-        if not path.exists():
-            continue
-        data = read_json(path, f"a file of the IOI run in --out {str(out_dir)!r}", fix)
-        if not isinstance(data, dict) or not isinstance(data.get("identity"), dict):
-            raise UserError(f"--out {str(out_dir)!r} holds an IOI run without a settings record "
-                            f"(an older patch-ioi, or not its output), so it cannot be resumed: {fix}")
-        changed = differing_keys(data["identity"], identity)
-        if changed:
-            raise UserError(f"--out {str(out_dir)!r} holds an IOI run with other settings ({', '.join(changed)}): {fix}")
-        stored[path] = data
-    previous = dict(stored.get(result_path, {}).get("dictionaries") or {})
+    previous = dict(read_json(result_path, "the IOI results", fix).get("dictionaries") or {})
     for name, entry in previous.items():
         if name in paths and entry.get("path") != paths[name]:
-            raise UserError(f"--out {str(out_dir)!r} already has a result for a dictionary named {name!r} from "
+            raise UserError(f"--out {str(claim.path)!r} already has a result for a dictionary named {name!r} from "
                             f"{entry.get('path')}, not {paths[name]}: {fix}")
     return previous
 
@@ -173,12 +160,16 @@ class _Plan:
     """What the run will do, known before the model loads: dictionaries, settings record, finished results."""
 
     settings: PatchIOISettings
-    out_dir: Path
+    claim: Claim  # --out, held by this process
     dictionaries: list
     paths: dict[str, str]  # dictionary name -> resolved folder
     identity: dict
     previous: dict[str, dict]  # finished earlier with these settings: kept, whatever this run does
     candidates_given: bool  # False: the CPU default chose them (`PatchIOISettings.greedy_choice`)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.claim.path
 
     def done(self, name: str) -> bool:
         return self.previous.get(name, {}).get("path") == self.paths[name]
@@ -197,13 +188,12 @@ def _validate(settings: PatchIOISettings) -> None:
             raise UserError(f"the folder of --plot {settings.plot!r} does not exist: create it or pass another path")
 
 
-def _plan(settings: PatchIOISettings, candidates_given: bool) -> _Plan:
+def _plan(settings: PatchIOISettings, candidates_given: bool, claim: Claim) -> _Plan:
     dictionaries = load_dictionaries(list(settings.dicts))
     paths = {d.name: str(Path(p).resolve()) for d, p in zip(dictionaries, settings.dicts)}
     identity = identity_of(settings, dictionaries[0].hook)
-    out_dir = Path(settings.out)
-    previous = _previous_results(out_dir, identity, paths, settings.overwrite)
-    return _Plan(settings, out_dir, dictionaries, paths, identity, previous, candidates_given)
+    previous = _previous_results(claim, identity, paths)
+    return _Plan(settings, claim, dictionaries, paths, identity, previous, candidates_given)
 
 
 def _persist_setup(plan: _Plan, config: PatchIOIConfig, loaded, hook: str, pairs: list, pairing: dict) -> None:
@@ -212,9 +202,8 @@ def _persist_setup(plan: _Plan, config: PatchIOIConfig, loaded, hook: str, pairs
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     if plan.settings.overwrite:
         (plan.out_dir / RESULT_FILE).unlink(missing_ok=True)
-    write_json_atomic(plan.out_dir / CONFIG_FILE, {**asdict(config), "model_source": loaded.source,
-                                                   "model_revision": loaded.revision, "hook": hook,
-                                                   "identity": plan.identity, "pairing": pairing})
+    plan.claim.write_record({**asdict(config), "model_source": loaded.source, "model_revision": loaded.revision,
+                             "hook": hook, "pairing": pairing})
     write_json_atomic(plan.out_dir / PROMPTS_FILE, {"pairs": [asdict(p) for p in pairs]})
 
 
@@ -315,16 +304,17 @@ def patch_ioi_command(settings: PatchIOISettings) -> dict:
               "dictionary (the paper's greedy over every feature takes hours here: pass --full-greedy for it)")
     # the choice is part of the settings record, so a rerun on another device with other defaults is refused
     settings = replace(settings, candidates=candidates)
-    with output_lock(settings.out, folder=True):  # one patch-ioi per --out at a time
-        return _patch_ioi_locked(settings, chosen_by)
+    with claim_output(settings.out, None, settings.overwrite, record=(CONFIG_FILE, RESULT_FILE), key="identity",
+                      what="IOI run") as claim:  # one patch-ioi per --out at a time
+        return _patch_ioi_locked(settings, chosen_by, claim)
 
 
-def _patch_ioi_locked(settings: PatchIOISettings, chosen_by: str) -> dict:
+def _patch_ioi_locked(settings: PatchIOISettings, chosen_by: str, claim: Claim) -> dict:
     from activations.hooks import run_with_cache
     from activations.models import load_model
 
     s = settings
-    plan = _plan(s, candidates_given=chosen_by == "--candidates")
+    plan = _plan(s, candidates_given=chosen_by == "--candidates", claim=claim)
     loaded = load_model(s.model, device=s.device)
     hook = _check_against_model(loaded.model, plan.dictionaries)
     pairing = _check_pairing(loaded, plan.dictionaries, s.allow_model_mismatch)

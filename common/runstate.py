@@ -7,8 +7,10 @@ folder fsynced so the rename itself is durable. Every stage also refuses to
 continue into an output made with other settings, because the result would
 silently mix two experiments; the message names what differs and the fix.
 
-Lives in `activations/` because that is the lowest layer (every stage may
-import it; it imports nothing of the toolkit but the error type).
+Every command takes its output through `claim_output` (check, lock, compare
+with the recorded settings, write the record), so the refusal has one wording.
+Lives in `common/`, which every package may import; it imports nothing of the
+toolkit but the error type.
 """
 
 from __future__ import annotations
@@ -18,18 +20,13 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from common.errors import UserError, first_line
-
-try:
-    import fcntl
-except ImportError:  # Windows: outputs are not locked
-    fcntl = None  # type: ignore[assignment]
-
+from common.errors import UserError
+from common.locks import output_lock
 
 def _fsync_dir(folder: Path) -> None:
     """Make a rename in `folder` durable; a no-op where directories cannot be opened (Windows)."""
@@ -83,14 +80,27 @@ def replace_atomically(tmp: str | Path, target: str | Path) -> None:
             _fsync_dir(Path(folder))
     else:
         _fsync_file(tmp)
-    trash = None
-    if target.is_dir() and not target.is_symlink():
-        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-        os.replace(target, trash / target.name)
+    trash = _move_aside(target) if target.is_dir() and not target.is_symlink() else None
     os.replace(tmp, target)
     _fsync_dir(target.parent)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_atomically(target: str | Path) -> None:
+    """Remove the folder `target` in one step (a crash leaves it whole or gone, never half of it)."""
+    target = Path(target)
+    if target.exists():
+        trash = _move_aside(target)
+        _fsync_dir(target.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _move_aside(target: Path) -> Path:
+    """Rename `target` into a new hidden folder beside it, in one step; returns that folder, for removal."""
+    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.replace(target, trash / target.name)
+    return trash
 
 
 @contextmanager
@@ -105,6 +115,21 @@ def staging_folder(target: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def staging_file(target: str | Path) -> Iterator[Path]:
+    """A hidden temporary path beside `target` for a file written by a library (h5py, safetensors, matplotlib),
+    for `replace_atomically`; it keeps `target`'s suffix (matplotlib picks the format by it) and its name is
+    fixed, so a run killed while writing leaves one stale file that the next run overwrites. Removed if the
+    block ends without moving it into place."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp{target.suffix}")
+    try:
+        yield tmp
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _fsync_file(path: Path) -> None:
@@ -166,31 +191,52 @@ def settings_digest(identity: Any, length: int = 16) -> str:
 
 
 def differing_keys(old: dict, new: dict, ignore: Iterable[str] = ()) -> list[str]:
-    """The keys whose values differ (or that only one side has), sorted, ignoring runtime-only keys.
-
-    For callers that word the difference themselves (the cache names which
-    side is the file and which the command); others use `settings_differences`.
-    """
+    """The keys whose values differ (or that only one side has), sorted, ignoring runtime-only keys."""
     skip = set(ignore)
     return [k for k in sorted((set(old) | set(new)) - skip) if old.get(k) != new.get(k)]
 
 
-def settings_differences(old: dict, new: dict, ignore: Iterable[str] = ()) -> list[str]:
-    """`key: old -> new` for every setting that differs, sorted, ignoring runtime-only keys."""
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing_keys(old, new, ignore)]
+def rerun_fix(can_overwrite: bool, flag: str = "--out") -> str:
+    """The fix every refusal of an output made with other settings names (without --overwrite: the other two)."""
+    if can_overwrite:
+        return f"rerun with the same settings to resume, pass --overwrite to replace it, or choose another {flag}"
+    return f"rerun with the same settings to resume, or choose another {flag}"
 
 
-def require_same_settings(old: dict, new: dict, where: str | Path, fix: str, ignore: Iterable[str] = ()) -> None:
-    """Refuse to continue into `where` when it was made with other settings.
+def require_same_settings(recorded: dict, asked: dict, where: str, *, source: str, can_overwrite: bool,
+                          ignore: Iterable[str] = (), what: str = "run", flag: str = "--out",
+                          error: type[UserError] = UserError) -> None:
+    """The one refusal of an output made with other settings (`claim_output` and the per-folder checks of a sweep).
 
-    The message shows at most three differences, each cut to a readable
-    length, because a settings record can hold long lists (paths, hooks).
+    One line: the output, every differing key, at most three of them with the
+    value `source` (the record: `settings.json`, the cache's `file`) has and the
+    one this command asks, each cut to a readable length because a record can
+    hold long lists (paths, hooks), and the fix.
     """
-    diffs = settings_differences(old, new, ignore)
-    if diffs:
-        shown = "; ".join(d if len(d) < 160 else d[:157] + "..." for d in diffs[:3])
-        more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
-        raise UserError(f"{where} holds a run with other settings ({shown}{more}): {fix}")
+    keys = differing_keys(recorded, asked, ignore)
+    if not keys:
+        return
+    shown = []
+    for k in keys[:3]:
+        text = f"{k}: {source} has {recorded.get(k)!r}, command asks {asked.get(k)!r}"
+        shown.append(text if len(text) < 200 else text[:197] + "...")
+    more = f"; and {len(keys) - 3} more" if len(keys) > 3 else ""
+    raise error(f"{where} holds a {what} made with other settings ({', '.join(keys)}): {'; '.join(shown)}{more}: "
+                f"{rerun_fix(can_overwrite, flag)}")
+
+
+def require_same_digest(recorded: dict, key: str, settings: dict, where: str, *, source: str, what: str) -> None:
+    """The refusal of `require_same_settings` for an output that records a digest of its settings (`key`, see
+    `settings_digest`) and, beside it, the settings themselves (`key`_record; older outputs hold only the
+    digest, and then the digest is what the refusal names). Commands without --overwrite (a sweep's folders)."""
+    digest = settings_digest(settings)
+    if recorded.get(key) == digest:
+        return
+    old = recorded.get(f"{key}_record")
+    new = json.loads(json.dumps(settings, default=str))  # as a record reads back (tuples are lists)
+    if not isinstance(old, dict) or not differing_keys(old, new):
+        old, new = {key: recorded.get(key)}, {key: digest}
+    require_same_settings(old, new, where, source=source, can_overwrite=False, what=what)
 
 
 # -- outputs -------------------------------------------------------------------------------------
@@ -236,133 +282,94 @@ def _check_parent(path: Path, flag: str) -> None:
                         "pass a path you can write to")
 
 
-# -- one writer per output -----------------------------------------------------------------------
+# -- claiming an output --------------------------------------------------------------------------
 
-LOCK_NAME = ".dictlens.lock"
-_held: dict[str, int] = {}  # lock path -> nesting depth, for locks this process holds
-_held_guard = threading.Lock()
+SETTINGS_RECORD = "settings.json"
 
 
-def lock_path_of(path: str | Path, folder: bool) -> Path:
-    """Where the lock of an output lives: inside a folder output, beside a file output (`.NAME.lock`)."""
-    path = Path(path).resolve()  # one lock per output, however its path is spelled (links, "..")
-    return path / LOCK_NAME if folder else path.parent / f".{path.name}.lock"
+@dataclass
+class Claim:
+    """An output this process holds (see `claim_output`): compare it with the settings, write their record."""
+
+    path: Path
+    overwrite: bool | None  # None: the command has no --overwrite
+    records: tuple[str, ...] = ()  # JSON files in the folder that record the settings; the first is written
+    key: str | None = None  # the settings are this key of each record (None: the whole record)
+    read: Callable[[Path], dict[str, dict]] | None = None  # {source: settings} of an output that is not a folder
+    ignore: tuple[str, ...] = ()
+    what: str = "run"
+    flag: str = "--out"
+    error: type[UserError] = UserError
+    settings: dict | None = None
+    recorded: dict[str, dict] = field(default_factory=dict)  # source -> settings found (equal to `settings`)
+
+    @property
+    def resumes(self) -> bool:
+        """Whether the output already holds a record of these same settings (the run continues it)."""
+        return bool(self.recorded)
+
+    def compare(self, settings: dict) -> "Claim":
+        """Refuse an output recorded with other settings, naming what differs (--overwrite: nothing is compared)."""
+        self.settings = settings
+        self.recorded = {} if self.overwrite else self.read(self.path) if self.read else self._read_records()
+        for source, old in self.recorded.items():
+            require_same_settings(old, settings, self._where(), source=source, can_overwrite=self.overwrite is not None,
+                                  ignore=self.ignore, what=self.what, flag=self.flag, error=self.error)
+        return self
+
+    def write_record(self, extra: dict | None = None) -> Path:
+        """Record the compared settings in the folder, with `extra` keys a rerun does not compare."""
+        if not self.records or self.settings is None:
+            raise ValueError("write_record needs a record file and settings given to `compare`")
+        doc = {**(extra or {}), self.key: self.settings} if self.key else {**self.settings, **(extra or {})}
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path / self.records[0], doc)
+        return self.path / self.records[0]
+
+    def _where(self) -> str:
+        return f"{self.flag} {str(self.path)!r}"
+
+    def _read_records(self) -> dict[str, dict]:
+        found = {}
+        fix = ("pass --overwrite to replace it, or choose another " if self.overwrite is not None else
+               "delete it, or choose another ") + self.flag
+        for name in self.records:
+            path = self.path / name
+            if not path.exists():
+                continue
+            data = read_json(path, "a settings record", fix)
+            settings = data.get(self.key) if self.key and isinstance(data, dict) else data
+            if not isinstance(settings, dict):
+                raise self.error(f"{self._where()} holds {name} without a settings record (an older version, or "
+                                 f"not this command's output), so it cannot be resumed: {fix}")
+            found[name] = settings
+        return found
 
 
 @contextmanager
-def output_lock(path: str | Path, *, folder: bool, flag: str = "--out", optional: bool = False) -> Iterator[Path | None]:
-    """Hold the output `path` for this process for the whole block; a second writer gets a one-line error.
+def claim_output(path: str | Path, settings: dict | None, overwrite: bool | None, *, folder: bool = True,
+                 record: str | tuple[str, ...] | None = SETTINGS_RECORD, key: str | None = None,
+                 read: Callable[[Path], dict[str, dict]] | None = None, ignore: Iterable[str] = (),
+                 what: str = "run", flag: str = "--out", error: type[UserError] = UserError) -> Iterator[Claim]:
+    """Take `path` as this command's output for the block: the one way every command does it.
 
-    Two processes writing one cache, dictionary or run folder at once would
-    interleave their files (and each would take the other's half-written
-    output for one made with other settings). The lock is an exclusive
-    `flock` on a small file (see `lock_path_of`), so the kernel drops it when
-    the process ends, however it ends (kill -9 included): a stale lock file
-    never blocks a rerun. The file is removed when the block ends. Nested
-    locks of the same output in one process (a stage called by the demo) are
-    allowed. `optional`: an output whose lock file cannot be created (a
-    read-only folder this run will not write) is not locked.
+    1. Check: `path` can become a writable folder (`folder`) or file, before any slow work.
+    2. Lock: this process holds it until the block ends (`output_lock`); a second writer gets one line.
+    3. Compare: the settings recorded in it must equal `settings`, apart from `ignore`d (runtime) keys, or the
+       run is refused before anything is written, in the one wording of `require_same_settings`. The record
+       is the JSON file `record` inside the folder (several: each must agree; `key`: the settings are that key
+       of it), or what `read(path)` returns ({source: settings}, e.g. an HDF5 file's attributes).
+       `overwrite` True: nothing is compared, the command replaces the output; None: the command has no
+       --overwrite, and the refusal does not offer it. `settings` None: the command compares later with
+       `Claim.compare` (a record that needs inputs read under the lock), or never (an output without a
+       settings record, such as the report).
+    4. Write the record: `Claim.write_record`, called when the command starts writing (most commands first
+       check further inputs, so that a refused run leaves the output as it was).
     """
-    lock = lock_path_of(path, folder)
-    key = str(lock)
-    with _held_guard:
-        if key in _held:
-            _held[key] += 1
-            nested = True
-        else:
-            nested = False
-    if nested:
-        try:
-            yield lock
-        finally:
-            with _held_guard:
-                _held[key] -= 1
-        return
-    created = _first_missing(lock.parent)
-    try:
-        fd = _acquire(lock, path, flag)
-    except OSError as err:
-        _remove_empty(lock.parent, created)
-        if not optional:
-            raise UserError(f"{flag} {str(path)!r} cannot be locked for writing ({lock}: {first_line(err)}): "
-                            "pass a path you can write to") from err
-        fd = None
-    if fd is None:
-        yield None
-        return
-    with _held_guard:
-        _held[key] = 1
-    try:
-        yield lock
-    finally:
-        with _held_guard:
-            del _held[key]
-        try:
-            os.unlink(lock)  # while still holding it: a waiting process then sees a new file, see `_acquire`
-        except OSError:
-            pass
-        os.close(fd)
-        _remove_empty(lock.parent, created)
-
-
-def _first_missing(folder: Path) -> Path | None:
-    """The outermost of `folder` and its ancestors that does not exist yet (None if `folder` exists)."""
-    missing = None
-    while not folder.exists():
-        missing, folder = folder, folder.parent
-    return missing
-
-
-def _remove_empty(folder: Path, created: Path | None) -> None:
-    """Remove the folders the lock created (from `folder` up to `created`) that the run left empty."""
-    if created is None:
-        return
-    while True:
-        try:
-            folder.rmdir()
-        except OSError:
-            return  # not empty (the run wrote something), or gone
-        if folder == created:
-            return
-        folder = folder.parent
-
-
-def _acquire(lock: Path, path: str | Path, flag: str) -> int:
-    """An open descriptor of `lock` holding an exclusive flock, or UserError naming the holder's pid."""
-    if fcntl is None:  # no flock (Windows): run unlocked, as before
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_pid(fd)
-            os.close(fd)
-            who = f"process {holder}" if holder else "another process"
-            raise UserError(f"{flag} {str(path)!r} is being written by {who} right now (it holds {lock}): "
-                            "wait for it to finish, or pass another " + flag) from None
-        except OSError:
-            os.close(fd)
-            raise
-        # The holder before us may have removed the file between our open and our flock: then we locked
-        # an orphan and must retry on the file that is there now.
-        try:
-            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
-
-
-def _read_pid(fd: int) -> str:
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    except OSError:
-        return ""
-    return text if text.isdigit() else ""
+    path = check_output_folder(path, flag) if folder else check_output_file(path, flag)
+    records = () if record is None else (record,) if isinstance(record, str) else tuple(record)
+    with output_lock(path, folder=folder, flag=flag):
+        claim = Claim(path, overwrite, records if folder else (), key, read, tuple(ignore), what, flag, error)
+        if settings is not None:
+            claim.compare(settings)
+        yield claim

@@ -14,16 +14,10 @@ from explain.settings import CompareSettings, ExplainSettings
 
 
 def explain_command(settings: ExplainSettings | None = None, /, **keywords: Any) -> Path:
-    """Run (or resume) an explanation run; this process holds --out until it ends (see `output_lock`)."""
-    from common.runstate import check_output_folder, output_lock
+    """Run (or resume) an explanation run; this process holds --out until it ends (see `claim_output`)."""
     from explain.pipeline import run_explain
 
-    s = _settings(ExplainSettings, settings, keywords, ExplainSettings.from_keywords)
-    if s.out is None:
-        return run_explain(s)  # which says what is missing
-    check_output_folder(s.out)
-    with output_lock(s.out, folder=True):
-        return run_explain(s)
+    return run_explain(_settings(ExplainSettings, settings, keywords, ExplainSettings.from_keywords))
 
 
 def compare_command(settings: CompareSettings | list[str] | None = None, /, **keywords: Any) -> list[dict]:

@@ -28,15 +28,15 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from common.errors import UserError
-from common.runstate import check_output_folder
+from common.runstate import Claim, check_output_folder
 from explain.components import Components, build_components, check_specs
 from explain.exemplars import FeatureJob, TokenDecoder, collect_exemplars
 from explain.explainer import Explainer
 from explain.feature import explain_feature
 from explain.feature_pool import ordered_map
 from explain.records_file import RESULTS_FILE, ResultsWriter, read_records
-from explain.run_folder import CONFIG_FILE, LLM_CACHE_FILE, check_settings, choose_features, config_doc, \
-    done_features, write_config
+from explain.run_folder import CONFIG_FILE, LLM_CACHE_FILE, check_settings, choose_features, claim_run_folder, \
+    config_doc, done_features, write_config
 from explain.scorers import SCORERS, Scorer
 from explain.settings import ExplainSettings
 
@@ -69,11 +69,11 @@ def run_explain(settings: ExplainSettings, out: str | Path | None = None, concur
     out_path = _validate(settings, out, injected=explainer is not None and scorer is not None)
     concurrency = settings.concurrency if concurrency is None else concurrency
     cache_path = Path(settings.cache).resolve()
-    with ActivationCache(cache_path) as cache:
-        plan = _plan(settings, cache_path, cache, out_path)
+    with claim_run_folder(out_path) as claim, ActivationCache(cache_path) as cache:
+        plan = _plan(settings, cache_path, cache, claim)
         components = build_components(settings, out_path, concurrency, explainer, scorer)
         try:
-            results, pending, n_done = _persist_start(out_path, plan, concurrency)
+            results, pending, n_done = _persist_start(claim, plan, concurrency)
             total = sum(len(p) for p in pending)
             if total == 0:
                 print(f"{results}: all {n_done} features already done; nothing to do")
@@ -102,7 +102,7 @@ def _validate(settings: ExplainSettings, out: str | Path | None, injected: bool)
     return out_path
 
 
-def _plan(settings: ExplainSettings, cache_path: Path, cache: Any, out: Path) -> Plan:
+def _plan(settings: ExplainSettings, cache_path: Path, cache: Any, claim: Claim) -> Plan:
     """Load and cross-check the inputs, refuse another run's folder, choose the features."""
     import sae
 
@@ -124,11 +124,11 @@ def _plan(settings: ExplainSettings, cache_path: Path, cache: Any, out: Path) ->
                if entry["status"].startswith("mismatch")]
     if allowed:  # only then: folders made before the check existed keep resuming
         doc["model_mismatch_allowed"] = allowed
-    check_settings(out, doc)
+    check_settings(claim, doc)
     if settings.rescore:
         from explain.rescore import check_source, source_folder
 
-        check_source(source_folder(settings, out), doc)
+        check_source(source_folder(settings, claim.path), doc)
     chosen = [choose_features(d.n_features, d.name, settings.features, settings.feature_ids, settings.seed)
               for d in dictionaries]
     return Plan(folders=folders, dictionaries=dictionaries, doc=doc, chosen=chosen)
@@ -145,11 +145,10 @@ def _pairing(settings: ExplainSettings, cache_path: Path, cache: Any, dictionari
             for d in dictionaries]
 
 
-def _persist_start(out: Path, plan: Plan, concurrency: int) -> tuple[Path, list[list[int]], int]:
+def _persist_start(claim: Claim, plan: Plan, concurrency: int) -> tuple[Path, list[list[int]], int]:
     """Write config.json, repair the records; (results path, pending features per dictionary, features done)."""
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(out, plan.doc, concurrency)
-    results = out / RESULTS_FILE
+    write_config(claim, concurrency)
+    results = claim.path / RESULTS_FILE
     done = done_features(results)
     pending = [[f for f in feats if (str(folder), f) not in done] for folder, feats in zip(plan.folders, plan.chosen)]
     return results, pending, len(done)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import UserError
-from common.runstate import read_json, require_same_settings, write_json_atomic
+from common.runstate import Claim, claim_output
 from explain.records_file import RESULTS_FILE, read_records, rewrite_records
 from explain.settings import ExplainSettings
 
@@ -57,23 +57,23 @@ def config_doc(settings: ExplainSettings, cache_path: Path, cache: Any, folders:
             "dictionaries": [dictionary_identity(f, d) for f, d in zip(folders, dictionaries)]}
 
 
-def check_settings(out: Path, doc: dict[str, Any]) -> None:
+def check_settings(claim: Claim, doc: dict[str, Any]) -> None:
     """Refuse an OUT made by another command, or by this one with other settings (nothing is written)."""
-    path, results = out / CONFIG_FILE, out / RESULTS_FILE
-    if not path.exists():
-        if results.exists():
-            raise UserError(f"{results} exists without {CONFIG_FILE}: it was not made by this command; "
-                            "choose another --out")
-        return
-    old = read_json(path, "the settings of an explain run", f"delete {out} or choose another --out")
-    if not isinstance(old, dict):
-        raise UserError(f"{path} is not a settings record: delete {out} or choose another --out")
-    require_same_settings(old, doc, out, "rerun with the same settings to resume, or choose another --out",
-                          ignore=(RUNTIME_KEY,))
+    out = claim.path
+    if not (out / CONFIG_FILE).exists() and (out / RESULTS_FILE).exists():
+        raise UserError(f"{out / RESULTS_FILE} exists without {CONFIG_FILE}: it was not made by this command; "
+                        "choose another --out")
+    claim.compare(doc)
 
 
-def write_config(out: Path, doc: dict[str, Any], concurrency: int) -> None:
-    write_json_atomic(out / CONFIG_FILE, {**doc, RUNTIME_KEY: {"concurrency": concurrency}})
+def claim_run_folder(out: Path):
+    """This process holds OUT for the run (`claim_output`: a second writer is refused); its record is config.json,
+    whose `runtime` is not compared."""
+    return claim_output(out, None, None, record=CONFIG_FILE, ignore=(RUNTIME_KEY,), what="explain run")
+
+
+def write_config(claim: Claim, concurrency: int) -> None:
+    claim.write_record({RUNTIME_KEY: {"concurrency": concurrency}})
 
 
 def choose_features(n_features: int, name: str, count: int | None, feature_ids: list[int] | None,

@@ -33,8 +33,8 @@ from typing import Any, Callable
 
 from common.errors import UserError
 from activations.devices import check_device
-from common.runstate import (LOCK_NAME, check_output_folder, output_lock, read_json, settings_differences,
-                                  write_json_atomic, write_text_atomic)
+from common.locks import LOCK_NAME
+from common.runstate import claim_output, read_json, write_json_atomic, write_text_atomic
 from pipeline.settings import RUNTIME_FIELDS, DemoSettings
 from report.layout import (COMPARE_JSON, COMPARE_PNG, DICTS_DIR, EXPLANATIONS_DIR, FRAGMENT_CACHE, IOI_DIR,
                            REPORT_DIR, SETTINGS_FILE, STAGES_DIR, TRAIN_CACHE)
@@ -48,20 +48,11 @@ def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
 
 
-def _check_settings(run: Path, settings: DemoSettings) -> None:
-    """Refuse a folder that is not this demo's before anything in it is touched."""
-    check_output_folder(run)
-    path = run / SETTINGS_FILE
-    if not path.exists():
-        if run.is_dir() and any(p.name != LOCK_NAME for p in run.iterdir()):
-            raise DemoError(f"{run} is not empty and holds no {SETTINGS_FILE}: it is not a demo run; "
-                            "pass an empty or new folder with --out")
-        return
-    old = read_json(path, "the demo's settings", f"delete {run} or pass another --out")
-    diffs = settings_differences(old if isinstance(old, dict) else {}, settings.to_json(), ignore=RUNTIME_FIELDS)
-    if diffs:
-        raise DemoError(f"{run} holds a demo with other settings ({'; '.join(diffs[:3])}): rerun with the same "
-                        "settings to resume, or pass another --out")
+def _check_foreign(run: Path) -> None:
+    """Refuse a folder that is not a demo's before anything in it is touched (the settings are `claim_output`'s)."""
+    if not (run / SETTINGS_FILE).exists() and run.is_dir() and any(p.name != LOCK_NAME for p in run.iterdir()):
+        raise DemoError(f"{run} is not empty and holds no {SETTINGS_FILE}: it is not a demo run; "
+                        "pass an empty or new folder with --out")
 
 
 class Stages:
@@ -137,15 +128,14 @@ def run_demo(settings: DemoSettings, out: str | Path | None = None) -> Path:
     settings.validate()
     check_device(settings.device)
     run = Path(settings.out if out is None else out)
-    _check_settings(run, settings)
-    with output_lock(run, folder=True):  # one demo per run folder at a time
-        _check_settings(run, settings)  # again: another demo may have started it while this one waited to lock
+    with claim_output(run, None, None, record=SETTINGS_FILE, ignore=RUNTIME_FIELDS, what="demo",
+                      error=DemoError) as claim:  # one demo per run folder at a time
+        _check_foreign(run)
+        claim.compare(settings.to_json()).write_record()
         return _run_demo_locked(settings, run)
 
 
 def _run_demo_locked(settings: DemoSettings, run: Path) -> Path:
-    run.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run / SETTINGS_FILE, settings.to_json())
     s, dicts = settings, run / DICTS_DIR
     stages = Stages(run, total=9 + int(s.use_llm))
     wall = time.perf_counter()

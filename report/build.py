@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from common.errors import UserError
-from common.runstate import check_output_folder, output_lock, write_text_atomic
+from common.runstate import check_output_folder, claim_output, write_text_atomic
 from report.cards import feature_card, skipped_table
 from report.descriptors import (DescriptorResults, chips_html, descriptors_section,
                                 load_descriptor_results)
@@ -82,7 +82,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path, descriptors: Sequence
         raise UserError(f"--max-features {max_features} is negative: pass 0 (no feature pages) or more")
     described = load_descriptor_results(descriptors) if descriptors else None
     check_features_folder(out)  # an OUT/features the report did not write is never replaced nor removed
-    with output_lock(out, folder=True):
+    with claim_output(out, None, None, record=None):  # no settings record: a report is rebuilt from its inputs
         return _build_report_locked(run_dir, out, described, features_cache, max_features, progress, summaries,
                                     allow_model_mismatch)
 

@@ -24,7 +24,7 @@ def _export_each(folders: list[Path], export: str | None) -> None:
 
 def train_sae_command(settings: TrainSettings) -> list[Path]:
     from activations.distributed import launch_from_env
-    from common.runstate import check_output_folder, output_lock
+    from common.runstate import claim_output
     from sae.data import split_cache
     from sae.train import train_sweep
 
@@ -35,8 +35,8 @@ def train_sae_command(settings: TrainSettings) -> list[Path]:
         from sae.distributed_command import train_sae_distributed
 
         return train_sae_distributed(settings, launch, export=lambda folders: _export_each(folders, settings.export))
-    check_output_folder(settings.out)
-    with output_lock(settings.out, folder=True):
+    # no folder-wide record: each dictionary folder records the settings that trained it (`sae.train`)
+    with claim_output(settings.out, None, None, record=None):
         source, held_out = split_cache(settings.cache, settings.hook, settings.eval_fraction,
                                        skip_first=not settings.keep_first_position, sink_factor=settings.sink_factor)
         folders = train_sweep(source, settings, settings.out, device=settings.device, eval_source=held_out)
@@ -45,12 +45,11 @@ def train_sae_command(settings: TrainSettings) -> list[Path]:
 
 
 def baselines_command(settings: BaselinesSettings) -> list[Path]:
-    from common.runstate import check_output_folder, output_lock
+    from common.runstate import claim_output
     from sae.fit_baselines import ICA_MAX_SAMPLES, fit_baselines_from_cache
 
     s = settings
-    check_output_folder(s.out)
-    with output_lock(s.out, folder=True):
+    with claim_output(s.out, None, None, record=None):  # each fitted folder records its settings (`sae.fit_baselines`)
         folders = fit_baselines_from_cache(s.cache, s.hook, list(s.kinds), s.out, tokens=s.tokens, k=s.k,
                                            topk_from=s.topk_from, seed=s.seed, eval_fraction=s.eval_fraction,
                                            skip_first=not s.keep_first_position, sink_factor=s.sink_factor,
@@ -63,7 +62,8 @@ def baselines_command(settings: BaselinesSettings) -> list[Path]:
 def evaluate_command(settings: EvaluateSettings) -> list[dict]:
     from contextlib import ExitStack
 
-    from common.runstate import check_output_file, output_lock
+    from common.locks import output_lock
+    from common.runstate import check_output_file
     from sae.evaluate import evaluate_dictionaries
 
     s = settings

@@ -24,7 +24,7 @@ def train_sae_distributed(settings: TrainSettings, launch: Launch,
     second rank would be refused); it holds it until every rank is done, and
     if it cannot get it, every rank stops with one line instead of waiting.
     """
-    from common.runstate import check_output_folder, output_lock
+    from common.runstate import check_output_folder, claim_output
     from sae.data import split_cache
     from sae.distributed import resolve_mode
     from sae.train import train_sweep
@@ -38,7 +38,7 @@ def train_sae_distributed(settings: TrainSettings, launch: Launch,
             refused: UserError | None = None
             if launch.is_main:
                 try:
-                    held.enter_context(output_lock(settings.out, folder=True))
+                    held.enter_context(claim_output(settings.out, None, None, record=None))
                 except UserError as err:
                     refused = err
             reason = first_error(launch, str(refused) if refused else "")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.errors import UserError
-from common.runstate import settings_digest
+from common.runstate import require_same_digest, settings_digest
 from sae.baselines import (ICA_MAX_SAMPLES, collect, fit_ica, neuron_basis, pca_from_moments, random_basis,
                            sample_limit, topk_control)
 from sae.data import BatchSource, clipped_line, split_cache
@@ -117,21 +117,26 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
         for kk in (kks if _control_of(kind) else [None]):
             targets[(kind, kk)] = out / _folder_name(kind, kk)
 
-    def identity_of(kind: str, kk: int | None) -> str:
+    def record_of(kind: str, kk: int | None) -> dict:
         own = ica_ident if (_control_of(kind) or kind) == "ica" else ident
-        return _digest(own) if kk is None else _digest({**own, "k": kk})
+        return own if kk is None else {**own, "k": kk}
+
+    def identity_of(kind: str, kk: int | None) -> dict:
+        """What a folder's config.json records of the fit: the digest a rerun compares, and the settings it names."""
+        return {"fit_identity": settings_digest(record_of(kind, kk)), "fit_identity_record": record_of(kind, kk)}
 
     todo = []
     for (kind, kk), folder in targets.items():
-        want = identity_of(kind, kk)
         if folder.exists():
-            if not (folder / CONFIG_FILE).exists() or read_config(folder).get("fit_identity") != want:
-                raise UserError(f"{folder} exists from another run: delete it or choose another --out (nothing was overwritten)")
+            if not (folder / CONFIG_FILE).exists():
+                raise UserError(f"{folder} exists but is not a dictionary folder: move it away or choose another --out")
+            require_same_digest(read_config(folder), "fit_identity", record_of(kind, kk),
+                                f"--out {str(out)!r}: {folder.name}", source=CONFIG_FILE, what="dictionary")
             print(f"{folder} is already fitted with these settings; skipping")
             continue
         todo.append((kind, kk))
     base = {"hook": hook, "model_id": source.model_id, **getattr(source, "model", {}), "data": dict(source.info),
-            "fit_identity": _digest(ident),
+            **identity_of("pca", None),
             "fit": {"tokens": n_fit, "seed": seed, "eval_fraction": eval_fraction}}
     if any(p["status"].startswith("mismatch") for p in borrowed):
         base["topk_from_pairing"] = borrowed  # --allow-model-mismatch was used: the k came from another model's SAE
@@ -151,7 +156,7 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
                 raise UserError(f"ICA needs at least {2 * d} tokens for width {d}, got {n_ica}: raise --tokens or cache more")
             if progress:
                 print(f"fitting FastICA on {n_ica} tokens x {d} dims...")
-            fitted["ica"] = fit_ica(sample[:n_ica], {**base, "fit_identity": identity_of("ica", None)}, seed=seed)
+            fitted["ica"] = fit_ica(sample[:n_ica], {**base, **identity_of("ica", None)}, seed=seed)
     for kind, kk in todo:
         if kind == "neuron":
             dictionary = neuron_basis(d, base)
@@ -164,14 +169,10 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
         elif kind in ("pca", "ica"):
             dictionary = fitted[kind]
         else:
-            dictionary = topk_control(fitted[_control_of(kind)], kk, {"fit_identity": identity_of(kind, kk)})
+            dictionary = topk_control(fitted[_control_of(kind)], kk, identity_of(kind, kk))
         save_dictionary(dictionary, targets[(kind, kk)])
         print(f"wrote {targets[(kind, kk)]}")
     return list(targets.values())
-
-
-def _digest(ident: dict) -> str:
-    return settings_digest(ident)
 
 
 def fit_baselines_from_cache(cache: str | Path, hook: str, kinds: list[str], out: str | Path,

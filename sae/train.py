@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from activations.distributed import Launch, barrier
 from common.errors import UserError
-from common.runstate import settings_digest
+from common.runstate import require_same_digest, settings_digest
 from sae.checkpoint import load_checkpoint, read_state, remove_stale, save_checkpoint
 from sae.data import BatchSource, passes, passes_line, prefetch
 from sae.errors import TrainingDiverged
@@ -99,7 +99,7 @@ def _identity(settings: TrainSettings, source: BatchSource) -> tuple[dict, str]:
     return ident, settings_digest(ident)
 
 
-def _existing(out: Path, names: list[str], digest: str) -> bool:
+def _existing(out: Path, names: list[str], ident: dict) -> bool:
     """True if every folder is already finished by this same run; error if any is from another run."""
     done = 0
     for name in names:
@@ -108,9 +108,8 @@ def _existing(out: Path, names: list[str], digest: str) -> bool:
             continue
         if not (folder / CONFIG_FILE).exists():
             raise UserError(f"{folder} exists but is not a dictionary folder: move it away or choose another --out")
-        if read_config(folder).get("training_identity") != digest:
-            raise UserError(f"{folder} exists from a training run with other settings: "
-                            "delete it or choose another --out (nothing was overwritten)")
+        require_same_digest(read_config(folder), "training_identity", ident, f"--out {str(out)!r}: {name}",
+                            source=CONFIG_FILE, what="dictionary")
         done += 1
     return done == len(names)
 
@@ -179,7 +178,7 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
         print(passes_line(settings.tokens, source.n_tokens))
     members = sweep_members(settings)
     names = member_names(settings)
-    if _existing(out, names, digest):
+    if _existing(out, names, ident):
         if launch.is_main:
             print(f"{len(names)} dictionaries in {out} are already trained with these settings; nothing to do.")
         return [out / n for n in names]
@@ -189,7 +188,7 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
         members = [members[i] for i in share_members([r for r, _ in members], launch.world_size)[launch.rank]]
         names, writer = member_names(settings, members), True
         ckpt = out / f".train-{digest}-{settings_digest({'members': names})[:12]}"
-        if not members or _existing(out, names, digest):
+        if not members or _existing(out, names, ident):
             print(f"rank {launch.rank}: " + ("no sweep member to train (more ranks than members)" if not members
                                              else f"{', '.join(names)} already trained with these settings"))
             return [out / n for n in names]
@@ -356,7 +355,8 @@ def _persist(run: _Finished, *, source: BatchSource, eval_source: BatchSource | 
     elapsed, start, stats = run.elapsed, run.start, run.stats
     base = {"hook": settings.hook, "model_id": source.model_id, **getattr(source, "model", {}),
             "training": settings.public(),
-            "data": dict(source.info), "training_identity": digest, "input_scale": stats.scale,
+            "data": dict(source.info), "training_identity": digest,
+            "training_identity_record": _identity(settings, source)[0], "input_scale": stats.scale,
             "passes": round(passes(settings.tokens, source.n_tokens), 3),
             "input_mean_norm": stats.mean_norm}
     dicts = [d for g in groups for d in g.dictionaries(base, input_scale=stats.scale)]

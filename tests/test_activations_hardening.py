@@ -21,14 +21,14 @@ import cli
 from activations.cache_writer import cache_activations
 from common.errors import UserError
 from activations.reader import ActivationCache
-from common.runstate import LOCK_NAME, lock_path_of, output_lock
+from common.locks import LOCK_NAME, lock_path_of, output_lock
 from tests.support.cli_output import error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "blocks.0.hook_resid_pre"
 LOCK_HOLDER = """
 import sys
-from common.runstate import output_lock
+from common.locks import output_lock
 with output_lock(sys.argv[1], folder=sys.argv[2] == "folder"):
     print("locked", flush=True)
     sys.stdin.read()

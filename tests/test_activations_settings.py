@@ -15,7 +15,7 @@ import cli
 from common.errors import UserError
 from activations.hooknames import HookError, hook_name, parse_hook
 from common.options import from_namespace
-from common.runstate import differing_keys, replace_atomically, settings_differences
+from common.runstate import differing_keys, replace_atomically, require_same_settings
 from activations.settings import CacheSettings, HooksSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,10 +125,11 @@ def test_hook_name_is_built_and_checked_by_the_one_parser():
         hook_name(2, "resid")
 
 
-def test_differing_keys_and_settings_differences_agree():
+def test_differing_keys_and_the_refusal_agree():
     old, new = {"a": 1, "b": [1, 2], "device": "cpu"}, {"a": 1, "b": [1, 3], "c": None, "device": "cuda"}
     assert differing_keys(old, new, ignore=["device"]) == ["b"]  # c is None on both sides once missing
-    assert settings_differences(old, new, ignore=["device"]) == ["b: [1, 2] -> [1, 3]"]
+    with pytest.raises(UserError, match=r"\(b\): b: settings.json has \[1, 2\], command asks \[1, 3\]: "):
+        require_same_settings(old, new, "--out 'x'", source="settings.json", can_overwrite=False, ignore=["device"])
     assert differing_keys({}, {"x": 0}) == ["x"]
 
 

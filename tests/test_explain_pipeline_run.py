@@ -122,7 +122,7 @@ def test_command_line_and_python_settings_resume_the_same_folder(setup, capsys):
     capsys.readouterr()
     explain_command(settings)
     assert "nothing to do" in capsys.readouterr().out
-    with pytest.raises(UserError, match="other settings.*k: 1 -> 2"):
+    with pytest.raises(UserError, match="other settings.*k: config.json has 1, command asks 2"):
         explain_command(ExplainSettings(cache=str(setup["cache"]), dicts=[str(setup["neuron"])], features=2,
                                         out=str(out), best_of=2))
     assert cli.main(argv[:-2] + ["--out", str(out), "--random", "any"]) == 2  # refused as one line, not a traceback

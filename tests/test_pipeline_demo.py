@@ -136,7 +136,7 @@ def test_demo_rerun_skips_finished_stages_and_redoes_only_an_unmarked_one(demo_r
 def test_demo_refuses_a_run_folder_with_other_settings(demo_run, tiny_model_dirs, corpus):
     run, _, settings = demo_run
     before = (run / "demo_settings.json").read_text()
-    with pytest.raises(DemoError, match="features: 6 -> 7"):
+    with pytest.raises(DemoError, match="features: demo_settings.json has 6, command asks 7"):
         run_demo(_settings(tiny_model_dirs["gpt_neox"], corpus, features=7), run)
     assert (run / "demo_settings.json").read_text() == before
     (run.parent / "other").mkdir()

@@ -24,7 +24,7 @@ DOC = "Party 🎉 at שלום and 日本語 with \x1b[31m red \x00 nul, then the
 HOLDER = """
 import sys
 from contextlib import ExitStack
-from common.runstate import output_lock
+from common.locks import output_lock
 with ExitStack() as stack:
     for arg in sys.argv[1:]:
         kind, path = arg.split("=", 1)

@@ -268,7 +268,7 @@ def test_a_sweep_share_resumes_from_its_own_checkpoint(tiny_cache, tmp_path, tie
 @pytest.mark.slow
 def test_an_output_folder_locked_by_another_run_stops_every_rank_with_one_line(tiny_cache, tmp_path):
     """Only rank 0 takes the lock; when it cannot, the other ranks stop too instead of waiting for it."""
-    from common.runstate import output_lock
+    from common.locks import output_lock
 
     out = tmp_path / "busy"
     with output_lock(out, folder=True):
@@ -304,7 +304,7 @@ def test_every_rank_refuses_a_locked_output_by_itself(tiny_cache, tmp_path):
     returns its own one-line error, rank 0 the lock holder's, rank 1 that rank 0 could not lock."""
     import torch.multiprocessing as mp
 
-    from common.runstate import output_lock
+    from common.locks import output_lock
 
     out = tmp_path / "busy"
     ctx = mp.get_context("spawn")

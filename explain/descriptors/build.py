@@ -18,8 +18,7 @@ from pathlib import Path
 from activations.corpus import resolve_corpus
 from common.errors import UserError
 from common.options import identity_fields
-from common.runstate import (check_output_folder, output_lock, read_json, require_same_settings,
-                                  write_json_atomic, write_text_atomic)
+from common.runstate import check_output_folder, claim_output, read_json, write_json_atomic, write_text_atomic
 from explain.descriptors.cluster import cluster_descriptors
 from explain.descriptors.generate import DocDescriptors, from_field, from_llm
 from explain.descriptors.settings import DescriptorsSettings
@@ -36,19 +35,14 @@ def descriptors_command(settings: DescriptorsSettings) -> dict:
     out = check_output_folder(settings.out)
     corpus = resolve_corpus(settings.corpus, settings.text_column, settings.encoding)
     record = {**identity_fields(settings), "corpus": corpus.describe()}
-    with output_lock(out, folder=True):
-        if (out / SETTINGS_FILE).exists() and not settings.overwrite:
-            old = read_json(out / SETTINGS_FILE, "descriptor settings", "delete the folder or pass --overwrite")
-            require_same_settings(old, record, out, "rerun with the same settings, pass --overwrite, or choose "
-                                                    "another --out")
+    with claim_output(out, record, settings.overwrite, record=SETTINGS_FILE, what="descriptors run") as claim:
         documents = []
         for doc in corpus.records():
             documents.append(doc)
             if settings.max_documents is not None and len(documents) >= settings.max_documents:
                 break
         kind, _, target = settings.generator.partition(":")
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / SETTINGS_FILE, record)
+        claim.write_record()
         described, example = _generate(settings.generator, documents, out, settings)
         compared = None
         if settings.compare_generator:

@@ -41,8 +41,7 @@ import torch
 from common.errors import UserError
 from common.options import identity_fields
 from activations.pooled_reader import PooledCache
-from common.runstate import (check_output_folder, output_lock, read_json, require_same_settings,
-                                  write_json_atomic, write_text_atomic)
+from common.runstate import check_output_folder, claim_output, write_json_atomic, write_text_atomic
 from explain.descriptors.assign import (TopTracker, assign_top, base_rate, descriptor_matrix, half_tops, jaccard_rows,
                                         majority_labels, mean_ci, n_top, precision_recall_at_k, repeated_halves)
 from explain.descriptors.build import read_descriptors
@@ -135,11 +134,7 @@ def describe_command(settings: DescribeSettings) -> dict:
     settings.validate()
     out = check_output_folder(settings.out)
     record = {**identity_fields(settings), "dictionaries": [str(Path(d).resolve()) for d in settings.dictionaries]}
-    with output_lock(out, folder=True):
-        if (out / "settings.json").exists() and not settings.overwrite:
-            old = read_json(out / "settings.json", "describe settings", "delete the folder or pass --overwrite")
-            require_same_settings(old, record, out, "rerun with the same settings, pass --overwrite, or choose "
-                                                    "another --out")
+    with claim_output(out, record, settings.overwrite, what="describe run") as claim:
         documents, vocabulary = read_descriptors(settings.descriptors)
         dictionaries = [sae.load(d) for d in settings.dictionaries]
         names = [v["name"] for v in vocabulary]
@@ -160,8 +155,7 @@ def describe_command(settings: DescribeSettings) -> dict:
         doc_desc = [[index[n] for n in d["descriptors"] if n in index] for d in docs]
         matrix = descriptor_matrix(doc_desc, len(names))
         splits = repeated_halves(doc_desc, len(names), settings.splits, settings.seed)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "settings.json", record)
+        claim.write_record()
         lines, summary = [], {"documents": len(docs), "descriptors": len(names),
                               "documents_with_descriptors": int(sum(bool(v) for v in doc_desc)),
                               "assignment": assignment_record(settings, len(docs), splits), "dictionaries": []}

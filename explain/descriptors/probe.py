@@ -21,7 +21,7 @@ import torch
 
 from common.errors import UserError
 from activations.pooled_reader import PooledCache
-from common.runstate import check_output_folder, output_lock
+from common.runstate import check_output_folder, claim_output
 from explain.descriptors.build import read_descriptors
 from explain.descriptors.describe import joined
 from explain.descriptors.settings import ProbeSettings
@@ -74,7 +74,7 @@ def probe_command(settings: ProbeSettings) -> Path:
               "training": {"l2": settings.l2, "documents": int(use.sum()), "min_documents": settings.min_documents}}
     tensors = {"W_enc": torch.from_numpy(w), "b_enc": torch.from_numpy(b), "W_dec": torch.from_numpy(unit),
                "b_dec": torch.zeros(x.shape[1])}
-    with output_lock(out, folder=True):
+    with claim_output(out, None, None, record=None):  # a dictionary folder: its config.json says what made it
         folder = ProbeBasis(tensors, config, name=out.name).save(out)
     print(f"probe dictionary of {len(classes)} labels of {settings.field!r} at {settings.hook} -> {folder}")
     return folder
