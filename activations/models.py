@@ -18,15 +18,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from common.errors import UserError, first_line
-from common.runstate import replace_atomically
+from common.runstate import replace_atomically, staging_folder
 
 DEFAULT_MODEL_ALIAS = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -122,14 +120,10 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target and move it into place (synced), so a killed conversion
     # never leaves a half-written folder that later loads would trust.
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+    with staging_folder(target) as tmp:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         replace_atomically(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

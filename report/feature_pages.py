@@ -22,14 +22,12 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from common.errors import UserError
-from common.runstate import replace_atomically
+from common.runstate import remove_atomically, replace_atomically, staging_folder
 from report.feature_assets import FEATURE_CSS, FEATURE_JS
 from report.feature_data import (FeatureNotes, clean_text, feature_json, fnum, fragments_js, join_notes, js_json,
                                  layer_of, score_columns, search_text)
@@ -92,8 +90,7 @@ def write_feature_pages(out: Path, summaries: Sequence[Any], records: Sequence[d
     notes = join_notes(records, columns, described)
     names = [str(s.name) for s in summaries]
     dict_slugs = slugs(names)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{FEATURES_DIR}.", suffix=".tmp", dir=out))
-    try:
+    with staging_folder(out / FEATURES_DIR) as tmp:  # removed unless it is moved into place
         (tmp / MARKER).write_text(json.dumps({"format": "dictlens feature pages", "version": MARKER_VERSION}) + "\n",
                                   encoding="ascii")
         (tmp / "feature.js").write_text(FEATURE_JS, encoding="ascii")
@@ -124,9 +121,6 @@ def write_feature_pages(out: Path, summaries: Sequence[Any], records: Sequence[d
                     rows.append(_row(d_index, feature, None, None, note, columns, False))
         check_features_folder(out)  # checked up front by build_report; again here, for other callers
         replace_atomically(tmp, out / FEATURES_DIR)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     data = scrub(js_json({"dicts": dicts, "scorers": columns, "rows": rows, "page_size": PAGE_SIZE}))
     return FeatureTable(data=data, scorers=columns, n_rows=len(rows), n_pages=n_pages, hrefs=hrefs,
                         skipped=[(clean_text(n), clean_text(w)) for n, w in skipped])
@@ -135,9 +129,7 @@ def write_feature_pages(out: Path, summaries: Sequence[Any], records: Sequence[d
 def remove_feature_pages(out: Path) -> None:
     """Remove OUT/features left by an older build (this one has no pages); nothing else under OUT is touched."""
     check_features_folder(out)
-    old = _move_aside(out / FEATURES_DIR)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    remove_atomically(out / FEATURES_DIR)
 
 
 def check_features_folder(out: Path) -> None:
@@ -172,16 +164,6 @@ def _is_ours(target: Path) -> bool:
             if inner.is_symlink() or not inner.is_file() or not (inner.suffix == ".html" or inner.name == "fragments.js"):
                 return False
     return True
-
-
-def _move_aside(target: Path) -> Path | None:
-    """Rename `target` (if any) into a hidden folder beside it, in one step; returns that folder, for removal.
-    (`check_features_folder` has already refused anything that is not pages of ours, links included.)"""
-    if not target.exists():
-        return None
-    old = Path(tempfile.mkdtemp(prefix=f".{FEATURES_DIR}.", suffix=".old", dir=target.parent))
-    os.replace(target, old / FEATURES_DIR)
-    return old
 
 
 def _row(d_index: int, feature: int, density: float | None, max_act: float | None, note: FeatureNotes | None,

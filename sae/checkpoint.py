@@ -11,14 +11,12 @@ checkpoint, never a mixture.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from common.runstate import replace_atomically, write_json_atomic
+from common.runstate import replace_atomically, staging_file, write_json_atomic
 
 STATE_FILE = "state.json"
 
@@ -36,14 +34,9 @@ def save_checkpoint(folder: Path, step: int, modules: list[torch.nn.Module], opt
         for key, value in state.items():
             tensors[f"adam.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     name = f"step-{step}.safetensors"
-    fd, tmp = tempfile.mkstemp(prefix=".step-", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
+    with staging_file(folder / name) as tmp:
+        save_file(tensors, str(tmp))
         replace_atomically(tmp, folder / name)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     previous = read_state(folder)
     write_json_atomic(folder / STATE_FILE, {**meta, "step": step, "tensors": name})
     if previous and previous.get("tensors") != name:

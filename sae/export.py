@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from common.errors import UserError
 from activations.hooks import parse_hook
-from common.runstate import replace_atomically, write_json_atomic
+from common.runstate import replace_atomically, staging_file, write_json_atomic
 from sae.kinds.affine import AffineDictionary
 from sae.kinds.threshold import ThresholdSAE
 
@@ -88,8 +88,8 @@ def export_saelens(dictionary: AffineDictionary, out: str | Path) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: pass a folder path")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{SAE_WEIGHTS_FILENAME}.tmp"
-    save_file(saelens_state(dictionary), str(tmp))
-    replace_atomically(tmp, out / SAE_WEIGHTS_FILENAME)
+    with staging_file(out / SAE_WEIGHTS_FILENAME) as tmp:
+        save_file(saelens_state(dictionary), str(tmp))
+        replace_atomically(tmp, out / SAE_WEIGHTS_FILENAME)
     write_json_atomic(out / SAE_CFG_FILENAME, saelens_config(dictionary))
     return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import stat
 import subprocess
 import sys
@@ -23,32 +22,10 @@ from common.errors import UserError
 from activations.reader import ActivationCache
 from common.locks import LOCK_NAME, lock_path_of, output_lock
 from tests.support.cli_output import error_line
+from tests.support.lock_holder import Holder
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "blocks.0.hook_resid_pre"
-LOCK_HOLDER = """
-import sys
-from common.locks import output_lock
-with output_lock(sys.argv[1], folder=sys.argv[2] == "folder"):
-    print("locked", flush=True)
-    sys.stdin.read()
-"""
-
-
-class Holder:
-    """A second process that holds the output lock of `path` until it is killed (kill -9 by default)."""
-
-    def __init__(self, path: Path, folder: bool):
-        self.proc = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(path), "folder" if folder else "file"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert self.proc.stdout.readline().strip() == "locked"
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-
 def test_output_lock_refuses_a_second_process_and_kill_9_releases_it(tmp_path):
     out = tmp_path / "runs" / "dicts"
     holder = Holder(out, folder=True)

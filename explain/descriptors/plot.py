@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from activations.hooknames import parse_hook
+from common.runstate import replace_atomically, staging_file
 
 
 def label_of(stats: dict) -> str:
@@ -55,8 +56,8 @@ def plot_comparison(summary: dict, path: str | Path) -> Path:
     fig.suptitle(f"descriptor discovery: {summary['documents']} documents, {summary['descriptors']} descriptors")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)  # a reader never sees a half-written image
+    with staging_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        replace_atomically(tmp, path)  # a reader never sees a half-written image
     return path
