@@ -140,15 +140,3 @@ def check_pairing(dictionary: Any, used_on: Mapping[str, Any], where: str, allow
     print(f"note: {text}; used anyway because of {ALLOW_FLAG}")
     entry["status"] = f"mismatch allowed ({why})"
     return entry
-
-
-def check_hook_width(dictionary: Any, hook_widths: Mapping[str, int], where: str) -> None:
-    """Refuse a dictionary whose hook `where` lacks, or whose input width differs from that hook's there."""
-    name, hook = str(getattr(dictionary, "name", "")), str(getattr(dictionary, "hook", ""))
-    if hook not in hook_widths:
-        raise ModelMismatch(f"dictionary {name!r} was trained at hook {hook!r}, which {where} does not have (it has "
-                            f"{', '.join(hook_widths) or 'none'}): pass a cache of that hook, or a dictionary of one "
-                            "of those")
-    if int(dictionary.d_in) != int(hook_widths[hook]):
-        raise ModelMismatch(f"dictionary {name!r} has d_in {dictionary.d_in} but {hook!r} in {where} has width "
-                            f"{hook_widths[hook]}: use a dictionary trained on this model and hook")

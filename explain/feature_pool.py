@@ -5,7 +5,7 @@ then one simulation prompt per scored fragment, a few detection / fuzzing /
 intruder prompts), and most of them wait on the one before (the explanation
 must exist before it is scored). With one feature at a time, `--concurrency
 64` would leave most of the 64 slots idle. Here up to `workers` features run
-at once on threads; the backend's semaphore (`OpenAIBackend._call`) still
+at once on threads; the backend's semaphore (`OpenAIBackend.call`) still
 bounds the HTTP requests in flight to `--concurrency`, however many threads
 ask.
 

@@ -55,19 +55,18 @@ class Plan:
     chosen: list[list[int]]  # per dictionary, the features of this run
 
 
-def run_explain(settings: ExplainSettings, out: str | Path | None = None, concurrency: int | None = None,
-                progress: bool = True, explainer: Explainer | None = None, scorer: Scorer | None = None) -> Path:
-    """Run (or resume) an explanation run; returns the path of explanations.jsonl.
+def run_explain(settings: ExplainSettings, progress: bool = True, explainer: Explainer | None = None,
+                scorer: Scorer | None = None) -> Path:
+    """Run (or resume) an explanation run into `settings.out`; returns the path of explanations.jsonl.
 
-    `out` and `concurrency` default to the settings' own (the arguments stay
-    for callers from before they were settings). `explainer` / `scorer`
-    objects replace the ones the settings name (for explainers that are not
-    a backend string); the settings' names still label the records.
+    `explainer` / `scorer` objects replace the ones the settings name (for
+    explainers that are not a backend string); the settings' names still
+    label the records.
     """
     from activations.reader import ActivationCache
 
-    out_path = _validate(settings, out, injected=explainer is not None and scorer is not None)
-    concurrency = settings.concurrency if concurrency is None else concurrency
+    out_path = _validate(settings, injected=explainer is not None and scorer is not None)
+    concurrency = settings.concurrency
     cache_path = Path(settings.cache).resolve()
     with claim_run_folder(out_path) as claim, ActivationCache(cache_path) as cache:
         plan = _plan(settings, cache_path, cache, claim)
@@ -85,12 +84,11 @@ def run_explain(settings: ExplainSettings, out: str | Path | None = None, concur
     return results
 
 
-def _validate(settings: ExplainSettings, out: str | Path | None, injected: bool) -> Path:
+def _validate(settings: ExplainSettings, injected: bool) -> Path:
     """Mistakes found without reading a file: bad settings, an output path that cannot be written."""
-    target = out if out is not None else settings.out
-    if target is None:
+    if settings.out is None:
         raise UserError("no --out given: pass the folder the explanations go to")
-    out_path = check_output_folder(target)
+    out_path = check_output_folder(settings.out)
     if settings.rescore:
         from explain.rescore import source_folder
 

@@ -238,21 +238,6 @@ class ExplainSettings:
             data["scoring"] = self.scoring_config.to_json()
         return {_ON_DISK.get(k, k): v for k, v in data.items()}
 
-    @classmethod
-    def from_keywords(cls, **kwargs: Any) -> "ExplainSettings":
-        """Settings from the keyword names `explain_command` had before it took a settings object.
-
-        Kept so that callers written against the old signature (`format=`, `k=`) work unchanged;
-        new code passes an `ExplainSettings`.
-        """
-        renamed = {"format": "prompt_format", "k": "best_of"}
-        for old, new in renamed.items():
-            if old in kwargs:
-                if new in kwargs:
-                    raise TypeError(f"pass {new}= or {old}=, not both")
-                kwargs[new] = kwargs.pop(old)
-        return cls(**kwargs)
-
 
 @dataclass
 class CompareSettings:

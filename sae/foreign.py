@@ -75,15 +75,6 @@ def foreign_format(folder: Path) -> str | None:
     return None
 
 
-def source_summary(dictionary: AffineDictionary) -> str:
-    """One line saying where a converted dictionary came from, for logs and reports."""
-    src = dictionary.config.get("source") or {}
-    if not src:
-        return f"{dictionary.name}: trained by this tool"
-    mapping = f" (hookpoint {src['hookpoint']!r} → {dictionary.hook})" if src.get("hookpoint") else ""
-    return f"{dictionary.name}: {src.get('library')} {src.get('architecture')} SAE from {src.get('folder')}{mapping}"
-
-
 # -- shared ------------------------------------------------------------------
 
 def build_dictionary(name: str, w_e: Tensor, b_e: Tensor, dec: Tensor, b_d: Tensor, threshold: Tensor | None, k: int | None,

@@ -19,8 +19,17 @@ import pytest
 import torch
 
 from common.errors import UserError
-from explain.descriptors.assign import (assign, descriptor_matrix, jaccard, jaccard_rows, majority_labels,
-                                        precision_recall_at_k, stratified_halves)
+from explain.descriptors.assign import (TopTracker, assign_top, base_rate, descriptor_matrix, jaccard, jaccard_rows,
+                                        majority_labels, n_top, precision_recall_at_k, stratified_halves)
+
+
+def assign(acts, docs, *, top_percent, threshold, min_lift=None, min_exemplars=1, frequency="occurrences"):
+    """Descriptors of every feature from its top documents, as `describe` assigns them (the tracker, then
+    `assign_top`), for activations held in memory."""
+    tracker = TopTracker(n_top(acts.shape[0], top_percent))
+    tracker.update(acts, torch.arange(acts.shape[0]))
+    return assign_top(tracker.values, tracker.rows, docs, base_rate(docs, frequency), threshold=threshold,
+                      min_lift=min_lift, min_exemplars=min_exemplars, frequency=frequency)
 
 
 def test_jaccard_on_known_sets():

@@ -174,13 +174,13 @@ def test_other_openai_api_errors_are_llm_errors(server, monkeypatch):
     backend = _backend(server)
     # the HTTP request the SDK really sent, through its documented raw-response accessor: the SDK's request type
     # (httpx before openai 3, httpx2 since) is its own business
-    sent = backend._client.chat.completions.with_raw_response.create(
+    sent = backend.client.chat.completions.with_raw_response.create(
         model="fake-model", messages=[{"role": "user", "content": "hi"}]).http_request
 
     def raise_api_error(**kwargs):
         raise openai.APIError("stream ended mid-answer", sent, body=None)
 
-    monkeypatch.setattr(backend._client.chat.completions, "create", raise_api_error)
+    monkeypatch.setattr(backend.client.chat.completions, "create", raise_api_error)
     with pytest.raises(LLMError, match="APIError: stream ended mid-answer"):
         backend.generate([{"role": "user", "content": "hi"}])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_local_default_backends_explain_and_score_two_features(tmp_path, real_ca
                                scorers=["simulation"],  # the other scorers: the test below
                                exemplars=ExemplarConfig(n_top=8, n_random=4, random_scored=2, min_active=4))
     out = tmp_path / "out"
-    run_explain(settings, out, progress=False)
+    run_explain(replace(settings, out=str(out)), progress=False)
     records = read_records(out / "explanations.jsonl")
     assert [r["feature"] for r in records] == [0, 1]
     for r in records:
@@ -76,7 +77,7 @@ def test_local_default_backends_explain_and_score_two_features(tmp_path, real_ca
     assert n_entries > 0
     # Deleting the records and rerunning answers every request from the LLM cache: same records.
     (out / "explanations.jsonl").unlink()
-    run_explain(settings, out, progress=False)
+    run_explain(replace(settings, out=str(out)), progress=False)
     assert read_records(out / "explanations.jsonl") == records
     cache_db = LLMCache(out / "llm_cache.sqlite")
     assert len(cache_db) == n_entries
@@ -91,7 +92,7 @@ def test_detection_fuzzing_intruder_and_embedding_run_on_the_real_offline_models
                                exemplars=ExemplarConfig(n_top=8, n_random=4, random_scored=2, min_active=4),
                                scoring=ScoringConfig(n_quantiles=4, n_negative=3, window=8, intruder_rounds=2))
     out = tmp_path / "out"
-    run_explain(settings, out, progress=False)
+    run_explain(replace(settings, out=str(out)), progress=False)
     records = read_records(out / "explanations.jsonl")
     read = []
     for r in records:
@@ -115,5 +116,5 @@ def test_detection_fuzzing_intruder_and_embedding_run_on_the_real_offline_models
             assert 0.0 <= r["scores"]["embedding"]["auroc"] <= 1.0
     assert any(0.0 < p < 1.0 for p in read), "no judgement was read from the model's log-probabilities"
     (out / "explanations.jsonl").unlink()
-    run_explain(settings, out, progress=False)  # every answer from the LLM cache: the same records
+    run_explain(replace(settings, out=str(out)), progress=False)  # every answer from the LLM cache: the same records
     assert read_records(out / "explanations.jsonl") == records

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import sae
 from common.errors import UserError
 from activations.reader import ActivationCache
 from explain.commands import compare_command, explain_command
+from explain.settings import CompareSettings, ExplainSettings
 from explain.pipeline import read_records
 from explain.token_list import parse_token_list
 from tests.support.explain_run import EMBED, RESID
@@ -38,13 +40,14 @@ def _args(s, out, **kw):
 def tokens_run(setup) -> Path:
     """One tokens run of 5 features of `neuron` and `pca`, made by whichever test needs it first."""
     out = setup["tmp"] / "run"
-    explain_command(**_args(setup, out))
+    explain_command(ExplainSettings(**_args(setup, out)))
     return out
 
 
 def test_single_token_feature_scores_one_through_the_whole_command(setup):
     out = setup["tmp"] / "single_out"
-    explain_command(cache=str(setup["cache"]), dicts=[str(setup["single"])], feature_ids=[0, 3], out=str(out))
+    explain_command(ExplainSettings(cache=str(setup["cache"]), dicts=[str(setup["single"])], feature_ids=[0, 3],
+                                    out=str(out)))
     rec, dead = read_records(out / "explanations.jsonl")
     assert dead["feature"] == 3 and dead["status"] == "skipped" and "never active" in dead["error"]
     assert dead["scores"] == {"top_and_random": None, "top": None, "random": None}
@@ -90,16 +93,17 @@ def test_exemplars_match_a_brute_force_pass_over_the_cache(setup, tokens_run):
 
 def test_rerun_is_a_no_op_and_other_settings_are_refused(setup, capsys):
     out = setup["tmp"] / "rerun"
-    explain_command(**_args(setup, out, features=2))
+    explain_command(ExplainSettings(**_args(setup, out, features=2)))
     before = (out / "explanations.jsonl").read_bytes()
-    explain_command(**_args(setup, out, features=2))
+    explain_command(ExplainSettings(**_args(setup, out, features=2)))
     assert "nothing to do" in capsys.readouterr().out
     with pytest.raises(UserError, match="other settings.*random"):
-        explain_command(**_args(setup, out, features=2, random="any"))
+        explain_command(ExplainSettings(**_args(setup, out, features=2, random="any")))
     with pytest.raises(UserError, match="--explainer tokens"):
-        explain_command(**_args(setup, setup["tmp"] / "bad", simulator="tokens", explainer="local:default"))
+        explain_command(ExplainSettings(**_args(setup, setup["tmp"] / "bad", simulator="tokens",
+                                                explainer="local:default")))
     with pytest.raises(UserError, match="out of range"):
-        explain_command(**_args(setup, setup["tmp"] / "bad", feature_ids=[10_000]))
+        explain_command(ExplainSettings(**_args(setup, setup["tmp"] / "bad", feature_ids=[10_000])))
     assert (out / "explanations.jsonl").read_bytes() == before
     assert not (setup["tmp"] / "bad" / "explanations.jsonl").exists()
 
@@ -143,10 +147,10 @@ def test_failed_features_are_retried_on_rerun(setup):
     out = setup["tmp"] / "flaky"
     settings = ExplainSettings(cache=str(setup["cache"]), dicts=[str(setup["neuron"])], features=None,
                                feature_ids=[0, 1, 2])
-    run_explain(settings, out, progress=False, explainer=Flaky())
+    run_explain(replace(settings, out=str(out)), progress=False, explainer=Flaky())
     first = {r["feature"]: r for r in read_records(out / "explanations.jsonl")}
     assert first[1]["status"] == "failed" and "429" in first[1]["error"] and first[0]["status"] == "ok"
-    run_explain(settings, out, progress=False)  # the real tokens explainer succeeds
+    run_explain(replace(settings, out=str(out)), progress=False)  # the real tokens explainer succeeds
     second = read_records(out / "explanations.jsonl")
     assert sorted(r["feature"] for r in second) == [0, 1, 2]
     assert {r["feature"]: r["status"] for r in second} == {0: "ok", 1: "ok", 2: "ok"}
@@ -189,8 +193,8 @@ def test_a_killed_run_resumes_to_the_same_records(setup):
     assert 3 <= n_before < 20
     with open(results, "a") as f:  # a write torn by the kill
         f.write('{"dictionary": "neuron", "feature": 99, "sta')
-    explain_command(**args)
-    explain_command(**{**args, "out": str(ref)})
+    explain_command(ExplainSettings(**args))
+    explain_command(ExplainSettings(**{**args, "out": str(ref)}))
     resumed, clean = read_records(results), read_records(ref / "explanations.jsonl")
     keys = [(r["dictionary_path"], r["feature"]) for r in resumed]
     assert len(keys) == len(set(keys)) == 20  # 8 + 4 (all of single, on another hook) + 8
@@ -218,7 +222,8 @@ def test_compare_reports_means_and_cis_by_hand(tokens_run, tmp_path):
         rows.append(_compare_record(*spec, feature=len(rows)))
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    groups = compare_command([str(tmp_path / "a")], plot=str(tmp_path / "fig.png"), json_path=str(tmp_path / "cmp.json"))
+    groups = compare_command(CompareSettings(explanations=[str(tmp_path / "a")], plot=str(tmp_path / "fig.png"),
+                                              json_path=str(tmp_path / "cmp.json")))
     saved = json.loads((tmp_path / "cmp.json").read_text())["groups"]
     assert saved == json.loads(json.dumps(groups))
     g = {(r["dictionary"], r["layer"]): r for r in groups}
@@ -236,7 +241,7 @@ def test_compare_reports_means_and_cis_by_hand(tokens_run, tmp_path):
     assert g[("neuron", 3)]["top_and_random"]["mean"] == pytest.approx(0.1)
     assert g[("neuron", 3)]["top_and_random"]["ci"] == pytest.approx(1.96 * 0.005 ** 0.5 / 2 ** 0.5)
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    real = compare_command([str(tokens_run)])
+    real = compare_command(CompareSettings(explanations=[str(tokens_run)]))
     assert {(r["dictionary"], r["kind"], r["layer"], r["n"]) for r in real} == {("neuron", "neuron", 1, 5),
                                                                                 ("pca", "pca", 1, 5)}
 
@@ -251,7 +256,7 @@ def test_compare_keeps_two_dictionaries_of_one_kind_at_one_layer_apart(tmp_path,
     rows += [_compare_record("tied_R2_l1_0.001", "tied_sae", "blocks.3.hook_resid_post", "ok", 0.9, feature=0)]
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    groups = compare_command([str(tmp_path / "a")], plot=str(tmp_path / "fig.png"))
+    groups = compare_command(CompareSettings(explanations=[str(tmp_path / "a")], plot=str(tmp_path / "fig.png")))
     g = {(r["dictionary"], r["layer"]): r for r in groups}
     assert len(groups) == 5
     assert g[("tied_R2_l1_0.001", 1)]["top_and_random"]["mean"] == pytest.approx(0.5)
@@ -277,7 +282,7 @@ def test_a_prompt_too_long_for_a_local_model_fails_the_feature_not_the_run(setup
                                feature_ids=[0, 1], explainer=spec, simulator=spec)
     with pytest.raises(UserError, match=r"no feature of this run succeeded: all 2 failed, the first with "
                                         r"BackendConfigError"):
-        run_explain(settings, out, concurrency=1, progress=False)
+        run_explain(replace(settings, out=str(out), concurrency=1), progress=False)
     records = read_records(out / "explanations.jsonl")
     assert sorted(r["feature"] for r in records) == [0, 1]
     for r in records:

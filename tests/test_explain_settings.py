@@ -72,13 +72,9 @@ def test_the_command_line_builds_the_same_settings_as_python():
     assert from_namespace(CompareSettings, args) == CompareSettings(explanations=["x", "y"], json_path="t.json")
 
 
-def test_old_keyword_calls_still_build_settings():
-    s = ExplainSettings.from_keywords(cache="c", dicts=["d"], format="bills", k=2, out="o")
-    assert (s.prompt_format, s.best_of) == ("bills", 2)
-    with pytest.raises(TypeError, match="best_of= or k="):
-        ExplainSettings.from_keywords(cache="c", dicts=["d"], k=2, best_of=2)
-    with pytest.raises(TypeError, match="not both"):
-        explain_command(ExplainSettings(cache="c", dicts=["d"]), out="o")
+def test_the_commands_take_their_settings_object_only():
+    with pytest.raises(TypeError, match="expected a ExplainSettings, got dict"):
+        explain_command({"cache": "c", "dicts": ["d"], "out": "o"})
     with pytest.raises(TypeError, match="expected a CompareSettings"):
         compare_command(ExplainSettings(cache="c", dicts=["d"]))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae.stacked import StackedSAE
+from sae.kinds.tied import TiedStack
 from sae.step import Stepper, make_optimizer
 from tests.support.sae_data import sparse_data
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def _run(use_graph: bool, l1s: list[float], data: torch.Tensor, steps: int = 40):
-    group = StackedSAE(True, d_in=data.shape[1], ratio=2, l1s=l1s, seed=0).to("cuda")
+    group = TiedStack(d_in=data.shape[1], ratio=2, values=l1s, seed=0).to("cuda")
     opt = make_optimizer(list(group.parameters()), 1e-3, (0.9, 0.999), "cuda")
     stepper = Stepper([group], opt, "cuda", use_graph=use_graph)
     losses = []
@@ -31,7 +31,7 @@ def test_graph_replay_trains_exactly_like_eager_steps():
     assert stepper.graph is not None  # the replay path really ran
     torch.testing.assert_close(graph_losses, eager_losses, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(graphed.M, eager.M, rtol=1e-5, atol=1e-6)
-    assert not torch.equal(graphed.M.detach(), StackedSAE(True, 64, 2, [1e-3, 1e-2], 0).M.cuda())
+    assert not torch.equal(graphed.M.detach(), TiedStack(64, 2, [1e-3, 1e-2], 0).M.cuda())
 
 
 def test_sweep_matches_separate_runs_on_cuda():
@@ -49,7 +49,7 @@ def test_checkpoint_round_trip_of_a_capturable_optimizer(tmp_path):
     data = x.cuda()
     first, _, stepper = _run(True, [1e-3, 1e-2], data, steps=10)
     save_checkpoint(tmp_path, 10, [first], stepper.optimizer, {})
-    twin = StackedSAE(True, d_in=64, ratio=2, l1s=[1e-3, 1e-2], seed=0).to("cuda")
+    twin = TiedStack(d_in=64, ratio=2, values=[1e-3, 1e-2], seed=0).to("cuda")
     twin_opt = make_optimizer(list(twin.parameters()), 1e-3, (0.9, 0.999), "cuda")
     assert load_checkpoint(tmp_path, [twin], twin_opt) == 10
     resumed = Stepper([twin], twin_opt, "cuda")

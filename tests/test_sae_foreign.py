@@ -19,7 +19,6 @@ from safetensors.torch import save_file
 import sae
 from sae.errors import DictionaryError
 from sae.export import export_saelens
-from sae.foreign import source_summary
 from sae.io import read_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one torch thread (tests/conftest.py)
@@ -277,7 +276,6 @@ def test_sparsify_topk_layer_folder(tmp_path):
     c, recon = _sparsify_forward(states["layers.3"], 4, x)
     assert d.kind == "topk" and d.k == 4 and d.hook == "blocks.3.hook_resid_post"
     assert d.config["model_id"] == "EleutherAI/pythia-70m" and d.config["source"]["hookpoint"] == "layers.3"
-    assert "hookpoint 'layers.3' → blocks.3.hook_resid_post" in source_summary(d)
     _close(d.encode(x), c)
     _close(d.decode(d.encode(x)), recon)
     other = sae.load(tmp_path / "run" / "layers.4.mlp" / "sae.safetensors")  # a file inside the folder works too

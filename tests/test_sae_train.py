@@ -11,7 +11,7 @@ from sae.baselines import random_basis
 from sae.data import TensorSource
 from sae.errors import TrainingDiverged
 from sae.metrics import mmcs
-from sae.stacked import StackedSAE
+from sae.kinds.tied import TiedStack
 from sae.train import TrainSettings, train_sweep
 from tests.support.sae_data import sparse_data
 
@@ -48,7 +48,7 @@ def test_every_kind_recovers_a_known_sparse_dictionary_at_its_default_learning_r
 
 def test_stacked_forward_is_the_papers_loss():
     torch.manual_seed(0)
-    model = StackedSAE(True, d_in=6, ratio=2, l1s=[0.0, 0.5], seed=0)
+    model = TiedStack(d_in=6, ratio=2, values=[0.0, 0.5], seed=0)
     x = torch.randn(10, 6)
     out = model(x)
     for i, alpha in enumerate([0.0, 0.5]):

@@ -167,15 +167,6 @@ def n_top(n_documents: int, top_percent: float) -> int:
     return max(1, math.ceil(n_documents * top_percent / 100.0))
 
 
-def assign(acts: torch.Tensor, docs: sparse.csr_matrix, *, top_percent: float, threshold: float,
-           min_lift: float | None = None, min_exemplars: int = 1, frequency: str = "occurrences") -> Assignment:
-    """Assign descriptors to every feature: `acts` [n, F] feature activations, `docs` [n, V] from `descriptor_matrix`."""
-    tracker = TopTracker(n_top(acts.shape[0], top_percent))
-    tracker.update(acts, torch.arange(acts.shape[0]))
-    return assign_top(tracker.values, tracker.rows, docs, base_rate(docs, frequency), threshold=threshold,
-                      min_lift=min_lift, min_exemplars=min_exemplars, frequency=frequency)
-
-
 def stratified_halves(doc_descriptors: Sequence[Sequence[int]], n_descriptors: int, seed: int) -> np.ndarray:
     """A seeded 50/50 split balanced on every descriptor (iterative stratification); True = the first half.
 

@@ -42,6 +42,7 @@ from explain.llm.base import DigitReadout, Generation, LLMBackend, Messages, Sco
 from explain.llm.digits import DIGITS, combine_digit_probs
 from explain.llm.errors import BackendConfigError, LLMError
 from explain.llm.forward import returned_cache
+from explain.llm.local_scored import ScoredDecoder
 from explain.llm.cache import LLMCache
 from explain.prompts import SlotPrompt
 
@@ -92,7 +93,7 @@ class LocalBackend(LLMBackend):
         self.prefix_cache_size = int(prefix_cache_size)
         self.use_chat_template = use_chat_template
         self.concurrency = 1
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
         self._prefixes: OrderedDict[str, _PrefixState] = OrderedDict()
         self._fingerprint: str | None = None
         self.tokens_processed = 0  # model tokens run through a forward pass (prefixes, bodies, extras)
@@ -119,6 +120,7 @@ class LocalBackend(LLMBackend):
         # the key/value cache goes in as `cache` from transformers 5.2x on (`past_key_values` warns there and is
         # to be removed), as `past_key_values` before
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.scored = ScoredDecoder(self)  # the scored answers' readout, with the prefixes it keeps
 
     @classmethod
     def from_spec(cls, target: str, *, cache: LLMCache | None = None, **kwargs: Any) -> "LocalBackend":
@@ -155,7 +157,7 @@ class LocalBackend(LLMBackend):
     def _generate_uncached(self, messages: Messages, *, n: int, temperature: float, max_tokens: int,
                            seed: int) -> list[str]:
         ids = torch.tensor([self.render(messages)])
-        self._check_length(int(ids.shape[1]) + int(max_tokens), what="an explainer prompt plus its answer",
+        self.check_length(int(ids.shape[1]) + int(max_tokens), what="an explainer prompt plus its answer",
                            custom_mask=False)
         sample = temperature > 0
         from transformers import StoppingCriteriaList
@@ -168,7 +170,7 @@ class LocalBackend(LLMBackend):
             kwargs.update(temperature=float(temperature), top_p=1.0, top_k=0)
         elif n > 1:
             raise BackendConfigError(f"{self.name}: n={n} greedy completions would be identical; use temperature > 0")
-        with self._lock, torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with self.lock, torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
         self.tokens_processed += int(ids.shape[1]) + int(out.shape[1] - ids.shape[1]) * int(n)
@@ -178,9 +180,7 @@ class LocalBackend(LLMBackend):
     # -- scored answers (detection, fuzzing, intruder) ---------------------------------------
     def generate_scored(self, requests: Sequence[ScoredRequest]) -> list[Generation]:
         """Greedy answers with exact top log-probabilities (see `explain.llm.local_scored`)."""
-        from explain.llm.local_scored import generate_scored
-
-        return generate_scored(self, list(requests))
+        return self.scored.generate(requests)
 
     # -- simulation -----------------------------------------------------------------------
     def _digits_request(self, prompt: SlotPrompt) -> dict[str, Any]:
@@ -202,7 +202,7 @@ class LocalBackend(LLMBackend):
         by_prefix: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         for item in pending:
             by_prefix.setdefault(prompts[item[0]].prefix, []).append(item)
-        with self._lock, torch.no_grad():
+        with self.lock, torch.no_grad():
             for prefix, items in by_prefix.items():
                 state = self._prefix_state(prefix)
                 encoded = [(i, req, *self._encode_body(prompts[i])) for i, req in items]
@@ -227,9 +227,9 @@ class LocalBackend(LLMBackend):
         if tok.bos_token_id is not None and with_special and with_special[0] == tok.bos_token_id:
             ids = [tok.bos_token_id] + ids
         kv: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._check_length(len(ids))
+        self.check_length(len(ids))
         if ids:
-            out = self.model(input_ids=torch.tensor([ids]), use_cache=True, **self._keep_last())
+            out = self.model(input_ids=torch.tensor([ids]), use_cache=True, **self.keep_last())
             kv = [(layer.keys, layer.values) for layer in returned_cache(out).layers]
             self.tokens_processed += len(ids)
             self.forward_passes += 1
@@ -239,7 +239,7 @@ class LocalBackend(LLMBackend):
             self._prefixes.popitem(last=False)
         return state
 
-    def _keep_last(self) -> dict[str, Any]:
+    def keep_last(self) -> dict[str, Any]:
         return {"logits_to_keep": 1} if self._keeps_logits else {}
 
     def _encode_body(self, prompt: SlotPrompt) -> tuple[list[int], list[int]]:
@@ -270,7 +270,7 @@ class LocalBackend(LLMBackend):
             batches.append([item])
         return batches
 
-    def _check_length(self, total: int, what: str = "a simulation prompt", custom_mask: bool = True) -> None:
+    def check_length(self, total: int, what: str = "a simulation prompt", custom_mask: bool = True) -> None:
         cfg = self.model.config
         limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
         if limit and total > limit:
@@ -290,7 +290,7 @@ class LocalBackend(LLMBackend):
         two_step = self.ten_mode == "two-step"
         rows = [ids + ([self.digit_ids[1]] * len(slots) if two_step else []) for ids, slots in rows_in]
         b, Q = len(rows), max(len(r) for r in rows)
-        self._check_length(P + Q)
+        self.check_length(P + Q)
         dtype = next(self.model.parameters()).dtype
         input_ids = torch.full((b, Q), self.pad_id, dtype=torch.long)
         pos = torch.full((b, Q), P, dtype=torch.long)

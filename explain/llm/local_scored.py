@@ -1,4 +1,4 @@
-"""Greedy answers with exact log-probabilities from a local model (`LocalBackend.generate_scored`).
+"""Greedy answers with exact log-probabilities from a local model (`ScoredDecoder`, owned by `LocalBackend`).
 
 Detection, fuzzing and intruder prompts are answered by greedy decoding,
 reading the full next-token distribution at every generated position; each
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -54,21 +54,30 @@ def request_record(backend: "LocalBackend", request: ScoredRequest) -> dict[str,
     return out
 
 
-def generate_scored(backend: "LocalBackend", requests: list[ScoredRequest]) -> list[Generation]:
-    """Answers of `requests` in order; cached ones cost nothing."""
-    out: list[Generation] = []
-    for request in requests:
-        key = request_record(backend, request)
-        hit = backend.cache.get(key)
-        if hit is not None:
-            out.append(Generation(hit["text"], list(hit["tokens"]), hit["top_logprobs"], "local-exact",
-                                  n_calls=0, n_cached=1, n_tokens=int(hit.get("n_tokens", 0))))
-            continue
-        gen = _greedy(backend, request)
-        backend.cache.put(key, {"text": gen.text, "tokens": gen.tokens, "top_logprobs": gen.top_logprobs,
-                                "n_tokens": gen.n_tokens})
-        out.append(gen)
-    return out
+class ScoredDecoder:
+    """The scored-answer readout of a `LocalBackend`, made and held by it (`backend.scored`): it owns the
+    key/values of the shared prefixes it reuses, and uses the backend's model, tokenizer, cache and lock."""
+
+    def __init__(self, backend: "LocalBackend"):
+        self.backend = backend
+        self.prefixes: OrderedDict[tuple[int, ...], list] = OrderedDict()  # token ids -> key/values, an LRU
+
+    def generate(self, requests: Sequence[ScoredRequest]) -> list[Generation]:
+        """Answers of `requests` in order; cached ones cost nothing."""
+        backend = self.backend
+        out: list[Generation] = []
+        for request in requests:
+            key = request_record(backend, request)
+            hit = backend.cache.get(key)
+            if hit is not None:
+                out.append(Generation(hit["text"], list(hit["tokens"]), hit["top_logprobs"], "local-exact",
+                                      n_calls=0, n_cached=1, n_tokens=int(hit.get("n_tokens", 0))))
+                continue
+            gen = _greedy(backend, request, self.prefixes)
+            backend.cache.put(key, {"text": gen.text, "tokens": gen.tokens, "top_logprobs": gen.top_logprobs,
+                                    "n_tokens": gen.n_tokens})
+            out.append(gen)
+        return out
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -94,13 +103,12 @@ def _prefix_ids(backend: "LocalBackend", request: ScoredRequest, full: list[int]
     return full[: min(n, len(full) - 1)]  # at least one token of the prompt's own runs with the cache
 
 
-def _prefix_kv(backend: "LocalBackend", ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    lru: OrderedDict[tuple[int, ...], list] = backend.__dict__.setdefault("_scored_prefixes", OrderedDict())
+def _prefix_kv(backend: "LocalBackend", ids: list[int], lru: OrderedDict) -> list[tuple[torch.Tensor, torch.Tensor]]:
     key = tuple(ids)
     if key in lru:
         lru.move_to_end(key)
         return lru[key]
-    out = backend.model(input_ids=torch.tensor([ids]), use_cache=True, **backend._keep_last())
+    out = backend.model(input_ids=torch.tensor([ids]), use_cache=True, **backend.keep_last())
     kv = [(layer.keys, layer.values) for layer in returned_cache(out).layers]
     backend.tokens_processed += len(ids)
     backend.forward_passes += 1
@@ -119,7 +127,7 @@ def _choice_ids(backend: "LocalBackend", choices: tuple[str, ...]) -> list[int]:
     return [i[0] for i in ids]
 
 
-def _constrained(backend: "LocalBackend", request: ScoredRequest) -> Generation:
+def _constrained(backend: "LocalBackend", request: ScoredRequest, lru: OrderedDict) -> Generation:
     """Write the pieces, and at each slot the most likely choice (see the module docstring)."""
     tok = backend.tokenizer
     full = backend.render(request.as_messages())
@@ -127,19 +135,19 @@ def _constrained(backend: "LocalBackend", request: ScoredRequest) -> Generation:
     choice_ids = _choice_ids(backend, tuple(request.choices or ()))
     piece_ids = [list(tok(p, add_special_tokens=False)["input_ids"]) if p else [] for p in pieces]
     total = len(full) + sum(len(p) for p in piece_ids) + len(pieces)
-    backend._check_length(total, what="a scorer prompt plus its answer", custom_mask=False)
+    backend.check_length(total, what="a scorer prompt plus its answer", custom_mask=False)
     digits = {str(d): i for d, i in enumerate(backend.digit_ids)}
     tokens: list[str] = []
     tops: list[dict[str, float]] = []
-    with backend._lock, torch.no_grad():
-        prefix, kwargs = _resume_prefix(backend, request, full)
+    with backend.lock, torch.no_grad():
+        prefix, kwargs = _resume_prefix(backend, request, full, lru)
         pending = full[len(prefix):] + piece_ids[0]
         first = [_decode(tok, i) for i in piece_ids[0]]
         tokens += first
         tops += [{t: 0.0} for t in first]
         processed = 0
         for slot in range(len(pieces) - 1):
-            out = backend.model(input_ids=torch.tensor([pending]), use_cache=True, **kwargs, **backend._keep_last())
+            out = backend.model(input_ids=torch.tensor([pending]), use_cache=True, **kwargs, **backend.keep_last())
             processed += len(pending)
             kwargs[backend.cache_kw] = returned_cache(out)
             logp = torch.log_softmax(out.logits[0, -1].double(), dim=-1)
@@ -158,14 +166,15 @@ def _constrained(backend: "LocalBackend", request: ScoredRequest) -> Generation:
     return Generation("".join(tokens), tokens, tops, "local-exact", n_calls=1, n_cached=0, n_tokens=processed)
 
 
-def _resume_prefix(backend: "LocalBackend", request: ScoredRequest, full: list[int]) -> tuple[list[int], dict[str, Any]]:
+def _resume_prefix(backend: "LocalBackend", request: ScoredRequest, full: list[int],
+                   lru: OrderedDict) -> tuple[list[int], dict[str, Any]]:
     """The cached shared prefix of `full` and the forward kwargs that start after it (empty: start at token 0)."""
     from transformers import DynamicCache
 
     prefix = _prefix_ids(backend, request, full)
     kwargs: dict[str, Any] = {}
     if prefix:
-        kwargs[backend.cache_kw] = DynamicCache(ddp_cache_data=_prefix_kv(backend, prefix))
+        kwargs[backend.cache_kw] = DynamicCache(ddp_cache_data=_prefix_kv(backend, prefix, lru))
     return prefix, kwargs
 
 
@@ -173,23 +182,23 @@ def _decode(tok: Any, i: int) -> str:
     return tok.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def _greedy(backend: "LocalBackend", request: ScoredRequest) -> Generation:
+def _greedy(backend: "LocalBackend", request: ScoredRequest, lru: OrderedDict) -> Generation:
     if request.pieces is not None:
-        return _constrained(backend, request)
+        return _constrained(backend, request, lru)
     tok = backend.tokenizer
     full = backend.render(request.as_messages())
-    backend._check_length(len(full) + int(request.max_tokens), what="a scorer prompt plus its answer",
+    backend.check_length(len(full) + int(request.max_tokens), what="a scorer prompt plus its answer",
                           custom_mask=False)
     stop = {i for i in (tok.eos_token_id, getattr(tok, "pad_token_id", None)) if i is not None}
     digits = {str(d): i for d, i in enumerate(backend.digit_ids)}
     tokens: list[str] = []
     tops: list[dict[str, float]] = []
-    with backend._lock, torch.no_grad():
-        prefix, kwargs = _resume_prefix(backend, request, full)
+    with backend.lock, torch.no_grad():
+        prefix, kwargs = _resume_prefix(backend, request, full, lru)
         step_ids = full[len(prefix):]
         processed = 0
         for _ in range(int(request.max_tokens)):
-            out = backend.model(input_ids=torch.tensor([step_ids]), use_cache=True, **kwargs, **backend._keep_last())
+            out = backend.model(input_ids=torch.tensor([step_ids]), use_cache=True, **kwargs, **backend.keep_last())
             processed += len(step_ids)
             kwargs[backend.cache_kw] = returned_cache(out)
             logp = torch.log_softmax(out.logits[0, -1].double(), dim=-1)

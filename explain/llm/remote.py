@@ -6,7 +6,7 @@ only; it is never logged, cached or written. A base URL on this machine
 (localhost, 127.0.0.1, ::1) with no key set gets a dummy key, since local
 servers usually ignore it.
 
-Reliability: the client's own retries are off; `_call` retries 429, 408,
+Reliability: the client's own retries are off; `call` retries 429, 408,
 409, 5xx but 501 (Not Implemented: the server lacks it, asking again is no
 use), timeouts and connection errors with exponential backoff
 (`backoff_base`·2^attempt seconds, capped, jittered, honouring Retry-After)
@@ -57,10 +57,12 @@ from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from common.errors import first_line
-from explain.llm.base import Generation, LLMBackend, Messages, ScoredRequest
+from explain.llm.base import DigitReadout, Generation, LLMBackend, Messages, ScoredRequest
 from explain.llm.errors import BackendConfigError, EndpointUnreachable, LLMError, NoLogprobs
 from explain.llm.cache import LLMCache
-from explain.llm.remote_readouts import SimulationReadouts, EchoUnsupported
+from explain.prompts import SlotPrompt
+from explain.llm.remote_readouts import EchoUnsupported, SimulationReader
+from explain.llm.remote_scored import ScoredChat
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 RETRY_STATUS = {408, 409, 429}
@@ -79,7 +81,7 @@ def _public_url(base_url: str | None) -> str | None:
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
-class OpenAIBackend(SimulationReadouts, LLMBackend):
+class OpenAIBackend(LLMBackend):
     """Explain and simulate through an OpenAI-compatible HTTP API."""
 
     thread_safe = True  # requests bounded by `_sem`, shared state under locks, the cache has its own lock
@@ -125,28 +127,32 @@ class OpenAIBackend(SimulationReadouts, LLMBackend):
         self.top_logprobs = int(top_logprobs)
         # api.openai.com's legacy completions accept at most 5 logprobs; vLLM and others take more
         self.echo_logprobs = min(self.top_logprobs, 5) if base_url is None else self.top_logprobs
-        self.sim_mode = sim_mode
-        self.ten_two_step = bool(ten_two_step)
         self.continue_final_message = bool(continue_final_message)
         self._openai = openai
-        self._client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout)
+        self.client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout)
         self._sem = threading.BoundedSemaphore(self.concurrency)
-        self._mode_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self.max_connection_failures = max(1, int(max_connection_failures))
         self._connection_failures = 0  # in a row, over all requests and threads (under _count_lock)
         self._unreachable: str | None = None  # the message, once the endpoint is given up on
-        self._chat_logprobs_seen = False  # a chat answer with top_logprobs has come back (slots go concurrently)
-        self.scored_text_only = False  # the server refused logprobs on a scored answer: ask without them from now on
+        # the readouts, made and held here: each owns what it learns of the server (its modes) and sends
+        # through `call` / `cached` (retries, the endpoint's health and the LLM cache stay this object's)
+        self.simulation = SimulationReader(self, sim_mode, ten_two_step)
+        self.scored = ScoredChat(self)
+
+    @property
+    def scored_text_only(self) -> bool:
+        """Whether the server refused logprobs on a scored answer (answers are then read as text)."""
+        return self.scored.text_only
 
     def identity(self) -> dict[str, Any]:
         return {"backend": "openai", "model": self.model_name, "base_url": self.base_url}
 
     def close(self) -> None:
-        self._client.close()
+        self.client.close()
 
     # -- HTTP with retries ----------------------------------------------------------------
-    def _call(self, what: str, fn: Callable[[], Any], parse: Callable[[Any], Any] | None = None, *,
+    def call(self, what: str, fn: Callable[[], Any], parse: Callable[[Any], Any] | None = None, *,
               asks_logprobs: bool = False) -> Any:
         """Send `fn()` with retries and return `parse(response)`.
 
@@ -207,7 +213,7 @@ class OpenAIBackend(SimulationReadouts, LLMBackend):
         with self._count_lock:
             self._connection_failures += 1
             if self._connection_failures >= self.max_connection_failures and not self._unreachable:
-                url = _public_url(str(self._client.base_url)) or str(self._client.base_url)
+                url = _public_url(str(self.client.base_url)) or str(self.client.base_url)
                 self._unreachable = (
                     f"cannot reach {url} ({self.name}): {self._connection_failures} connection attempts in a row "
                     f"failed ({type(err).__name__}: {_short(err)}); check that the server is running and that "
@@ -216,7 +222,7 @@ class OpenAIBackend(SimulationReadouts, LLMBackend):
         if message:
             raise EndpointUnreachable(message) from err
 
-    def _cached(self, request: dict[str, Any], send: Callable[[], dict[str, Any]],
+    def cached(self, request: dict[str, Any], send: Callable[[], dict[str, Any]],
                 validate: Callable[[dict[str, Any]], Any]) -> tuple[Any, bool]:
         """(validated value, from_cache). Only a response that validates is stored."""
         hit = self.cache.get(request)
@@ -242,16 +248,19 @@ class OpenAIBackend(SimulationReadouts, LLMBackend):
         def parse(resp: Any) -> list[str]:
             return [(c.message.content or "") for c in sorted(resp.choices, key=lambda c: c.index)]
 
-        return self._call("generate", lambda: self._client.chat.completions.create(
+        return self.call("generate", lambda: self.client.chat.completions.create(
             model=self.model_name, messages=msgs, n=n, temperature=temperature, max_tokens=max_tokens,
             seed=seed, **extra), parse)
 
     # -- scored answers (detection, fuzzing, intruder) ---------------------------------------
     def generate_scored(self, requests: Sequence[ScoredRequest]) -> list[Generation]:
         """Greedy chat answers with top_logprobs (see `explain.llm.remote_scored`)."""
-        from explain.llm.remote_scored import generate_scored
+        return self.scored.generate(requests)
 
-        return generate_scored(self, list(requests))
+    # -- simulation -----------------------------------------------------------------------
+    def digit_distributions(self, prompts: Sequence[SlotPrompt]) -> list[DigitReadout]:
+        """Digit distributions at each slot (see `explain.llm.remote_readouts`)."""
+        return self.simulation.digit_distributions(prompts)
 
 
 

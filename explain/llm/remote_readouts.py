@@ -2,14 +2,15 @@
 
 Split from `explain.llm.remote` (the modes are described in its docstring):
 the client, retries and cache live there, how a simulation prompt becomes
-digit distributions here, as a mixin of `OpenAIBackend`.
+digit distributions here, in a reader object the backend makes and holds.
 """
 
 from __future__ import annotations
 
 import bisect
 import sys
-from typing import Any, Sequence
+import threading
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from explain.llm.base import DigitReadout
 from explain.llm.digits import combine_digit_probs, digits_from_top_logprobs
 from explain.llm.errors import LLMError, NoLogprobs
 from explain.prompts import SlotPrompt
+
+if TYPE_CHECKING:
+    from explain.llm.remote import OpenAIBackend
 
 
 CHAT_SIM_SYSTEM = "You predict neuron activations. Reply with a single integer from 0 to 10 and nothing else."
@@ -30,10 +34,25 @@ class EchoUnsupported(Exception):
     """The server cannot return prompt log-probabilities (internal signal for `auto` mode)."""
 
 
-class SimulationReadouts:
-    """`digit_distributions` and its echo / chat readouts; needs the backend's `_call`, `_cached` and settings."""
+class SimulationReader:
+    """`digit_distributions` by echo or chat readouts, made and held by an `OpenAIBackend` (`backend.simulation`).
 
-    # -- simulation -----------------------------------------------------------------------
+    It owns the simulation mode (`auto` settles on the first prompt) and
+    what it has seen of the server; requests go through the backend's
+    `call` / `cached` and its client, settings and identity.
+    """
+
+    def __init__(self, backend: "OpenAIBackend", sim_mode: str, ten_two_step: bool):
+        self.backend = backend
+        self.sim_mode = sim_mode
+        self.ten_two_step = bool(ten_two_step)
+        self._mode_lock = threading.Lock()
+        self._chat_logprobs_seen = False  # a chat answer with top_logprobs has come back (slots go concurrently)
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
     def digit_distributions(self, prompts: Sequence[SlotPrompt]) -> list[DigitReadout]:
         prompts = list(prompts)
         if not prompts:
@@ -51,7 +70,7 @@ class SimulationReadouts:
                     mode = self.sim_mode = "chat"
         if mode == "completions":
             rest = prompts[1:] if first is not None else prompts
-            out = self.map_concurrent(self._echo_readout_strict, rest)
+            out = self.backend.map_concurrent(self._echo_readout_strict, rest)
             return ([first] if first is not None else []) + out
         return [self._chat_readout(p) for p in prompts]
 
@@ -63,7 +82,7 @@ class SimulationReadouts:
 
     def _echo_readout(self, prompt: SlotPrompt) -> DigitReadout:
         text = prompt.text
-        request = {"op": "completions-echo", **self.identity(), "prompt": text, "logprobs": self.echo_logprobs,
+        request = {"op": "completions-echo", **self.backend.identity(), "prompt": text, "logprobs": self.backend.echo_logprobs,
                    "max_tokens": 1, "temperature": 0.0}
 
         def parse(resp: Any) -> dict[str, Any]:
@@ -74,8 +93,8 @@ class SimulationReadouts:
                     "top_logprobs": [None if t is None else dict(t) for t in lp.top_logprobs]}
 
         def send() -> dict[str, Any]:
-            return self._call("completions-echo", lambda: self._client.completions.create(
-                model=self.model_name, prompt=text, max_tokens=1, echo=True, logprobs=self.echo_logprobs,
+            return self.backend.call("completions-echo", lambda: self.backend.client.completions.create(
+                model=self.backend.model_name, prompt=text, max_tokens=1, echo=True, logprobs=self.backend.echo_logprobs,
                 temperature=0.0), parse, asks_logprobs=True)
 
         def validate(resp: dict[str, Any]) -> list[tuple[np.ndarray, float | None]]:
@@ -95,12 +114,12 @@ class SimulationReadouts:
                 rows.append((p, ten))
             return rows
 
-        rows, cached = self._cached(request, send, validate)
+        rows, cached = self.backend.cached(request, send, validate)
         calls, hits = (0, 1) if cached else (1, 0)
         afters: list[np.ndarray | None] = [None] * len(rows)
         single = any(ten is not None for _, ten in rows)
         if self.ten_two_step and not single:
-            results = self.map_concurrent(lambda c: self._after_one(text[:c]), prompt.slot_offsets())
+            results = self.backend.map_concurrent(lambda c: self._after_one(text[:c]), prompt.slot_offsets())
             afters = [a for a, _ in results]
             hits += sum(h for _, h in results)
             calls += sum(1 - h for _, h in results)
@@ -110,7 +129,7 @@ class SimulationReadouts:
 
     def _after_one(self, text_to_slot: str) -> tuple[np.ndarray, int]:
         prompt = text_to_slot + "1"
-        request = {"op": "completions-next", **self.identity(), "prompt": prompt, "logprobs": self.echo_logprobs,
+        request = {"op": "completions-next", **self.backend.identity(), "prompt": prompt, "logprobs": self.backend.echo_logprobs,
                    "max_tokens": 1, "temperature": 0.0}
 
         def parse(resp: Any) -> dict[str, Any]:
@@ -120,17 +139,17 @@ class SimulationReadouts:
             return {"top_logprobs": dict(lp.top_logprobs[0])}
 
         def send() -> dict[str, Any]:
-            return self._call("completions", lambda: self._client.completions.create(
-                model=self.model_name, prompt=prompt, max_tokens=1, logprobs=self.echo_logprobs, temperature=0.0),
+            return self.backend.call("completions", lambda: self.backend.client.completions.create(
+                model=self.backend.model_name, prompt=prompt, max_tokens=1, logprobs=self.backend.echo_logprobs, temperature=0.0),
                 parse, asks_logprobs=True)
 
-        (p, _), cached = self._cached(request, send, lambda r: digits_from_top_logprobs(r["top_logprobs"]))
+        (p, _), cached = self.backend.cached(request, send, lambda r: digits_from_top_logprobs(r["top_logprobs"]))
         return p, int(cached)
 
     def _chat_readout(self, prompt: SlotPrompt) -> DigitReadout:
         first = [] if self._chat_logprobs_seen else [self._chat_slot(prompt, 0)]  # no logprobs: one request lost
         self._chat_logprobs_seen = True
-        results = first + self.map_concurrent(lambda i: self._chat_slot(prompt, i), range(len(first), prompt.n_slots))
+        results = first + self.backend.map_concurrent(lambda i: self._chat_slot(prompt, i), range(len(first), prompt.n_slots))
         rows = [r for r, _ in results]
         hits = sum(h for _, h in results)
         single = any(ten is not None for _, ten in rows)
@@ -141,8 +160,8 @@ class SimulationReadouts:
     def _chat_slot(self, prompt: SlotPrompt, i: int) -> tuple[tuple[np.ndarray, float | None], int]:
         messages = [{"role": "system", "content": CHAT_SIM_SYSTEM},
                     {"role": "user", "content": prompt.text_through_slot(i) + CHAT_SIM_QUESTION}]
-        k = min(self.top_logprobs, 20)
-        request = {"op": "chat-top-logprobs", **self.identity(), "messages": messages, "top_logprobs": k,
+        k = min(self.backend.top_logprobs, 20)
+        request = {"op": "chat-top-logprobs", **self.backend.identity(), "messages": messages, "top_logprobs": k,
                    "max_tokens": 1, "temperature": 0.0}
 
         def parse(resp: Any) -> dict[str, Any]:
@@ -153,8 +172,8 @@ class SimulationReadouts:
             return {"top_logprobs": {t.token: t.logprob for t in content[0].top_logprobs}}
 
         def send() -> dict[str, Any]:
-            return self._call("chat-top-logprobs", lambda: self._client.chat.completions.create(
-                model=self.model_name, messages=messages, max_tokens=1, temperature=0.0, logprobs=True,
+            return self.backend.call("chat-top-logprobs", lambda: self.backend.client.chat.completions.create(
+                model=self.backend.model_name, messages=messages, max_tokens=1, temperature=0.0, logprobs=True,
                 top_logprobs=k), parse, asks_logprobs=True)
 
         def validate(resp: dict[str, Any]) -> tuple[np.ndarray, float | None]:
@@ -164,5 +183,5 @@ class SimulationReadouts:
                                f"(got {sorted(resp['top_logprobs'])[:8]}); the model did not answer with a number")
             return p, ten
 
-        value, cached = self._cached(request, send, validate)
+        value, cached = self.backend.cached(request, send, validate)
         return value, int(cached)

@@ -1,4 +1,4 @@
-"""Greedy answers with top log-probabilities from an OpenAI-compatible server (`OpenAIBackend.generate_scored`).
+"""Greedy answers with top log-probabilities from an OpenAI-compatible server (`ScoredChat`, owned by `OpenAIBackend`).
 
 One chat request per prompt, temperature 0, ``logprobs=True`` and
 ``top_logprobs`` (at most 20, the API's limit): each generated token comes
@@ -8,14 +8,15 @@ P("0"). A server that refuses the logprobs parameters (`refuses_logprobs`: 400/
 them, for the rest of the run (one line on stderr says so), and its answers are
 read as text (`mode="text"`: each answer counts as exactly 0 or 1). A
 server that accepts them but returns none is read as text too. Retries,
-the cache and failures are the backend's (`OpenAIBackend._call`): a request
+the cache and failures are the backend's (`OpenAIBackend.call`): a request
 that still fails raises `LLMError`, and only answers with a message are cached.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+import threading
+from typing import TYPE_CHECKING, Any, Sequence
 
 from explain.llm.base import Generation, ScoredRequest
 from explain.llm.errors import LLMError, NoLogprobs
@@ -26,21 +27,29 @@ if TYPE_CHECKING:
 TOP_K = 20
 
 
-def generate_scored(backend: "OpenAIBackend", requests: list[ScoredRequest]) -> list[Generation]:
-    return backend.map_concurrent(lambda r: _one(backend, r), requests)
+class ScoredChat:
+    """The scored-answer readout of an `OpenAIBackend`, made and held by it (`backend.scored`): it owns whether
+    the server still gets asked for logprobs (`text_only`), and sends through the backend's `call` / `cached`."""
 
+    def __init__(self, backend: "OpenAIBackend"):
+        self.backend = backend
+        self.text_only = False  # the server refused logprobs on a scored answer: ask without them from now on
+        self._lock = threading.Lock()
 
-def _one(backend: "OpenAIBackend", request: ScoredRequest) -> Generation:
-    messages = request.as_messages()
-    if not backend.scored_text_only:
-        try:
-            return _ask(backend, messages, request.max_tokens, True)
-        except NoLogprobs as err:
-            with backend._mode_lock:  # several threads may find it out at once: one line
-                if not backend.scored_text_only:
-                    print(f"{err}: reading answers as text for the rest of the run", file=sys.stderr)
-                backend.scored_text_only = True
-    return _ask(backend, messages, request.max_tokens, False)
+    def generate(self, requests: Sequence[ScoredRequest]) -> list[Generation]:
+        return self.backend.map_concurrent(self._one, list(requests))
+
+    def _one(self, request: ScoredRequest) -> Generation:
+        messages = request.as_messages()
+        if not self.text_only:
+            try:
+                return _ask(self.backend, messages, request.max_tokens, True)
+            except NoLogprobs as err:
+                with self._lock:  # several threads may find it out at once: one line
+                    if not self.text_only:
+                        print(f"{err}: reading answers as text for the rest of the run", file=sys.stderr)
+                    self.text_only = True
+        return _ask(self.backend, messages, request.max_tokens, False)
 
 
 def _ask(backend: "OpenAIBackend", messages: list[dict[str, str]], max_tokens: int, with_logprobs: bool) -> Generation:
@@ -63,7 +72,7 @@ def _ask(backend: "OpenAIBackend", messages: list[dict[str, str]], max_tokens: i
                 "top_logprobs": [_merge(t) for t in content], "n_tokens": n_tokens}
 
     def send() -> dict[str, Any]:
-        return backend._call("chat-scored", lambda: backend._client.chat.completions.create(
+        return backend.call("chat-scored", lambda: backend.client.chat.completions.create(
             model=backend.model_name, messages=messages, max_tokens=int(max_tokens), temperature=0.0, **extra),
             parse, asks_logprobs=with_logprobs)
 
@@ -72,7 +81,7 @@ def _ask(backend: "OpenAIBackend", messages: list[dict[str, str]], max_tokens: i
             raise LLMError(f"{backend.name}: the answer has no text")
         return resp
 
-    value, cached = backend._cached(request, send, validate)
+    value, cached = backend.cached(request, send, validate)
     mode = "chat-logprobs" if value["top_logprobs"] is not None else "text"
     return Generation(value["text"], list(value["tokens"]), value["top_logprobs"], mode,
                       n_calls=0 if cached else 1, n_cached=int(cached), n_tokens=int(value.get("n_tokens") or 0))
