@@ -82,9 +82,11 @@ def evaluate_command(settings: EvaluateSettings) -> list[dict]:
 
 
 def export_command(settings: ExportSettings) -> Path:
+    from common.runstate import claim_output
     from sae.export import export_saelens
     from sae.io import load
 
-    path = export_saelens(load(settings.dictionary), settings.out)
+    with claim_output(settings.out, None, None, record=None):  # rewritten whole each time: nothing to compare
+        path = export_saelens(load(settings.dictionary), settings.out)
     print(f"wrote SAELens layout (cfg.json + sae_weights.safetensors) to {path}")
     return path
