@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from common.errors import UserError
+from common.errors import UserError, refuse_file
+from common.notes import clipped_line
 from common.runstate import check_output_folder, output_lock, write_text_atomic
 from report.cards import feature_card, skipped_table
 from report.descriptors import (DescriptorResults, chips_html, descriptors_section,
@@ -77,6 +78,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path, descriptors: Sequence
     then no cache is read. `allow_model_mismatch`: summarise dictionaries of another model than the cache's
     anyway (the feature table's note says so).
     """
+    refuse_file(run_dir, "--run", "a run folder", "pass the folder given to `cli.py demo --out` (or any folder "
+                "holding dictionaries, explanations and ioi.json)")  # before OUT (RUN/report by default) is named
     out = check_output_folder(out_dir)  # before the run folder is read, and before anything is written
     if max_features is not None and max_features < 0:
         raise UserError(f"--max-features {max_features} is negative: pass 0 (no feature pages) or more")
@@ -117,6 +120,11 @@ def _build_report_locked(run_dir: str | Path, out: Path, described: DescriptorRe
         feature_table = write_feature_pages(out, summaries, records, described, skipped, scrub=scrub.final)
     elif skipped:  # no dictionary could be summarised: the table section says which and why
         feature_table = FeatureTable(skipped=skipped)
+    widest = max((len(s.features) for s in summaries), default=0)
+    if max_features is not None and summaries and max_features > widest:  # the page says "every feature"
+        print(clipped_line("--max-features", max_features, widest, "features of the widest dictionary (pages for "
+                                                                    "every feature)"))
+        max_features = None
     note = _features_note(source, contents, out, max_features) + _mismatch_note(pairings)
     sections = [
         _header(contents, records, described is not None, out),
