@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from common.errors import UserError, refuse_file
+from common.errors import UserError
 from common.notes import clipped_line
 from common.runstate import check_output_folder, output_lock, write_text_atomic
 from report.cards import feature_card, skipped_table
@@ -40,7 +40,7 @@ from report.descriptors import (DescriptorResults, chips_html, descriptors_secti
 from report.feature_pages import FeatureTable, check_features_folder, remove_feature_pages, write_feature_pages
 from report.feature_section import FeatureSource, find_features_cache, summarise, table_scripts, table_section
 from report.html import esc, fmt, page, png_img, table
-from report.layout import RunContents, RunFolderError, discover, read_json
+from report.layout import RunContents, RunFolderError, check_run_folder, discover, read_json
 from report.paths import PathScrubber, shown_path
 from report.plots import plot_comparison, plot_frontier_png, plot_ioi
 from sae.registry import kind_order
@@ -78,9 +78,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path, descriptors: Sequence
     then no cache is read. `allow_model_mismatch`: summarise dictionaries of another model than the cache's
     anyway (the feature table's note says so).
     """
-    refuse_file(run_dir, "--run", "a run folder", "pass the folder given to `cli.py demo --out` (or any folder "
-                "holding dictionaries, explanations and ioi.json)")  # before OUT (RUN/report by default) is named
+    if Path(run_dir).is_file():  # before OUT (RUN/report by default) is named: the user named no --out
+        check_run_folder(run_dir)
     out = check_output_folder(out_dir)  # before the run folder is read, and before anything is written
+    check_run_folder(run_dir)  # before the lock on OUT, which would make a missing RUN
     if max_features is not None and max_features < 0:
         raise UserError(f"--max-features {max_features} is negative: pass 0 (no feature pages) or more")
     described = load_descriptor_results(descriptors) if descriptors else None

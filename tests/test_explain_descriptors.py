@@ -508,18 +508,6 @@ class _StubEmbedder:
         return out
 
 
-def test_bad_descriptor_arguments_are_one_line_errors(annotated, tmp_path, capsys):
-    import cli
-
-    assert cli.main(["descriptors", "--corpus", str(annotated), "--generator", "field:nope",
-                     "--out", str(tmp_path / "d")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no document has the field 'nope' (fields: group, kind)" in err
-    assert cli.main(["descriptors", "--corpus", str(annotated), "--generator", "gpt4",
-                     "--out", str(tmp_path / "d")]) == 2
-    assert "is not a generator" in capsys.readouterr().err
-
-
 @pytest.mark.slow
 def test_local_generator_end_to_end_with_the_real_offline_model(tmp_path):
     """`descriptors --generator local:default` (SmolLM2-135M) on two documents: every call lands in the call cache,
