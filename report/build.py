@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from common.errors import UserError
-from common.notes import clipped_line
 from common.runstate import check_output_folder, output_lock, write_text_atomic
 from report.cards import feature_card, skipped_table
 from report.descriptors import (DescriptorResults, chips_html, descriptors_section,
                                 load_descriptor_results)
 from report.feature_pages import FeatureTable, check_features_folder, remove_feature_pages, write_feature_pages
-from report.feature_section import FeatureSource, find_features_cache, summarise, table_scripts, table_section
+from report.feature_section import (FeatureSource, find_features_cache, pages_limit, summarise, table_scripts,
+                                    table_section)
 from report.html import esc, fmt, page, png_img, table
 from report.layout import RunContents, RunFolderError, check_run_folder, discover, read_json
 from report.paths import PathScrubber, shown_path
@@ -78,7 +78,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path, descriptors: Sequence
     then no cache is read. `allow_model_mismatch`: summarise dictionaries of another model than the cache's
     anyway (the feature table's note says so).
     """
-    if Path(run_dir).is_file():  # before OUT (RUN/report by default) is named: the user named no --out
+    if Path(run_dir).is_file():  # said before OUT (RUN/report by default) is named: the user named no --out
         check_run_folder(run_dir)
     out = check_output_folder(out_dir)  # before the run folder is read, and before anything is written
     check_run_folder(run_dir)  # before the lock on OUT, which would make a missing RUN
@@ -121,12 +121,7 @@ def _build_report_locked(run_dir: str | Path, out: Path, described: DescriptorRe
         feature_table = write_feature_pages(out, summaries, records, described, skipped, scrub=scrub.final)
     elif skipped:  # no dictionary could be summarised: the table section says which and why
         feature_table = FeatureTable(skipped=skipped)
-    widest = max((len(s.features) for s in summaries), default=0)
-    if max_features is not None and summaries and max_features > widest:  # the page says "every feature"
-        print(clipped_line("--max-features", max_features, widest, "features of the widest dictionary (pages for "
-                                                                    "every feature)"))
-        max_features = None
-    note = _features_note(source, contents, out, max_features) + _mismatch_note(pairings)
+    note = _features_note(source, contents, out, pages_limit(summaries, max_features)) + _mismatch_note(pairings)
     sections = [
         _header(contents, records, described is not None, out),
         _scores_section(records, out),
