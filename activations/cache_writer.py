@@ -18,6 +18,7 @@ from activations.devices import check_device
 from activations.distributed import launch_from_env
 from activations.hooks import hook_width, validate_hooks
 from activations.models import check_context_length, load_model
+from common.notes import clipped_line
 from common.runstate import Claim, check_output_file, claim_output
 from activations.settings import CacheSettings
 
@@ -97,6 +98,9 @@ def _write_cache_locked(settings: CacheSettings, claim: Claim, progress: bool) -
     widths = {h: hook_width(loaded.model, next(p for p in hook_points if p.name == h)) for h in settings.hooks}
     tokens, stats = build_contexts(resolved.documents(), loaded.tokenizer, settings.context_length,
                                    settings.max_tokens // settings.context_length, fragments=settings.fragments)
+    if len(tokens) < settings.max_tokens // settings.context_length:  # the file records both (n_contexts, settings)
+        print(clipped_line("--max-tokens", settings.max_tokens, tokens.size,
+                           f"tokens the corpus gives ({len(tokens)} contexts of {settings.context_length})"))
     if done is None:
         create_token_file(out, settings, record, loaded, tokens, widths, stats)
         done = 0

@@ -209,23 +209,35 @@ def _missing_part(model_id: str) -> str:
     return ""
 
 
+def check_local_path(model_id: str, default_hint: str = "--model default") -> None:
+    """Refuse a model name meant as a folder that does not exist (`_meant_as_folder`), before any hub lookup.
+
+    `default_hint` is how the offline model is named where the name came from (`--model default`,
+    `local:default`, `default`), so the message names the option the user passed, not another one.
+    """
+    if not Path(model_id).expanduser().exists() and _meant_as_folder(model_id):
+        raise ModelLoadError(f"model folder {model_id!r} does not exist{_missing_part(model_id)}: pass an existing "
+                             f"folder, a hub id (org/name), or {default_hint}")
+
+
 def load_model(
     model_id: str,
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     revision: str | None = None,
+    default_hint: str = "--model default",
 ) -> LoadedModel:
-    """Load a causal LM, or a BERT-family encoder (by its config's model_type), and its tokenizer in eval mode."""
+    """Load a causal LM, or a BERT-family encoder (by its config's model_type), and its tokenizer in eval mode.
+
+    `default_hint`: see `check_local_path`."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     from activations.hooks import ENCODER_MODEL_TYPES
 
+    check_local_path(model_id, default_hint)
     source = resolve_source(model_id)
     is_local = Path(source).exists()
-    if not is_local and _meant_as_folder(model_id):
-        raise ModelLoadError(f"model folder {model_id!r} does not exist{_missing_part(model_id)}: pass an existing "
-                             "folder, a hub id (org/name), or --model default")
     kwargs = {} if revision is None else {"revision": revision}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)

@@ -32,6 +32,7 @@ from activations.cache_layout import (BFLOAT16_ENCODING, STORAGE, CacheResult, e
                                       run_attrs, stored_array)
 from activations.corpus import Corpus
 from common.errors import UserError
+from common.notes import clipped_line
 from activations.hooks import hook_width, is_encoder, run_with_cache, validate_hooks
 from activations.models import check_context_length, load_model
 from common.runstate import Claim, replace_atomically, staging_file
@@ -104,6 +105,8 @@ def write_pooled(settings: CacheSettings, corpus: Corpus, claim: Claim, progress
             break
     if not documents:
         raise UserError(f"corpus {settings.corpus!r} has no non-empty document: pass another --corpus")
+    if settings.max_documents is not None and len(documents) < settings.max_documents:  # the file records both
+        print(clipped_line("--max-documents", settings.max_documents, len(documents), "documents of the corpus"))
     loaded = load_model(settings.model, device=settings.device)
     hook_points = validate_hooks(loaded.model, settings.hooks)
     check_context_length(loaded, settings.context_length)

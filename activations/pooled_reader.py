@@ -17,6 +17,7 @@ import numpy as np
 from common.errors import UserError
 from activations.provenance import record_of
 from activations.cache_layout import unreadable_cache
+from activations.reader import damaged_line
 
 
 class PooledCache:
@@ -78,6 +79,10 @@ class PooledCache:
             raise UserError(f"hook {hook!r} is not in {self.path} (it has {', '.join(self.hooks)}): pass a dictionary "
                             "of one of those hooks, or cache that hook")
         stored = self._file["pooled"][hook][: self.n_documents]
-        if stored.dtype == np.uint16:
-            return (stored.astype(np.uint32) << 16).view(np.float32)
-        return stored.astype(np.float32)
+        x = (stored.astype(np.uint32) << 16).view(np.float32) if stored.dtype == np.uint16 else stored.astype(np.float32)
+        finite = np.isfinite(x)
+        if not finite.all():  # said where it is read, not later as NaN activations of every feature
+            row, column = (int(v) for v in np.argwhere(~finite)[0])
+            raise UserError(damaged_line(self.path, float(x[row, column]), "pooled vectors", hook,
+                                         f"document {self.doc_ids()[row]!r}, row {row}"))
+        return x

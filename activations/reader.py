@@ -56,6 +56,13 @@ class IncompleteCacheWarning(UserWarning):
     """The cache's writer has not finished (killed, or still running)."""
 
 
+def damaged_line(path: Path, value: float, what: str, hook: str, where: str) -> str:
+    """The one-line error for a NaN or inf `value` read from a cache: which, at which hook, where first, the fix."""
+    name = "NaN" if value != value else ("inf" if value > 0 else "-inf")
+    return (f"{path} holds {name} {what} at {hook!r} (first in {where}): the cache is damaged or its model "
+            "overflowed; re-create it with `cli.py cache ... --overwrite` (--dtype float32 if float16 overflowed)")
+
+
 class ActivationCache:
     """Read-only view of a cache file; use as a context manager or call close()."""
 
@@ -191,6 +198,8 @@ class ActivationCache:
         for start in range(0, end, batch_contexts):
             stop = min(end, start + batch_contexts)
             acts = torch.from_numpy(self._float32(_rows(dataset, np.arange(start, stop))))
+            if not bool(torch.isfinite(acts).all()):  # exemplars, feature pages, ...: named here, not NaN scores
+                raise UserError(self.non_finite(hook, batch_contexts))
             yield np.arange(start, stop), self._file["tokens"][start:stop], acts
 
     def non_finite(self, hook: str, batch_contexts: int = 64) -> str:
@@ -201,15 +210,16 @@ class ActivationCache:
         here, where the data is read, rather than later as a training divergence
         whose advice (lower --lr) would not help.
         """
-        for indices, _, acts in self.iter_contexts(hook, batch_contexts):
+        dataset = self._dataset(hook)
+        for start in range(0, self.n_contexts, batch_contexts):
+            indices = np.arange(start, min(self.n_contexts, start + batch_contexts))
+            acts = torch.from_numpy(self._float32(_rows(dataset, indices)))
             bad = ~torch.isfinite(acts)
             if bool(bad.any()):
                 row, position = (int(v) for v in bad.any(dim=-1).nonzero()[0])
                 value = acts[row, position][bad[row, position]][0].item()
-                what = "NaN" if value != value else ("inf" if value > 0 else "-inf")
-                return (f"{self.path} holds {what} activations at {hook!r} (first in context {int(indices[row])}, "
-                        f"position {position}): the cache is damaged or its model overflowed; re-create it with "
-                        "`cli.py cache ... --overwrite` (--dtype float32 if float16 overflowed)")
+                return damaged_line(self.path, value, "activations", hook,
+                                    f"context {int(indices[row])}, position {position}")
         return f"{self.path} holds NaN or inf activations at {hook!r}: re-create it with `cli.py cache ... --overwrite`"
 
     # -- shuffled token batches for training -------------------------------
@@ -261,7 +271,7 @@ class ActivationCache:
         epoch_batches = sum(sum(block_len(b) for b in buf) // batch_size for buf in buffers)
         if epoch_batches == 0:
             raise UserError(f"{self.path} holds {self.n_tokens(skip_bos, contexts, skip_first)} tokens here, fewer than "
-                            f"one batch of {batch_size}: lower --batch-size or cache more")
+                            f"one batch of {batch_size}: cache more text (train-sae: or lower --batch-size)")
         total = epoch_batches if n_tokens is None else max(1, n_tokens // batch_size)
         produced = 0
         position = 0  # global batch index of the next batch a buffer would produce

@@ -70,6 +70,8 @@ class CacheSettings:
             raise UserError("--max-documents applies to --pool caches only: add --pool, or use --max-tokens")
         if self.max_documents is not None and self.max_documents < 1:
             raise UserError(f"--max-documents {self.max_documents} must be at least 1")
+        if self.pool is None and self.max_tokens < 1:
+            raise UserError(f"--max-tokens {self.max_tokens} must be positive")
         if self.pool is None and self.max_tokens < self.context_length:
             raise UserError(f"--max-tokens {self.max_tokens} is less than one context of {self.context_length}: "
                             "raise --max-tokens")

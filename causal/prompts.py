@@ -141,6 +141,11 @@ def make_ioi_pairs(tokenizer, config: IOIConfig, max_tries_per_pair: int = 200) 
         raise IOIPromptError("the IOI templates need at least one place and one object: pass non-empty lists")
     names = single_token_names(tokenizer, config.names)
     name_list = list(names)
+    n = len(name_list)
+    distinct = 2 * len(_BODIES) * n * (n - 1) * (n - 2) * len(set(config.places)) * len(set(config.objects))
+    if config.n_prompts > distinct:  # the pairs are drawn with replacement: ioi_prompts.json holds the repeats
+        print(f"note: --n-prompts {config.n_prompts} is more than the {distinct:,} distinct prompts that "
+              f"{n} names make: some prompts repeat; pass more --names or fewer --n-prompts")
     rng = random.Random(config.seed)
     pairs: list[IOIPair] = []
     for i in range(config.n_prompts):

@@ -145,6 +145,11 @@ def from_namespace(cls: type, namespace: argparse.Namespace) -> Any:
     """The settings object for parsed arguments (fields that are not options keep their defaults)."""
     values = vars(namespace)
     kwargs = {f.name: values[f.name] for f in dataclasses.fields(cls) if is_option(f) and f.name in values}
+    for f in dataclasses.fields(cls):  # numpy's generators take no negative seed: said here, not as a traceback
+        if f.name.endswith("seed") and isinstance(kwargs.get(f.name), int) and kwargs[f.name] < 0:
+            from common.errors import UserError
+
+            raise UserError(f"{flag_of(f)} {kwargs[f.name]} is negative: pass a seed of 0 or more")
     for f in dataclasses.fields(cls):
         if f.name in kwargs and isinstance(kwargs[f.name], list) and typing.get_origin(
                 _unwrap(typing.get_type_hints(cls)[f.name])[0]) is tuple:

@@ -48,7 +48,13 @@ def load_all(paths: list[str | Path]) -> list[dict[str, Any]]:
     seen: dict[tuple, dict[str, Any]] = {}
     out = []
     for p in paths:
-        for r in _with_run_mode(read_records(_results_path(p))):
+        path = _results_path(p)
+        records = read_records(path)
+        odd = next((n for n, r in enumerate(records, 1) if not {"feature", "status"} <= set(r)), None)
+        if odd is not None:  # e.g. a corpus .jsonl: its rows would be counted as features of no run
+            raise UserError(f"{path} record {odd} is not an explanation record (no feature / status): pass the --out "
+                            f"folder of `cli.py explain` or its {RESULTS_FILE}")
+        for r in _with_run_mode(records):
             key = (r.get("explainer"), r.get("simulator"), record_mode(r), r.get("dictionary_path"), r.get("feature"))
             if key in seen:
                 _merge_scorers(seen[key], r)

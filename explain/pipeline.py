@@ -106,6 +106,8 @@ def _plan(settings: ExplainSettings, cache_path: Path, cache: Any, claim: Claim)
 
     if not cache.fragments:
         print(f"note: {cache_path} was not made with --fragments; its contexts are cut from packed text")
+    for line in settings.unused_counts():
+        print(line)
     folders = [Path(p).resolve() for p in settings.dicts]
     if len(set(folders)) != len(folders):
         raise UserError("the same --dict folder is given twice: pass each dictionary once")

@@ -25,7 +25,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from common.errors import UserError, first_line
+from common.errors import UserError, first_line, refuse_file
 from common.runstate import read_json
 from explain.llm.base import LLMBackend, Messages
 from explain.llm.cache import LLMCache
@@ -36,12 +36,19 @@ from explain.settings import TOKENS, ExplainSettings
 #: Keys of config.json that decide the explanations (and the exemplars they are scored on).
 EXPLANATION_KEYS = ("cache", "dicts", "cache_identity", "dictionaries", "explainer", "format", "k", "seed",
                     "exemplars", "format_version")
+# the flag to change when a key differs (the message names that one, not every flag of the list)
+_FLAG_OF = {"cache": "--cache", "cache_identity": "--cache (its contents changed)", "dicts": "--dict",
+            "dictionaries": "--dict (their weights changed)", "explainer": "--explainer", "format": "--format",
+            "k": "--best-of", "seed": "--seed", "exemplars": "--random and --seed",
+            "format_version": "version of the toolkit"}
 _GENERATE_KEYS = {"op", "messages", "n", "temperature", "max_tokens", "seed"}
 
 
 def source_folder(settings: ExplainSettings, out: Path) -> Path:
     """SRC, checked: an explain --out folder other than this run's."""
     src = Path(str(settings.rescore)).resolve()
+    refuse_file(settings.rescore, "--rescore", "an explain run folder", "pass the --out folder of an earlier "
+                "`cli.py explain` run")
     if not (src / CONFIG_FILE).is_file():
         raise UserError(f"--rescore {settings.rescore}: no {CONFIG_FILE} there; pass the --out folder of an "
                         "earlier `cli.py explain` run")
@@ -59,8 +66,7 @@ def check_source(src: Path, doc: dict[str, Any]) -> None:
     for key in EXPLANATION_KEYS:
         if old.get(key) != doc.get(key):
             raise UserError(f"--rescore {src}: its {key} is {json.dumps(old.get(key))[:120]}, this run's is "
-                            f"{json.dumps(doc.get(key))[:120]}; pass the same --cache, --dict, --explainer, "
-                            "--format, --best-of and --seed as that run")
+                            f"{json.dumps(doc.get(key))[:120]}; pass the same {_FLAG_OF.get(key, key)} as that run")
 
 
 class CachedExplainerBackend(LLMBackend):

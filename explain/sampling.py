@@ -123,6 +123,8 @@ def plan_scoring(maxima: np.ndarray, feature: int, train: np.ndarray, config: Sc
         rest = rest[similarity[rest] > 0]
         ranked = rest[np.lexsort((rest, -similarity[rest]))]
         plan.hard = [int(i) for i in ranked[: config.n_hard]]
+        if len(plan.hard) < config.n_hard:
+            plan.notes.append(f"only {len(plan.hard)} similar non-activating fragments: fewer hard negatives")
     if intruders and config.intruder_rounds:
         _plan_intruders(plan, m, config, donors, donor_maxima, rng)
     return plan

@@ -212,6 +212,17 @@ class ExplainSettings:
         if self.hard_negatives < 0:
             raise UserError(f"--hard-negatives {self.hard_negatives}: pass 0 or more")
 
+    def unused_counts(self) -> list[str]:
+        """Notes for counts this run cannot use (item 3 of issue 28): said once, not silently ignored."""
+        notes = []
+        if self.best_of > 1 and self.explainer == TOKENS:
+            notes.append(f"note: --best-of {self.best_of} has no effect with --explainer tokens: it gives one "
+                         "token-list explanation per feature; use an LLM --explainer for candidates to choose from")
+        if self.hard_negatives and not any(s.sampled for s in known_specs(self.resolved_scorers())):
+            notes.append(f"note: --hard-negatives {self.hard_negatives} has no effect: no scorer of this run reads "
+                         "sampled examples; add detection, fuzzing, embedding or intruder to --scorers")
+        return notes
+
     def llm_specs(self) -> list[str]:
         """The distinct LLM backend specs the run needs (one backend each), sorted."""
         return sorted({s for s in (self.explainer, self.simulator) if s != TOKENS})

@@ -37,9 +37,10 @@ from report.cards import feature_card, skipped_table
 from report.descriptors import (DescriptorResults, chips_html, descriptors_section,
                                 load_descriptor_results)
 from report.feature_pages import FeatureTable, check_features_folder, remove_feature_pages, write_feature_pages
-from report.feature_section import FeatureSource, find_features_cache, summarise, table_scripts, table_section
+from report.feature_section import (FeatureSource, find_features_cache, pages_limit, summarise, table_scripts,
+                                    table_section)
 from report.html import esc, fmt, page, png_img, table
-from report.layout import RunContents, RunFolderError, discover, read_json
+from report.layout import RunContents, RunFolderError, check_run_folder, discover, read_json
 from report.paths import PathScrubber, shown_path
 from report.plots import plot_comparison, plot_frontier_png, plot_ioi
 from sae.registry import kind_order
@@ -77,7 +78,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path, descriptors: Sequence
     then no cache is read. `allow_model_mismatch`: summarise dictionaries of another model than the cache's
     anyway (the feature table's note says so).
     """
+    if Path(run_dir).is_file():  # said before OUT (RUN/report by default) is named: the user named no --out
+        check_run_folder(run_dir)
     out = check_output_folder(out_dir)  # before the run folder is read, and before anything is written
+    check_run_folder(run_dir)  # before the lock on OUT, which would make a missing RUN
     if max_features is not None and max_features < 0:
         raise UserError(f"--max-features {max_features} is negative: pass 0 (no feature pages) or more")
     described = load_descriptor_results(descriptors) if descriptors else None
@@ -117,7 +121,7 @@ def _build_report_locked(run_dir: str | Path, out: Path, described: DescriptorRe
         feature_table = write_feature_pages(out, summaries, records, described, skipped, scrub=scrub.final)
     elif skipped:  # no dictionary could be summarised: the table section says which and why
         feature_table = FeatureTable(skipped=skipped)
-    note = _features_note(source, contents, out, max_features) + _mismatch_note(pairings)
+    note = _features_note(source, contents, out, pages_limit(summaries, max_features)) + _mismatch_note(pairings)
     sections = [
         _header(contents, records, described is not None, out),
         _scores_section(records, out),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from common.errors import UserError
+from common.errors import UserError, refuse_file
 from common.runstate import read_json
 from report.html import esc, fmt, table
 
@@ -49,6 +49,7 @@ def load_descriptor_results(folders: Sequence[str | Path]) -> DescriptorResults:
     for given in folders:
         folder = Path(given)
         records = folder / RECORDS_FILE
+        refuse_file(folder, "--descriptors", "a describe folder", "pass the --out folder of `cli.py describe`")
         if not records.is_file():
             raise UserError(f"--descriptors {str(folder)!r} holds no {RECORDS_FILE}: pass the --out folder of "
                             "`cli.py describe`")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from common.errors import UserError
+from common.notes import clipped_line
 from report.feature_assets import TABLE_JS
 from report.feature_pages import FeatureTable
 from report.html import esc
@@ -60,6 +61,17 @@ def find_features_cache(contents: RunContents, given: str | Path | None) -> Feat
             return FeatureSource(Path(recorded), "explanation run")
     return FeatureSource(None, "", "no activation cache found (no cache_frags.h5 in the run folder, and no explanation "
                                    "run's config.json names a cache that exists here)")
+
+
+def pages_limit(summaries: Sequence[Any], max_features: int | None) -> int | None:
+    """--max-features as the pages were made: None (every feature) when it is more than every dictionary has, said
+    in one line, so that the page does not claim "the first 1000 features" of dictionaries of 32."""
+    widest = max((len(s.features) for s in summaries), default=0)
+    if max_features is None or not summaries or max_features <= widest:
+        return max_features
+    print(clipped_line("--max-features", max_features, widest, "features of the widest dictionary (pages for every "
+                                                                "feature)"))
+    return None
 
 
 def summarise(source: FeatureSource, dictionaries: Sequence[Path], max_features: int | None,

@@ -61,12 +61,19 @@ class RunContents:
     settings: dict[str, Any] | None = None
 
 
-def discover(run_dir: str | Path, skip: Path | None = None) -> RunContents:
-    """Walk `run_dir` once; `skip` (the report's own output folder) is not searched."""
+def check_run_folder(run_dir: str | Path) -> Path:
+    """--run, refused unless it is a folder (a file is called a file); before the output folder under it is named."""
     root = Path(run_dir)
     if not root.is_dir():
-        raise RunFolderError(f"--run {str(root)!r} is not a folder: pass the folder given to `cli.py demo --out` "
+        what = "a file, not a run folder" if root.is_file() else "not a folder"
+        raise RunFolderError(f"--run {str(root)!r} is {what}: pass the folder given to `cli.py demo --out` "
                              "(or any folder holding dictionaries, explanations and ioi.json)")
+    return root
+
+
+def discover(run_dir: str | Path, skip: Path | None = None) -> RunContents:
+    """Walk `run_dir` once; `skip` (the report's own output folder) is not searched."""
+    root = check_run_folder(run_dir)
     found = RunContents(root=root)
     skip_resolved = skip.resolve() if skip is not None else None
     for current, dirs, files in os.walk(root):

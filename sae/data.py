@@ -228,9 +228,16 @@ def passes_line(tokens: int, available: int) -> str:
             "the same tokens; cache more text for fresh data, or lower --tokens")
 
 
-def clipped_line(flag: str, asked: int, available: int, what: str) -> str:
-    """The one line a command prints when a count it was given exceeds what exists and it uses all there is."""
-    return f"note: using all {available:,} {what}, fewer than {flag} {asked:,}"
+def dead_tokens_line(settings: TrainSettings) -> str | None:
+    """The note train-sae prints when the AuxK window is not shorter than the run: no latent can be counted dead,
+    so the loss that revives dead latents never acts, and a run with many dead latents would not say why."""
+    from sae.registry import kind_spec
+
+    if "dead_tokens" not in kind_spec(settings.kind).hyperparameters or settings.auxk_alpha <= 0 \
+            or settings.dead_tokens < settings.tokens:
+        return None
+    return (f"note: the AuxK window (--dead-tokens {settings.dead_tokens:,}) is not shorter than --tokens "
+            f"{settings.tokens:,}: no latent can count as dead, so the AuxK loss never acts; lower --dead-tokens")
 
 
 def check_fits(dictionary, d_in: int, hook: str, used_on: dict | str, where: str, allow: bool = False) -> dict:

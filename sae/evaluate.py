@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from common.errors import UserError
-from sae.data import check_fits, clipped_line, split_cache
+from common.notes import clipped_line
+from sae.data import check_fits, split_cache
 from sae.io import load, update_metrics
 from sae.metrics import density_histogram, mmcs, model_metrics, quality_warnings, reconstruction_metrics
 from sae.plot import plot_density, plot_frontier

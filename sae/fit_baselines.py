@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.errors import UserError
+from common.notes import clipped_line
 from common.runstate import require_same_digest, settings_digest
-from sae.baselines import (ICA_MAX_SAMPLES, collect, fit_ica, neuron_basis, pca_from_moments, random_basis,
-                           sample_limit, topk_control)
-from sae.data import BatchSource, clipped_line, split_cache
+from sae.baselines import (ICA_MAX_SAMPLES, SAMPLE_BYTES, collect, fit_ica, neuron_basis, pca_from_moments,
+                           random_basis, sample_limit, topk_control)
+from sae.data import BatchSource, split_cache
 from sae.io import CONFIG_FILE, read_config, save_dictionary
 from sae.registry import fitted_kinds, kind_spec
 from sae.settings import BaselinesSettings
@@ -153,7 +154,11 @@ def fit_baselines(source: BatchSource, hook: str, kinds: list[str], out: str | P
         if "ica" in bases:
             n_ica = min(sample.shape[0], ica_samples)
             if n_ica < 2 * d:
-                raise UserError(f"ICA needs at least {2 * d} tokens for width {d}, got {n_ica}: raise --tokens or cache more")
+                fix = f"raise --ica-samples to {2 * d}" if ica_samples < 2 * d else "raise --tokens or cache more"
+                raise UserError(f"ICA needs at least {2 * d} tokens for width {d}, got {n_ica}: {fix}")
+            if ica_samples != ICA_MAX_SAMPLES and n_ica < ica_samples:  # chosen, not the default (n_tokens_fitted)
+                print(clipped_line("--ica-samples", ica_samples, n_ica,
+                                   f"sampled tokens (at most --tokens, within a {SAMPLE_BYTES >> 20} MiB sample)"))
             if progress:
                 print(f"fitting FastICA on {n_ica} tokens x {d} dims...")
             fitted["ica"] = fit_ica(sample[:n_ica], {**base, **identity_of("ica", None)}, seed=seed)

@@ -90,10 +90,10 @@ def quality_warnings(metrics: dict) -> list[str]:
     fvu, dead = metrics.get("fvu"), metrics.get("dead_fraction")
     if fvu is not None and not (fvu <= 1.0):  # also catches NaN
         out.append(f"FVU {fvu:.4g} > 1: the reconstruction is worse than the mean activation (training diverged "
-                   "or did not converge; lower --lr or train longer)")
+                   "or did not converge: retrain it with a lower --lr or more --tokens)")
     if dead is not None and dead > 0.5:
-        out.append(f"{dead:.0%} of the features never fired on the measured tokens (lower --lr, lower --l1 / raise "
-                   "--k, or train longer)")
+        out.append(f"{dead:.0%} of the features never fired on the measured tokens (if it was trained: retrain it "
+                   "with a lower --lr, a lower --l1 or higher --k, or more --tokens)")
     return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from common.errors import UserError
+from common.errors import UserError, require_at_least
 from common.options import option
 from activations.provenance import ALLOW_HELP
 from sae.registry import K_SWEEP, L1_SWEEP, Sweep, fitted_kinds, kind_spec, learned_kinds, specs
@@ -99,13 +99,18 @@ class TrainSettings:
                    **{f"--ratio {r}": r for r in self.ratios}}
         bad = [flag for flag, v in numbers.items() if not math.isfinite(float(v))]
         if bad:
-            raise UserError(f"{bad[0]} is not a finite number: pass a real value, e.g. --lr 5e-3")
-        if self.batch_size < 1 or self.learning_rate <= 0 or self.checkpoint_every < 1 or self.dead_tokens < 1:
-            raise UserError("--batch-size, --lr, --dead-tokens and --checkpoint-every must be positive")
+            raise UserError(f"{bad[0]} is not a finite number: pass a real value")
+        if self.learning_rate <= 0:
+            raise UserError(f"--lr {self.learning_rate} must be positive")
+        require_at_least({"--batch-size": self.batch_size, "--dead-tokens": self.dead_tokens,
+                          "--checkpoint-every": self.checkpoint_every}, 1, "positive")
         if not (0 <= self.lr_warmup <= 1 and 0 <= self.lr_decay <= 1 and self.lr_warmup + self.lr_decay <= 1):
             raise UserError("--lr-warmup and --lr-decay are fractions of the run: each in [0, 1], together at most 1")
         if not 0 <= self.eval_fraction < 1:
             raise UserError(f"--eval-fraction {self.eval_fraction} must be in [0, 1)")
+        if self.auxk_alpha < 0:
+            raise UserError(f"--auxk-alpha {self.auxk_alpha} must be 0 (no AuxK loss) or more")
+        require_at_least({"--tokens": self.tokens}, 1, "positive")
         if self.tokens < self.batch_size:
             raise UserError(f"--tokens {self.tokens} is less than one batch of {self.batch_size}: raise --tokens")
 

@@ -38,7 +38,7 @@ from activations.distributed import Launch, barrier
 from common.errors import UserError
 from common.runstate import require_same_digest, settings_digest
 from sae.checkpoint import load_checkpoint, read_state, remove_stale, save_checkpoint
-from sae.data import BatchSource, passes, passes_line, prefetch
+from sae.data import BatchSource, dead_tokens_line, passes, passes_line, prefetch
 from sae.errors import TrainingDiverged
 from sae.io import CONFIG_FILE, read_config, save_dictionary
 from sae.kinds.stack import StackOptions, SweepStack
@@ -176,6 +176,8 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
     _check_k(settings, source.d_in)
     if launch.is_main and settings.tokens > source.n_tokens:
         print(passes_line(settings.tokens, source.n_tokens))
+    if launch.is_main and dead_tokens_line(settings):
+        print(dead_tokens_line(settings))
     members = sweep_members(settings)
     names = member_names(settings)
     if _existing(out, names, ident):
@@ -252,7 +254,7 @@ class _Loop:
                 else "no checkpoint had been written yet")
         raise TrainingDiverged(
             f"loss or weights became NaN/inf by step {step} for {', '.join(bad)}; {kept}. "
-            "Lower --lr or drop those --l1 values, "
+            f"Lower --lr or drop those {self.s.sweep.flag} values, "
             "and check the cache for inf values (a float16 overflow: re-cache with --dtype float32)")
 
     def check(self, step: int, flags: list[torch.Tensor], weights: bool = False) -> None:

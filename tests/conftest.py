@@ -41,6 +41,14 @@ def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def bad_inputs(tiny_model_dirs, tmp_path_factory):
+    """The inputs of the table of bad inputs (tests/support/bad_inputs.py), built once per session."""
+    from tests.support.bad_inputs import build_inputs
+
+    return build_inputs(tmp_path_factory.mktemp("bad_inputs"), tiny_model_dirs)
+
+
+@pytest.fixture(scope="session")
 def default_model():
     """The real offline default model (SmolLM2-135M-Instruct), loaded once per test session."""
     from activations.models import load_model

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 import subprocess
 import sys
@@ -139,30 +138,7 @@ def test_a_truncated_cache_is_called_corrupt(tiny_model_dirs, text_corpus, tmp_p
     (tmp_path / "text.h5").write_text("not hdf5")
     with pytest.raises(UserError, match="is not an HDF5 file"):
         ActivationCache(tmp_path / "text.h5")
-    assert cli.main(["train-sae", "--cache", str(out), "--hook", HOOK, "--out", str(tmp_path / "d")]) == 2
-    assert "corrupt HDF5" in capsys.readouterr().err
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where CUDA is missing")
-@pytest.mark.parametrize("command", ["cache", "patch-ioi", "ioi-layers", "demo", "train-sae"])
-def test_device_cuda_without_cuda_is_one_line_before_any_model_loads(command, tmp_path, capsys, monkeypatch):
-    import activations.models as models
-
-    def no_model(*a, **k):
-        raise AssertionError("the model must not be loaded for a device this machine does not have")
-
-    monkeypatch.setattr(models, "load_model", no_model)
-    args = {
-        "cache": ["cache", "--hooks", HOOK, "--out", str(tmp_path / "c.h5")],
-        "patch-ioi": ["patch-ioi", "--dict", str(tmp_path / "d"), "--out", str(tmp_path / "ioi")],
-        "ioi-layers": ["ioi-layers"],
-        "demo": ["demo", "--out", str(tmp_path / "demo")],
-        "train-sae": ["train-sae", "--cache", str(tmp_path / "c.h5"), "--hook", HOOK, "--out", str(tmp_path / "d")],
-    }[command]
-    assert cli.main(args + ["--device", "cuda"]) == 2
-    err = error_line(capsys.readouterr().err)
-    assert "--device cuda asked for but CUDA is not available here: use --device cpu" in err
-    assert not any(tmp_path.iterdir())
+    # from the command line: a row of tests/test_bad_inputs_earlier.py
 
 
 # -- local models that are GGUF files, or not models ----------------------------------------------------------------
@@ -245,28 +221,6 @@ def test_a_gguf_file_or_a_folder_holding_one_loads_like_the_default_model(tiny_m
     assert len(list(converted.parent.iterdir())) == 1
     assert stat.S_IMODE(converted.stat().st_mode) == 0o755  # not mkdtemp's 0700
     assert {stat.S_IMODE(p.stat().st_mode) for p in converted.iterdir()} == {0o644}  # not safetensors' 0600
-
-
-@pytest.mark.parametrize("case, pattern", [
-    ("empty", r"model folder '.*' is empty: pass a folder written by save_pretrained"),
-    ("no_model", r"holds no config.json and no .gguf file"),
-    ("two_ggufs", r"holds 2 .gguf files \(a.gguf, b.gguf\): pass the one to load, e.g. --model .*a.gguf"),
-    ("not_gguf", r"is a file but not a .gguf file"),
-])
-def test_a_model_path_without_a_model_is_one_line(case, pattern, tmp_path, capsys, text_corpus):
-    path = tmp_path / "m"
-    path.mkdir()
-    if case == "no_model":
-        (path / "notes.txt").write_text("x")
-    if case == "two_ggufs":
-        (path / "a.gguf").write_bytes(b"GGUF")
-        (path / "b.gguf").write_bytes(b"GGUF")
-    if case == "not_gguf":
-        path = path / "weights.bin"
-        path.write_bytes(b"x")
-    assert cli.main(["hooks", "--model", str(path)]) == 2
-    err = error_line(capsys.readouterr().err)
-    assert re.search(pattern, err), err
 
 
 def test_caches_follow_the_users_umask(tiny_model_dirs, text_corpus, tmp_path):

@@ -33,23 +33,3 @@ def test_layer_scan_endpoints_are_exact(tiny_model_dirs, tmp_path, arch, capsys)
     first = next(r for r in result["rows"] if r["carried_at_end"] >= r["carried_at_name"])
     assert result["suggested_hook"] == first["hook"]
     assert "<- suggested" in capsys.readouterr().out
-
-
-def test_layer_scan_refuses_a_missing_json_folder(tiny_model_dirs, tmp_path, capsys):
-    rc = cli.main(["ioi-layers", "--model", str(tiny_model_dirs["gpt2"]), "--names", NAMES,
-                   "--json", str(tmp_path / "nope" / "x.json")])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.count("\n") == 0 and "does not exist" in err
-
-
-def test_layer_scan_refuses_a_json_path_that_is_a_folder_before_loading_the_model(tmp_path, capsys, monkeypatch):
-    import activations.models
-
-    def no_model(*args, **kwargs):
-        raise AssertionError("the model must not be loaded when --json cannot be written")
-
-    monkeypatch.setattr(activations.models, "load_model", no_model)
-    (tmp_path / "table.json").mkdir()
-    rc = cli.main(["ioi-layers", "--model", str(tmp_path / "no-model"), "--json", str(tmp_path / "table.json")])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.count("\n") == 0 and err.startswith("error: --json") and "is a folder" in err

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import UserError
 from explain.descriptors.assign import (TopTracker, assign_top, base_rate, descriptor_matrix, jaccard, jaccard_rows,
                                         majority_labels, n_top, precision_recall_at_k, stratified_halves)
 
@@ -515,18 +514,6 @@ class _StubEmbedder:
         out = np.zeros((len(texts), len(texts)), dtype=np.float32)
         out[np.arange(len(texts)), np.arange(len(texts))] = 1.0
         return out
-
-
-def test_bad_descriptor_arguments_are_one_line_errors(annotated, tmp_path, capsys):
-    import cli
-
-    assert cli.main(["descriptors", "--corpus", str(annotated), "--generator", "field:nope",
-                     "--out", str(tmp_path / "d")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no document has the field 'nope' (fields: group, kind)" in err
-    assert cli.main(["descriptors", "--corpus", str(annotated), "--generator", "gpt4",
-                     "--out", str(tmp_path / "d")]) == 2
-    assert "is not a generator" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -186,17 +186,3 @@ def test_cli_demo_and_report_are_built_from_their_settings_classes():
     demo = DemoSettings(**{k: v for k, v in vars(parser.parse_args(["demo", "--llm", "none"])).items()
                            if k in {"out", "llm", "base_url", "device"}})
     assert demo.llm == "none" and demo.out == "runs/demo" and "out" not in demo.to_json()
-
-
-def test_demo_out_under_a_file_fails_before_any_stage(tmp_path, capsys, monkeypatch):
-    import activations.cache_writer as writer
-
-    def no_stage(*args, **kwargs):
-        raise AssertionError("no stage may run when --out cannot be written")
-
-    monkeypatch.setattr(writer, "write_cache", no_stage)
-    (tmp_path / "a_file").write_text("x")
-    rc = cli.main(["demo", "--out", str(tmp_path / "a_file" / "run"), "--llm", "none"])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.count("\n") == 0 and err.startswith("error: --out") and "which is a file" in err
-    assert (tmp_path / "a_file").read_text() == "x"

@@ -99,12 +99,7 @@ def test_feature_pages_need_a_cache_and_refuse_bad_options_before_writing(tmp_pa
     visible = "".join(parse(index.read_text(encoding="utf-8")).text)
     assert "no dictionary of the run could be summarised" in visible
     assert "neuron: hook blocks.3.hook_resid_post is not in the cache" in visible
-    for argv, message in ((["--features-cache", str(tmp_path / "nope.h5")], "is not a file"),
-                          (["--max-features", "-1"], "is negative")):
-        rc = cli.main(["report", "--run", str(tmp_path), "--out", str(tmp_path / "r2"), *argv])
-        err = capsys.readouterr().err.strip()
-        assert rc == 2 and err.count("\n") == 0 and message in err
-        assert not (tmp_path / "r2").exists()
+    # a --features-cache that does not exist, --max-features -1: rows of tests/test_bad_inputs_earlier.py
 
 
 def test_a_rebuilt_report_replaces_its_feature_pages_at_once(report, tmp_path):

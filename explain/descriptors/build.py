@@ -17,11 +17,13 @@ from pathlib import Path
 
 from activations.corpus import resolve_corpus
 from common.errors import UserError
+from common.notes import clipped_line
 from common.options import identity_fields
 from common.runstate import check_output_folder, claim_output, read_json, write_json_atomic, write_text_atomic
 from explain.descriptors.cluster import cluster_descriptors
-from explain.descriptors.generate import DocDescriptors, from_field, from_llm
+from explain.descriptors.generate import DocDescriptors, check_field, from_field, from_llm
 from explain.descriptors.settings import DescriptorsSettings
+from explain.llm.backends import check_local_paths
 
 SETTINGS_FILE = "settings.json"
 DOCUMENTS_FILE = "documents.jsonl"
@@ -41,7 +43,13 @@ def descriptors_command(settings: DescriptorsSettings) -> dict:
             documents.append(doc)
             if settings.max_documents is not None and len(documents) >= settings.max_documents:
                 break
-        kind, _, target = settings.generator.partition(":")
+        if settings.max_documents is not None and len(documents) < settings.max_documents:  # summary: documents
+            print(clipped_line("--max-documents", settings.max_documents, len(documents), "documents of the corpus"))
+        for spec in (settings.generator, settings.compare_generator):
+            kind, _, target = (spec or "").partition(":")
+            if kind == "field":
+                check_field(documents, target)
+        check_local_paths([settings.generator, settings.compare_generator], settings.embedder)
         claim.write_record()
         described, example = _generate(settings.generator, documents, out, settings)
         compared = None

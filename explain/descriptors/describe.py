@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from common.errors import UserError
+from common.notes import clipped_line
 from common.options import identity_fields
 from activations.pooled_reader import PooledCache
 from common.runstate import check_output_folder, claim_output, write_json_atomic, write_text_atomic
@@ -47,6 +48,7 @@ from explain.descriptors.assign import (TopTracker, assign_top, base_rate, descr
 from explain.descriptors.build import read_descriptors
 from explain.descriptors.plot import label_of
 from explain.descriptors.settings import DescribeSettings
+from explain.llm.backends import check_local_paths
 
 _ENCODE_ROWS = 4096
 #: the whole corpus's top list holds this many times a feature's exemplars, so that each half's top documents of
@@ -155,10 +157,13 @@ def describe_command(settings: DescribeSettings) -> dict:
         doc_desc = [[index[n] for n in d["descriptors"] if n in index] for d in docs]
         matrix = descriptor_matrix(doc_desc, len(names))
         splits = repeated_halves(doc_desc, len(names), settings.splits, settings.seed)
+        assignment = assignment_record(settings, len(docs), splits)
+        _check_exemplar_counts(settings, assignment, len(docs))
+        check_local_paths([settings.judge])
         claim.write_record()
         lines, summary = [], {"documents": len(docs), "descriptors": len(names),
                               "documents_with_descriptors": int(sum(bool(v) for v in doc_desc)),
-                              "assignment": assignment_record(settings, len(docs), splits), "dictionaries": []}
+                              "assignment": assignment, "dictionaries": []}
         print(rule_line(summary["assignment"]))
         if any(p["status"].startswith("mismatch") for p in pairing):
             summary["model_mismatch_allowed"] = pairing
@@ -192,6 +197,18 @@ def assignment_record(settings: DescribeSettings, n_documents: int, splits: list
             "min_exemplars": settings.min_exemplars, "splits": len(splits), "seed": settings.seed,
             "exemplars_whole": n_top(n_documents, settings.top_percent),
             "exemplars_per_half": min(n_top(int(f.sum()), settings.top_percent) for f in splits)}
+
+
+def _check_exemplar_counts(settings: DescribeSettings, a: dict, n_documents: int) -> None:
+    """--min-exemplars counts a feature's active exemplars, which are at most its top --top-percent documents: above
+    that no feature can be described (refused); above the exemplars of a half, no half can (said)."""
+    if settings.min_exemplars > a["exemplars_whole"]:
+        raise UserError(f"--min-exemplars {settings.min_exemplars} is more than the {a['exemplars_whole']} exemplars "
+                        f"a feature has (the top {settings.top_percent:g} % of {n_documents} documents): no feature "
+                        f"could be described; pass at most {a['exemplars_whole']}, or raise --top-percent")
+    if settings.min_exemplars > a["exemplars_per_half"]:
+        print(f"note: --min-exemplars {settings.min_exemplars} is more than the {a['exemplars_per_half']} exemplars of "
+              "a half: no half can describe a feature, so consistency is undefined (summary.json: assignment)")
 
 
 def rule_line(a: dict) -> str:
@@ -257,6 +274,10 @@ def _describe_one(dictionary, tops: Tops, matrix, splits: list[np.ndarray], name
     if settings.judge is not None:
         from explain.descriptors.judge import judge_features
 
+        described = sum(bool(r) for r in ranked_names)
+        if settings.judge_features > described:  # the judge summary records the features judged
+            print(clipped_line("--judge-features", settings.judge_features, described,
+                               f"described features of {dictionary.name}"))
         stats["judge"], verdicts = judge_features(
             settings.judge, Path(settings.out) / "llm_cache.sqlite", tops.whole[1], ranked_names,
             [d.get("text", "") for d in docs], k=settings.top_k, n_features=settings.judge_features,

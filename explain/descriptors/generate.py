@@ -73,12 +73,17 @@ def normalise(descriptor: str) -> str:
     return re.sub(r"\s+", " ", descriptor).strip().strip(".,;:!?\"'").strip().lower()
 
 
-def from_field(documents: Sequence[Document], name: str) -> list[DocDescriptors]:
-    """Descriptors from the annotation `name` (a string, or a list of strings); missing or empty -> status empty."""
+def check_field(documents: Sequence[Document], name: str) -> None:
+    """Refuse a field no document has (before `descriptors` writes anything: a rerun then is not "other settings")."""
     if documents and not any(name in d.fields for d in documents):
         fields = sorted({k for d in documents for k in d.fields})
         raise UserError(f"no document has the field {name!r} (fields: {', '.join(fields) or 'none'}): pass "
                         "--generator field:<one of those>")
+
+
+def from_field(documents: Sequence[Document], name: str) -> list[DocDescriptors]:
+    """Descriptors from the annotation `name` (a string, or a list of strings); missing or empty -> status empty."""
+    check_field(documents, name)
     out = []
     for doc in documents:
         value = doc.fields.get(name)

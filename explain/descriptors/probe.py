@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.errors import UserError
+from common.errors import UserError, require_at_least
 from activations.pooled_reader import PooledCache
 from common.runstate import check_output_folder, claim_output
 from explain.descriptors.build import read_descriptors
@@ -51,6 +51,9 @@ def probe_command(settings: ProbeSettings) -> Path:
     """Fit and save the probe dictionary (see the module docstring); returns its folder."""
     from sae.kinds.probe import ProbeBasis
 
+    require_at_least({"--min-documents": settings.min_documents}, 1)
+    if not settings.l2 > 0:
+        raise UserError(f"--l2 {settings.l2} must be positive: it is the inverse regularisation strength C")
     out = check_output_folder(settings.out)
     documents, _ = read_descriptors(settings.descriptors)
     with PooledCache(settings.cache) as cache:
@@ -62,10 +65,18 @@ def probe_command(settings: ProbeSettings) -> Path:
     if not counts:
         raise UserError(f"no document has the field {settings.field!r}: pass --field with an annotation field of "
                         "the corpus (see documents.jsonl)")
+    if len(counts) < 2:
+        raise UserError(f"field {settings.field!r} has one label ({next(iter(counts))!r}): a probe needs two; pass "
+                        "--field with an annotation field of two or more values")
     kept = {label for label, c in counts.items() if c >= settings.min_documents}
     if len(kept) < 2:
         raise UserError(f"field {settings.field!r} has {len(kept)} labels with >= {settings.min_documents} documents: "
                         "a probe needs two; lower --min-documents or use a larger corpus")
+    if len(kept) < len(counts):  # config.json records the labels kept and min_documents
+        dropped = sorted(set(counts) - kept)
+        print(f"note: {len(dropped)} of the {len(counts)} labels of {settings.field!r} have fewer than "
+              f"--min-documents {settings.min_documents} documents and get no probe: {', '.join(dropped[:5])}"
+              + (", ..." if len(dropped) > 5 else ""))
     use = np.asarray([v is not None and str(v) in kept for v in raw])
     w, b, classes = fit_probes(x[use], [str(v) for v, u in zip(raw, use) if u], settings.l2)
     unit = w / np.linalg.norm(w, axis=1, keepdims=True).clip(1e-12)

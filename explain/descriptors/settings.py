@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.errors import UserError
+from common.errors import UserError, require_at_least
 from common.options import option
 from activations.provenance import ALLOW_HELP
 
@@ -69,6 +69,7 @@ class DescriptorsSettings:
             raise UserError(f"--cluster {self.cluster!r} is not a clustering: use community or agglomerative")
         if self.min_community < 1:
             raise UserError(f"--min-community {self.min_community} must be at least 1")
+        require_at_least({"--max-tokens": self.max_tokens, "--concurrency": self.concurrency}, 1)
 
 
 @dataclass
@@ -130,8 +131,8 @@ class DescribeSettings:
         if self.frequency not in ("occurrences", "documents"):
             raise UserError(f"--frequency {self.frequency!r} is not a frequency: use occurrences (the paper) or "
                             "documents")
-        if self.top_k < 1 or self.min_exemplars < 1 or self.judge_features < 1 or self.splits < 1:
-            raise UserError("--top-k, --min-exemplars, --judge-features and --splits must be at least 1")
+        require_at_least({"--top-k": self.top_k, "--min-exemplars": self.min_exemplars,
+                          "--judge-features": self.judge_features, "--splits": self.splits}, 1)
         if self.judge is not None:
             kind, sep, target = self.judge.partition(":")
             if not sep or kind not in ("local", "openai") or not target.strip():

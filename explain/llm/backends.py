@@ -72,3 +72,17 @@ def make_backend(
     from explain.llm.remote import OpenAIBackend
 
     return OpenAIBackend(target, base_url=base_url, concurrency=concurrency, cache=cache, **options)
+
+
+def check_local_paths(specs: list[str | None], embedder: str | None = None) -> None:
+    """Refuse a `local:<folder>` backend or an embedder folder that does not exist, before a command writes
+    anything: the check `load_model` makes when it loads them, done early so that a typo fixed on the rerun is
+    not then refused as "other settings" of a folder the failed run started."""
+    from activations.models import check_local_path
+
+    for spec in specs:
+        kind, _, target = (spec or "").partition(":")
+        if kind == "local" and target != "default":
+            check_local_path(target, default_hint="local:default")
+    if embedder and embedder != "default":
+        check_local_path(embedder, default_hint="default")

@@ -157,6 +157,10 @@ class Embedder:
     def from_spec(cls, spec: str, store_path: str | Path | None = None, **kwargs: Any) -> "Embedder":
         from transformers import AutoModel, AutoTokenizer
 
+        from activations.models import check_local_path
+
+        if spec != "default":
+            check_local_path(spec, default_hint="default")  # a missing folder is said as such, not looked up
         source = default_model_dir() if spec == "default" else spec
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(source))

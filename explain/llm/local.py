@@ -127,7 +127,7 @@ class LocalBackend(LLMBackend):
         """`target` = hub id, folder or "default" (loaded with `activations.models.load_model`)."""
         from activations.models import load_model
 
-        loaded = load_model(target)
+        loaded = load_model(target, default_hint="local:default")
         info = {"source": str(loaded.source), "revision": loaded.revision}
         return cls(loaded.model, loaded.tokenizer, name=f"local:{target}", model_info=info, cache=cache, **kwargs)
 
