@@ -77,9 +77,10 @@ class JumpReLUSettings:
 
     The thresholds start at 0.3 and the kernel is 0.2 wide, not SAELens's 0.01 and 0.05: a threshold
     moves by about the learning rate per step in log space and learns only from pre-activations within
-    half a bandwidth of it, and with SAELens's values runs of a few thousand steps (SAELens trains for
-    ~100k) stayed dense, on planted data and on SmolLM2's layer 3, where these reach the planted L0
-    (docs/RESULTS.md, benchmarks/bench_new_kinds.py).
+    half a bandwidth of it. On planted data, SAELens's values stayed dense over 1,000 steps (L0 23-30 of
+    32 latents for every coefficient from 0.03 to 30, 1.2 true features per vector) where these reach the
+    planted L0 and directions. On SmolLM2's layer 3 both sparsify in 1,171 steps; these reach lower L0
+    with about a third of the latents dead, SAELens's keep every latent (docs/RESULTS.md).
     """
 
     jumprelu_init_threshold: float = option(0.3, help="initial threshold of every latent (learned as its log)")
