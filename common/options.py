@@ -179,7 +179,7 @@ def _add_fields(parser: Any, cls: type, chosen: list[dataclasses.Field], suffix:
                 group.add_argument(flag, dest=f.name, action="store_true", default=shown, help=kwargs["help"])
                 group.add_argument(meta["negate"], dest=f.name, action="store_false", help=f"the opposite of {flag}")
             else:
-                parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS if suppress else bool(default),
+                parser.add_argument(flag, action="store_true", default=shown if suppress else bool(default),
                                     dest=f.name, help=kwargs["help"])
             continue
         if typing.get_origin(tp) in (list, tuple):
