@@ -120,9 +120,11 @@ def _cache_complete(path: Path) -> bool:
 
 def train_ours(args, cache: Path, layer: int, kind: str, values: list, out: Path, lr: float | None = None) -> list[Path]:
     from sae.commands import train_sae_command
-    from sae.settings import L1_KINDS, TrainSettings
+    from sae.registry import kind_spec
+    from sae.settings import TrainSettings
 
-    sweep = {"l1s": [float(v) for v in values]} if kind in L1_KINDS else {"ks": [int(v) for v in values]}
+    swept = kind_spec(kind).sweep  # α, k or the L0 coefficient: the kind's registry row says which
+    sweep = {swept.field: [swept.cast(v) for v in values]}
     from sae.train import member_names
 
     settings = TrainSettings(hook=hook_of(layer), kind=kind, ratios=[args.ratio], batch_size=args.batch_size,

@@ -12,6 +12,12 @@ Fields marked `identity=False` decide where or how fast a run goes (output
 folder, device, concurrency), not what it computes; a rerun may change them
 and they are left out of the settings record that resumes are checked
 against (see `identity_fields`).
+
+A field declared with `option_group(...)` holds one of several settings
+dataclasses, chosen by the other fields' values (`train-sae`: the kind's own
+hyperparameters, picked by `--kind`, as SAELens has one config class per
+architecture). Every option of every such class is a flag; a flag of a class
+that the run does not use is refused by `from_namespace`, not ignored.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import re
 import types
 import typing
 from typing import Any, Callable, Union
+
+from common.errors import UserError
 
 _MISSING = dataclasses.MISSING
 
@@ -49,8 +57,49 @@ def option(default: Any = _MISSING, *, help: str, flag: str | None = None,  # no
     return dataclasses.field(default=default, metadata={"option": meta})
 
 
+def option_group(*, classes: Callable[[], typing.Sequence[tuple[str, type]]],
+                 choose: Callable[[dict[str, Any]], type | None], help: str) -> Any:  # noqa: A002
+    """A field holding an instance of one of `classes()`' dataclasses (or None), whose options are flags too.
+
+    `classes()` gives (who uses it, class) pairs, e.g. ("--kind topk", AuxKSettings), read when the parser
+    is built (the registry of kinds can grow after import); `choose(values)` picks the class from the other
+    fields' parsed values (None: no class applies). Python callers pass the instance, or leave None.
+    An option that several classes share (same name) must have the same default and type in each.
+    """
+    meta = {"help": help, "classes": classes, "choose": choose}
+    return dataclasses.field(default=None, metadata={"option_group": meta})
+
+
 def is_option(f: dataclasses.Field) -> bool:
     return "option" in f.metadata
+
+
+def is_option_group(f: dataclasses.Field) -> bool:
+    return "option_group" in f.metadata
+
+
+def group_options(f: dataclasses.Field) -> dict[str, tuple[dataclasses.Field, list[str], type]]:
+    """Every option of an `option_group` field's classes: name -> (field, who uses it, the first class)."""
+    found: dict[str, tuple[dataclasses.Field, list[str], type]] = {}
+    for user, cls in f.metadata["option_group"]["classes"]():
+        for g in dataclasses.fields(cls):
+            if not is_option(g):
+                continue
+            if g.name in found:
+                first, users, first_cls = found[g.name]
+                if _field_default(first) != _field_default(g) or flag_of(first) != flag_of(g):
+                    raise ValueError(f"{first_cls.__name__} and {cls.__name__} both define option {g.name!r} with "
+                                     "different defaults or flags: one option, one default")
+                users.append(user)
+            else:
+                found[g.name] = (g, [user], cls)
+    return found
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not _MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not _MISSING else None
 
 
 def identity_fields(obj: Any) -> dict[str, Any]:
@@ -94,29 +143,44 @@ def _unwrap(tp: Any) -> tuple[Any, bool]:
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One argparse option per `option()` field of the dataclass `cls`, defaults and help from the field."""
-    hints = typing.get_type_hints(cls)
+    """One argparse option per `option()` field of the dataclass `cls`, defaults and help from the field;
+    an `option_group` field adds the options of each of its classes, in a group of their own."""
     parser._negative_number_matcher = _NEGATIVE_NUMBER  # see _NEGATIVE_NUMBER
+    own = {f.name for f in dataclasses.fields(cls)}
+    _add_fields(parser, cls, [f for f in dataclasses.fields(cls) if is_option(f)])
     for f in dataclasses.fields(cls):
-        if not is_option(f):
+        if not is_option_group(f):
             continue
+        group = parser.add_argument_group(f.metadata["option_group"]["help"])
+        for name, (g, users, owner) in group_options(f).items():
+            if name in own:
+                raise ValueError(f"{owner.__name__}.{name} would shadow {cls.__name__}.{name}: rename it")
+            # no default in the namespace: only the flags a user gave arrive, so `from_namespace` can refuse the
+            # flags of a class this run does not use
+            _add_fields(group, owner, [g], suffix=f" ({', '.join(users)})", suppress=True)
+
+
+def _add_fields(parser: Any, cls: type, chosen: list[dataclasses.Field], suffix: str = "",
+                suppress: bool = False) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in chosen:
         meta = f.metadata["option"]
         tp, _ = _unwrap(hints[f.name])
-        default = f.default if f.default is not _MISSING else (
-            f.default_factory() if f.default_factory is not _MISSING else None)
+        default = _field_default(f)
         required = meta["required"] or (f.default is _MISSING and f.default_factory is _MISSING)
-        kwargs: dict[str, Any] = {"dest": f.name, "help": _help(meta["help"], default, required)}
+        kwargs: dict[str, Any] = {"dest": f.name, "help": _help(meta["help"] + suffix, default, required)}
         flag = flag_of(f)
         if tp is not bool:
             kwargs["metavar"] = meta["metavar"] or flag.lstrip("-").upper().replace("-", "_")
         if tp is bool:
+            shown = argparse.SUPPRESS if suppress else default
             if meta["negate"]:
                 group = parser.add_mutually_exclusive_group()
-                group.add_argument(flag, dest=f.name, action="store_true", default=default, help=kwargs["help"])
+                group.add_argument(flag, dest=f.name, action="store_true", default=shown, help=kwargs["help"])
                 group.add_argument(meta["negate"], dest=f.name, action="store_false", help=f"the opposite of {flag}")
             else:
-                parser.add_argument(flag, action="store_true", default=bool(default), dest=f.name,
-                                    help=kwargs["help"])
+                parser.add_argument(flag, action="store_true", default=shown if suppress else bool(default),
+                                    dest=f.name, help=kwargs["help"])
             continue
         if typing.get_origin(tp) in (list, tuple):
             inner = typing.get_args(tp)[0] if typing.get_args(tp) else str
@@ -129,7 +193,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         if meta["choices"] is not None:
             choices = meta["choices"]
             kwargs["choices"] = list(choices() if callable(choices) else choices)
-        kwargs.update(default=default, required=required)
+        kwargs.update(default=argparse.SUPPRESS if suppress else default, required=required)
         parser.add_argument(flag, **kwargs)
 
 
@@ -142,16 +206,34 @@ def _help(text: str, default: Any, required: bool) -> str:
 
 
 def from_namespace(cls: type, namespace: argparse.Namespace) -> Any:
-    """The settings object for parsed arguments (fields that are not options keep their defaults)."""
+    """The settings object for parsed arguments (fields that are not options keep their defaults).
+
+    An `option_group` field gets an instance of the class its `choose` picks, from the flags given for it;
+    a flag given for a class it did not pick is a `UserError` naming who uses that flag.
+    """
     values = vars(namespace)
-    kwargs = {f.name: values[f.name] for f in dataclasses.fields(cls) if is_option(f) and f.name in values}
+    kwargs = _typed(cls, {f.name: values[f.name] for f in dataclasses.fields(cls) if is_option(f) and f.name in values})
     for f in dataclasses.fields(cls):  # numpy's generators take no negative seed: said here, not as a traceback
         if f.name.endswith("seed") and isinstance(kwargs.get(f.name), int) and kwargs[f.name] < 0:
-            from common.errors import UserError
-
             raise UserError(f"{flag_of(f)} {kwargs[f.name]} is negative: pass a seed of 0 or more")
     for f in dataclasses.fields(cls):
-        if f.name in kwargs and isinstance(kwargs[f.name], list) and typing.get_origin(
-                _unwrap(typing.get_type_hints(cls)[f.name])[0]) is tuple:
-            kwargs[f.name] = tuple(kwargs[f.name])
+        if not is_option_group(f):
+            continue
+        chosen = f.metadata["option_group"]["choose"](kwargs)
+        mine = {g.name for g in dataclasses.fields(chosen) if is_option(g)} if chosen is not None else set()
+        for name, (g, users, _) in group_options(f).items():
+            if name in values and name not in mine:
+                raise UserError(f"{flag_of(g)} is an option of {', '.join(users)} only: drop it, or choose one of "
+                                "those")
+        if chosen is not None:
+            kwargs[f.name] = chosen(**_typed(chosen, {n: values[n] for n in mine if n in values}))
     return cls(**kwargs)
+
+
+def _typed(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Lists parsed for tuple fields become tuples."""
+    hints = typing.get_type_hints(cls)
+    for name, value in kwargs.items():
+        if isinstance(value, list) and typing.get_origin(_unwrap(hints[name])[0]) is tuple:
+            kwargs[name] = tuple(value)
+    return kwargs

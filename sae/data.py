@@ -231,12 +231,10 @@ def passes_line(tokens: int, available: int) -> str:
 def dead_tokens_line(settings: TrainSettings) -> str | None:
     """The note train-sae prints when the AuxK window is not shorter than the run: no latent can be counted dead,
     so the loss that revives dead latents never acts, and a run with many dead latents would not say why."""
-    from sae.registry import kind_spec
-
-    if "dead_tokens" not in kind_spec(settings.kind).hyperparameters or settings.auxk_alpha <= 0 \
-            or settings.dead_tokens < settings.tokens:
+    own = settings.own_settings
+    if not hasattr(own, "dead_tokens") or own.auxk_alpha <= 0 or own.dead_tokens < settings.tokens:
         return None
-    return (f"note: the AuxK window (--dead-tokens {settings.dead_tokens:,}) is not shorter than --tokens "
+    return (f"note: the AuxK window (--dead-tokens {own.dead_tokens:,}) is not shorter than --tokens "
             f"{settings.tokens:,}: no latent can count as dead, so the AuxK loss never acts; lower --dead-tokens")
 
 

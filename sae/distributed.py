@@ -19,8 +19,13 @@ What has to stay identical across ranks in data-parallel mode, and how:
   global batch here (OR of the ranks' "fired" masks, + global row count),
   exactly as one process updates it;
 - the losses used for NaN checks and stored metrics: reduced over ranks.
-BatchTopK keeps the k·B largest activations of the *whole* batch, which no
-rank sees alone, so it trains data-parallel nowhere: `--distribute sweep`.
+- JumpReLU's L0-coefficient warm-up: a function of the step alone, set by
+  the loop on every rank (`SweepStack.at_step`); its threshold gradients
+  (straight-through) are sums over rows like every other gradient.
+BatchTopK and Matryoshka keep the k·B largest activations of the *whole*
+batch, which no rank sees alone, so they train data-parallel nowhere:
+`--distribute sweep`. Which kinds train data-parallel, and how each one's
+loss depends on the batch, is their registry row's (`data_parallel`, `loss_over`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The one table of dictionary kinds: one `KindSpec` row per kind, in the order reports show them.
 
 Every fact that differs between kinds lives in its row: the inference class,
-the training objective, the swept parameter (α or k), the default learning
-rate, whether it trains data-parallel, whether `cli.py baselines` fits it,
-its plot marker. `sae.load`, the settings, the trainer, the data-parallel
+the training objective, the swept parameter (α, k or the L0 coefficient), the
+default learning rate, the settings dataclass of its own hyperparameters
+(`sae.kind_settings`), whether it trains data-parallel, whether
+`cli.py baselines` fits it, its plot marker. `sae.load`, the settings, the trainer, the data-parallel
 stepper, the baselines, the plots, the report's ordering and export all read
 this table, so a new kind is one new module under `sae/kinds/` plus one row
 here, and nothing elsewhere falls back silently for a kind it does not know.
@@ -42,6 +43,8 @@ class Sweep:
 
 L1_SWEEP = Sweep("l1", "l1s", "--l1", integer=False, minimum=0.0, rule="non-negative numbers", example="1e-3")
 K_SWEEP = Sweep("k", "ks", "--k", integer=True, minimum=1, rule="positive integers", example="16 32 64")
+L0_SWEEP = Sweep("l0_coefficient", "l0_coefficients", "--l0-coefficient", integer=False, minimum=0.0,
+                 rule="non-negative numbers", example="0.3 1 3")
 
 
 @dataclass(frozen=True)
@@ -53,9 +56,9 @@ class KindSpec:
     objective: str | type | None = None  # "module:Class" of the `SweepStack` that trains it; None: train-sae refuses
     sweep: Sweep | None = None  # what train-sae sweeps (learned kinds)
     lr: float | None = None  # default Adam learning rate (learned kinds): each loss has its own scale
-    # `TrainSettings` fields only this kind's objective reads (beyond its sweep field): the kind's own
-    # hyperparameters, recorded in each dictionary's `training` only for the kinds that use them
-    hyperparameters: tuple[str, ...] = ()
+    # "module:Class" of the dataclass of this kind's own hyperparameters (`sae.kind_settings`): its options are
+    # train-sae flags, its values are recorded in each dictionary's `training` only for the kinds that use them
+    settings: str | type | None = None
     # trains under `--distribute data`: its loss is a sum over rows up to a global constant, and its only
     # batch-updated state is `since_fired` (see sae.distributed)
     data_parallel: bool = False
@@ -83,7 +86,7 @@ class KindSpec:
         return self.folder_prefix or self.name
 
 
-_AUXK = ("auxk_alpha", "dead_tokens")  # the AuxK loss against dead latents (TopK and BatchTopK)
+_AUXK = "sae.kind_settings:AuxKSettings"  # the AuxK loss against dead latents (TopK and BatchTopK)
 
 # Report order: learned dictionaries first (the papers' subject), then the baselines they are compared to.
 _ROWS: tuple[KindSpec, ...] = (
@@ -93,12 +96,16 @@ _ROWS: tuple[KindSpec, ...] = (
              data_parallel=True, folder_prefix="tied", marker="o"),
     KindSpec("untied_sae", "sae.kinds.untied:UntiedSAE", "sae.kinds.untied:UntiedStack", L1_SWEEP, lr=5e-3,
              data_parallel=True, folder_prefix="untied", marker="s"),
-    KindSpec("topk", "sae.kinds.topk:TopKSAE", "sae.kinds.topk:TopKStack", K_SWEEP, lr=5e-3, hyperparameters=_AUXK,
+    KindSpec("topk", "sae.kinds.topk:TopKSAE", "sae.kinds.topk:TopKStack", K_SWEEP, lr=5e-3, settings=_AUXK,
              data_parallel=True, loss_over="variance", marker="P"),
     # its top-k spans the whole batch, which no data-parallel rank holds
     KindSpec("batchtopk", "sae.kinds.threshold:BatchTopKSAE", "sae.kinds.threshold:BatchTopKStack", K_SWEEP,
-             lr=5e-3, hyperparameters=_AUXK, marker="X"),
-    KindSpec("jumprelu", "sae.kinds.threshold:JumpReLUSAE", marker="*"),  # loaded (SAELens), not trained here
+             lr=5e-3, settings=_AUXK, marker="X"),
+    KindSpec("matryoshka_batchtopk", "sae.kinds.matryoshka:MatryoshkaSAE", "sae.kinds.matryoshka:MatryoshkaStack",
+             K_SWEEP, lr=5e-3, settings="sae.kind_settings:MatryoshkaSettings", folder_prefix="matryoshka", marker="p"),
+    # trained here, or loaded from SAELens (Gemma Scope); its loss is a mean over rows and it has no batch state
+    KindSpec("jumprelu", "sae.kinds.threshold:JumpReLUSAE", "sae.kinds.jumprelu:JumpReLUStack", L0_SWEEP,
+             lr=5e-3, settings="sae.kind_settings:JumpReLUSettings", data_parallel=True, marker="*"),
     KindSpec("neuron", "sae.kinds.neuron:NeuronBasis", fitted=True, marker="D"),
     KindSpec("signed_neuron", "sae.kinds.neuron:SignedNeuronBasis", fitted=True, marker="d"),
     KindSpec("pca", "sae.kinds.fitted:PCABasis", fitted=True, marker="^"),
@@ -165,6 +172,18 @@ def objective_class(kind: str) -> type:
     if spec is None or spec.objective is None:
         raise DictionaryError(f"kind {kind!r} is not trained by train-sae: choose from {', '.join(learned_kinds())}")
     return _resolve(spec.objective)
+
+
+def settings_class(kind: str) -> type | None:
+    """The dataclass of `kind`'s own hyperparameters (None: it has none)."""
+    target = kind_spec(kind).settings
+    return None if target is None else _resolve(target)
+
+
+def default_settings(kind: str):
+    """`kind`'s own hyperparameters at their defaults (None: it has none)."""
+    cls = settings_class(kind)
+    return None if cls is None else cls()
 
 
 def all_classes() -> dict[str, type]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from common.errors import UserError, require_at_least
-from common.options import option
+from common.options import option, option_group
 from activations.provenance import ALLOW_HELP
-from sae.registry import K_SWEEP, L1_SWEEP, Sweep, fitted_kinds, kind_spec, learned_kinds, specs
+from sae.registry import (K_SWEEP, L1_SWEEP, Sweep, default_settings, fitted_kinds, kind_spec, learned_kinds,
+                          settings_class, specs)
 
 EXPORT_FORMATS = ("saelens",)
 _EXPORT_HELP = "also write <dictionary folder>/saelens/ (cfg.json + sae_weights.safetensors)"
@@ -34,9 +36,19 @@ def _sweeping(sweep: Sweep) -> tuple[str, ...]:
     return tuple(s.name for s in specs() if s.learned and s.sweep == sweep)
 
 
-def _kind_fields() -> set[str]:
-    """`TrainSettings` fields that belong to some kinds only: their sweeps and their own hyperparameters."""
-    return {f for s in specs() if s.learned for f in (s.sweep.field, *s.hyperparameters)}
+def _sweep_fields() -> set[str]:
+    """`TrainSettings` fields that belong to some kinds only: their sweeps."""
+    return {s.sweep.field for s in specs() if s.learned}
+
+
+def _kind_settings_classes() -> list[tuple[str, type]]:
+    """(--kind <name>, its settings class) of every learned kind that has one, in report order."""
+    return [(f"--kind {s.name}", settings_class(s.name)) for s in specs() if s.learned and s.settings is not None]
+
+
+def _chosen_settings_class(values: dict) -> type | None:
+    kind = values.get("kind", TrainSettings.kind)
+    return settings_class(kind) if kind in learned_kinds() else None
 
 
 SINK_HELP = ("leave out tokens whose norm exceeds this x the median token norm of the training split (massive "
@@ -53,9 +65,15 @@ class TrainSettings:
     l1s: list[float] = option(flag="--l1", default_factory=lambda: [1e-2],
                               help=f"L1 coefficients alpha ({', '.join(_sweeping(L1_SWEEP))}), in normalised units")
     kind: str = option("tied_sae", choices=learned_kinds,
-                       help="what to train: the paper's tied or untied L1 SAE, or TopK / BatchTopK")
+                       help="what to train: the paper's tied or untied L1 SAE, TopK / BatchTopK / Matryoshka "
+                            "BatchTopK, or JumpReLU")
     ks: list[int] = option(flag="--k", default_factory=lambda: [32],
-                           help="active latents per token (topk) or per token on average over a batch (batchtopk)")
+                           help="active latents per token (topk) or per token on average over a batch (batchtopk, "
+                                "matryoshka_batchtopk)")
+    l0_coefficients: list[float] = option(flag="--l0-coefficient", default_factory=lambda: [1.0],
+                                          help="L0 penalty coefficients (jumprelu), in SAELens's units: the loss is "
+                                               "the squared error summed over dimensions + this x L0, on normalised "
+                                               "inputs; larger is sparser")
     batch_size: int = option(256, help="activation vectors per step")
     lr: float | None = option(None, help="Adam learning rate (default: per kind, " + ", ".join(
         f"{s.name} {s.lr:g}" for s in specs() if s.learned) + ")")
@@ -70,8 +88,9 @@ class TrainSettings:
     keep_first_position: bool = option(False, help="also train and measure on position 0 of each context "
                                                    "(BOS or attention sink; excluded by default)")
     sink_factor: float = option(20.0, help=SINK_HELP + " (training and every metric)")
-    auxk_alpha: float = option(1 / 32, help="weight of the AuxK loss against dead latents (topk, batchtopk)")
-    dead_tokens: int = option(100_000, help="a latent that has not fired for this many tokens is dead (AuxK)")
+    # the kind's own hyperparameters: an instance of its registry row's `settings` class (None: its defaults)
+    kind_settings: Any = option_group(classes=_kind_settings_classes, choose=_chosen_settings_class,
+                                      help="options of some kinds only (see sae/kind_settings.py)")
     seed: int = option(0, help="seed of initialisation and batch order")
     checkpoint_every: int = option(500, identity=False, help="steps between checkpoints")
     betas: tuple[float, float] = field(default=(0.9, 0.999))
@@ -94,25 +113,41 @@ class TrainSettings:
             raise UserError(f"{sweep.flag} {getattr(self, sweep.field)} must be {sweep.rule}, "
                             f"e.g. {sweep.flag} {sweep.example}")
         if len(set(map(float, self.ratios))) != len(self.ratios) or len(set(map(float, values))) != len(values):
-            raise UserError("--ratio and --l1 / --k values must each be listed once: remove the duplicates")
-        numbers = {"--lr": self.learning_rate, "--auxk-alpha": self.auxk_alpha, **{f"--l1 {a}": a for a in self.l1s},
+            raise UserError(f"--ratio and {sweep.flag} values must each be listed once: remove the duplicates")
+        numbers = {"--lr": self.learning_rate, **{f"{sweep.flag} {a}": a for a in values},
                    **{f"--ratio {r}": r for r in self.ratios}}
         bad = [flag for flag, v in numbers.items() if not math.isfinite(float(v))]
         if bad:
             raise UserError(f"{bad[0]} is not a finite number: pass a real value")
         if self.learning_rate <= 0:
             raise UserError(f"--lr {self.learning_rate} must be positive")
-        require_at_least({"--batch-size": self.batch_size, "--dead-tokens": self.dead_tokens,
+        require_at_least({"--batch-size": self.batch_size,
                           "--checkpoint-every": self.checkpoint_every}, 1, "positive")
         if not (0 <= self.lr_warmup <= 1 and 0 <= self.lr_decay <= 1 and self.lr_warmup + self.lr_decay <= 1):
             raise UserError("--lr-warmup and --lr-decay are fractions of the run: each in [0, 1], together at most 1")
         if not 0 <= self.eval_fraction < 1:
             raise UserError(f"--eval-fraction {self.eval_fraction} must be in [0, 1)")
-        if self.auxk_alpha < 0:
-            raise UserError(f"--auxk-alpha {self.auxk_alpha} must be 0 (no AuxK loss) or more")
         require_at_least({"--tokens": self.tokens}, 1, "positive")
         if self.tokens < self.batch_size:
             raise UserError(f"--tokens {self.tokens} is less than one batch of {self.batch_size}: raise --tokens")
+        own = self.own_settings
+        if own is not None and hasattr(own, "validate"):
+            own.validate()
+
+    @property
+    def own_settings(self) -> Any:
+        """The kind's own hyperparameters (`kind_settings`, or its settings class's defaults); None if it has none.
+
+        Settings of another kind's class are a `UserError`: they would be silently ignored otherwise.
+        """
+        cls = settings_class(self.kind)
+        if self.kind_settings is None:
+            return default_settings(self.kind)
+        if cls is None or not isinstance(self.kind_settings, cls):
+            want = "no settings of its own" if cls is None else f"{cls.__name__}"
+            raise UserError(f"--kind {self.kind} takes {want}, not {type(self.kind_settings).__name__}: "
+                            "pass the settings of the kind being trained")
+        return self.kind_settings
 
     @property
     def sweep(self) -> Sweep:
@@ -136,10 +171,12 @@ class TrainSettings:
     def public(self) -> dict:
         """What decides the trained weights (stored in each dictionary's config as `training`)."""
         data = {k: v for k, v in asdict(self).items()
-                if k not in ("checkpoint_every", "cache", "out", "device", "export", "distribute")}
-        own = kind_spec(self.kind)
-        for key in _kind_fields() - {own.sweep.field, *own.hyperparameters}:  # other kinds' sweeps and knobs
+                if k not in ("checkpoint_every", "cache", "out", "device", "export", "distribute", "kind_settings")}
+        for key in _sweep_fields() - {self.sweep.field}:  # other kinds' sweeps
             data.pop(key, None)
+        own = self.own_settings
+        if own is not None:  # this kind's own knobs, flat: a TopK record keeps its auxk_alpha / dead_tokens keys
+            data.update(asdict(own))
         data.update(kind=self.kind, lr=self.learning_rate, steps=self.steps, optimizer="adam",
                     betas=list(self.betas))
         return data

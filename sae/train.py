@@ -123,7 +123,7 @@ def build_groups(settings: TrainSettings, d_in: int, device: str,
     share under `--distribute sweep`); each model's initial weights depend on its
     own (seed, kind, R, value) only, so it starts the same in any share.
     """
-    options = StackOptions(auxk_alpha=settings.auxk_alpha, dead_tokens=settings.dead_tokens, data_mean=data_mean)
+    options = StackOptions(kind_settings=settings.own_settings, data_mean=data_mean)
     cls = objective_class(settings.kind)
     if members is None:
         return [cls(d_in, r, sorted(settings.sweep_values), settings.seed, options).to(device)
@@ -279,6 +279,8 @@ class _Loop:
             if self.scale != 1.0:
                 x = x * self.scale
             set_lr(self.optimizer, s.learning_rate * lr_factor(step, s.steps, s.lr_warmup, s.lr_decay))
+            for g in self.groups:
+                g.at_step(step, s.steps)
             results = stepper(x)
             for f, r in zip(flags, results):
                 f |= ~torch.isfinite(r["loss"].detach())

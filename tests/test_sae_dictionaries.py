@@ -13,7 +13,7 @@ import sae
 from sae.base import Dictionary
 from sae.baselines import (collect, fit_ica, neuron_basis, pca_from_moments, random_basis, signed_neuron_basis,
                            topk_control)
-from sae.dictionaries import KINDS, BatchTopKSAE, JumpReLUSAE, TiedSAE, TopKSAE, UntiedSAE
+from sae.dictionaries import KINDS, BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, TiedSAE, TopKSAE, UntiedSAE
 from sae.errors import DictionaryError
 from sae.export import export_saelens
 from tests.support.sae_data import sparse_data
@@ -59,7 +59,9 @@ def every_kind(data) -> list:
     thresholds = torch.rand(30, generator=g)
     batchtopk = BatchTopKSAE({**untied_tensors, "threshold": torch.full((30,), 0.3)}, {**base, "d_in": D, "n_features": 30})
     jumprelu = JumpReLUSAE({**untied_tensors, "threshold": thresholds}, {**base, "d_in": D, "n_features": 30})
-    kinds = [tied, untied, topk, batchtopk, jumprelu, pca, ica, random_basis(D, dict(base), seed=1), neuron_basis(D, dict(base)),
+    matryoshka = MatryoshkaSAE({**untied_tensors, "threshold": torch.full((30,), 0.2)},
+                               {**base, "d_in": D, "n_features": 30, "k": 4, "matryoshka_widths": [8, 30]})
+    kinds = [tied, untied, topk, batchtopk, matryoshka, jumprelu, pca, ica, random_basis(D, dict(base), seed=1), neuron_basis(D, dict(base)),
              signed_neuron_basis(D, dict(base)), topk_control(pca, 3, {}), topk_control(ica, 3, {}), _probe(base, g)]
     assert sorted(d.kind for d in kinds) == sorted(KINDS)
     return kinds

@@ -3,16 +3,18 @@
 `ToySAE` / `ToyStack` below are a kind no module of the toolkit knows: an
 untied SAE without decoder bias whose decoder rows are free (not normalised)
 and whose L1 is weighted by the decoder norms, as SAELens's standard SAE.
-One `KindSpec` row, registered for the test alone, is all it gets; it then
-trains, evaluates, explains (token-lookup explainer and simulator, no LLM)
-and exports through the real command line.
+`ToySettings` is its own hyperparameter (a factor on its L1 term). One
+`KindSpec` row, registered for the test alone, is all it gets; it then
+trains (its knob a `train-sae` flag that reaches the objective), evaluates,
+explains (token-lookup explainer and simulator, no LLM) and exports through
+the real command line.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
@@ -21,9 +23,11 @@ from torch import Tensor, nn
 
 import cli
 import sae
+from common.options import option
 from sae.kinds.affine import AffineDictionary, unit_rows
 from sae.kinds.stack import StackOptions, SweepStack, xavier
-from sae.registry import L1_SWEEP, KindSpec, kind_names, learned_kinds, objective_class, registered, specs
+from sae.registry import (L1_SWEEP, KindSpec, kind_names, learned_kinds, objective_class, registered, settings_class,
+                          specs)
 from tests.support.sae_data import HOOK
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one torch thread (tests/conftest.py)
@@ -43,8 +47,15 @@ class ToySAE(AffineDictionary):
         return t["W_e"] * norms[:, None], t["b_e"] * norms, unit_rows(t["W_d"]), torch.zeros(self.d_in)
 
 
+@dataclass
+class ToySettings:
+    """The toy kind's own knob: it becomes `--toy-l1-scale` of train-sae and reaches `ToyStack` as kind_settings."""
+
+    toy_l1_scale: float = option(1.0, help="factor on the toy kind's L1 term")
+
+
 class ToyStack(SweepStack):
-    """MSE + α·Σ_j c_j‖W_d,j‖ (decoder-norm-weighted L1); one model per α."""
+    """MSE + s·α·Σ_j c_j‖W_d,j‖ (decoder-norm-weighted L1, s its own `toy_l1_scale`); one model per α."""
 
     kind = TOY
     bias_names = ("b_e",)
@@ -65,10 +76,11 @@ class ToyStack(SweepStack):
         x_hat = torch.bmm(c, self.W_d)
         mse = (x_hat - xs).pow(2).mean(dim=(1, 2))
         l1 = (c * self.W_d.norm(dim=-1).unsqueeze(1)).sum(dim=(1, 2)) / batch
-        return {"loss": mse + self.alpha * l1, "mse": mse, "l1": l1, "c": c, "x_hat": x_hat}
+        return {"loss": mse + self.kind_settings.toy_l1_scale * self.alpha * l1, "mse": mse, "l1": l1, "c": c,
+                "x_hat": x_hat}
 
 
-TOY_ROW = KindSpec(TOY, ToySAE, ToyStack, L1_SWEEP, lr=2e-3, marker="h")
+TOY_ROW = KindSpec(TOY, ToySAE, ToyStack, L1_SWEEP, lr=2e-3, settings=ToySettings, marker="h")
 
 
 def test_a_toy_kind_trains_evaluates_explains_and_exports_through_the_cli_with_one_row(tiny_cache, tmp_path, capsys):
@@ -86,6 +98,7 @@ def test_a_toy_kind_trains_evaluates_explains_and_exports_through_the_cli_with_o
         training = dense.config["training"]
         assert dense.config["l1"] == 1e-3 and training["kind"] == TOY and training["lr"] == 2e-3  # the row's lr
         assert "ks" not in training and "auxk_alpha" not in training  # other kinds' knobs are not recorded
+        assert training["toy_l1_scale"] == 1.0  # its own knob is, at its default
         assert 0 < dense.config["metrics"]["fvu"] < 1 and dense.config["metrics"]["l0"] > sparse.config["metrics"]["l0"]
 
         # folding the input scale and the decoder norms into the saved form keeps encode/decode exact
@@ -121,6 +134,32 @@ def test_a_toy_kind_trains_evaluates_explains_and_exports_through_the_cli_with_o
         cli.main(["train-sae", "--cache", str(tiny_cache), "--hook", HOOK, "--kind", TOY, "--out", str(out)])
 
 
+def test_the_toy_kinds_own_knob_is_a_flag_that_reaches_its_objective_and_only_its_own(tiny_cache, tmp_path, capsys):
+    """`--toy-l1-scale 0` switches the toy's L1 term off: the same α then gives a denser dictionary, and the
+    value is recorded; the flag is refused for another kind, and other kinds' flags are refused for the toy."""
+    base = ["train-sae", "--cache", str(tiny_cache), "--hook", HOOK, "--ratio", "2", "--l1", "3e-2", "--batch-size",
+            "64", "--tokens", str(64 * 80)]
+    with registered(TOY_ROW):
+        with pytest.raises(SystemExit):
+            cli.main(["train-sae", "--help"])
+        assert "--toy-l1-scale TOY_L1_SCALE" in capsys.readouterr().out
+        runs = {}
+        for scale in ("1", "0"):
+            out = tmp_path / f"scale{scale}"
+            assert cli.main(base + ["--kind", TOY, "--toy-l1-scale", scale, "--out", str(out)]) == 0
+            runs[scale] = sae.load(out / "toy_sae_R2_l1_0.03").config
+        assert runs["0"]["training"]["toy_l1_scale"] == 0.0 and runs["1"]["training"]["toy_l1_scale"] == 1.0
+        free, pressed = runs["0"]["metrics"], runs["1"]["metrics"]
+        assert free["l0"] > pressed["l0"] + 5 and free["fvu"] < pressed["fvu"]  # no L1 pressure: denser, closer
+        capsys.readouterr()
+        assert cli.main(base + ["--kind", "tied_sae", "--toy-l1-scale", "0", "--out", str(tmp_path / "t")]) == 2
+        assert "--toy-l1-scale is an option of --kind toy_sae only" in capsys.readouterr().err
+        assert cli.main(base + ["--kind", TOY, "--dead-tokens", "5", "--out", str(tmp_path / "d")]) == 2
+        err = capsys.readouterr().err
+        assert "--dead-tokens is an option of --kind topk, --kind batchtopk" in err and "matryoshka" in err
+    assert not (tmp_path / "t").exists() and not (tmp_path / "d").exists()  # refused before anything was written
+
+
 def test_every_learned_row_names_classes_of_its_kind_and_settings_fields_that_exist():
     from sae.settings import TrainSettings
 
@@ -129,7 +168,15 @@ def test_every_learned_row_names_classes_of_its_kind_and_settings_fields_that_ex
         assert sae.registry.kind_class(spec.name).kind == spec.name
         if spec.learned:
             assert objective_class(spec.name).kind == spec.name and spec.lr > 0
-            assert spec.sweep.field in train_fields and set(spec.hyperparameters) <= train_fields
+            assert spec.sweep.field in train_fields
+            own = settings_class(spec.name)
+            if own is not None:  # its own knobs: options of a dataclass of their own, none shadowing a shared one
+                names = {f.name for f in fields(own) if "option" in f.metadata}
+                assert names and not names & train_fields, spec.name
+                settings = TrainSettings(hook="h", kind=spec.name)
+                assert set(names) <= set(settings.public())  # recorded for this kind
+                others = [k for k in learned_kinds() if settings_class(k) is None]
+                assert not set(names) & set(TrainSettings(hook="h", kind=others[0]).public())  # and not for others
         if spec.topk_control_of is not None:
             assert spec.fitted and sae.registry.kind_spec(spec.topk_control_of).fitted
 

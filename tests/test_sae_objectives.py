@@ -12,6 +12,7 @@ import torch
 
 import sae
 from sae.data import TensorSource, split_cache
+from sae.kind_settings import AuxKSettings, JumpReLUSettings, MatryoshkaSettings
 from sae.kinds.stack import StackOptions, auxk_fvu, batched_top_k, sparse_decode
 from sae.registry import LEARNED_KINDS, objective_class
 from sae.settings import TrainSettings
@@ -21,7 +22,9 @@ from tests.support.sae_data import sparse_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one torch thread (tests/conftest.py)
 
-VALUES = {"tied_sae": [1e-2, 1e-1], "untied_sae": [1e-2, 1e-1], "topk": [2, 5], "batchtopk": [2, 5]}
+VALUES = {"tied_sae": [1e-2, 1e-1], "untied_sae": [1e-2, 1e-1], "topk": [2, 5], "batchtopk": [2, 5],
+          "matryoshka_batchtopk": [2, 5], "jumprelu": [0.1, 1.0]}
+THRESHOLD_TRAINED = ("batchtopk", "matryoshka_batchtopk")  # a batch-level top-k in training, a threshold at inference
 
 
 @pytest.mark.parametrize("kind", LEARNED_KINDS)
@@ -32,7 +35,7 @@ def test_folding_the_input_scale_makes_raw_encode_and_decode_exact(kind):
     with torch.no_grad():
         for p in stack.parameters():
             p.add_(0.1 * torch.randn_like(p))
-        if kind == "batchtopk":
+        if kind in THRESHOLD_TRAINED:
             stack.theta.fill_(0.05)
     stack.after_update()  # as after every training step (TopK kinds renormalise their decoder rows here)
     stack.eval()
@@ -40,13 +43,15 @@ def test_folding_the_input_scale_makes_raw_encode_and_decode_exact(kind):
     out = stack(x * scale)
     for i, d in enumerate(stack.dictionaries({"hook": "h"}, input_scale=scale)):
         assert d.kind == kind
-        if kind == "batchtopk":  # inference is the learned threshold, not the batch-level top-k of training
+        if kind in THRESHOLD_TRAINED:  # inference is the learned threshold, not the batch-level top-k of training
             pre = (x * scale - stack.b_d[i].detach()) @ stack.W_e[i].detach().T + stack.b_e[i].detach()
             want = torch.where(pre > 0.05, pre, torch.zeros(())) / scale
         else:
             want = out["c"][i].detach() / scale
+        if kind == "jumprelu":  # its decoder rows are free (as SAELens's): the saved codes carry their norms
+            want = want * stack.W_d[i].detach().norm(dim=-1)
         torch.testing.assert_close(d.encode(x), want, atol=1e-5, rtol=1e-4)
-        if kind != "batchtopk":
+        if kind not in THRESHOLD_TRAINED:
             torch.testing.assert_close(d.decode(d.encode(x)), out["x_hat"][i].detach() / scale, atol=1e-5, rtol=1e-4)
 
 
@@ -185,12 +190,16 @@ class _Interrupt(Stepper):
         return super().__call__(x)
 
 
-@pytest.mark.parametrize("kind", ["topk", "batchtopk"])
-def test_an_interrupted_topk_run_resumes_bit_identically(tmp_path, kind):
-    """Their dead-latent counters and threshold are checkpointed, so the resumed run is the uninterrupted one."""
+@pytest.mark.parametrize("kind, own", [("topk", AuxKSettings(dead_tokens=200)),
+                                       ("batchtopk", AuxKSettings(dead_tokens=200)),
+                                       ("matryoshka_batchtopk", MatryoshkaSettings(dead_tokens=200)),
+                                       ("jumprelu", JumpReLUSettings(l0_warmup=0.5))])
+def test_an_interrupted_topk_run_resumes_bit_identically(tmp_path, kind, own):
+    """Their dead-latent counters and threshold are checkpointed and JumpReLU's L0 warm-up is a function of the
+    step, so the resumed run is the uninterrupted one."""
     x, _ = sparse_data(d=8, n_true=12, n=4000, seed=6)
-    settings = TrainSettings(hook="h", kind=kind, ks=[2, 3], batch_size=64, tokens=64 * 60, checkpoint_every=10,
-                             dead_tokens=200)
+    settings = TrainSettings(hook="h", kind=kind, ks=[2, 3], l0_coefficients=[0.3, 1.0], batch_size=64,
+                             tokens=64 * 60, checkpoint_every=10, kind_settings=own)
     [a, b] = train_sweep(TensorSource(x), settings, tmp_path / "whole", progress=False)
     with pytest.raises(KeyboardInterrupt):
         train_sweep(TensorSource(x), settings, tmp_path / "killed", progress=False, stepper_factory=_Interrupt)

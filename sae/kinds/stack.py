@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -68,10 +68,13 @@ def unit_rows_with_grad(m: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class StackOptions:
-    """Training knobs an objective may use (from `TrainSettings`); `data_mean` is in normalised units."""
+    """What an objective gets beside its sweep: its kind's own hyperparameters and the data mean.
 
-    auxk_alpha: float = 1 / 32
-    dead_tokens: int = 100_000
+    `kind_settings` is an instance of the kind's settings class (`sae.kind_settings`, named by its registry
+    row; None: that class's defaults); `data_mean` is in normalised units.
+    """
+
+    kind_settings: Any = None
     data_mean: Tensor | None = None
 
 
@@ -90,6 +93,12 @@ class SweepStack(nn.Module):
         self.values = [self.spec().sweep.cast(v) for v in values]
         self.seeds = [model_seed(seed, self.kind, ratio, v) for v in self.values]
         self.options = options
+        if options.kind_settings is not None:
+            self.kind_settings = options.kind_settings
+        else:
+            from sae.registry import default_settings
+
+            self.kind_settings = default_settings(self.kind)  # this kind's own hyperparameters (or None)
 
     @classmethod
     def spec(cls):
@@ -111,6 +120,22 @@ class SweepStack(nn.Module):
     def generators(self) -> list[torch.Generator]:
         return [torch.Generator().manual_seed(s) for s in self.seeds]
 
+    def init_affine(self, data_mean: Tensor | None, row_norm: float = 1.0) -> None:
+        """W_e, b_e, W_d, b_d of an affine SAE: decoder rows random of norm `row_norm` (one generator per model),
+        the encoder their copy (its transpose, in x·W_eᵀ form), b_e zero, b_d at the data mean (or zero)."""
+        n, f, d_in = len(self.values), self.n_features, self.d_in
+        dec = []
+        for g in self.generators():
+            w = torch.randn(f, d_in, generator=g)
+            w = w / w.norm(dim=-1, keepdim=True)
+            dec.append(w * row_norm if row_norm != 1.0 else w)
+        dec_t = torch.stack(dec)
+        mean = data_mean if data_mean is not None else torch.zeros(d_in)
+        self.W_e = nn.Parameter(dec_t.clone())
+        self.b_e = nn.Parameter(torch.zeros(n, f))
+        self.W_d = nn.Parameter(dec_t)
+        self.b_d = nn.Parameter(mean.to(torch.float32).expand(n, d_in).clone())
+
     def param_names(self) -> list[str]:
         return [name for name, _ in self.named_parameters()]
 
@@ -120,6 +145,11 @@ class SweepStack(nn.Module):
 
     def after_update(self) -> None:
         """After the optimiser step (e.g. renormalise decoder rows)."""
+
+    def at_step(self, step: int, total: int) -> None:
+        """Before step `step` (0-based) of `total`: a schedule of the objective's own (e.g. a coefficient's
+        warm-up). A function of the step alone, so a resumed run follows it too; a tensor it changes must be
+        changed in place (a replayed CUDA graph reads that memory)."""
 
     def inference_tensors(self, i: int) -> dict[str, Tensor]:
         """Model i's tensors as its inference class stores them (normalised units)."""

@@ -1,10 +1,11 @@
 """Threshold SAEs: BatchTopK (Bussmann et al. 2024; inference form and objective) and JumpReLU (Rajamanoharan et al. 2024).
 
 Both encode per token as c_j = p_j · [p_j > θ_j] with p = W_e(x − b_d) + b_e:
-BatchTopK learns one θ for all features during training (the mean of the
-smallest activation its batch-level top-k kept), so a trained BatchTopK SAE
-needs no batch at inference; JumpReLU (e.g. Gemma Scope, loaded from SAELens)
-has one θ per feature. θ ≥ 0 keeps every code non-negative, as the
+BatchTopK (and Matryoshka BatchTopK, `sae.kinds.matryoshka`) learns one θ for
+all features during training (the mean of the smallest activation its
+batch-level top-k kept), so a trained BatchTopK SAE needs no batch at
+inference; JumpReLU (trained here by `sae.kinds.jumprelu`, or loaded from
+SAELens, e.g. Gemma Scope) has one θ per feature. θ ≥ 0 keeps every code non-negative, as the
 `Dictionary` protocol requires.
 """
 

@@ -15,7 +15,7 @@ shrink the codes instead of learning).
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from sae.errors import DictionaryError
 from sae.kinds.stack import StackOptions, SweepStack, auxk_fvu, batched_top_k
@@ -46,16 +46,7 @@ class TopKStack(SweepStack):
         n, f = len(self.values), self.n_features
         if any(k < 1 or k > f for k in self.values):
             raise ValueError(f"k values {self.values} must lie in 1..{f}")
-        dec = []
-        for g in self.generators():
-            w = torch.randn(f, d_in, generator=g)
-            dec.append(w / w.norm(dim=-1, keepdim=True))
-        dec_t = torch.stack(dec)
-        mean = options.data_mean if options.data_mean is not None else torch.zeros(d_in)
-        self.W_e = nn.Parameter(dec_t.clone())
-        self.b_e = nn.Parameter(torch.zeros(n, f))
-        self.W_d = nn.Parameter(dec_t)
-        self.b_d = nn.Parameter(mean.to(torch.float32).expand(n, d_in).clone())
+        self.init_affine(options.data_mean)
         self.register_buffer("k_values", torch.tensor(self.values, dtype=torch.long), persistent=False)
         # tokens since each latent last fired: the dead-latent counter AuxK reads (checkpointed as extra state)
         self.register_buffer("since_fired", torch.zeros(n, f))
@@ -74,13 +65,13 @@ class TopKStack(SweepStack):
         err = x_hat - xs
         variance = batch_variance(x)
         fvu = err.pow(2).sum(dim=(1, 2)) / variance
-        aux = auxk_fvu(pre, self.since_fired, self.options.dead_tokens, self.W_d, (-err).detach(), variance,
+        aux = auxk_fvu(pre, self.since_fired, self.kind_settings.dead_tokens, self.W_d, (-err).detach(), variance,
                        k_aux=self.d_in // 2)
         if self.training:
             with torch.no_grad():
                 fired = (c > 0).any(dim=1)
                 self.since_fired.add_(batch).masked_fill_(fired, 0)
-        return {"loss": fvu + self.options.auxk_alpha * aux, "mse": err.pow(2).mean(dim=(1, 2)),
+        return {"loss": fvu + self.kind_settings.auxk_alpha * aux, "mse": err.pow(2).mean(dim=(1, 2)),
                 "l1": c.sum(dim=(1, 2)) / batch, "aux": aux, "c": c, "x_hat": x_hat}
 
     def codes_and_reconstruction(self, pre: Tensor) -> tuple[Tensor, Tensor]:
