@@ -96,8 +96,21 @@ def pca_from_moments(moments: StreamingMoments, sample: Tensor, config: dict) ->
     return PCABasis({"W_enc": v, "b_enc": -(v @ mu), "W_dec": v, "b_dec": mu}, cfg)
 
 
+def numerical_rank(sample: Tensor) -> int:
+    """How many directions the centred sample spans, by float32 precision (numpy's matrix_rank rule on the SVD).
+
+    The data are float32 activations, so a singular value below the largest times d times float32's epsilon
+    is rounding, not variance.
+    """
+    x = sample.to(torch.float64)
+    x = x - x.mean(0)
+    s = torch.linalg.eigvalsh(x.T @ x).clamp_min(0).sqrt().flip(0)  # the singular values, largest first
+    tol = float(s[0]) * max(x.shape[1], 1) * float(torch.finfo(torch.float32).eps)
+    return max(1, int((s > tol).sum()))
+
+
 def fit_ica(sample: Tensor, config: dict, seed: int = 0, max_iter: int = 400, tol: float = 1e-4) -> ICABasis:
-    """FastICA on a bounded subsample; directions are the normalised mixing columns.
+    """FastICA on a bounded subsample, one component per direction it spans; directions: the normalised mixing columns.
 
     The encoder row is scaled by the mixing column's norm so that decode
     (Σ c_j f_j + mean) equals FastICA's own inverse transform.
@@ -109,7 +122,15 @@ def fit_ica(sample: Tensor, config: dict, seed: int = 0, max_iter: int = 400, to
     # above float32 rounding. The skew orientation below is computed in float64.
     x = sample.to(torch.float32).numpy()
     n, d = x.shape
-    ica = FastICA(n_components=d, whiten="unit-variance", random_state=seed, max_iter=max_iter, tol=tol)
+    # one component per direction the data actually spans: unit-variance whitening divides by the square root of
+    # each variance, so a direction of (numerically) zero variance, as after a LayerNorm (pooled BERT outputs
+    # span d - 1 or fewer), blows rounding noise up to unit variance and every component came out dead
+    # (coefficients ~1e-9 on MiniLM's pooled [CLS] vectors, issue 25)
+    rank = numerical_rank(sample)
+    if rank < d:
+        print(f"note: the {n} samples span {rank} of {d} dimensions (the rest has no variance): ICA fits {rank} "
+              "components")
+    ica = FastICA(n_components=rank, whiten="unit-variance", random_state=seed, max_iter=max_iter, tol=tol)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         ica.fit(x)
@@ -127,7 +148,7 @@ def fit_ica(sample: Tensor, config: dict, seed: int = 0, max_iter: int = 400, to
     directions = directions * signs[:, None]
     enc = encoder.to(torch.float32)
     mu = mean.to(torch.float32)
-    cfg = {**config, "d_in": d, "n_features": d, "n_tokens_fitted": int(n), "ica_iterations": int(ica.n_iter_),
+    cfg = {**config, "d_in": d, "n_features": rank, "n_tokens_fitted": int(n), "ica_iterations": int(ica.n_iter_),
            "ica_converged": converged}
     return ICABasis({"W_enc": enc, "b_enc": -(enc @ mu), "W_dec": directions.to(torch.float32), "b_dec": mu}, cfg)
 

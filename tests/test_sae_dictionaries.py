@@ -138,6 +138,30 @@ def test_ica_decode_equals_fastica_inverse_transform(data):
     assert np.abs(np.diag(corr)).min() > 0.999
 
 
+def test_ica_on_data_spanning_fewer_dimensions_fits_one_live_component_per_spanned_direction(data):
+    """Issue 25: LayerNorm outputs (pooled BERT vectors) span d - 1 dimensions or fewer. Whitening the empty
+    direction to unit variance broke the basis: here it no longer inverts on the data (max error 5.6), and on
+    MiniLM's pooled [CLS] vectors every component was dead (coefficients ~1e-9)."""
+    from sklearn.decomposition import FastICA
+
+    from sae.baselines import numerical_rank
+
+    sample = data[:3000] - data[:3000].mean(1, keepdim=True)  # as after a LayerNorm: each row sums to 0
+    sample = sample * torch.linspace(0.5, 2.0, D) + 0.3  # gain and bias: the empty direction is no longer all-ones
+    assert numerical_rank(sample) == D - 1 and numerical_rank(data[:3000]) == D
+    ours = fit_ica(sample, {}, seed=0)
+    assert ours.n_features == D - 1
+    w, b, dirs, b_dec = ours.effective()
+    coefficients = (sample @ w.T + b).double()
+    assert coefficients.std(0).min() > 0.05 * coefficients.std(0).max()  # every component alive
+    torch.testing.assert_close((coefficients @ dirs.double() + b_dec.double()), sample.double(), rtol=1e-3,
+                               atol=1e-3)  # the spanned directions are all there: ICA inverts on its span
+    ref = FastICA(n_components=D - 1, whiten="unit-variance", random_state=0, max_iter=400, tol=1e-4)
+    sources = ref.fit_transform(sample.double().numpy())
+    corr = np.corrcoef(coefficients.T.numpy(), sources.T)[:D - 1, D - 1:]
+    assert np.abs(corr).max(1).min() > 0.99  # each of ours is one of scikit-learn's components
+
+
 def test_signed_neuron_basis_reconstructs_exactly_and_the_neuron_basis_does_not(data):
     x = data[:300]
     assert (x < 0).any()  # the data has negative parts to lose
