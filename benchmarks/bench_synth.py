@@ -162,6 +162,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="both libraries (default: the scale's)")
     parser.add_argument("--saelens-lr", type=float, default=None, help="default: the scale's")
     parser.add_argument("--eval-samples", type=int, default=None)
+    parser.add_argument("--stream", action="store_true", help="draw every batch from the generator instead of "
+                                                              "writing a cache (the published scale always does)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -183,7 +185,7 @@ def main() -> None:
           f"{time.perf_counter() - started:.0f} s; SAE width {scale.width}, {samples:,} training samples per SAE, "
           f"batch {args.batch_size}")
     cache, source = None, None
-    if scale.write_cache:
+    if scale.write_cache and not args.stream:
         from sae.data import split_cache
 
         cache = write_cache(model, scale, samples, out / "synth.h5")
