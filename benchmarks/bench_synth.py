@@ -206,6 +206,7 @@ def main() -> None:
             if cache is not None:  # our own F1 / MCC (sae.ground_truth, what `evaluate` shows) on the held-out part
                 row.update(our_recovery(folder, cache, held_out))
             rows.append(row)
+            progress(row, rows, out)
         timing[f"dictlens {kind}"] = time.perf_counter() - t
         print(f"{kind}: trained and evaluated in {timing[f'dictlens {kind}']:.0f} s", flush=True)
     for kind in args.saelens_kinds.split(","):
@@ -218,6 +219,7 @@ def main() -> None:
             rows.append({"name": f"saelens_{kind}_{value:g}", "kind": kind, "library": "SAELens",
                          "k": None if kind == "standard" else int(value),
                          **evaluate(sae, model, replay, args.batch_size)})
+            progress(rows[-1], rows, out)
         timing[f"SAELens {kind}"] = time.perf_counter() - t
         print(f"SAELens {kind}: trained and evaluated in {timing[f'SAELens {kind}']:.0f} s", flush=True)
     for row in rows:
@@ -237,6 +239,13 @@ def main() -> None:
               "seconds": timing, "total_seconds": time.perf_counter() - started}
     (out / "results.json").write_text(json.dumps(record, indent=1))
     print(f"wrote {out / 'results.json'}")
+
+
+def progress(row: dict, rows: list[dict], out: Path) -> None:
+    """Each SAE's numbers as soon as they exist (a long run cut short keeps what it measured)."""
+    print(f"{row['library']} {row['name']}: L0 {row['l0']:.1f} F1 {row['f1']:.3f} MCC {row['mcc']:.3f} "
+          f"uniqueness {row['uniqueness']:.3f} EV {row['explained_variance']:.3f} dead {row['dead']}", flush=True)
+    (out / "rows.partial.json").write_text(json.dumps(rows, indent=1))
 
 
 def table(rows: list[dict]) -> str:
