@@ -137,7 +137,7 @@ def our_recovery(folder: Path, cache: Path, held_out) -> dict:
 
 
 def saelens_values(kind: str, args) -> list[float]:
-    return list(args.saelens_l1) if kind == "standard" else list(args.l0s)
+    return list(args.saelens_l1) if kind == "standard" else list(args.saelens_l0s or args.l0s)
 
 
 def target_of(row: dict, l0s: list[int]) -> int:
@@ -156,6 +156,8 @@ def main() -> None:
     parser.add_argument("--kinds", default=None, help="our kinds (default: every kind train-sae trains)")
     parser.add_argument("--saelens-kinds", default="standard,batchtopk,jumprelu,matryoshka")
     parser.add_argument("--l0s", type=int, nargs="+", default=None, help="target L0s (default 20 25)")
+    parser.add_argument("--saelens-l0s", type=int, nargs="+", default=None, help="SAELens's k / JumpReLU target "
+                                                                                  "L0s (default: --l0s)")
     parser.add_argument("--l1", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3], help="our L1 kinds' alphas")
     parser.add_argument("--saelens-l1", type=float, nargs="+", default=[2.0, 5.0, 10.0], help="SAELens Standard's L1")
     parser.add_argument("--sweep", action="append", default=[], help="KIND=v1,v2: another kind's sweep values")
