@@ -241,24 +241,32 @@ def _scores_section(records: list[dict[str, Any]], out: Path) -> str:
     return head + html_table + img
 
 
+_TRUTH_COLUMNS = (("true MMCS", "truth_mmcs"), ("F1", "truth_f1"), ("MCC", "truth_mcc"))
+
+
 def _dictionaries_section(contents: RunContents, out: Path) -> str:
     head = ('<h2 id="dictionaries">Dictionaries</h2><p class="muted small">FVU: fraction of variance unexplained; '
             'L0: mean active features per token; dead: never active on the evaluation tokens; KL and ΔCE: next-token '
             'KL divergence and cross-entropy increase with the reconstruction spliced in at the hook '
-            '(from <code>cli.py evaluate</code>; “–” where it was not computed).</p>')
+            '(from <code>cli.py evaluate</code>; “–” where it was not computed). On a cache that records its true '
+            'features (planted or synthetic), true MMCS, F1 and MCC say how well they were recovered '
+            '(SynthSAEBench\'s definitions, <code>sae.ground_truth</code>).</p>')
     rows = _dictionary_rows(contents)
     if not rows:
         return head + _not_run("Dictionary training (`cli.py train-sae` / `cli.py baselines`)",
                                "put dictionary folders (config.json + weights.safetensors) under the run folder")
+    # recovery of the true features, only where a dictionary was evaluated on a cache that records them
+    truth = [c for c in _TRUTH_COLUMNS if any(c[1] in r["metrics"] for r in rows)]
     body = []
     for r in rows:
         m = r["metrics"]
         body.append([esc(r["name"]), esc(r.get("kind")), esc(r.get("hook")), fmt(r.get("n_features"), "d"),
                      fmt(r.get("ratio"), "g"), fmt(r.get("l1"), "g"), fmt(m.get("fvu"), ".4f"),
                      fmt(m.get("l0"), ".1f"), fmt(m.get("dead_fraction"), ".1%"), fmt(m.get("kl"), ".4f"),
-                     fmt(m.get("ce_increase"), ".4f"), fmt(m.get("mmcs"), ".3f")])
-    html_table = table(["name", "kind", "hook", "features", "R", "α", "FVU", "L0", "dead", "KL", "ΔCE", "MMCS"],
-                       body, "dicts")
+                     fmt(m.get("ce_increase"), ".4f"), fmt(m.get("mmcs"), ".3f")]
+                    + [fmt(m.get(key), ".3f") for _, key in truth])
+    html_table = table(["name", "kind", "hook", "features", "R", "α", "FVU", "L0", "dead", "KL", "ΔCE", "MMCS"]
+                       + [label for label, _ in truth], body, "dicts")
     plotted = [{"name": r["name"], "kind": r.get("kind"), "hook": r.get("hook"), "ratio": r.get("ratio"),
                 "fvu": r["metrics"]["fvu"], "l0": r["metrics"]["l0"]} for r in rows
                if isinstance(r["metrics"].get("fvu"), (int, float)) and isinstance(r["metrics"].get("l0"), (int, float))]

@@ -16,6 +16,7 @@ import torch
 from common.errors import UserError
 from common.notes import clipped_line
 from sae.data import check_fits, split_cache
+from sae.ground_truth import ground_truth_metrics
 from sae.io import load, update_metrics
 from sae.metrics import density_histogram, mmcs, model_metrics, quality_warnings, reconstruction_metrics
 from sae.plot import plot_density, plot_frontier
@@ -97,6 +98,10 @@ def evaluate_dictionaries(cache: str | Path, dicts: list[str], tokens: int = 200
             results[i]["warnings"] = quality_warnings(st) + ([overlap] if overlap else [])
             for warning in results[i]["warnings"]:
                 print(f"warning: {loaded[i].name}: {warning}")
+        recovery = ground_truth_metrics(group, cache, hook, tuple(source.info["contexts"]), n, skip_first,
+                                        max_norm=source.max_norm, device=device)
+        for i, st in zip(idx, recovery or []):  # a planted or synthetic cache: how well the true features are found
+            results[i].update(st)
     if reference is not None:
         ref_dirs = reference.directions
         for i, d in enumerate(loaded):
@@ -186,7 +191,8 @@ def _fmt(value, spec: str) -> str:
 def format_table(rows: list[dict]) -> str:
     cols = [("name", "name", "s"), ("kind", "kind", "s"), ("F", "n_features", "d"), ("FVU", "fvu", ".4f"),
             ("EV", "explained_variance", ".4f"), ("L0", "l0", ".1f"), ("dead%", "dead_fraction", ".1%"),
-            ("MMCS", "mmcs", ".3f"), ("KL", "kl", ".4f"), ("dCE", "ce_increase", ".4f"),
+            ("MMCS", "mmcs", ".3f"), ("true MMCS", "truth_mmcs", ".3f"), ("F1", "truth_f1", ".3f"),
+            ("MCC", "truth_mcc", ".3f"), ("KL", "kl", ".4f"), ("dCE", "ce_increase", ".4f"),
             ("CE rec", "ce_loss_recovered", ".3f"), ("KL rec", "kl_recovered", ".3f")]
     cols = [c for c in cols if c[1] in ("name", "kind", "n_features") or any(c[1] in r for r in rows)]
     cells = [[h for h, _, _ in cols]] + [[_fmt(r.get(k), s) for _, k, s in cols] for r in rows]
