@@ -89,7 +89,7 @@ _AUXK = ("auxk_alpha", "dead_tokens")  # the AuxK loss against dead latents (Top
 _ROWS: tuple[KindSpec, ...] = (
     # Learning rates recover planted features at the default schedule (benchmarks/bench_recovery.py) and
     # train well on normalised activations.
-    KindSpec("tied_sae", "sae.kinds.tied:TiedSAE", "sae.kinds.tied:TiedStack", L1_SWEEP, lr=1.5e-2,
+    KindSpec("tied_sae", "sae.kinds.tied:TiedSAE", "sae.kinds.tied:TiedStack", L1_SWEEP, lr=5e-3,
              data_parallel=True, folder_prefix="tied", marker="o"),
     KindSpec("untied_sae", "sae.kinds.untied:UntiedSAE", "sae.kinds.untied:UntiedStack", L1_SWEEP, lr=5e-3,
              data_parallel=True, folder_prefix="untied", marker="s"),

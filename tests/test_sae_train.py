@@ -52,9 +52,9 @@ def test_l1_kinds_at_their_defaults_recover_directions_in_superposition(tmp_path
     """benchmarks/bench_recovery.py's 4x set in small: 256 directions in 64 dimensions, Exp(1) magnitudes,
     ~3.7 active per vector, as many latents as directions, everything else at train-sae's defaults.
 
-    Before issue 29 the tied SAE found 0 % of these directions at cos > 0.9 (α = 1e-2 alone left L0 ~8x the true
-    L0; lr 5e-3 was too slow for 1M tokens) and SAELens's standard L1 SAE at its defaults (batch 256) about 56 %
-    of the benchmark's version. The default sweep's best member must recover most of them.
+    Before issue 29 the tied SAE found 0 % of these directions at cos > 0.9: α = 1e-2 alone leaves L0 ~8x the
+    true L0 (docs/RESULTS.md, "L1 defaults under superposition"). The default sweep's sparser member must
+    recover a good share of them.
     """
     x, truth = sparse_data(d=64, n_true=256, n=300_000, p=0.0145, seed=0, exponential=True)
     settings = TrainSettings(hook=HOOK, kind=kind, ratios=[4.0])  # width = the number of true directions
