@@ -27,17 +27,17 @@ our L1 kinds' recovery against it (issue 29's target: at least as many).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from activations.truth import sparse_rows, write_synthetic_cache  # noqa: E402
 
 CONTEXT = 128
 HOOK = "blocks.0.hook_resid_post"
@@ -70,12 +70,13 @@ SUPERPOSITION = tuple(PlantedSet(f"{m}x", 64, 64 * m, 0.02 / m, 0.12 / m, "expon
 SETS = {s.name: s for s in (EASY, *SUPERPOSITION)}
 
 
-def planted(spec: PlantedSet, n_tokens: int, seed: int = 0) -> tuple[np.ndarray, torch.Tensor, float]:
+def planted(spec: PlantedSet, n_tokens: int, seed: int = 0) -> tuple[np.ndarray, torch.Tensor, float, tuple]:
+    """(activations, true directions, true mean L0, (indptr, indices) of the directions active in each row)."""
     g = torch.Generator().manual_seed(seed)
     truth = torch.randn(spec.n_true, spec.d, generator=g)
     truth = truth / truth.norm(dim=1, keepdim=True)
     p = torch.exp(torch.empty(spec.n_true).uniform_(np.log(spec.p_min), np.log(spec.p_max), generator=g))
-    rows = []
+    rows, counts, indices = [], [], []
     for start in range(0, n_tokens, 65_536):
         n = min(65_536, n_tokens - start)
         on = torch.rand(n, spec.n_true, generator=g) < p
@@ -84,25 +85,22 @@ def planted(spec: PlantedSet, n_tokens: int, seed: int = 0) -> tuple[np.ndarray,
         else:
             mags = torch.empty(n, spec.n_true).exponential_(1.0, generator=g)
         rows.append((on * mags) @ truth)
+        chunk_ptr, chunk_idx = sparse_rows(on)
+        counts.append(np.diff(chunk_ptr))
+        indices.append(chunk_idx)
     x = torch.cat(rows)
-    return x.numpy().astype(np.float32), truth, float(p.sum())
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64)
+    return x.numpy().astype(np.float32), truth, float(p.sum()), (indptr, np.concatenate(indices))
 
 
-def write_cache(path: Path, x: np.ndarray, corpus: str) -> None:
-    """A cache in the format `cli.py cache` writes (one hook; tokens are placeholders)."""
-    d = x.shape[1]
+def write_cache(path: Path, x: np.ndarray, corpus: str, truth: torch.Tensor, active: tuple) -> None:
+    """A cache in the format `cli.py cache` writes (one hook; tokens are placeholders) that records the planted
+    directions and which fire in each row, so `cli.py evaluate` shows MMCS, F1 and MCC beside FVU and L0."""
     n_ctx = x.shape[0] // CONTEXT
-    acts = x[: n_ctx * CONTEXT].reshape(n_ctx, CONTEXT, d)
-    settings = {"model": "synthetic", "corpus": corpus, "hooks": [HOOK]}
-    with h5py.File(path, "w") as f:
-        f.create_dataset("tokens", data=np.zeros((n_ctx, CONTEXT), np.int32), chunks=(64, CONTEXT))
-        f.create_group("acts").create_dataset(HOOK, data=acts, chunks=(64, CONTEXT, d))
-        f.attrs.update({"format_version": 1, "settings": json.dumps(settings), "model_id": "synthetic",
-                        "model_source": "synthetic", "model_revision": "", "model_type": "synthetic",
-                        "tokenizer": "", "dtype": "float32", "context_length": CONTEXT,
-                        "hooks": json.dumps([HOOK]), "widths": json.dumps({HOOK: d}), "corpus": corpus,
-                        "fragments": False, "bos_prepended": False, "documents_read": n_ctx,
-                        "documents_too_short": 0, "n_contexts": n_ctx, "n_contexts_done": n_ctx})
+    rows = n_ctx * CONTEXT
+    indptr, indices = active
+    write_synthetic_cache(path, x[:rows].reshape(n_ctx, CONTEXT, x.shape[1]), HOOK, corpus, truth,
+                          indptr[: rows + 1], indices[: indptr[rows]])
 
 
 def recovery(truth: torch.Tensor, directions: torch.Tensor) -> tuple[float, float]:
@@ -218,8 +216,8 @@ def main() -> None:
         out = Path(args.out) / name
         out.mkdir(parents=True, exist_ok=True)
         cache = out / "planted.h5"
-        x, truth, true_l0 = planted(spec, int(args.tokens * 0.7) + 20 * CONTEXT)
-        write_cache(cache, x, f"planted {spec}")
+        x, truth, true_l0, active = planted(spec, int(args.tokens * 0.7) + 20 * CONTEXT)
+        write_cache(cache, x, f"planted {spec}", truth, active)
         print(f"set {name}: d={spec.d}, {spec.n_true} true directions, firing p log-uniform in "
               f"[{spec.p_min:g}, {spec.p_max:g}], {spec.magnitudes} magnitudes, true mean L0 {true_l0:.2f}; "
               f"{x.shape[0]} cached tokens, {args.tokens} training tokens (10% of contexts held out)")
