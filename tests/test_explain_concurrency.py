@@ -62,7 +62,8 @@ def _settings(setup, out, server, concurrency, **kw):
 def test_concurrency_overlaps_n_requests_and_writes_the_records_of_concurrency_1(setup, tmp_path,
                                                                                   monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    one, many = FakeServed(latency=0.02), FakeServed(latency=0.02)
+    # the 8 requests of `many` need room to overlap on a busy machine (at 0.02 s a full-suite run once saw fewer)
+    one, many = FakeServed(latency=0.02), FakeServed(latency=0.1)
     try:
         explain_command(_settings(setup, tmp_path / "c1", one, 1))
         many.script = [200, 429, 200, 200, 429, 429] * 6  # rate-limited now and then: retried, nothing changes
