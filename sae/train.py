@@ -176,8 +176,9 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
     _check_k(settings, source.d_in)
     if launch.is_main and settings.tokens > source.n_tokens:
         print(passes_line(settings.tokens, source.n_tokens))
-    if launch.is_main and dead_tokens_line(settings):
-        print(dead_tokens_line(settings))
+    note = dead_tokens_line(settings) if launch.is_main else None
+    if note:
+        print(note)
     members = sweep_members(settings)
     names = member_names(settings)
     if _existing(out, names, ident):
