@@ -109,6 +109,45 @@ def test_streaming_top_documents_equal_one_topk_over_the_whole_corpus():
     assert torch.equal(tracker.rows[0], torch.full((7,), 300)) and torch.equal(tracker.rows[1:], want.indices[:8])
 
 
+@pytest.mark.parametrize("m, block", [(8, 5), (8, 30), (40, 7), (300, 64)])
+def test_streaming_top_documents_equal_a_full_sort_when_the_spare_columns_fill(monkeypatch, m, block):
+    """Many blocks between merges, the spare columns filling up, uneven blocks and a row subset (as the
+    second pass feeds it): the tracker's top list is exactly the m first of a full sort of the corpus."""
+    rng = np.random.default_rng(m + block)
+    n, n_features = 1000, 6
+    # distinct values (a permutation), so the full sort's order is unique; feature 0 rises along the corpus, so
+    # every block brings m entrants or all its rows and the spare columns fill; feature 5 falls, so after the first
+    # blocks nothing enters it
+    acts = torch.from_numpy(rng.permutation(n * n_features).reshape(n, n_features).astype(np.float32))
+    acts[:, 0] = torch.arange(n, dtype=torch.float32) * n * n_features + 0.5
+    acts[:, 5] = -torch.arange(n, dtype=torch.float32) - 0.25
+    keep = np.flatnonzero(rng.random(n) < 0.8)  # documents 0..n-1, of which a subset is streamed
+    merges = []
+    merge = TopTracker._merge
+    monkeypatch.setattr(TopTracker, "_merge", lambda self: (merges.append(self._used), merge(self))[1])
+    tracker = TopTracker(m)
+    start = 0
+    while start < len(keep):
+        size = int(rng.integers(1, 2 * block))
+        rows = torch.from_numpy(keep[start:start + size])
+        tracker.update(acts[rows], rows)
+        start += size
+    want = torch.sort(acts[torch.from_numpy(keep)], dim=0, descending=True)
+    assert torch.equal(tracker.values, want.values[:m])
+    assert tracker.rows.dtype == torch.int64
+    assert torch.equal(tracker.rows, torch.from_numpy(keep)[want.indices[:m]])
+    assert sum(used > m for used in merges) >= 2  # merges of full spare columns, not only the final one
+
+
+def test_streaming_holds_fewer_documents_than_m_when_the_corpus_is_smaller():
+    acts = torch.from_numpy(np.random.default_rng(4).normal(size=(7, 3)).astype(np.float32))
+    tracker = TopTracker(20)
+    for start, end in ((0, 3), (3, 5), (5, 7)):
+        tracker.update(acts[start:end], torch.arange(start, end))
+    want = torch.sort(acts, dim=0, descending=True)
+    assert torch.equal(tracker.values, want.values) and torch.equal(tracker.rows, want.indices)
+
+
 def _multilabel(n: int = 3000, n_labels: int = 40, seed: int = 5) -> list[list[int]]:
     """Documents with 0-4 labels of Zipf-like frequencies, and label pairs that co-occur (a hard case to balance)."""
     rng = np.random.default_rng(seed)
