@@ -118,7 +118,9 @@ def _cache_complete(path: Path) -> bool:
         return False
 
 
-def train_ours(args, cache: Path, layer: int, kind: str, values: list, out: Path, lr: float | None = None) -> list[Path]:
+def train_ours(args, cache: Path, layer: int, kind: str, values: list, out: Path, lr: float | None = None,
+               own=None) -> list[Path]:
+    """`train-sae` for one kind's sweep; `own` is the kind's settings dataclass (None: its defaults)."""
     from sae.commands import train_sae_command
     from sae.registry import kind_spec
     from sae.settings import TrainSettings
@@ -129,10 +131,11 @@ def train_ours(args, cache: Path, layer: int, kind: str, values: list, out: Path
 
     settings = TrainSettings(hook=hook_of(layer), kind=kind, ratios=[args.ratio], batch_size=args.batch_size,
                              tokens=args.tokens, cache=str(cache), out=str(out), lr=lr,
-                             eval_fraction=args.eval_fraction, seed=args.seed, sink_factor=args.sink_factor, **sweep)
+                             eval_fraction=args.eval_fraction, seed=args.seed, sink_factor=args.sink_factor,
+                             kind_settings=own, **sweep)
     print(f"\n== ours: layer {layer} {kind} {values} lr={settings.learning_rate:g} -> {out}", flush=True)
     existing = [out / name for name in member_names(settings)]
-    if layer in args.reuse_layers and all((p / "config.json").exists() for p in existing):
+    if layer in getattr(args, "reuse_layers", ()) and all((p / "config.json").exists() for p in existing):
         print(f"  --reuse-layers: the {len(existing)} folders already there are measured as they are "
               "(trained by an earlier version of train-sae; see their config.json)", flush=True)
         return existing

@@ -1,6 +1,7 @@
 """Matryoshka against BatchTopK on a feature hierarchy, and JumpReLU's threshold defaults (issue 29 item 2).
 
-    PYTHONPATH=. python benchmarks/bench_new_kinds.py [--seeds 0 1 2 3] [--tokens 150000]
+    PYTHONPATH=. python benchmarks/bench_new_kinds.py [--seeds 0 1 2 3] [--tokens 150000] [--parts 1 2]
+        [--jumprelu-starts 0.1 0.03]
 
 1. Absorption. The hierarchical planted set of the unit test (tests/support/sae_data.py: 8 parents, each with
    2 mutually exclusive children that fire only with it), trained by BatchTopK and Matryoshka BatchTopK at
@@ -56,7 +57,8 @@ def jumprelu_defaults(args: argparse.Namespace, out: Path) -> None:
     print(f"{'threshold':>9} {'bandwidth':>9} " + " ".join(f"{'L0 / MMCS at λ ' + format(c, 'g'):>22}"
                                                           for c in coefficients))
     saelens = JumpReLUSettings(jumprelu_init_threshold=0.01, jumprelu_bandwidth=0.05)
-    for name, own in (("saelens", saelens), ("ours", JumpReLUSettings())):
+    starts = [(f"start-{t:g}", JumpReLUSettings(jumprelu_init_threshold=t)) for t in args.jumprelu_starts]
+    for name, own in [("saelens", saelens), ("ours", JumpReLUSettings())] + starts:
         settings = TrainSettings(hook="h", kind="jumprelu", ratios=[2.0], l0_coefficients=coefficients,
                                  batch_size=512, tokens=args.jumprelu_tokens, kind_settings=own)
         paths = train_sweep(TensorSource(x), settings, out / f"jumprelu-{name}", progress=False)
@@ -74,12 +76,17 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=150_000, help="training tokens of the absorption runs")
     parser.add_argument("--jumprelu-tokens", type=int, default=500_000)
+    parser.add_argument("--jumprelu-starts", type=float, nargs="*", default=[],
+                        help="part 2: also these threshold starts at our default bandwidth (e.g. 0.1 0.03)")
+    parser.add_argument("--parts", type=int, nargs="+", default=[1, 2], choices=[1, 2])
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        absorption(args, Path(tmp))
-        jumprelu_defaults(args, Path(tmp))
+        if 1 in args.parts:
+            absorption(args, Path(tmp))
+        if 2 in args.parts:
+            jumprelu_defaults(args, Path(tmp))
     print(f"\n{time.perf_counter() - started:.0f} s")
 
 

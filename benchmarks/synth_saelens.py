@@ -49,8 +49,14 @@ def training_sae(kind: str, value: float, d_in: int, width: int, matryoshka_widt
     return cls(cfg)
 
 
-def train_saelens(sae, batches: Iterator[torch.Tensor], samples: int, batch_size: int, lr: float, device: str):
-    """Train `sae` on `batches` (SAELens's SAETrainer, SyntheticSAERunner's settings); returns the trained SAE."""
+def train_saelens(sae, batches: Iterator[torch.Tensor], samples: int, batch_size: int, lr: float, device: str,
+                  scaling_factor: float | None = None):
+    """Train `sae` on `batches` (SAELens's SAETrainer, SyntheticSAERunner's settings); returns the trained SAE.
+
+    `scaling_factor` s: SAELens's "expected_average_only_in" normalisation with s given instead of estimated (its
+    estimate would read batches off `batches` first, so the SAE would not train on the same ones); it trains on
+    s·x and folds s into the weights at the end, as SAELens does with its own estimate.
+    """
     from sae_lens import LoggingConfig
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
@@ -64,8 +70,12 @@ def train_saelens(sae, batches: Iterator[torch.Tensor], samples: int, batch_size
     def save_checkpoint(*_args, **_kwargs) -> None:  # no checkpoints in a benchmark run
         return None
 
-    return SAETrainer(cfg=cfg, sae=sae.to(device), data_provider=(b.to(device) for b in batches),
-                      save_checkpoint_fn=save_checkpoint).fit()
+    trainer = SAETrainer(cfg=cfg, sae=sae.to(device), data_provider=(b.to(device) for b in batches),
+                         save_checkpoint_fn=save_checkpoint)
+    if scaling_factor is not None:
+        sae.cfg.normalize_activations = "expected_average_only_in"
+        trainer.activation_scaler.scaling_factor = float(scaling_factor)
+    return trainer.fit()
 
 
 class Replay:
