@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from synth_models import SCALES, Scale, load_or_build  # noqa: E402
-from synth_saelens import Replay, evaluate, family, load_ours, train_saelens, training_sae  # noqa: E402
+from synth_report import check_targets, equal_l0_table, table  # noqa: E402
+from synth_saelens import Replay, evaluate, load_ours, train_saelens, training_sae  # noqa: E402
 
 HOOK = "blocks.0.hook_resid_post"  # a placeholder hook name: the cache holds one "layer", the generator's output
 CONTEXT = 128  # samples per placeholder context of the cache
@@ -92,20 +93,37 @@ class GeneratorSource:
                 yield self.generator.sample(batch_size).float()
 
 
-def sweep_values(kind: str, args) -> dict:
+def sweep_values(kind: str, args, done: set = frozenset()) -> dict:
+    """The values of `kind`'s sweep this run trains: --sweep's, else the target L0s (k) or --l1; less those in
+    `done` (measured by an earlier run into the same --out, whose rows are kept)."""
     from sae.registry import kind_spec
 
     sweep = kind_spec(kind).sweep
     if kind in args.sweep:
-        return {sweep.field: [sweep.cast(v) for v in args.sweep[kind]]}
-    if sweep.field == "ks":
-        return {"ks": list(args.l0s)}
-    if sweep.field == "l1s":
-        return {"l1s": list(args.l1)}
-    raise SystemExit(f"kind {kind!r} sweeps {sweep.flag}: give its values with --sweep {kind}=v1,v2")
+        values = [sweep.cast(v) for v in args.sweep[kind]]
+    elif sweep.field == "ks":
+        values = list(args.l0s)
+    elif sweep.field == "l1s":
+        values = list(args.l1)
+    else:
+        raise SystemExit(f"kind {kind!r} sweeps {sweep.flag}: give its values with --sweep {kind}=v1,v2")
+    return {sweep.field: [v for v in values if float(v) not in done]}
 
 
-def train_ours(kind: str, args, scale: Scale, samples: int, cache: Path | None, source, out: Path) -> list[Path]:
+def own_settings(kind: str, scale: Scale):
+    """Our Matryoshka nests the same prefixes as SAELens's in this run (the published experiments' widths, as
+    fractions of the width), so the two differ in implementation, not in configuration; other kinds: defaults."""
+    from sae.kind_settings import MatryoshkaSettings
+    from sae.registry import settings_class
+
+    if settings_class(kind) is MatryoshkaSettings:
+        return MatryoshkaSettings(matryoshka_prefixes=[w / scale.width for w in scale.matryoshka_widths
+                                                       if w < scale.width])
+    return None
+
+
+def train_ours(kind: str, args, scale: Scale, samples: int, cache: Path | None, source, out: Path,
+               values: dict) -> list[Path]:
     from sae.commands import train_sae_command
     from sae.settings import TrainSettings
     from sae.train import train_sweep
@@ -113,7 +131,7 @@ def train_ours(kind: str, args, scale: Scale, samples: int, cache: Path | None, 
     settings = TrainSettings(hook=HOOK, kind=kind, ratios=[scale.width / scale.hidden_dim], tokens=samples,
                              batch_size=args.batch_size, eval_fraction=EVAL_FRACTION, keep_first_position=True,
                              sink_factor=0, seed=SEED, cache=str(cache or ""), out=str(out), device=args.device,
-                             export="saelens", **sweep_values(kind, args))
+                             export="saelens", kind_settings=own_settings(kind, scale), **values)
     if cache is not None:  # exactly `train-sae`'s path: split_cache, train_sweep, export
         return train_sae_command(settings)
     from sae.export import export_saelens
@@ -137,14 +155,26 @@ def our_recovery(folder: Path, cache: Path, held_out) -> dict:
 
 
 def saelens_values(kind: str, args) -> list[float]:
+    """SAELens's values for `kind`: --saelens-sweep's, else the L1 coefficients (standard) or the k / target L0s."""
+    if kind in args.saelens_sweep:
+        return [float(v) if kind == "standard" else int(v) for v in args.saelens_sweep[kind]]
     return list(args.saelens_l1) if kind == "standard" else list(args.saelens_l0s or args.l0s)
 
 
-def target_of(row: dict, l0s: list[int]) -> int:
-    """The target L0 a row stands for: its k or JumpReLU target, else the target nearest the L0 it reached."""
-    if row.get("k") is not None:
-        return int(row["k"])
-    return min(l0s, key=lambda t: abs(t - row["l0"]))
+def setup_of(args, samples: int, eval_samples: int, lr: float | None) -> dict:
+    """What a row's numbers depend on beyond its kind and value: a row measured under another setup is not reused."""
+    return {"samples": samples, "batch_size": args.batch_size, "eval_samples": eval_samples, "saelens_lr": lr}
+
+
+def earlier_rows(out: Path, setup: dict) -> list[dict]:
+    """Rows an earlier run into the same --out measured under the same setup (same cache, same evaluation draw:
+    both are seeded), so a sweep can be widened without retraining what was measured."""
+    path = out / "rows.partial.json"
+    if not path.exists():
+        return []
+    rows = [r for r in json.loads(path.read_text()) if r.get("setup") == setup]
+    print(f"{len(rows)} rows measured earlier under the same setup are reused ({path})")
+    return rows
 
 
 def main() -> None:
@@ -161,6 +191,8 @@ def main() -> None:
     parser.add_argument("--l1", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3], help="our L1 kinds' alphas")
     parser.add_argument("--saelens-l1", type=float, nargs="+", default=[2.0, 5.0, 10.0], help="SAELens Standard's L1")
     parser.add_argument("--sweep", action="append", default=[], help="KIND=v1,v2: another kind's sweep values")
+    parser.add_argument("--saelens-sweep", action="append", default=[], help="KIND=v1,v2: one SAELens kind's "
+                                                                             "values (L1 coefficient, k or target L0)")
     parser.add_argument("--batch-size", type=int, default=None, help="both libraries (default: the scale's)")
     parser.add_argument("--saelens-lr", type=float, default=None, help="default: the scale's")
     parser.add_argument("--eval-samples", type=int, default=None)
@@ -173,6 +205,7 @@ def main() -> None:
 
     scale = SCALES[args.scale]
     args.sweep = {k: v.split(",") for k, v in (s.split("=", 1) for s in args.sweep)}
+    args.saelens_sweep = {k: v.split(",") for k, v in (s.split("=", 1) for s in args.saelens_sweep)}
     args.l0s = args.l0s or list(scale.l0s)
     args.batch_size = args.batch_size or scale.batch_size
     samples = args.samples or scale.samples
@@ -198,13 +231,23 @@ def main() -> None:
     t = time.perf_counter()
     replay = Replay(model.activation_generator, eval_samples, args.batch_size)
     print(f"drew the {eval_samples:,} evaluation samples in {time.perf_counter() - t:.0f} s", flush=True)
-    rows, timing = [], {}
+    setup = setup_of(args, samples, eval_samples, args.saelens_lr or scale.saelens_lr)
+    kept, rows, timing = earlier_rows(out, setup), [], {}
     for kind in kinds:
+        from sae.registry import kind_spec
+
         t = time.perf_counter()
-        for folder in train_ours(kind, args, scale, samples, cache, source, out / "ours" / kind):
+        sweep = kind_spec(kind).sweep
+        wanted = sweep_values(kind, args)
+        rows += [r for r in kept if r["library"] == "dictlens" and r["kind"] == kind
+                 and r["value"] in map(float, wanted[sweep.field])]
+        values = sweep_values(kind, args, {r["value"] for r in rows if r["kind"] == kind})
+        if not values[sweep.field]:
+            continue
+        for folder in train_ours(kind, args, scale, samples, cache, source, out / "ours" / kind, values):
             config = json.loads((folder / "config.json").read_text())
-            row = {"name": folder.name, "kind": kind, "library": "dictlens", "k": config.get("k"),
-                   "folder": str(folder), **evaluate(load_ours(folder), model, replay, args.batch_size)}
+            row = {"name": folder.name, "kind": kind, "library": "dictlens", "value": float(config[sweep.key]),
+                   "setup": setup, "folder": str(folder), **evaluate(load_ours(folder), model, replay, args.batch_size)}
             if cache is not None:  # our own F1 / MCC (sae.ground_truth, what `evaluate` shows) on the held-out part
                 row.update(our_recovery(folder, cache, held_out))
             rows.append(row)
@@ -214,71 +257,43 @@ def main() -> None:
     for kind in args.saelens_kinds.split(","):
         t = time.perf_counter()
         for value in saelens_values(kind, args):
+            same = [r for r in kept if r["library"] == "SAELens" and r["kind"] == kind and r["value"] == value]
+            if same:
+                rows.append(same[0])
+                continue
             sae = training_sae(kind, value, scale.hidden_dim, scale.width, scale.matryoshka_widths)
             sae = train_saelens(sae, source.batches(args.batch_size, samples + 4 * args.batch_size, SEED), samples,
                                 args.batch_size,
                                 args.saelens_lr or scale.saelens_lr, args.device)
-            rows.append({"name": f"saelens_{kind}_{value:g}", "kind": kind, "library": "SAELens",
-                         "k": None if kind == "standard" else int(value),
-                         **evaluate(sae, model, replay, args.batch_size)})
+            rows.append({"name": f"saelens_{kind}_{value:g}", "kind": kind, "library": "SAELens", "value": value,
+                         "setup": setup, **evaluate(sae, model, replay, args.batch_size)})
             progress(rows[-1], rows, out)
         timing[f"SAELens {kind}"] = time.perf_counter() - t
         print(f"SAELens {kind}: trained and evaluated in {timing[f'SAELens {kind}']:.0f} s", flush=True)
-    for row in rows:
-        row["target"] = target_of(row, args.l0s)
-        row["family"] = family(row["kind"]) if row["library"] == "dictlens" else row["kind"]
-    theirs = {(r["family"], r["target"]): r for r in rows if r["library"] == "SAELens"}
-    for row in rows:
-        other = theirs.get((row["family"], row["target"])) if row["library"] == "dictlens" else None
-        row["ratio"] = row["f1"] / other["f1"] if other and other["f1"] > 0 else None
     print()
     print(table(rows))
-    verdicts = check_targets(rows, theirs, args.l0s)
+    print()
+    equal, cells = equal_l0_table(rows, args.l0s)
+    print(f"F1 at equal L0 (linear in L0 between the nearest sweep points on either side of the target):\n{equal}")
+    verdicts = check_targets(cells, args.l0s)
     for line in verdicts:
         print(line)
     record = {"scale": scale.name, "samples": samples, "eval_samples": eval_samples, "batch_size": args.batch_size,
-              "saelens_lr": args.saelens_lr or scale.saelens_lr, "rows": rows, "verdicts": verdicts,
+              "saelens_lr": args.saelens_lr or scale.saelens_lr, "rows": rows, "equal_l0": cells, "verdicts": verdicts,
               "seconds": timing, "total_seconds": time.perf_counter() - started}
     (out / "results.json").write_text(json.dumps(record, indent=1))
     print(f"wrote {out / 'results.json'}")
 
 
 def progress(row: dict, rows: list[dict], out: Path) -> None:
-    """Each SAE's numbers as soon as they exist (a long run cut short keeps what it measured)."""
+    """Each SAE's numbers as soon as they exist (a long run cut short keeps what it measured; a rerun reuses them)."""
     print(f"{row['library']} {row['name']}: L0 {row['l0']:.1f} F1 {row['f1']:.3f} MCC {row['mcc']:.3f} "
           f"uniqueness {row['uniqueness']:.3f} EV {row['explained_variance']:.3f} dead {row['dead']}", flush=True)
-    (out / "rows.partial.json").write_text(json.dumps(rows, indent=1))
-
-
-def table(rows: list[dict]) -> str:
-    head = (f"{'kind':12s} {'library':9s} {'name':26s} {'target':>6s} {'L0':>6s} {'F1':>6s} {'MCC':>6s} {'uniq':>6s} "
-            f"{'EV':>6s} {'dead':>5s} {'F1 ours/theirs':>14s}")
-    lines = [head, "-" * len(head)]
-    for r in sorted(rows, key=lambda r: (r["family"], r["target"], r["library"] != "SAELens", r["kind"])):
-        ratio = f"{r['ratio']:.3f}" if r.get("ratio") is not None else "-"
-        lines.append(f"{r['kind']:12s} {r['library']:9s} {r['name'][:26]:26s} {r['target']:6d} {r['l0']:6.1f} "
-                     f"{r['f1']:6.3f} {r['mcc']:6.3f} {r['uniqueness']:6.3f} {r['explained_variance']:6.3f} "
-                     f"{r['dead']:5d} {ratio:>14s}")
-    return "\n".join(lines)
-
-
-def check_targets(rows: list[dict], theirs: dict, l0s: list[int]) -> list[str]:
-    """Issue 29 item 4 at this scale: our F1 ≥ SAELens's − 0.01 per shared kind and target L0; our best ≥ Matryoshka."""
-    out = []
-    for r in rows:
-        other = theirs.get((r["family"], r["target"])) if r["library"] == "dictlens" else None
-        if other is not None:
-            ok = r["f1"] >= other["f1"] - 0.01
-            out.append(f"{'met' if ok else 'NOT met'}: {r['name']} F1 {r['f1']:.3f} (L0 {r['l0']:.1f}) vs SAELens "
-                       f"{other['name']} {other['f1']:.3f} (L0 {other['l0']:.1f}), target L0 {r['target']}")
-    for t in l0s:
-        ours = [r for r in rows if r["library"] == "dictlens" and r["target"] == t]
-        mat = theirs.get(("matryoshka", t))
-        if ours and mat:
-            best = max(ours, key=lambda r: r["f1"])
-            out.append(f"{'met' if best['f1'] >= mat['f1'] else 'NOT met'}: our best at L0 {t} is {best['name']} "
-                       f"F1 {best['f1']:.3f} vs SAELens Matryoshka {mat['f1']:.3f}")
-    return out
+    path = out / "rows.partial.json"
+    earlier = json.loads(path.read_text()) if path.exists() else []
+    key = (lambda r: (r["library"], r["kind"], r.get("value"), json.dumps(r.get("setup"), sort_keys=True)))
+    merged = {key(r): r for r in earlier + rows}
+    path.write_text(json.dumps(list(merged.values()), indent=1))
 
 
 if __name__ == "__main__":
