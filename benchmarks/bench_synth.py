@@ -58,8 +58,8 @@ def write_cache(model, scale: Scale, samples: int, path: Path) -> Path:
         import h5py
 
         with h5py.File(path, "r") as f:
-            if f.attrs.get("corpus") == corpus and int(f.attrs["n_contexts"]) == n_ctx:
-                print(f"using the cache {path} ({n_ctx * CONTEXT:,} samples)")
+            if f.attrs.get("corpus") == corpus and int(f.attrs["n_contexts"]) >= n_ctx:  # a larger draw serves too
+                print(f"using the cache {path} ({int(f.attrs['n_contexts']) * CONTEXT:,} samples)")
                 return path
     torch.manual_seed(SEED)
     acts, indptrs, indices, offset = [], [np.zeros(1, np.int64)], [], 0
@@ -163,7 +163,8 @@ def saelens_values(kind: str, args) -> list[float]:
 
 def setup_of(args, samples: int, eval_samples: int, lr: float | None) -> dict:
     """What a row's numbers depend on beyond its kind and value: a row measured under another setup is not reused."""
-    return {"samples": samples, "batch_size": args.batch_size, "eval_samples": eval_samples, "saelens_lr": lr}
+    return {"samples": samples, "batch_size": args.batch_size, "eval_samples": eval_samples, "saelens_lr": lr,
+            "saelens_dead_window": args.saelens_dead_window}
 
 
 def earlier_rows(out: Path, setup: dict) -> list[dict]:
@@ -183,8 +184,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="training samples per SAE (default: the scale's)")
     parser.add_argument("--out", default="runs/bench_synth")
     parser.add_argument("--model-dir", default=None, help="where the synthetic model is kept (default: OUT/model)")
-    parser.add_argument("--kinds", default=None, help="our kinds (default: every kind train-sae trains)")
-    parser.add_argument("--saelens-kinds", default="standard,batchtopk,jumprelu,matryoshka")
+    parser.add_argument("--kinds", default=None, help="our kinds, comma-separated, or none "
+                                                              "(default: every kind train-sae trains)")
+    parser.add_argument("--saelens-kinds", default="standard,batchtopk,jumprelu,matryoshka", help="or none")
     parser.add_argument("--l0s", type=int, nargs="+", default=None, help="target L0s (default 20 25)")
     parser.add_argument("--saelens-l0s", type=int, nargs="+", default=None, help="SAELens's k / JumpReLU target "
                                                                                   "L0s (default: --l0s)")
@@ -195,6 +197,9 @@ def main() -> None:
                                                                              "values (L1 coefficient, k or target L0)")
     parser.add_argument("--batch-size", type=int, default=None, help="both libraries (default: the scale's)")
     parser.add_argument("--saelens-lr", type=float, default=None, help="default: the scale's")
+    parser.add_argument("--saelens-dead-window", type=int, default=1000,
+                        help="steps without firing after which SAELens calls a latent dead (its aux loss acts on it); "
+                             "SyntheticSAERunner's 1,000 by default; ours: --dead-tokens 100,000 / batch size")
     parser.add_argument("--eval-samples", type=int, default=None)
     parser.add_argument("--stream", action="store_true", help="draw every batch from the generator instead of "
                                                               "writing a cache (the published scale always does)")
@@ -210,7 +215,8 @@ def main() -> None:
     args.batch_size = args.batch_size or scale.batch_size
     samples = args.samples or scale.samples
     eval_samples = args.eval_samples or scale.eval_samples
-    kinds = args.kinds.split(",") if args.kinds else list(learned_kinds())
+    kinds = [k for k in args.kinds.split(",") if k != "none"] if args.kinds else list(learned_kinds())
+    saelens_kinds = [k for k in args.saelens_kinds.split(",") if k != "none"]
     torch.set_num_threads(args.threads)
     out = Path(args.out) / scale.name
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +260,7 @@ def main() -> None:
             progress(row, rows, out)
         timing[f"dictlens {kind}"] = time.perf_counter() - t
         print(f"{kind}: trained and evaluated in {timing[f'dictlens {kind}']:.0f} s", flush=True)
-    for kind in args.saelens_kinds.split(","):
+    for kind in saelens_kinds:
         t = time.perf_counter()
         for value in saelens_values(kind, args):
             same = [r for r in kept if r["library"] == "SAELens" and r["kind"] == kind and r["value"] == value]
@@ -264,7 +270,7 @@ def main() -> None:
             sae = training_sae(kind, value, scale.hidden_dim, scale.width, scale.matryoshka_widths)
             sae = train_saelens(sae, source.batches(args.batch_size, samples + 4 * args.batch_size, SEED), samples,
                                 args.batch_size,
-                                args.saelens_lr or scale.saelens_lr, args.device)
+                                args.saelens_lr or scale.saelens_lr, args.device, args.saelens_dead_window)
             rows.append({"name": f"saelens_{kind}_{value:g}", "kind": kind, "library": "SAELens", "value": value,
                          "setup": setup, **evaluate(sae, model, replay, args.batch_size)})
             progress(rows[-1], rows, out)
@@ -293,7 +299,9 @@ def progress(row: dict, rows: list[dict], out: Path) -> None:
     earlier = json.loads(path.read_text()) if path.exists() else []
     key = (lambda r: (r["library"], r["kind"], r.get("value"), json.dumps(r.get("setup"), sort_keys=True)))
     merged = {key(r): r for r in earlier + rows}
-    path.write_text(json.dumps(list(merged.values()), indent=1))
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(list(merged.values()), indent=1))
+    partial.replace(path)  # two runs into one --out (ours and SAELens's side by side) never read a half-written file
 
 
 if __name__ == "__main__":
