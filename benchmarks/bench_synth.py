@@ -203,6 +203,8 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=None)
     parser.add_argument("--stream", action="store_true", help="draw every batch from the generator instead of "
                                                               "writing a cache (the published scale always does)")
+    parser.add_argument("--report-only", action="store_true", help="train nothing: the tables and verdicts of every "
+                                                                     "row measured into --out under these settings")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -220,6 +222,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out) / scale.name
     out.mkdir(parents=True, exist_ok=True)
+    args.saelens_lr = args.saelens_lr or scale.saelens_lr
+    setup = setup_of(args, samples, eval_samples, args.saelens_lr)
+    if args.report_only:  # every row measured into this --out under this setup (e.g. by runs side by side)
+        finish(earlier_rows(out, setup), args, scale.name, samples, eval_samples, {}, 0.0, out)
+        return
     started = time.perf_counter()
     model = load_or_build(scale, Path(args.model_dir) if args.model_dir else out / "model", args.device)
     print(f"synthetic model ({scale.num_features} features, d={scale.hidden_dim}) ready in "
@@ -237,7 +244,6 @@ def main() -> None:
     t = time.perf_counter()
     replay = Replay(model.activation_generator, eval_samples, args.batch_size)
     print(f"drew the {eval_samples:,} evaluation samples in {time.perf_counter() - t:.0f} s", flush=True)
-    setup = setup_of(args, samples, eval_samples, args.saelens_lr or scale.saelens_lr)
     kept, rows, timing = earlier_rows(out, setup), [], {}
     for kind in kinds:
         from sae.registry import kind_spec
@@ -270,12 +276,18 @@ def main() -> None:
             sae = training_sae(kind, value, scale.hidden_dim, scale.width, scale.matryoshka_widths)
             sae = train_saelens(sae, source.batches(args.batch_size, samples + 4 * args.batch_size, SEED), samples,
                                 args.batch_size,
-                                args.saelens_lr or scale.saelens_lr, args.device, args.saelens_dead_window)
+                                args.saelens_lr, args.device, args.saelens_dead_window)
             rows.append({"name": f"saelens_{kind}_{value:g}", "kind": kind, "library": "SAELens", "value": value,
                          "setup": setup, **evaluate(sae, model, replay, args.batch_size)})
             progress(rows[-1], rows, out)
         timing[f"SAELens {kind}"] = time.perf_counter() - t
         print(f"SAELens {kind}: trained and evaluated in {timing[f'SAELens {kind}']:.0f} s", flush=True)
+    finish(rows, args, scale.name, samples, eval_samples, timing, time.perf_counter() - started, out)
+
+
+def finish(rows: list[dict], args, scale: str, samples: int, eval_samples: int, timing: dict, seconds: float,
+           out: Path) -> None:
+    """The tables, the item-4 verdicts, and results.json."""
     print()
     print(table(rows))
     print()
@@ -284,9 +296,9 @@ def main() -> None:
     verdicts = check_targets(cells, args.l0s)
     for line in verdicts:
         print(line)
-    record = {"scale": scale.name, "samples": samples, "eval_samples": eval_samples, "batch_size": args.batch_size,
-              "saelens_lr": args.saelens_lr or scale.saelens_lr, "rows": rows, "equal_l0": cells, "verdicts": verdicts,
-              "seconds": timing, "total_seconds": time.perf_counter() - started}
+    record = {"scale": scale, "samples": samples, "eval_samples": eval_samples, "batch_size": args.batch_size,
+              "saelens_lr": args.saelens_lr, "rows": rows, "equal_l0": cells, "verdicts": verdicts,
+              "seconds": timing, "total_seconds": seconds}
     (out / "results.json").write_text(json.dumps(record, indent=1))
     print(f"wrote {out / 'results.json'}")
 
