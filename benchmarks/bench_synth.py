@@ -297,7 +297,8 @@ def finish(rows: list[dict], args, scale: str, samples: int, eval_samples: int, 
     for line in verdicts:
         print(line)
     record = {"scale": scale, "samples": samples, "eval_samples": eval_samples, "batch_size": args.batch_size,
-              "saelens_lr": args.saelens_lr, "rows": rows, "equal_l0": cells, "verdicts": verdicts,
+              "saelens_lr": args.saelens_lr, "rows": rows, "verdicts": verdicts,
+              "equal_l0": [{k: v for k, v in c.items() if k not in ("members", "nearest")} for c in cells],
               "seconds": timing, "total_seconds": seconds}
     (out / "results.json").write_text(json.dumps(record, indent=1))
     print(f"wrote {out / 'results.json'}")

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from synth_saelens import family
 
+TOLERANCE = 0.05  # an L0 this close to the target counts as on it (a k of 10 averages 10.0 up to rounding)
+
 
 def f1_at(rows: list[dict], target: float) -> dict | None:
     """F1 (and MCC) of one (library, kind)'s sweep at L0 = `target`, linear in L0 between the bracketing points."""
-    below = [r for r in rows if r["l0"] <= target]
-    above = [r for r in rows if r["l0"] >= target]
+    below = [r for r in rows if r["l0"] <= target + TOLERANCE]
+    above = [r for r in rows if r["l0"] >= target - TOLERANCE]
     if not below or not above:
         return None
     a, b = max(below, key=lambda r: r["l0"]), min(above, key=lambda r: r["l0"])
-    w = 0.0 if b["l0"] == a["l0"] else (target - a["l0"]) / (b["l0"] - a["l0"])
+    w = 0.0 if b["l0"] <= a["l0"] else min(1.0, max(0.0, (target - a["l0"]) / (b["l0"] - a["l0"])))
     return {"f1": a["f1"] + w * (b["f1"] - a["f1"]), "mcc": a["mcc"] + w * (b["mcc"] - a["mcc"]),
             "from": f"{a['l0']:.1f}-{b['l0']:.1f}" if a is not b else f"{a['l0']:.1f}"}
 
@@ -61,7 +63,7 @@ def equal_l0_table(rows: list[dict], l0s: list[int]) -> tuple[str, list[dict]]:
         fam = family(kind) if library == "dictlens" else kind
         for t in l0s:
             cells.append({"library": library, "kind": kind, "family": fam, "target": t, "at": f1_at(members, t),
-                          "nearest": nearest(members, t)})
+                          "nearest": nearest(members, t), "members": members})
     theirs = {(c["family"], c["target"]): c for c in cells if c["library"] == "SAELens"}
     head = f"{'kind':20s} {'library':8s} {'L0':>4s} {'F1':>6s} {'MCC':>6s} {'from L0':>12s} {'ours-theirs':>11s}"
     lines = [head, "-" * len(head)]
@@ -90,8 +92,12 @@ def check_targets(cells: list[dict], l0s: list[int]) -> list[str]:
         what = f"{c['kind']} vs SAELens {other['kind']} at L0 {c['target']}"
         if c["at"] is None or other["at"] is None:
             n, m = c["nearest"], other["nearest"]
-            out.append(f"not bracketed: {what} (nearest: ours F1 {n['f1']:.3f} at L0 {n['l0']:.1f}, SAELens "
-                       f"{m['f1']:.3f} at L0 {m['l0']:.1f})")
+            line = (f"not bracketed: {what} (nearest: ours F1 {n['f1']:.3f} at L0 {n['l0']:.1f}, SAELens "
+                    f"{m['f1']:.3f} at L0 {m['l0']:.1f})")
+            ours_there = f1_at(c["members"], m["l0"]) if other["at"] is None else None
+            if ours_there is not None:  # equal L0 after all, at the L0 SAELens reached instead of the target
+                line += f"; at SAELens's L0 {m['l0']:.1f} ours is {ours_there['f1']:.3f}"
+            out.append(line)
             continue
         ok = c["at"]["f1"] >= other["at"]["f1"] - 0.01
         out.append(f"{'met' if ok else 'NOT met'}: {what}: F1 {c['at']['f1']:.3f} vs {other['at']['f1']:.3f}")
