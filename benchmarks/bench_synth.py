@@ -16,7 +16,11 @@ through our SAELens export loaded by SAELens, so the metric code is theirs.
 
 Kinds: ours default to every kind `train-sae` trains (`sae.registry.learned_kinds()`), so a kind registered
 later is benchmarked by name; TopK-family kinds get k = each target L0, L1 kinds the --l1 values, any other
-sweep `--sweep KIND=v1,v2`. Targets (issue 29 item 4) are checked and printed.
+sweep `--sweep KIND=v1,v2` (SAELens's: `--saelens-sweep`). Targets (issue 29 item 4) are checked and printed at
+equal L0 (`synth_report.py`: F1 interpolated in L0 between sweep points). Each SAE's row is kept in
+OUT/rows.partial.json with the setup it was measured under, so several runs into one --out can share the
+kinds out side by side, a rerun with a wider sweep trains only the new values, and `--report-only` prints the
+tables of everything measured.
 
 Run in the benchmark virtual environment (sae-lens is not a toolkit dependency):
 

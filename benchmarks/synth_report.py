@@ -65,18 +65,22 @@ def equal_l0_table(rows: list[dict], l0s: list[int]) -> tuple[str, list[dict]]:
             cells.append({"library": library, "kind": kind, "family": fam, "target": t, "at": f1_at(members, t),
                           "nearest": nearest(members, t), "members": members})
     theirs = {(c["family"], c["target"]): c for c in cells if c["library"] == "SAELens"}
-    head = f"{'kind':20s} {'library':8s} {'L0':>4s} {'F1':>6s} {'MCC':>6s} {'from L0':>12s} {'ours-theirs':>11s}"
+    head = (f"{'kind':20s} {'library':8s} {'L0':>4s} {'F1':>6s} {'MCC':>6s} {'from L0':>12s} {'ours-theirs':>11s} "
+            f"{'ours/theirs':>11s}")
     lines = [head, "-" * len(head)]
     for c in cells:
         other = theirs.get((c["family"], c["target"])) if c["library"] == "dictlens" else None
-        c["diff"] = (c["at"]["f1"] - other["at"]["f1"] if other and c["at"] and other["at"] else None)
+        both = bool(other and c["at"] and other["at"])
+        c["diff"] = c["at"]["f1"] - other["at"]["f1"] if both else None
+        c["ratio"] = c["at"]["f1"] / other["at"]["f1"] if both and other["at"]["f1"] > 0 else None
         if c["at"]:
             f1, mcc, src = f"{c['at']['f1']:6.3f}", f"{c['at']['mcc']:6.3f}", c["at"]["from"]
         else:
             n = c["nearest"]
             f1, mcc, src = "  -   ", "  -   ", f"near {n['l0']:.1f}: {n['f1']:.3f}"
         diff = f"{c['diff']:+.3f}" if c["diff"] is not None else "-"
-        lines.append(f"{c['kind']:20s} {c['library']:8s} {c['target']:4d} {f1} {mcc} {src:>12s} {diff:>11s}")
+        ratio = f"{c['ratio']:.3f}" if c["ratio"] is not None else "-"
+        lines.append(f"{c['kind']:20s} {c['library']:8s} {c['target']:4d} {f1} {mcc} {src:>12s} {diff:>11s} {ratio:>11s}")
     return "\n".join(lines), cells
 
 
