@@ -16,7 +16,11 @@ through our SAELens export loaded by SAELens, so the metric code is theirs.
 
 Kinds: ours default to every kind `train-sae` trains (`sae.registry.learned_kinds()`), so a kind registered
 later is benchmarked by name; TopK-family kinds get k = each target L0, L1 kinds the --l1 values, any other
-sweep `--sweep KIND=v1,v2`. Targets (issue 29 item 4) are checked and printed.
+sweep `--sweep KIND=v1,v2` (SAELens's: `--saelens-sweep`). Targets (issue 29 item 4) are checked and printed at
+equal L0 (`synth_report.py`: F1 interpolated in L0 between sweep points). Each SAE's row is kept in
+OUT/rows.partial.json with the setup it was measured under, so several runs into one --out can share the
+kinds out side by side, a rerun with a wider sweep trains only the new values, and `--report-only` prints the
+tables of everything measured.
 
 Run in the benchmark virtual environment (sae-lens is not a toolkit dependency):
 
@@ -39,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from synth_models import SCALES, Scale, load_or_build  # noqa: E402
-from synth_saelens import Replay, evaluate, family, load_ours, train_saelens, training_sae  # noqa: E402
+from synth_report import check_targets, equal_l0_table, table  # noqa: E402
+from synth_saelens import Replay, evaluate, load_ours, train_saelens, training_sae  # noqa: E402
 
 HOOK = "blocks.0.hook_resid_post"  # a placeholder hook name: the cache holds one "layer", the generator's output
 CONTEXT = 128  # samples per placeholder context of the cache
@@ -57,8 +62,8 @@ def write_cache(model, scale: Scale, samples: int, path: Path) -> Path:
         import h5py
 
         with h5py.File(path, "r") as f:
-            if f.attrs.get("corpus") == corpus and int(f.attrs["n_contexts"]) == n_ctx:
-                print(f"using the cache {path} ({n_ctx * CONTEXT:,} samples)")
+            if f.attrs.get("corpus") == corpus and int(f.attrs["n_contexts"]) >= n_ctx:  # a larger draw serves too
+                print(f"using the cache {path} ({int(f.attrs['n_contexts']) * CONTEXT:,} samples)")
                 return path
     torch.manual_seed(SEED)
     acts, indptrs, indices, offset = [], [np.zeros(1, np.int64)], [], 0
@@ -92,20 +97,37 @@ class GeneratorSource:
                 yield self.generator.sample(batch_size).float()
 
 
-def sweep_values(kind: str, args) -> dict:
+def sweep_values(kind: str, args, done: set = frozenset()) -> dict:
+    """The values of `kind`'s sweep this run trains: --sweep's, else the target L0s (k) or --l1; less those in
+    `done` (measured by an earlier run into the same --out, whose rows are kept)."""
     from sae.registry import kind_spec
 
     sweep = kind_spec(kind).sweep
     if kind in args.sweep:
-        return {sweep.field: [sweep.cast(v) for v in args.sweep[kind]]}
-    if sweep.field == "ks":
-        return {"ks": list(args.l0s)}
-    if sweep.field == "l1s":
-        return {"l1s": list(args.l1)}
-    raise SystemExit(f"kind {kind!r} sweeps {sweep.flag}: give its values with --sweep {kind}=v1,v2")
+        values = [sweep.cast(v) for v in args.sweep[kind]]
+    elif sweep.field == "ks":
+        values = list(args.l0s)
+    elif sweep.field == "l1s":
+        values = list(args.l1)
+    else:
+        raise SystemExit(f"kind {kind!r} sweeps {sweep.flag}: give its values with --sweep {kind}=v1,v2")
+    return {sweep.field: [v for v in values if float(v) not in done]}
 
 
-def train_ours(kind: str, args, scale: Scale, samples: int, cache: Path | None, source, out: Path) -> list[Path]:
+def own_settings(kind: str, scale: Scale):
+    """Our Matryoshka nests the same prefixes as SAELens's in this run (the published experiments' widths, as
+    fractions of the width), so the two differ in implementation, not in configuration; other kinds: defaults."""
+    from sae.kind_settings import MatryoshkaSettings
+    from sae.registry import settings_class
+
+    if settings_class(kind) is MatryoshkaSettings:
+        return MatryoshkaSettings(matryoshka_prefixes=[w / scale.width for w in scale.matryoshka_widths
+                                                       if w < scale.width])
+    return None
+
+
+def train_ours(kind: str, args, scale: Scale, samples: int, cache: Path | None, source, out: Path,
+               values: dict) -> list[Path]:
     from sae.commands import train_sae_command
     from sae.settings import TrainSettings
     from sae.train import train_sweep
@@ -113,7 +135,7 @@ def train_ours(kind: str, args, scale: Scale, samples: int, cache: Path | None, 
     settings = TrainSettings(hook=HOOK, kind=kind, ratios=[scale.width / scale.hidden_dim], tokens=samples,
                              batch_size=args.batch_size, eval_fraction=EVAL_FRACTION, keep_first_position=True,
                              sink_factor=0, seed=SEED, cache=str(cache or ""), out=str(out), device=args.device,
-                             export="saelens", **sweep_values(kind, args))
+                             export="saelens", kind_settings=own_settings(kind, scale), **values)
     if cache is not None:  # exactly `train-sae`'s path: split_cache, train_sweep, export
         return train_sae_command(settings)
     from sae.export import export_saelens
@@ -137,14 +159,27 @@ def our_recovery(folder: Path, cache: Path, held_out) -> dict:
 
 
 def saelens_values(kind: str, args) -> list[float]:
+    """SAELens's values for `kind`: --saelens-sweep's, else the L1 coefficients (standard) or the k / target L0s."""
+    if kind in args.saelens_sweep:
+        return [float(v) if kind == "standard" else int(v) for v in args.saelens_sweep[kind]]
     return list(args.saelens_l1) if kind == "standard" else list(args.saelens_l0s or args.l0s)
 
 
-def target_of(row: dict, l0s: list[int]) -> int:
-    """The target L0 a row stands for: its k or JumpReLU target, else the target nearest the L0 it reached."""
-    if row.get("k") is not None:
-        return int(row["k"])
-    return min(l0s, key=lambda t: abs(t - row["l0"]))
+def setup_of(args, samples: int, eval_samples: int, lr: float | None) -> dict:
+    """What a row's numbers depend on beyond its kind and value: a row measured under another setup is not reused."""
+    return {"samples": samples, "batch_size": args.batch_size, "eval_samples": eval_samples, "saelens_lr": lr,
+            "saelens_dead_window": args.saelens_dead_window}
+
+
+def earlier_rows(out: Path, setup: dict) -> list[dict]:
+    """Rows an earlier run into the same --out measured under the same setup (same cache, same evaluation draw:
+    both are seeded), so a sweep can be widened without retraining what was measured."""
+    path = out / "rows.partial.json"
+    if not path.exists():
+        return []
+    rows = [r for r in json.loads(path.read_text()) if r.get("setup") == setup]
+    print(f"{len(rows)} rows measured earlier under the same setup are reused ({path})")
+    return rows
 
 
 def main() -> None:
@@ -153,19 +188,27 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="training samples per SAE (default: the scale's)")
     parser.add_argument("--out", default="runs/bench_synth")
     parser.add_argument("--model-dir", default=None, help="where the synthetic model is kept (default: OUT/model)")
-    parser.add_argument("--kinds", default=None, help="our kinds (default: every kind train-sae trains)")
-    parser.add_argument("--saelens-kinds", default="standard,batchtopk,jumprelu,matryoshka")
+    parser.add_argument("--kinds", default=None, help="our kinds, comma-separated, or none "
+                                                              "(default: every kind train-sae trains)")
+    parser.add_argument("--saelens-kinds", default="standard,batchtopk,jumprelu,matryoshka", help="or none")
     parser.add_argument("--l0s", type=int, nargs="+", default=None, help="target L0s (default 20 25)")
     parser.add_argument("--saelens-l0s", type=int, nargs="+", default=None, help="SAELens's k / JumpReLU target "
                                                                                   "L0s (default: --l0s)")
     parser.add_argument("--l1", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3], help="our L1 kinds' alphas")
     parser.add_argument("--saelens-l1", type=float, nargs="+", default=[2.0, 5.0, 10.0], help="SAELens Standard's L1")
     parser.add_argument("--sweep", action="append", default=[], help="KIND=v1,v2: another kind's sweep values")
+    parser.add_argument("--saelens-sweep", action="append", default=[], help="KIND=v1,v2: one SAELens kind's "
+                                                                             "values (L1 coefficient, k or target L0)")
     parser.add_argument("--batch-size", type=int, default=None, help="both libraries (default: the scale's)")
     parser.add_argument("--saelens-lr", type=float, default=None, help="default: the scale's")
+    parser.add_argument("--saelens-dead-window", type=int, default=1000,
+                        help="steps without firing after which SAELens calls a latent dead (its aux loss acts on it); "
+                             "SyntheticSAERunner's 1,000 by default; ours: --dead-tokens 100,000 / batch size")
     parser.add_argument("--eval-samples", type=int, default=None)
     parser.add_argument("--stream", action="store_true", help="draw every batch from the generator instead of "
                                                               "writing a cache (the published scale always does)")
+    parser.add_argument("--report-only", action="store_true", help="train nothing: the tables and verdicts of every "
+                                                                     "row measured into --out under these settings")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -173,14 +216,21 @@ def main() -> None:
 
     scale = SCALES[args.scale]
     args.sweep = {k: v.split(",") for k, v in (s.split("=", 1) for s in args.sweep)}
+    args.saelens_sweep = {k: v.split(",") for k, v in (s.split("=", 1) for s in args.saelens_sweep)}
     args.l0s = args.l0s or list(scale.l0s)
     args.batch_size = args.batch_size or scale.batch_size
     samples = args.samples or scale.samples
     eval_samples = args.eval_samples or scale.eval_samples
-    kinds = args.kinds.split(",") if args.kinds else list(learned_kinds())
+    kinds = [k for k in args.kinds.split(",") if k != "none"] if args.kinds else list(learned_kinds())
+    saelens_kinds = [k for k in args.saelens_kinds.split(",") if k != "none"]
     torch.set_num_threads(args.threads)
     out = Path(args.out) / scale.name
     out.mkdir(parents=True, exist_ok=True)
+    args.saelens_lr = args.saelens_lr or scale.saelens_lr
+    setup = setup_of(args, samples, eval_samples, args.saelens_lr)
+    if args.report_only:  # every row measured into this --out under this setup (e.g. by runs side by side)
+        finish(earlier_rows(out, setup), args, scale.name, samples, eval_samples, {}, 0.0, out)
+        return
     started = time.perf_counter()
     model = load_or_build(scale, Path(args.model_dir) if args.model_dir else out / "model", args.device)
     print(f"synthetic model ({scale.num_features} features, d={scale.hidden_dim}) ready in "
@@ -198,87 +248,77 @@ def main() -> None:
     t = time.perf_counter()
     replay = Replay(model.activation_generator, eval_samples, args.batch_size)
     print(f"drew the {eval_samples:,} evaluation samples in {time.perf_counter() - t:.0f} s", flush=True)
-    rows, timing = [], {}
+    kept, rows, timing = earlier_rows(out, setup), [], {}
     for kind in kinds:
+        from sae.registry import kind_spec
+
         t = time.perf_counter()
-        for folder in train_ours(kind, args, scale, samples, cache, source, out / "ours" / kind):
+        sweep = kind_spec(kind).sweep
+        wanted = sweep_values(kind, args)
+        rows += [r for r in kept if r["library"] == "dictlens" and r["kind"] == kind
+                 and r["value"] in map(float, wanted[sweep.field])]
+        values = sweep_values(kind, args, {r["value"] for r in rows if r["kind"] == kind})
+        if not values[sweep.field]:
+            continue
+        for folder in train_ours(kind, args, scale, samples, cache, source, out / "ours" / kind, values):
             config = json.loads((folder / "config.json").read_text())
-            row = {"name": folder.name, "kind": kind, "library": "dictlens", "k": config.get("k"),
-                   "folder": str(folder), **evaluate(load_ours(folder), model, replay, args.batch_size)}
+            row = {"name": folder.name, "kind": kind, "library": "dictlens", "value": float(config[sweep.key]),
+                   "setup": setup, "folder": str(folder), **evaluate(load_ours(folder), model, replay, args.batch_size)}
             if cache is not None:  # our own F1 / MCC (sae.ground_truth, what `evaluate` shows) on the held-out part
                 row.update(our_recovery(folder, cache, held_out))
             rows.append(row)
             progress(row, rows, out)
         timing[f"dictlens {kind}"] = time.perf_counter() - t
         print(f"{kind}: trained and evaluated in {timing[f'dictlens {kind}']:.0f} s", flush=True)
-    for kind in args.saelens_kinds.split(","):
+    for kind in saelens_kinds:
         t = time.perf_counter()
         for value in saelens_values(kind, args):
+            same = [r for r in kept if r["library"] == "SAELens" and r["kind"] == kind and r["value"] == value]
+            if same:
+                rows.append(same[0])
+                continue
             sae = training_sae(kind, value, scale.hidden_dim, scale.width, scale.matryoshka_widths)
             sae = train_saelens(sae, source.batches(args.batch_size, samples + 4 * args.batch_size, SEED), samples,
                                 args.batch_size,
-                                args.saelens_lr or scale.saelens_lr, args.device)
-            rows.append({"name": f"saelens_{kind}_{value:g}", "kind": kind, "library": "SAELens",
-                         "k": None if kind == "standard" else int(value),
-                         **evaluate(sae, model, replay, args.batch_size)})
+                                args.saelens_lr, args.device, args.saelens_dead_window)
+            rows.append({"name": f"saelens_{kind}_{value:g}", "kind": kind, "library": "SAELens", "value": value,
+                         "setup": setup, **evaluate(sae, model, replay, args.batch_size)})
             progress(rows[-1], rows, out)
         timing[f"SAELens {kind}"] = time.perf_counter() - t
         print(f"SAELens {kind}: trained and evaluated in {timing[f'SAELens {kind}']:.0f} s", flush=True)
-    for row in rows:
-        row["target"] = target_of(row, args.l0s)
-        row["family"] = family(row["kind"]) if row["library"] == "dictlens" else row["kind"]
-    theirs = {(r["family"], r["target"]): r for r in rows if r["library"] == "SAELens"}
-    for row in rows:
-        other = theirs.get((row["family"], row["target"])) if row["library"] == "dictlens" else None
-        row["ratio"] = row["f1"] / other["f1"] if other and other["f1"] > 0 else None
+    finish(rows, args, scale.name, samples, eval_samples, timing, time.perf_counter() - started, out)
+
+
+def finish(rows: list[dict], args, scale: str, samples: int, eval_samples: int, timing: dict, seconds: float,
+           out: Path) -> None:
+    """The tables, the item-4 verdicts, and results.json."""
     print()
     print(table(rows))
-    verdicts = check_targets(rows, theirs, args.l0s)
+    print()
+    equal, cells = equal_l0_table(rows, args.l0s)
+    print(f"F1 at equal L0 (linear in L0 between the nearest sweep points on either side of the target):\n{equal}")
+    verdicts = check_targets(cells, args.l0s)
     for line in verdicts:
         print(line)
-    record = {"scale": scale.name, "samples": samples, "eval_samples": eval_samples, "batch_size": args.batch_size,
-              "saelens_lr": args.saelens_lr or scale.saelens_lr, "rows": rows, "verdicts": verdicts,
-              "seconds": timing, "total_seconds": time.perf_counter() - started}
+    record = {"scale": scale, "samples": samples, "eval_samples": eval_samples, "batch_size": args.batch_size,
+              "saelens_lr": args.saelens_lr, "rows": rows, "verdicts": verdicts,
+              "equal_l0": [{k: v for k, v in c.items() if k not in ("members", "nearest")} for c in cells],
+              "seconds": timing, "total_seconds": seconds}
     (out / "results.json").write_text(json.dumps(record, indent=1))
     print(f"wrote {out / 'results.json'}")
 
 
 def progress(row: dict, rows: list[dict], out: Path) -> None:
-    """Each SAE's numbers as soon as they exist (a long run cut short keeps what it measured)."""
+    """Each SAE's numbers as soon as they exist (a long run cut short keeps what it measured; a rerun reuses them)."""
     print(f"{row['library']} {row['name']}: L0 {row['l0']:.1f} F1 {row['f1']:.3f} MCC {row['mcc']:.3f} "
           f"uniqueness {row['uniqueness']:.3f} EV {row['explained_variance']:.3f} dead {row['dead']}", flush=True)
-    (out / "rows.partial.json").write_text(json.dumps(rows, indent=1))
-
-
-def table(rows: list[dict]) -> str:
-    head = (f"{'kind':12s} {'library':9s} {'name':26s} {'target':>6s} {'L0':>6s} {'F1':>6s} {'MCC':>6s} {'uniq':>6s} "
-            f"{'EV':>6s} {'dead':>5s} {'F1 ours/theirs':>14s}")
-    lines = [head, "-" * len(head)]
-    for r in sorted(rows, key=lambda r: (r["family"], r["target"], r["library"] != "SAELens", r["kind"])):
-        ratio = f"{r['ratio']:.3f}" if r.get("ratio") is not None else "-"
-        lines.append(f"{r['kind']:12s} {r['library']:9s} {r['name'][:26]:26s} {r['target']:6d} {r['l0']:6.1f} "
-                     f"{r['f1']:6.3f} {r['mcc']:6.3f} {r['uniqueness']:6.3f} {r['explained_variance']:6.3f} "
-                     f"{r['dead']:5d} {ratio:>14s}")
-    return "\n".join(lines)
-
-
-def check_targets(rows: list[dict], theirs: dict, l0s: list[int]) -> list[str]:
-    """Issue 29 item 4 at this scale: our F1 ≥ SAELens's − 0.01 per shared kind and target L0; our best ≥ Matryoshka."""
-    out = []
-    for r in rows:
-        other = theirs.get((r["family"], r["target"])) if r["library"] == "dictlens" else None
-        if other is not None:
-            ok = r["f1"] >= other["f1"] - 0.01
-            out.append(f"{'met' if ok else 'NOT met'}: {r['name']} F1 {r['f1']:.3f} (L0 {r['l0']:.1f}) vs SAELens "
-                       f"{other['name']} {other['f1']:.3f} (L0 {other['l0']:.1f}), target L0 {r['target']}")
-    for t in l0s:
-        ours = [r for r in rows if r["library"] == "dictlens" and r["target"] == t]
-        mat = theirs.get(("matryoshka", t))
-        if ours and mat:
-            best = max(ours, key=lambda r: r["f1"])
-            out.append(f"{'met' if best['f1'] >= mat['f1'] else 'NOT met'}: our best at L0 {t} is {best['name']} "
-                       f"F1 {best['f1']:.3f} vs SAELens Matryoshka {mat['f1']:.3f}")
-    return out
+    path = out / "rows.partial.json"
+    earlier = json.loads(path.read_text()) if path.exists() else []
+    key = (lambda r: (r["library"], r["kind"], r.get("value"), json.dumps(r.get("setup"), sort_keys=True)))
+    merged = {key(r): r for r in earlier + rows}
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(list(merged.values()), indent=1))
+    partial.replace(path)  # two runs into one --out (ours and SAELens's side by side) never read a half-written file
 
 
 if __name__ == "__main__":

@@ -50,12 +50,13 @@ def training_sae(kind: str, value: float, d_in: int, width: int, matryoshka_widt
 
 
 def train_saelens(sae, batches: Iterator[torch.Tensor], samples: int, batch_size: int, lr: float, device: str,
-                  scaling_factor: float | None = None):
+                  scaling_factor: float | None = None, dead_window: int = 1000):
     """Train `sae` on `batches` (SAELens's SAETrainer, SyntheticSAERunner's settings); returns the trained SAE.
 
     `scaling_factor` s: SAELens's "expected_average_only_in" normalisation with s given instead of estimated (its
     estimate would read batches off `batches` first, so the SAE would not train on the same ones); it trains on
-    s·x and folds s into the weights at the end, as SAELens does with its own estimate.
+    s·x and folds s into the weights at the end, as SAELens does with its own estimate. `dead_window`: steps
+    without firing that make a latent dead (1,000 in SyntheticSAERunner).
     """
     from sae_lens import LoggingConfig
     from sae_lens.config import SAETrainerConfig
@@ -63,7 +64,8 @@ def train_saelens(sae, batches: Iterator[torch.Tensor], samples: int, batch_size
 
     cfg = SAETrainerConfig(total_training_samples=samples, train_batch_size_samples=batch_size, lr=lr, lr_end=lr / 10,
                            lr_scheduler_name="constant", device=device, n_checkpoints=0, checkpoint_path=None,
-                           save_final_checkpoint=False, dead_feature_window=1000, feature_sampling_window=2000,
+                           save_final_checkpoint=False, dead_feature_window=dead_window,
+                           feature_sampling_window=2 * dead_window,
                            logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2 ** 31 - 1),
                            n_batches_for_norm_estimate=1000)
 
