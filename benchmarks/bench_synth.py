@@ -279,8 +279,8 @@ def main() -> None:
                 continue
             sae = training_sae(kind, value, scale.hidden_dim, scale.width, scale.matryoshka_widths)
             sae = train_saelens(sae, source.batches(args.batch_size, samples + 4 * args.batch_size, SEED), samples,
-                                args.batch_size,
-                                args.saelens_lr, args.device, args.saelens_dead_window)
+                                args.batch_size, args.saelens_lr, args.device,
+                                dead_window=args.saelens_dead_window)
             rows.append({"name": f"saelens_{kind}_{value:g}", "kind": kind, "library": "SAELens", "value": value,
                          "setup": setup, **evaluate(sae, model, replay, args.batch_size)})
             progress(rows[-1], rows, out)
