@@ -60,7 +60,6 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=500_000)
     parser.add_argument("--bias-steps", type=int, default=1000, help="steps of the biases alone, before")
     args = parser.parse_args()
-    torch.set_num_threads(2)
     spec = SETS[args.set]
     data, truth, true_l0, _ = planted(spec, args.tokens + 20_000)
     x = torch.from_numpy(data)
