@@ -62,8 +62,10 @@ class TrainSettings:
 
     hook: str = option(help="hook to train on, e.g. blocks.3.hook_resid_post")
     ratios: list[float] = option(flag="--ratio", default_factory=lambda: [2.0], help="dictionary size / d_in")
-    # two α by default: one α cannot serve every distribution (docs/RESULTS.md, "L1 defaults under superposition")
-    l1s: list[float] = option(flag="--l1", default_factory=lambda: [1e-2, 3e-2],
+    # three α by default, one model each in one pass: one α cannot serve every distribution, and the more
+    # directions share the space, the stronger the α that finds them (docs/RESULTS.md, "L1 defaults under
+    # superposition")
+    l1s: list[float] = option(flag="--l1", default_factory=lambda: [1e-2, 3e-2, 8e-2],
                               help=f"L1 coefficients alpha ({', '.join(_sweeping(L1_SWEEP))}), in normalised units")
     kind: str = option("tied_sae", choices=learned_kinds,
                        help="what to train: the paper's tied or untied L1 SAE, TopK / BatchTopK / Matryoshka "
