@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--cache", default="/work/demo-run/cache_train.h5")
     parser.add_argument("--layer", type=int, default=3)
     parser.add_argument("--out", default="runs/real_kinds")
-    parser.add_argument("--tokens", type=int, default=131_072, 
+    parser.add_argument("--tokens", type=int, default=131_072,
                         help="training tokens per SAE (512 steps of 256: just under one pass over the default "
                              "cache's training split)")
     parser.add_argument("--targets", type=int, nargs="+", default=[20, 50], help="target L0s (k of the TopK family, "
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--sink-factor", type=float, default=20.0)
     parser.add_argument("--ce-contexts", type=int, default=16, help="held-out contexts of the KL / ΔCE splice")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, 
+    parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a loaded machine more threads oversubscribe the cores; SAELens "
                              "steps ran ~9x slower with 2 at load 12)")
     parser.add_argument("--train-only", action="store_true", help="train (or keep) the SAEs and stop: a later run "
