@@ -128,13 +128,12 @@ def _ours(spec: PlantedSet, args, cache: Path, out: Path, truth: torch.Tensor, t
     from sae.commands import train_sae_command
     from sae.settings import TrainSettings
 
-    defaults = TrainSettings(hook=HOOK)
     ratios = [args.ratio] if args.ratio else spec.ratios()
     rows = []
     for kind in [k for k in args.kinds.split(",") if k]:
         extra: dict = {}
         if kind in ("tied_sae", "untied_sae"):
-            extra["l1s"] = args.l1 or list(defaults.l1s)
+            extra["l1s"] = args.l1  # None: train-sae's default sweep at this set's width
         else:
             extra["ks"] = args.k or [int(round(true_l0))]
         if args.batch_size:

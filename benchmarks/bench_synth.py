@@ -126,6 +126,17 @@ def own_settings(kind: str, scale: Scale):
     return None
 
 
+def own_fingerprint(kind: str, scale: Scale) -> dict:
+    """Our kind's own settings as this run trains them: a row measured under other ones (older defaults) is
+    trained again, not reused."""
+    from dataclasses import asdict
+
+    from sae.registry import default_settings
+
+    own = own_settings(kind, scale) or default_settings(kind)
+    return asdict(own) if own is not None else {}
+
+
 def train_ours(kind: str, args, scale: Scale, samples: int, cache: Path | None, source, out: Path,
                values: dict) -> list[Path]:
     from sae.commands import train_sae_command
@@ -255,7 +266,8 @@ def main() -> None:
         t = time.perf_counter()
         sweep = kind_spec(kind).sweep
         wanted = sweep_values(kind, args)
-        rows += [r for r in kept if r["library"] == "dictlens" and r["kind"] == kind
+        own = own_fingerprint(kind, scale)
+        rows += [r for r in kept if r["library"] == "dictlens" and r["kind"] == kind and r.get("own") == own
                  and r["value"] in map(float, wanted[sweep.field])]
         values = sweep_values(kind, args, {r["value"] for r in rows if r["kind"] == kind})
         if not values[sweep.field]:
@@ -263,7 +275,7 @@ def main() -> None:
         for folder in train_ours(kind, args, scale, samples, cache, source, out / "ours" / kind, values):
             config = json.loads((folder / "config.json").read_text())
             row = {"name": folder.name, "kind": kind, "library": "dictlens", "value": float(config[sweep.key]),
-                   "setup": setup, "folder": str(folder), **evaluate(load_ours(folder), model, replay, args.batch_size)}
+                   "setup": setup, "own": own, "folder": str(folder), **evaluate(load_ours(folder), model, replay, args.batch_size)}
             if cache is not None:  # our own F1 / MCC (sae.ground_truth, what `evaluate` shows) on the held-out part
                 row.update(our_recovery(folder, cache, held_out))
             rows.append(row)

@@ -229,13 +229,17 @@ def passes_line(tokens: int, available: int) -> str:
 
 
 def dead_tokens_line(settings: TrainSettings) -> str | None:
-    """The note train-sae prints when the AuxK window is not shorter than the run: no latent can be counted dead,
-    so the loss that revives dead latents never acts, and a run with many dead latents would not say why."""
+    """The note train-sae prints when the dead-latent window is not shorter than the run: no latent can be counted
+    dead, so the loss that revives dead latents (AuxK, or JumpReLU's pre-activation loss) never acts, and a run
+    with many dead latents would not say why."""
     own = settings.own_settings
-    if not hasattr(own, "dead_tokens") or own.auxk_alpha <= 0 or own.dead_tokens < settings.tokens:
+    if not hasattr(own, "dead_latent_loss"):
         return None
-    return (f"note: the AuxK window (--dead-tokens {own.dead_tokens:,}) is not shorter than --tokens "
-            f"{settings.tokens:,}: no latent can count as dead, so the AuxK loss never acts; lower --dead-tokens")
+    flag, window, weight = own.dead_latent_loss()
+    if weight <= 0 or window < settings.tokens:
+        return None
+    return (f"note: the dead-latent window ({flag} {window:,}) is not shorter than --tokens {settings.tokens:,}: "
+            "no latent can count as dead, so the loss that revives dead latents never acts; lower " + flag)
 
 
 def check_fits(dictionary, d_in: int, hook: str, used_on: dict | str, where: str, allow: bool = False) -> dict:

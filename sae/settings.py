@@ -8,7 +8,7 @@ objects. Imports nothing heavy, so `cli.py --help` stays instant.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from common.errors import UserError, require_at_least
@@ -34,6 +34,18 @@ def __getattr__(name: str):
 def _sweeping(sweep: Sweep) -> tuple[str, ...]:
     """The learned kinds that sweep `sweep`, in report order."""
     return tuple(s.name for s in specs() if s.learned and s.sweep == sweep)
+
+
+# The default α sweep at width d = 64, where it was chosen (the planted sets of bench_recovery.py). After
+# normalisation (E‖x‖ = √d) the codes grow as √d and the per-dimension squared error does not, so the L1 term
+# weighs α·√d against it: the same α is √(d/64) times stronger at width d (docs/RESULTS.md).
+L1_DEFAULTS_AT = 64
+L1_DEFAULTS = (3e-3, 1e-2, 3e-2, 8e-2)
+
+
+def default_l1s(d_in: int) -> list[float]:
+    """`L1_DEFAULTS` scaled to width `d_in`, to two significant digits (they name the dictionary folders)."""
+    return [float(f"{a * math.sqrt(L1_DEFAULTS_AT / d_in):.2g}") for a in L1_DEFAULTS]
 
 
 def _sweep_fields() -> set[str]:
@@ -62,13 +74,15 @@ class TrainSettings:
 
     hook: str = option(help="hook to train on, e.g. blocks.3.hook_resid_post")
     ratios: list[float] = option(flag="--ratio", default_factory=lambda: [2.0], help="dictionary size / d_in")
-    # three α by default, one model each in one pass: one α cannot serve every distribution, and the more
+    # a sweep of α by default, one model each in one pass: one α cannot serve every distribution, and the more
     # directions share the space, the stronger the α that finds them (docs/RESULTS.md, "L1 defaults under
-    # superposition")
-    l1s: list[float] = option(flag="--l1", default_factory=lambda: [1e-2, 3e-2, 8e-2],
-                              help=f"L1 coefficients alpha ({', '.join(_sweeping(L1_SWEEP))}), in normalised units; the "
-                                   "default suits small, strongly superposed planted data; on the default model's "
-                                   "residual stream (d 576) useful values are about 5e-4 to 8e-3 (docs/RESULTS.md)")
+    # superposition"); scaled to the data's width when it is known (`default_l1s`)
+    l1s: list[float] | None = option(None, flag="--l1",
+                                     help=f"L1 coefficients alpha ({', '.join(_sweeping(L1_SWEEP))}), in normalised "
+                                          f"units; default {' '.join(f'{a:g}' for a in L1_DEFAULTS)} at d "
+                                          f"{L1_DEFAULTS_AT} times sqrt({L1_DEFAULTS_AT} / d), which keeps the "
+                                          "L1 term's weight against the squared error the same at every width "
+                                          "(d 576: " + " ".join(f"{a:g}" for a in default_l1s(576)) + ")")
     kind: str = option("tied_sae", choices=learned_kinds,
                        help="what to train: the paper's tied or untied L1 SAE, TopK / BatchTopK / Matryoshka "
                             "BatchTopK, or JumpReLU")
@@ -113,7 +127,8 @@ class TrainSettings:
             raise UserError(f"--kind {self.kind!r} is not trainable: choose from {', '.join(learned_kinds())}")
         if not self.ratios or any(r <= 0 for r in self.ratios):
             raise UserError(f"--ratio {self.ratios} must be positive numbers, e.g. --ratio 2")
-        values, sweep = self.sweep_values, self.sweep
+        sweep = self.sweep
+        values = self.sweep_values if getattr(self, sweep.field) is not None else list(L1_DEFAULTS)
         if not values or any(v < sweep.minimum for v in values):
             raise UserError(f"{sweep.flag} {getattr(self, sweep.field)} must be {sweep.rule}, "
                             f"e.g. {sweep.flag} {sweep.example}")
@@ -161,9 +176,21 @@ class TrainSettings:
 
     @property
     def sweep_values(self) -> list[float]:
-        """The swept values of this kind: α for the L1 kinds, k for the TopK kinds."""
+        """The swept values of this kind: α for the L1 kinds, k for the TopK kinds (after `for_data`)."""
         sweep = self.sweep
-        return [sweep.cast(v) for v in getattr(self, sweep.field)]
+        values = getattr(self, sweep.field)
+        if values is None:
+            raise ValueError("the default --l1 depends on the data's width: call for_data(d_in) first")
+        return [sweep.cast(v) for v in values]
+
+    def for_data(self, d_in: int) -> TrainSettings:
+        """These settings for this run's data: the default α sweep (None) becomes `default_l1s(d_in)`, and the
+        kind's own settings fill in what depends on the run (`for_run(tokens)`), so each dictionary's config
+        records the values it was trained with."""
+        own = self.own_settings
+        if hasattr(own, "for_run"):
+            own = own.for_run(self.tokens)
+        return replace(self, l1s=self.l1s if self.l1s is not None else default_l1s(d_in), kind_settings=own)
 
     @property
     def learning_rate(self) -> float:

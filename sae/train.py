@@ -168,6 +168,7 @@ def train_sweep(source: BatchSource, settings: TrainSettings, out: str | Path, d
     """
     from sae.distributed import DataParallelStepper, resolve_mode, share_members
 
+    settings = settings.for_data(source.d_in)
     settings.validate()
     launch = launch or Launch()
     mode = resolve_mode(launch, distribute, settings.kind)

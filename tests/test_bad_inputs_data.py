@@ -58,7 +58,7 @@ ROWS = [
     Row("train-sae: --dead-tokens not shorter than --tokens (AuxK never acts)", lambda i: [
         "train-sae", "--cache", str(i.cache_a), "--hook", HOOK, "--kind", "topk", "--k", "4", "--tokens", "256",
         "--batch-size", "32", "--dead-tokens", "1000", "--out", str(i.out)],
-        "note: the AuxK window (--dead-tokens 1,000) is not shorter than --tokens 256", code=0),
+        "note: the dead-latent window (--dead-tokens 1,000) is not shorter than --tokens 256", code=0),
     Row("baselines: --tokens beyond the cache's training tokens", lambda i: [
         "baselines", "--cache", str(i.cache_a), "--hook", HOOK, "--kinds", "pca", "--tokens", "5000",
         "--out", str(i.out)], "note: using all 434 training tokens of the cache, fewer than --tokens 5,000", code=0,

@@ -15,8 +15,11 @@ ordinary gradient of the kept codes, and none from the L0 term (as SAELens).
 inputs are normalised to E‖x‖ = √d, as ours are). As in SAELens the decoder
 rows are free (initialised at norm 0.1, the encoder at the decoder's
 transpose); the saved dictionary folds their norms into the encoder and the
-thresholds, which a JumpReLU allows exactly. One difference: b_d starts at the
-data mean (SAELens: zero), as for every kind here.
+thresholds, which a JumpReLU allows exactly. Differences: b_d starts at the
+data mean (SAELens: zero), as for every kind here; and SAELens's optional
+pre-activation loss on dead latents is on by default, with a stronger weight
+and a window that is a share of the run (`JumpReLUSettings`): without it a
+latent whose threshold starts above its pre-activations never fires again.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ class JumpReLUStack(SweepStack):
         self.register_buffer("coefficient", torch.tensor(self.values, dtype=torch.float32), persistent=False)
         # the warm-up's share of λ at this step (`at_step`); a tensor, changed in place, for CUDA-graph replay
         self.register_buffer("warmup_factor", torch.ones(()), persistent=False)
+        # tokens since each latent last fired: which latents the pre-activation loss acts on (checkpointed)
+        self.register_buffer("since_fired", torch.zeros(n, f))
 
     def at_step(self, step: int, total: int) -> None:
         warm = int(round(self.kind_settings.l0_warmup * total))
@@ -107,8 +112,27 @@ class JumpReLUStack(SweepStack):
         err = x_hat - x.unsqueeze(0)
         squared = err.pow(2).sum(dim=(1, 2)) / batch  # summed over dimensions, mean over rows (SAELens's mse_loss)
         l0 = _Step.apply(pre, threshold, self.bandwidth).sum(dim=(1, 2)) / batch
-        return {"loss": squared + self.coefficient * self.warmup_factor * l0, "mse": err.pow(2).mean(dim=(1, 2)),
+        loss = squared + self.coefficient * self.warmup_factor * l0 + self.pre_act_loss(pre, threshold)
+        if self.training:
+            with torch.no_grad():
+                self.since_fired.add_(batch).masked_fill_((c > 0).any(dim=1), 0)
+        return {"loss": loss, "mse": err.pow(2).mean(dim=(1, 2)),
                 "l1": c.sum(dim=(1, 2)) / batch, "l0": l0.detach(), "c": c, "x_hat": x_hat}
+
+    def pre_act_loss(self, pre: Tensor, threshold: Tensor) -> Tensor:
+        """Per model [n]: weight · mean over rows of Σ_dead ‖d_j‖·relu(θ_j − p_j) (SAELens's `pre_act_loss`).
+
+        A dead latent's codes are zero and its pre-activations lie outside the threshold's kernel, so
+        nothing else sends it gradient: without this term a threshold that starts above a latent's
+        pre-activations keeps it dead for good (a third of the latents on SmolLM2's layer 3)."""
+        weight, window = float(self.kind_settings.pre_act_loss), self.kind_settings.pre_act_dead_tokens
+        if weight == 0 or window is None:  # None: a share of a run this stack was not given (train_sweep resolves it)
+            return pre.new_zeros(len(self.values))
+        # computed whether or not any latent is dead: no host sync, so a CUDA graph can replay the step
+        dead = self.since_fired >= window  # [n, F]
+        gap = torch.relu(threshold.unsqueeze(1) - pre)  # [n, B, F]
+        per_latent = gap.sum(1) / pre.shape[1]  # [n, F], mean over rows
+        return weight * (per_latent * dead * self.W_d.norm(dim=-1)).sum(-1)
 
     def inference_tensors(self, i: int) -> dict[str, Tensor]:
         """Decoder row norms folded into the encoder and the threshold (exact: p > θ ⇔ n·p > n·θ for n > 0)."""
