@@ -90,6 +90,23 @@ def test_batchtopk_keeps_k_per_token_on_average_and_learns_a_threshold():
     assert float(stack.theta[0]) == pytest.approx(float(kept.min()))  # first estimate: the smallest kept value
 
 
+
+def test_the_batchtopk_threshold_estimate_skips_a_batch_with_nothing_kept_and_then_averages():
+    """Written without a host read (CUDA-graph safe): the same three cases as the plain Python branches."""
+    stack = objective_class("batchtopk")(2, 1.0, [1], seed=0)
+    stack.train()
+    assert float(stack.theta[0]) < 0  # no estimate yet
+    stack.codes(-torch.ones(1, 4, 2))  # no positive pre-activation: nothing kept, no estimate
+    assert float(stack.theta[0]) < 0
+    stack.codes(torch.tensor([[[3.0, 0.0], [0.0, 0.0], [5.0, 1.0], [0.0, 2.0]]]))  # keeps 5, 3, 2, 1
+    assert float(stack.theta[0]) == pytest.approx(1.0)  # first estimate: the smallest kept value
+    stack.codes(-torch.ones(1, 4, 2))
+    assert float(stack.theta[0]) == pytest.approx(1.0)  # a batch with nothing kept leaves it
+    stack.codes(torch.full((1, 4, 2), 4.0))
+    m = stack.momentum
+    assert float(stack.theta[0]) == pytest.approx(m * 1.0 + (1 - m) * 4.0)  # then a running average
+
+
 def test_topk_decoder_rows_stay_unit_and_gradients_along_them_are_removed():
     torch.manual_seed(0)
     stack = objective_class("topk")(8, 2.0, [3], seed=0)
@@ -106,7 +123,13 @@ def test_topk_decoder_rows_stay_unit_and_gradients_along_them_are_removed():
         torch.testing.assert_close(stack.W_d.detach().norm(dim=-1), torch.ones(1, 16))
 
 
-def test_auxk_reconstructs_the_residual_only_with_dead_latents():
+@pytest.mark.parametrize("graph", [False, True])
+def test_auxk_reconstructs_the_residual_only_with_dead_latents(monkeypatch, graph):
+    """graph: as while a CUDA graph is captured, where the no-dead-latent shortcut (a host read) is skipped:
+    the loss must come out the same from the full computation."""
+    import sae.kinds.stack as stack_module
+
+    monkeypatch.setattr(stack_module, "capturing_graph", lambda t: graph)
     pre = torch.tensor([[[5.0, 1.0, 2.0]]])
     w_dec = torch.eye(3)[None]
     residual = torch.tensor([[[0.0, 1.0, 2.0]]])

@@ -197,6 +197,11 @@ def sparse_decode(values: Tensor, index: Tensor, w_dec: Tensor, ks: list[int]) -
                                                           mode="sum") for i, k in enumerate(ks)])
 
 
+def capturing_graph(t: Tensor) -> bool:
+    """Whether `t`'s device is being captured into a CUDA graph right now (then nothing may read it back)."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def auxk_fvu(pre: Tensor, since_fired: Tensor, dead_tokens: int, w_dec: Tensor, residual: Tensor,
              variance: Tensor, k_aux: int) -> Tensor:
     """AuxK loss of Gao et al. (2024) per model [n]: the dead latents' top-k_aux reconstruct the residual.
@@ -209,7 +214,9 @@ def auxk_fvu(pre: Tensor, since_fired: Tensor, dead_tokens: int, w_dec: Tensor, 
     """
     dead = since_fired >= dead_tokens  # [n, F]
     n_dead = dead.sum(-1)
-    if not bool(n_dead.any()):
+    # the early exit reads the GPU; while a CUDA graph is captured it cannot, and the loss below is 0 anyway
+    # when nothing is dead (every value masked to -inf -> 0, scale 0)
+    if not capturing_graph(pre) and not bool(n_dead.any()):
         return torch.zeros(pre.shape[0], device=pre.device)
     k = max(1, min(k_aux, pre.shape[-1]))
     masked = torch.where(dead.unsqueeze(1), pre, torch.full_like(pre, -torch.inf))

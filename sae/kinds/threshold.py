@@ -81,13 +81,13 @@ class BatchTopKStack(TopKStack):
             flat = relu[i].reshape(-1)
             values, index = flat.topk(min(flat.numel(), int(k) * batch), sorted=False)
             out.append(torch.zeros_like(flat).scatter(0, index, values).view_as(relu[i]))
-            if self.training:
+            if self.training:  # without a host sync (no boolean indexing), so a CUDA graph can replay the step
                 with torch.no_grad():
-                    kept = values[values > 0]
-                    if kept.numel():
-                        low = kept.min()
-                        self.theta[i] = torch.where(self.theta[i] < 0, low,
-                                                    self.momentum * self.theta[i] + (1 - self.momentum) * low)
+                    positive = values > 0
+                    low = torch.where(positive, values, torch.full_like(values, torch.inf)).min()
+                    average = self.momentum * self.theta[i] + (1 - self.momentum) * low
+                    moved = torch.where(self.theta[i] < 0, low, average)
+                    self.theta[i] = torch.where(positive.any(), moved, self.theta[i])
         return torch.stack(out)
 
     def inference_tensors(self, i: int) -> dict[str, Tensor]:
