@@ -72,3 +72,33 @@ def test_train_sweep_end_to_end_on_cuda(tmp_path):
     from sae.metrics import mmcs
 
     assert mmcs(truth, sae.load(path).directions) >= 0.9
+
+
+@pytest.mark.parametrize("kind", ["untied_sae", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu"])
+def test_every_learned_kind_replays_its_graph_like_eager_steps(kind):
+    """Each objective's step must be capturable (no host read inside it, dead-latent losses included: the
+    windows here are short enough that latents die during the run) and replay the eager numbers."""
+    from sae.kind_settings import AuxKSettings, JumpReLUSettings, MatryoshkaSettings
+    from sae.kinds.stack import StackOptions
+    from sae.registry import objective_class
+
+    own = {"topk": AuxKSettings(dead_tokens=256), "batchtopk": AuxKSettings(dead_tokens=256),
+           "matryoshka_batchtopk": MatryoshkaSettings(dead_tokens=256),
+           "jumprelu": JumpReLUSettings(pre_act_dead_tokens=256)}.get(kind)
+    value = {"untied_sae": 1e-2, "jumprelu": 0.3}.get(kind, 4)
+    x, _ = sparse_data(d=32, n_true=48, n=1024, seed=3)
+    data = x.cuda()
+
+    def run(use_graph: bool):
+        group = objective_class(kind)(32, 2.0, [value], seed=0, options=StackOptions(kind_settings=own)).to("cuda")
+        opt = make_optimizer(list(group.parameters()), 1e-3, (0.9, 0.999), "cuda")
+        stepper = Stepper([group], opt, "cuda", use_graph=use_graph)
+        losses = [stepper(data[(i % 8) * 128:(i % 8 + 1) * 128])[0]["loss"].detach().clone() for i in range(40)]
+        return group, torch.stack(losses), stepper
+
+    eager, eager_losses, _ = run(False)
+    graphed, graph_losses, stepper = run(True)
+    assert stepper.graph is not None
+    torch.testing.assert_close(graph_losses, eager_losses, rtol=1e-4, atol=1e-6)
+    for (name, a), b in zip(eager.named_parameters(), graphed.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=f"{kind}: {name}")
