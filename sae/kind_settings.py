@@ -106,6 +106,8 @@ class JumpReLUSettings:
                                                   "thresholds through the step function (straight-through estimator)")
     l0_warmup: float = option(0.0, help="fraction of steps over which the L0 coefficient rises linearly from 0 to "
                                         "its value (SAELens's l0_warm_up_steps)")
+    jumprelu_threshold_speed: float = option(1.0, help="the thresholds learn this many times faster than the "
+                                                       "other weights (log θ is this times the trained parameter)")
     pre_act_loss: float = option(PRE_ACT_LOSS, help="weight of the pre-activation loss that pulls each dead latent's "
                                                     "pre-activations up to its threshold (Anthropic's, SAELens's "
                                                     "pre_act_loss_coefficient, in the same units); 0 turns it off")
@@ -116,6 +118,7 @@ class JumpReLUSettings:
     def validate(self) -> None:
         _positive("--jumprelu-init-threshold", self.jumprelu_init_threshold, "0.01")
         _positive("--jumprelu-bandwidth", self.jumprelu_bandwidth, "0.05")
+        _positive("--jumprelu-threshold-speed", self.jumprelu_threshold_speed, "5")
         if not 0 <= self.l0_warmup <= 1:
             raise UserError(f"--l0-warmup {self.l0_warmup} is a fraction of the run: pass a value in [0, 1]")
         if not (math.isfinite(float(self.pre_act_loss)) and self.pre_act_loss >= 0):

@@ -175,3 +175,22 @@ def test_the_l0_warmup_is_a_function_of_the_step():
         factors.append(float(stack.warmup_factor))
     assert factors == [pytest.approx(v) for v in (1 / 50, 2 / 50, 25 / 50, 1.0, 1.0, 1.0)]
     assert math.isclose(float(JumpReLUStack(4, 1.0, [1.0], seed=0).warmup_factor), 1.0)  # no warm-up by default
+
+
+def test_a_faster_threshold_is_the_same_model_with_a_larger_step_for_its_thresholds():
+    """log θ = speed · t: the same θ and loss at the start, and t's gradient is speed times log θ's, so Adam (which
+    moves t by about the learning rate) moves log θ speed times as far."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 6)
+    slow, fast = (JumpReLUStack(6, 2.0, [0.5], seed=0, options=StackOptions(
+        kind_settings=JumpReLUSettings(jumprelu_init_threshold=0.05, jumprelu_bandwidth=0.1,
+                                       jumprelu_threshold_speed=speed))) for speed in (1.0, 5.0))
+    torch.testing.assert_close(fast.thresholds(), slow.thresholds())
+    a, b = slow(x), fast(x)
+    torch.testing.assert_close(b["loss"], a["loss"])
+    a["loss"].sum().backward()
+    b["loss"].sum().backward()
+    assert float(slow.log_threshold.grad.abs().max()) > 0
+    torch.testing.assert_close(fast.log_threshold.grad, 5.0 * slow.log_threshold.grad)
+    # the saved dictionary holds θ itself, not the parameter
+    torch.testing.assert_close(fast.inference_tensors(0)["threshold"], slow.inference_tensors(0)["threshold"])

@@ -84,7 +84,10 @@ class JumpReLUStack(SweepStack):
         n, f = len(self.values), self.n_features
         knobs = self.kind_settings
         self.init_affine(options.data_mean, row_norm=DECODER_INIT_NORM)
-        self.log_threshold = nn.Parameter(torch.full((n, f), math.log(knobs.jumprelu_init_threshold)))
+        # log θ = speed · t with t the parameter: Adam moves t by about the learning rate per step, so the
+        # thresholds learn `speed` times faster than the weights (the same as a larger lr for them alone)
+        self.threshold_speed = float(knobs.jumprelu_threshold_speed)
+        self.log_threshold = nn.Parameter(torch.full((n, f), math.log(knobs.jumprelu_init_threshold) / self.threshold_speed))
         self.bandwidth = float(knobs.jumprelu_bandwidth)
         self.register_buffer("coefficient", torch.tensor(self.values, dtype=torch.float32), persistent=False)
         # the warm-up's share of λ at this step (`at_step`); a tensor, changed in place, for CUDA-graph replay
@@ -96,6 +99,10 @@ class JumpReLUStack(SweepStack):
         warm = int(round(self.kind_settings.l0_warmup * total))
         self.warmup_factor.fill_(min(1.0, (step + 1) / warm) if warm else 1.0)
 
+    def thresholds(self) -> Tensor:
+        """θ for every model and latent: [n, F]."""
+        return (self.log_threshold * self.threshold_speed).exp()
+
     def pre_activations(self, x: Tensor) -> Tensor:
         """p = W_e(x − b_d) + b_e for every model: [n, B, F] (the b_d term as one matrix-vector product)."""
         n, batch = len(self.values), x.shape[0]
@@ -106,7 +113,7 @@ class JumpReLUStack(SweepStack):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         batch = x.shape[0]
         pre = self.pre_activations(x)
-        threshold = self.log_threshold.exp()
+        threshold = self.thresholds()
         c = _JumpReLU.apply(pre, threshold, self.bandwidth)
         x_hat = torch.baddbmm(self.b_d.unsqueeze(1), c, self.W_d)
         err = x_hat - x.unsqueeze(0)
@@ -138,4 +145,4 @@ class JumpReLUStack(SweepStack):
         """Decoder row norms folded into the encoder and the threshold (exact: p > θ ⇔ n·p > n·θ for n > 0)."""
         norms = self.W_d[i].norm(dim=-1).clamp_min(1e-12)
         return {"W_e": self.W_e[i] * norms[:, None], "b_e": self.b_e[i] * norms, "W_d": self.W_d[i] / norms[:, None],
-                "b_d": self.b_d[i], "threshold": self.log_threshold[i].exp() * norms}
+                "b_d": self.b_d[i], "threshold": self.thresholds()[i] * norms}
