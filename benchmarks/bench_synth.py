@@ -114,27 +114,33 @@ def sweep_values(kind: str, args, done: set = frozenset()) -> dict:
     return {sweep.field: [v for v in values if float(v) not in done]}
 
 
-def own_settings(kind: str, scale: Scale):
+def own_settings(kind: str, scale: Scale, overrides: dict | None = None):
     """Our Matryoshka nests the same prefixes as SAELens's in this run (the published experiments' widths, as
-    fractions of the width), so the two differ in implementation, not in configuration; other kinds: defaults."""
+    fractions of the width), so the two differ in implementation, not in configuration; other kinds: defaults.
+    `overrides` (--our-setting FIELD=VALUE) set the fields a kind's settings class has, e.g. decoder_norm."""
+    from dataclasses import fields, replace
+
     from sae.kind_settings import MatryoshkaSettings
-    from sae.registry import settings_class
+    from sae.registry import default_settings, settings_class
 
+    own = default_settings(kind)
     if settings_class(kind) is MatryoshkaSettings:
-        return MatryoshkaSettings(matryoshka_prefixes=[w / scale.width for w in scale.matryoshka_widths
-                                                       if w < scale.width])
-    return None
+        own = MatryoshkaSettings(matryoshka_prefixes=[w / scale.width for w in scale.matryoshka_widths
+                                                      if w < scale.width])
+    if own is None:
+        return None
+    names = {f.name for f in fields(own)}
+    chosen = {k: v for k, v in (overrides or {}).items() if k in names}
+    return replace(own, **chosen) if chosen else own
 
 
-def own_fingerprint(kind: str, scale: Scale) -> dict:
-    """Our kind's own settings as this run trains them: a row measured under other ones (older defaults) is
-    trained again, not reused."""
+def own_fingerprint(kind: str, scale: Scale, args) -> dict:
+    """Our kind's own settings as this run trains them, and --our-lr when given: a row measured under other ones
+    (older defaults, another recipe) is trained again, not reused."""
     from dataclasses import asdict
 
-    from sae.registry import default_settings
-
-    own = own_settings(kind, scale) or default_settings(kind)
-    return asdict(own) if own is not None else {}
+    own = own_settings(kind, scale, args.our_setting)
+    return {**(asdict(own) if own is not None else {}), **({"lr": args.our_lr} if args.our_lr else {})}
 
 
 def train_ours(kind: str, args, scale: Scale, samples: int, cache: Path | None, source, out: Path,
@@ -146,7 +152,8 @@ def train_ours(kind: str, args, scale: Scale, samples: int, cache: Path | None, 
     settings = TrainSettings(hook=HOOK, kind=kind, ratios=[scale.width / scale.hidden_dim], tokens=samples,
                              batch_size=args.batch_size, eval_fraction=EVAL_FRACTION, keep_first_position=True,
                              sink_factor=0, seed=SEED, cache=str(cache or ""), out=str(out), device=args.device,
-                             export="saelens", kind_settings=own_settings(kind, scale), **values)
+                             export="saelens", kind_settings=own_settings(kind, scale, args.our_setting),
+                             lr=args.our_lr, **values)
     if cache is not None:  # exactly `train-sae`'s path: split_cache, train_sweep, export
         return train_sae_command(settings)
     from sae.export import export_saelens
@@ -193,6 +200,14 @@ def earlier_rows(out: Path, setup: dict) -> list[dict]:
     return rows
 
 
+def _value(text: str):
+    """A --our-setting value: JSON where it parses (numbers, lists, true), else the string (free)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
@@ -212,6 +227,9 @@ def main() -> None:
                                                                              "values (L1 coefficient, k or target L0)")
     parser.add_argument("--batch-size", type=int, default=None, help="both libraries (default: the scale's)")
     parser.add_argument("--saelens-lr", type=float, default=None, help="default: the scale's")
+    parser.add_argument("--our-lr", type=float, default=None, help="our kinds' learning rate (default: each kind's)")
+    parser.add_argument("--our-setting", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a field of our kinds' own settings, for the kinds that have it (e.g. decoder_norm=free)")
     parser.add_argument("--saelens-dead-window", type=int, default=1000,
                         help="steps without firing after which SAELens calls a latent dead (its aux loss acts on it); "
                              "SyntheticSAERunner's 1,000 by default; ours: --dead-tokens 100,000 / batch size")
@@ -228,12 +246,16 @@ def main() -> None:
     scale = SCALES[args.scale]
     args.sweep = {k: v.split(",") for k, v in (s.split("=", 1) for s in args.sweep)}
     args.saelens_sweep = {k: v.split(",") for k, v in (s.split("=", 1) for s in args.saelens_sweep)}
+    args.our_setting = {k: _value(v) for k, v in (s.split("=", 1) for s in args.our_setting)}
     args.l0s = args.l0s or list(scale.l0s)
     args.batch_size = args.batch_size or scale.batch_size
     samples = args.samples or scale.samples
     eval_samples = args.eval_samples or scale.eval_samples
     kinds = [k for k in args.kinds.split(",") if k != "none"] if args.kinds else list(learned_kinds())
     saelens_kinds = [k for k in args.saelens_kinds.split(",") if k != "none"]
+    unused = set(args.our_setting) - {f for k in kinds for f in own_fingerprint(k, scale, args)}
+    if unused:
+        raise SystemExit(f"--our-setting {', '.join(sorted(unused))}: no kind of --kinds has such a setting")
     torch.set_num_threads(args.threads)
     out = Path(args.out) / scale.name
     out.mkdir(parents=True, exist_ok=True)
@@ -266,7 +288,7 @@ def main() -> None:
         t = time.perf_counter()
         sweep = kind_spec(kind).sweep
         wanted = sweep_values(kind, args)
-        own = own_fingerprint(kind, scale)
+        own = own_fingerprint(kind, scale, args)
         rows += [r for r in kept if r["library"] == "dictlens" and r["kind"] == kind and r.get("own") == own
                  and r["value"] in map(float, wanted[sweep.field])]
         values = sweep_values(kind, args, {r["value"] for r in rows if r["kind"] == kind})

@@ -86,7 +86,7 @@ class KindSpec:
         return self.folder_prefix or self.name
 
 
-_AUXK = "sae.kind_settings:AuxKSettings"  # the AuxK loss against dead latents (TopK and BatchTopK)
+_AUXK = "sae.kind_settings:AuxKSettings"  # the AuxK loss against dead latents (TopK; BatchTopK adds to it)
 
 # Report order: learned dictionaries first (the papers' subject), then the baselines they are compared to.
 _ROWS: tuple[KindSpec, ...] = (
@@ -100,7 +100,7 @@ _ROWS: tuple[KindSpec, ...] = (
              data_parallel=True, loss_over="variance", marker="P"),
     # its top-k spans the whole batch, which no data-parallel rank holds
     KindSpec("batchtopk", "sae.kinds.threshold:BatchTopKSAE", "sae.kinds.threshold:BatchTopKStack", K_SWEEP,
-             lr=5e-3, settings=_AUXK, marker="X"),
+             lr=5e-3, settings="sae.kind_settings:BatchTopKSettings", marker="X"),
     KindSpec("matryoshka_batchtopk", "sae.kinds.matryoshka:MatryoshkaSAE", "sae.kinds.matryoshka:MatryoshkaStack",
              K_SWEEP, lr=5e-3, settings="sae.kind_settings:MatryoshkaSettings", folder_prefix="matryoshka", marker="p"),
     # trained here, or loaded from SAELens (Gemma Scope); its loss is a mean over rows and it has no batch state

@@ -78,11 +78,11 @@ def test_train_sweep_end_to_end_on_cuda(tmp_path):
 def test_every_learned_kind_replays_its_graph_like_eager_steps(kind):
     """Each objective's step must be capturable (no host read inside it, dead-latent losses included: the
     windows here are short enough that latents die during the run) and replay the eager numbers."""
-    from sae.kind_settings import AuxKSettings, JumpReLUSettings, MatryoshkaSettings
+    from sae.kind_settings import AuxKSettings, BatchTopKSettings, JumpReLUSettings, MatryoshkaSettings
     from sae.kinds.stack import StackOptions
     from sae.registry import objective_class
 
-    own = {"topk": AuxKSettings(dead_tokens=256), "batchtopk": AuxKSettings(dead_tokens=256),
+    own = {"topk": AuxKSettings(dead_tokens=256), "batchtopk": BatchTopKSettings(dead_tokens=256),
            "matryoshka_batchtopk": MatryoshkaSettings(dead_tokens=256),
            "jumprelu": JumpReLUSettings(pre_act_dead_tokens=256)}.get(kind)
     value = {"untied_sae": 1e-2, "jumprelu": 0.3}.get(kind, 4)

@@ -12,7 +12,7 @@ import torch
 
 import sae
 from sae.data import TensorSource, split_cache
-from sae.kind_settings import AuxKSettings, JumpReLUSettings, MatryoshkaSettings
+from sae.kind_settings import AuxKSettings, BatchTopKSettings, JumpReLUSettings, MatryoshkaSettings
 from sae.kinds.stack import StackOptions, auxk_fvu, batched_top_k, sparse_decode
 from sae.registry import LEARNED_KINDS, objective_class
 from sae.settings import TrainSettings
@@ -214,7 +214,7 @@ class _Interrupt(Stepper):
 
 
 @pytest.mark.parametrize("kind, own", [("topk", AuxKSettings(dead_tokens=200)),
-                                       ("batchtopk", AuxKSettings(dead_tokens=200)),
+                                       ("batchtopk", BatchTopKSettings(dead_tokens=200)),
                                        ("matryoshka_batchtopk", MatryoshkaSettings(dead_tokens=200)),
                                        ("jumprelu", JumpReLUSettings(l0_warmup=0.5))])
 def test_an_interrupted_topk_run_resumes_bit_identically(tmp_path, kind, own):

@@ -4,7 +4,8 @@ The dictionary's first w_1 < w_2 < … < F latents form nested dictionaries;
 codes come from one BatchTopK over the whole dictionary, and the loss is the
 sum over levels of the FVU of the reconstruction from each prefix alone,
 plus AuxK against dead latents (SAELens's MatryoshkaBatchTopKTrainingSAE:
-its auxiliary loss, on the full reconstruction's residual). A prefix must
+by default on the full reconstruction's residual; with `--matryoshka-aux`,
+as its use_matryoshka_aux_loss, per level on that prefix's residual). A prefix must
 reconstruct the input without the latents after it, so a general feature
 (a parent) keeps its own early latent instead of being absorbed into the
 latents of its specific cases (its children), as plain BatchTopK does.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sae.kinds.stack import StackOptions
+from sae.kinds.stack import StackOptions, auxk_fvu
 from sae.kinds.threshold import BatchTopKSAE, BatchTopKStack
 from sae.kinds.topk import batch_variance
 
@@ -41,6 +42,27 @@ class MatryoshkaStack(BatchTopKStack):
         inner = self.inner_fvu(out["c"], x)
         return {**out, "loss": out["loss"] + inner, "inner_fvu": inner}
 
+    def auxk(self, pre: Tensor, c: Tensor, err: Tensor, variance: Tensor) -> Tensor:
+        """With `matryoshka_aux` (SAELens's use_matryoshka_aux_loss, as the SynthSAEBench experiments train it):
+        each level's own dead latents reconstruct the residual of the prefix that ends with them, so a dead
+        latent of an early level is revived toward what the early levels miss, not toward the whole
+        dictionary's residual; the levels' losses add up."""
+        if not self.kind_settings.matryoshka_aux:
+            return super().auxk(pre, c, err, variance)
+        with torch.no_grad():  # x − x̂_w = (x − x̂) + the levels after w: built from the last level back
+            codes, residual, residuals = self.decoder_inputs(c), (-err).detach(), []
+            for width in reversed(self.widths):
+                residuals.append((width, residual))
+                previous = self.widths[self.widths.index(width) - 1] if width != self.widths[0] else 0
+                residual = residual + torch.bmm(codes[:, :, previous:width], self.W_d[:, previous:width])
+        total, start = torch.zeros(pre.shape[0], device=pre.device), 0
+        for width, residual in reversed(residuals):
+            total = total + auxk_fvu(pre[:, :, start:width], self.since_fired[:, start:width],
+                                     self.kind_settings.dead_tokens, self.W_d[:, start:width], residual, variance,
+                                     k_aux=self.d_in // 2)
+            start = width
+        return total
+
     def inner_fvu(self, c: Tensor, x: Tensor) -> Tensor:
         """Σ over the inner levels of ‖x − x̂_w‖² / the batch's variance, x̂_w from the first w latents: [n].
 
@@ -48,6 +70,7 @@ class MatryoshkaStack(BatchTopKStack):
         all of them cost one decode of the largest inner level.
         """
         variance = batch_variance(x)
+        c = self.decoder_inputs(c)
         recon = self.b_d.unsqueeze(1).expand(len(self.values), x.shape[0], self.d_in)
         total = torch.zeros(len(self.values), device=x.device)
         start = 0

@@ -67,11 +67,35 @@ class BatchTopKStack(TopKStack):
         super().__init__(d_in, ratio, values, seed, options)
         self.register_buffer("theta", torch.full((len(self.values),), -1.0))  # < 0: not estimated yet
 
+    @property
+    def free_decoder(self) -> bool:
+        """Decoder row norms learned (SAELens's rescale_acts_by_decoder_norm) rather than held at 1."""
+        return self.kind_settings.decoder_norm == "free"
+
+    def row_norms(self) -> Tensor:
+        """‖W_d‖ per latent, [n, 1, F]: codes are pre-activation × norm, the decoder reads code / norm."""
+        return self.W_d.norm(dim=-1).clamp_min(1e-12).unsqueeze(1)
+
+    def decoder_inputs(self, c: Tensor) -> Tensor:
+        """What multiplies W_d: the codes, divided by the row norms when these are free (then c·W_d/‖W_d‖ is
+        the reconstruction of a dictionary whose rows are unit and whose codes are c)."""
+        return c / self.row_norms() if self.free_decoder else c
+
     def codes_and_reconstruction(self, pre: Tensor) -> tuple[Tensor, Tensor]:
         """Dense: a token keeps however many latents the batch-wide top k·batch gives it, so there is no fixed k
         per row for `sparse_decode`."""
-        c = self.codes(pre)
-        return c, torch.baddbmm(self.b_d.unsqueeze(1), c, self.W_d)
+        c = self.codes(pre * self.row_norms() if self.free_decoder else pre)
+        return c, torch.baddbmm(self.b_d.unsqueeze(1), self.decoder_inputs(c), self.W_d)
+
+    @torch.no_grad()
+    def before_update(self) -> None:
+        if not self.free_decoder:
+            super().before_update()
+
+    @torch.no_grad()
+    def after_update(self) -> None:
+        if not self.free_decoder:
+            super().after_update()
 
     def codes(self, pre: Tensor) -> Tensor:
         batch = pre.shape[1]
@@ -93,6 +117,11 @@ class BatchTopKStack(TopKStack):
     def inference_tensors(self, i: int) -> dict[str, Tensor]:
         tensors = super().inference_tensors(i)
         tensors["threshold"] = self.theta[i].clamp_min(0).expand(self.n_features).clone()
+        if self.free_decoder:  # fold the norms: unit rows, encoder and b_e scaled, so the same codes come out
+            norms = tensors["W_d"].norm(dim=-1).clamp_min(1e-12)
+            tensors["W_e"] = tensors["W_e"] * norms.unsqueeze(1)
+            tensors["b_e"] = tensors["b_e"] * norms
+            tensors["W_d"] = tensors["W_d"] / norms.unsqueeze(1)
         return tensors
 
 

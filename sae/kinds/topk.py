@@ -65,14 +65,18 @@ class TopKStack(SweepStack):
         err = x_hat - xs
         variance = batch_variance(x)
         fvu = err.pow(2).sum(dim=(1, 2)) / variance
-        aux = auxk_fvu(pre, self.since_fired, self.kind_settings.dead_tokens, self.W_d, (-err).detach(), variance,
-                       k_aux=self.d_in // 2)
+        aux = self.auxk(pre, c, err, variance)
         if self.training:
             with torch.no_grad():
                 fired = (c > 0).any(dim=1)
                 self.since_fired.add_(batch).masked_fill_(fired, 0)
         return {"loss": fvu + self.kind_settings.auxk_alpha * aux, "mse": err.pow(2).mean(dim=(1, 2)),
                 "l1": c.sum(dim=(1, 2)) / batch, "aux": aux, "c": c, "x_hat": x_hat}
+
+    def auxk(self, pre: Tensor, c: Tensor, err: Tensor, variance: Tensor) -> Tensor:
+        """The AuxK loss per model [n]: the dead latents reconstruct the whole dictionary's residual."""
+        return auxk_fvu(pre, self.since_fired, self.kind_settings.dead_tokens, self.W_d, (-err).detach(), variance,
+                        k_aux=self.d_in // 2)
 
     def codes_and_reconstruction(self, pre: Tensor) -> tuple[Tensor, Tensor]:
         """(c, x̂): the gradient flows through the k kept values into x̂ by the sparse decoder (`sparse_decode`'s
