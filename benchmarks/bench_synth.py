@@ -230,9 +230,10 @@ def main() -> None:
     parser.add_argument("--our-lr", type=float, default=None, help="our kinds' learning rate (default: each kind's)")
     parser.add_argument("--our-setting", action="append", default=[], metavar="FIELD=VALUE",
                         help="a field of our kinds' own settings, for the kinds that have it (e.g. decoder_norm=free)")
-    parser.add_argument("--saelens-dead-window", type=int, default=1000,
+    parser.add_argument("--saelens-dead-window", type=int, default=None,
                         help="steps without firing after which SAELens calls a latent dead (its aux loss acts on it); "
-                             "SyntheticSAERunner's 1,000 by default; ours: --dead-tokens 100,000 / batch size")
+                             "default: the scale's (published: SyntheticSAERunner's 1,000; cpu: 781 = our "
+                             "--dead-tokens 100,000 / batch 128)")
     parser.add_argument("--eval-samples", type=int, default=None)
     parser.add_argument("--stream", action="store_true", help="draw every batch from the generator instead of "
                                                               "writing a cache (the published scale always does)")
@@ -249,6 +250,7 @@ def main() -> None:
     args.our_setting = {k: _value(v) for k, v in (s.split("=", 1) for s in args.our_setting)}
     args.l0s = args.l0s or list(scale.l0s)
     args.batch_size = args.batch_size or scale.batch_size
+    args.saelens_dead_window = args.saelens_dead_window or scale.saelens_dead_window
     samples = args.samples or scale.samples
     eval_samples = args.eval_samples or scale.eval_samples
     kinds = [k for k in args.kinds.split(",") if k != "none"] if args.kinds else list(learned_kinds())
