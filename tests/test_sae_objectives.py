@@ -215,6 +215,9 @@ class _Interrupt(Stepper):
 
 @pytest.mark.parametrize("kind, own", [("topk", AuxKSettings(dead_tokens=200)),
                                        ("batchtopk", BatchTopKSettings(dead_tokens=200)),
+                                       ("batchtopk", BatchTopKSettings(dead_tokens=200, decoder_norm="free")),
+                                       ("matryoshka_batchtopk", MatryoshkaSettings(dead_tokens=200, decoder_norm="free",
+                                                                                   matryoshka_aux=True)),
                                        ("matryoshka_batchtopk", MatryoshkaSettings(dead_tokens=200)),
                                        ("jumprelu", JumpReLUSettings(l0_warmup=0.5))])
 def test_an_interrupted_topk_run_resumes_bit_identically(tmp_path, kind, own):

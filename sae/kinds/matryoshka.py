@@ -49,18 +49,17 @@ class MatryoshkaStack(BatchTopKStack):
         dictionary's residual; the levels' losses add up."""
         if not self.kind_settings.matryoshka_aux:
             return super().auxk(pre, c, err, variance)
-        with torch.no_grad():  # x − x̂_w = (x − x̂) + the levels after w: built from the last level back
-            codes, residual, residuals = self.decoder_inputs(c), (-err).detach(), []
-            for width in reversed(self.widths):
-                residuals.append((width, residual))
-                previous = self.widths[self.widths.index(width) - 1] if width != self.widths[0] else 0
-                residual = residual + torch.bmm(codes[:, :, previous:width], self.W_d[:, previous:width])
-        total, start = torch.zeros(pre.shape[0], device=pre.device), 0
-        for width, residual in reversed(residuals):
+        levels = list(zip([0] + self.widths[:-1], self.widths))  # (first latent, end) of each level's block
+        with torch.no_grad():  # x − x̂_w = (x − x̂) + the blocks after w: built from the last level back
+            codes, residual, residuals = self.decoder_inputs(c), (-err).detach(), {}
+            for start, width in reversed(levels):
+                residuals[width] = residual
+                residual = residual + torch.bmm(codes[:, :, start:width], self.W_d[:, start:width])
+        total = torch.zeros(pre.shape[0], device=pre.device)
+        for start, width in levels:
             total = total + auxk_fvu(pre[:, :, start:width], self.since_fired[:, start:width],
-                                     self.kind_settings.dead_tokens, self.W_d[:, start:width], residual, variance,
-                                     k_aux=self.d_in // 2)
-            start = width
+                                     self.kind_settings.dead_tokens, self.W_d[:, start:width], residuals[width],
+                                     variance, k_aux=self.d_in // 2)
         return total
 
     def inner_fvu(self, c: Tensor, x: Tensor) -> Tensor:
