@@ -56,26 +56,46 @@ DECODER_NORMS = ("unit", "free")
 
 
 @dataclass
-class BatchTopKSettings(AuxKSettings):
-    """BatchTopK and Matryoshka: AuxK, and how the decoder's row norms are kept.
+class DecoderNormSettings:
+    """How the decoder's row norms are kept (untied L1, BatchTopK, Matryoshka).
 
-    "unit" (sparsify's way, the default) holds every decoder row at norm 1 by projecting its gradient and
-    renormalising after each step. "free" (SAELens's way: `rescale_acts_by_decoder_norm`) lets the norms
-    learn and ranks latents by pre-activation × row norm, folding the norms into the encoder when a
-    dictionary is saved. On SynthSAEBench at 1M samples "free" finds more true features (BatchTopK F1
-    0.478 / 0.502 at L0 10 / 12 against 0.454 / 0.459, lr 1e-3); on SmolLM2's layer 3 it reconstructs
-    worse (held-out FVU 0.117 against 0.111 at L0 20, 131k tokens), so "unit" stays the default.
+    "unit" (the default) keeps every decoder row at norm 1, so a code is the size of its component of the
+    reconstruction. "free" trains as SAELens does: the norms learn, and a code times its row's norm is what
+    is ranked (BatchTopK's rescale_acts_by_decoder_norm) or penalised (Standard L1: Σ c·‖W_d‖); the norms
+    are folded into the encoder when a dictionary is saved, so saved rows are unit either way.
     """
 
     decoder_norm: str = option("unit", choices=DECODER_NORMS,
-                               help="decoder rows held at norm 1 (unit) or learned, latents ranked by "
-                                    "pre-activation x row norm as SAELens trains them (free)")
+                               help="decoder rows held at norm 1 (unit) or learned as SAELens trains them (free: "
+                                    "codes ranked / penalised times their row norm, the norms folded in at save)")
 
     def validate(self) -> None:
-        super().validate()
         if self.decoder_norm not in DECODER_NORMS:
             raise UserError(f"--decoder-norm {self.decoder_norm!r} must be one of {', '.join(DECODER_NORMS)}, "
                             "e.g. --decoder-norm free")
+
+
+@dataclass
+class UntiedSettings(DecoderNormSettings):
+    """The untied L1 SAE. With "free" its rows start at norm 0.1 (SAELens's decoder_init_norm): from norm 1
+    the same objective found far fewer true features on SynthSAEBench (F1 0.38 at L0 9.9 against 0.58 at
+    L0 10.7, 1M samples, lr 1e-3). On SmolLM2's layer 3 both land on about the same FVU-L0 curve (held-out
+    FVU 0.135 at L0 20.0 free, 0.132 at L0 19.2 unit), so "unit" stays the default (docs/RESULTS.md)."""
+
+
+@dataclass
+class BatchTopKSettings(AuxKSettings, DecoderNormSettings):
+    """BatchTopK and Matryoshka: AuxK, and the decoder norms.
+
+    With "free" the rows start at norm 1 (SAELens's 0.1 found fewer true features here). On SynthSAEBench at
+    1M samples "free" finds more true features (BatchTopK F1 0.478 / 0.502 at L0 10 / 12 against 0.454 /
+    0.459, lr 1e-3); on SmolLM2's layer 3 it reconstructs worse (held-out FVU 0.117 against 0.111 at L0 20,
+    131k tokens), so "unit" stays the default.
+    """
+
+    def validate(self) -> None:
+        AuxKSettings.validate(self)
+        DecoderNormSettings.validate(self)
 
 
 @dataclass

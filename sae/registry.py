@@ -95,7 +95,7 @@ _ROWS: tuple[KindSpec, ...] = (
     KindSpec("tied_sae", "sae.kinds.tied:TiedSAE", "sae.kinds.tied:TiedStack", L1_SWEEP, lr=5e-3,
              data_parallel=True, folder_prefix="tied", marker="o"),
     KindSpec("untied_sae", "sae.kinds.untied:UntiedSAE", "sae.kinds.untied:UntiedStack", L1_SWEEP, lr=5e-3,
-             data_parallel=True, folder_prefix="untied", marker="s"),
+             settings="sae.kind_settings:UntiedSettings", data_parallel=True, folder_prefix="untied", marker="s"),
     KindSpec("topk", "sae.kinds.topk:TopKSAE", "sae.kinds.topk:TopKStack", K_SWEEP, lr=5e-3, settings=_AUXK,
              data_parallel=True, loss_over="variance", marker="P"),
     # its top-k spans the whole batch, which no data-parallel rank holds

@@ -12,7 +12,7 @@ import torch
 
 import sae
 from sae.data import TensorSource, split_cache
-from sae.kind_settings import AuxKSettings, BatchTopKSettings, JumpReLUSettings, MatryoshkaSettings
+from sae.kind_settings import AuxKSettings, BatchTopKSettings, JumpReLUSettings, MatryoshkaSettings, UntiedSettings
 from sae.kinds.stack import StackOptions, auxk_fvu, batched_top_k, sparse_decode
 from sae.registry import LEARNED_KINDS, objective_class
 from sae.settings import TrainSettings
@@ -219,13 +219,14 @@ class _Interrupt(Stepper):
                                        ("matryoshka_batchtopk", MatryoshkaSettings(dead_tokens=200, decoder_norm="free",
                                                                                    matryoshka_aux=True)),
                                        ("matryoshka_batchtopk", MatryoshkaSettings(dead_tokens=200)),
+                                       ("untied_sae", UntiedSettings(decoder_norm="free")),
                                        ("jumprelu", JumpReLUSettings(l0_warmup=0.5))])
 def test_an_interrupted_topk_run_resumes_bit_identically(tmp_path, kind, own):
     """Their dead-latent counters and threshold are checkpointed and JumpReLU's L0 warm-up is a function of the
     step, so the resumed run is the uninterrupted one."""
     x, _ = sparse_data(d=8, n_true=12, n=4000, seed=6)
-    settings = TrainSettings(hook="h", kind=kind, ks=[2, 3], l0_coefficients=[0.3, 1.0], batch_size=64,
-                             tokens=64 * 60, checkpoint_every=10, kind_settings=own)
+    settings = TrainSettings(hook="h", kind=kind, ks=[2, 3], l0_coefficients=[0.3, 1.0], l1s=[1e-2, 1e-1],
+                             batch_size=64, tokens=64 * 60, checkpoint_every=10, kind_settings=own)
     [a, b] = train_sweep(TensorSource(x), settings, tmp_path / "whole", progress=False)
     with pytest.raises(KeyboardInterrupt):
         train_sweep(TensorSource(x), settings, tmp_path / "killed", progress=False, stepper_factory=_Interrupt)

@@ -24,6 +24,9 @@ class UntiedSAE(AffineDictionary):
         return t["W_e"], folded_bias(t["W_e"], t["b_e"], t["b_d"]), unit_rows(t["W_d"]), t["b_d"]
 
 
+FREE_INIT_NORM = 0.1  # SAELens's decoder_init_norm; from 1, free rows found far fewer true features (kind_settings)
+
+
 class UntiedStack(SweepStack):
     """MSE + α·L1 like the tied SAE, with a separate encoder (initialised to the decoder's transpose).
 
@@ -41,18 +44,36 @@ class UntiedStack(SweepStack):
         dec = torch.stack([xavier(f, d_in, g) for g in self.generators()])
         mean = options.data_mean if options.data_mean is not None else torch.zeros(d_in)
         self.register_buffer("alpha", torch.tensor(self.values, dtype=torch.float32))
+        if self.free_decoder:  # SAELens's Standard SAE: rows (and the encoder, its copy) start at norm 0.1
+            dec = FREE_INIT_NORM * dec / dec.norm(dim=-1, keepdim=True)
         self.W_e = nn.Parameter(dec.clone())
         self.b_e = nn.Parameter(torch.zeros(n, f))
         self.W_d = nn.Parameter(dec)
         self.b_d = nn.Parameter(mean.to(torch.float32).expand(n, d_in).clone())
 
+    @property
+    def free_decoder(self) -> bool:
+        """`--decoder-norm free`: x̂ = c·W_d with learned row norms and L1 = Σ c·‖W_d‖ (SAELens's Standard);
+        else the rows are normalised in forward and L1 = Σ c."""
+        return self.kind_settings is not None and self.kind_settings.decoder_norm == "free"
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         n, batch = self.alpha.shape[0], x.shape[0]
         xs = x.unsqueeze(0).expand(n, batch, self.d_in)
-        dec = unit_rows_with_grad(self.W_d)
+        dec = self.W_d if self.free_decoder else unit_rows_with_grad(self.W_d)
         centred = xs - self.b_d.unsqueeze(1)
         c = torch.relu(torch.baddbmm(self.b_e.unsqueeze(1), centred, self.W_e.transpose(1, 2)))
         x_hat = torch.baddbmm(self.b_d.unsqueeze(1), c, dec)
         mse = (x_hat - xs).pow(2).mean(dim=(1, 2))
-        l1 = c.sum(dim=(1, 2)) / batch
-        return {"loss": mse + self.alpha * l1, "mse": mse, "l1": l1, "c": c, "x_hat": x_hat}
+        sized = c * self.W_d.norm(dim=-1).unsqueeze(1) if self.free_decoder else c  # the codes of unit rows
+        l1 = sized.sum(dim=(1, 2)) / batch
+        return {"loss": mse + self.alpha * l1, "mse": mse, "l1": l1, "c": sized, "x_hat": x_hat}
+
+    def inference_tensors(self, i: int) -> dict[str, Tensor]:
+        tensors = super().inference_tensors(i)
+        if self.free_decoder:  # fold the norms into the encoder: unit rows, the same reconstruction
+            norms = tensors["W_d"].norm(dim=-1).clamp_min(1e-12)
+            tensors["W_e"] = tensors["W_e"] * norms.unsqueeze(1)
+            tensors["b_e"] = tensors["b_e"] * norms
+            tensors["W_d"] = tensors["W_d"] / norms.unsqueeze(1)
+        return tensors

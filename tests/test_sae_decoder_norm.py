@@ -1,6 +1,7 @@
-"""BatchTopK / Matryoshka with free decoder norms (`--decoder-norm free`, SAELens's rescale_acts_by_decoder_norm):
-the norms learn, latents are ranked by pre-activation × norm, and the saved dictionary folds them so it encodes
-and decodes exactly what the trained stack did."""
+"""Free decoder norms (`--decoder-norm free`, as SAELens trains): for BatchTopK / Matryoshka the norms learn and
+latents are ranked by pre-activation × norm (rescale_acts_by_decoder_norm); for the untied L1 SAE the L1 weighs
+each code by its row's norm (SAELens's Standard). Either way the saved dictionary folds the norms so it encodes
+and decodes exactly what the trained stack did. Also Matryoshka's per-level AuxK."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import sae
 from common.errors import UserError
 from sae.data import TensorSource
-from sae.kind_settings import BatchTopKSettings, MatryoshkaSettings
+from sae.kind_settings import BatchTopKSettings, MatryoshkaSettings, UntiedSettings
 from sae.kinds.stack import StackOptions
 from sae.metrics import mmcs
 from sae.registry import objective_class
@@ -140,3 +141,38 @@ def test_matryoshka_aux_revives_each_levels_dead_latents_toward_its_own_prefix_r
             start = width
         assert float(out["aux"][i].detach()) == pytest.approx(want, rel=1e-4)
     assert MatryoshkaSettings().matryoshka_aux is False  # SAELens's default: the whole dictionary's residual
+
+
+def test_free_untied_penalises_codes_times_norms_and_saves_them_folded():
+    """SAELens's Standard SAE: x̂ = c·W_d with free rows, L1 = Σ c·‖W_d‖; saved with unit rows, whose codes are
+    c·‖W_d‖ (what was penalised), and the same reconstruction."""
+    torch.manual_seed(4)
+    stack = objective_class("untied_sae")(8, 2.0, [1e-2, 1e-1], seed=3, options=StackOptions(
+        data_mean=torch.randn(8), kind_settings=UntiedSettings(decoder_norm="free")))
+    torch.testing.assert_close(stack.W_d.detach().norm(dim=-1), torch.full((2, 16), 0.1))  # SAELens's init
+    with torch.no_grad():
+        for p in stack.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, scale = torch.randn(64, 8) * 3 + 1, 0.37
+    out = stack(x * scale)
+    for i, d in enumerate(stack.dictionaries({"hook": "h"}, input_scale=scale)):
+        w_e, b_e, w_d, b_d = (getattr(stack, n)[i].detach() for n in ("W_e", "b_e", "W_d", "b_d"))
+        c = torch.relu((x * scale - b_d) @ w_e.T + b_e)
+        norms = w_d.norm(dim=-1)
+        assert float(out["l1"][i].detach()) == pytest.approx(float((c * norms).sum() / 64), rel=1e-5)
+        torch.testing.assert_close(d.encode(x), c * norms / scale, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(d.decode(d.encode(x)), (b_d + c @ w_d) / scale, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out["x_hat"][i].detach(), b_d + c @ w_d, atol=1e-5, rtol=1e-4)
+
+
+def test_unit_untied_keeps_its_objective():
+    """The default: rows normalised in forward, L1 = Σ c (so a saved α means what it meant before)."""
+    stack = objective_class("untied_sae")(8, 2.0, [1e-2], seed=3, options=StackOptions(data_mean=torch.zeros(8)))
+    assert stack.kind_settings == UntiedSettings() and stack.kind_settings.decoder_norm == "unit"
+    x = torch.randn(32, 8)
+    out = stack(x)
+    w_e, b_e, w_d, b_d = (getattr(stack, n)[0].detach() for n in ("W_e", "b_e", "W_d", "b_d"))
+    c = torch.relu((x - b_d) @ w_e.T + b_e)
+    assert float(out["l1"][0].detach()) == pytest.approx(float(c.sum() / 32), rel=1e-5)
+    torch.testing.assert_close(out["x_hat"][0].detach(), b_d + c @ (w_d / w_d.norm(dim=-1, keepdim=True)),
+                               atol=1e-5, rtol=1e-4)
