@@ -30,9 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sae.kinds.stack import StackOptions, SweepStack
+from sae.kinds.stack import SAELENS_DECODER_INIT_NORM, StackOptions, SweepStack, fold_row_norms
 
-DECODER_INIT_NORM = 0.1  # SAELens's decoder_init_norm
 
 
 def _near(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
@@ -83,7 +82,7 @@ class JumpReLUStack(SweepStack):
         super().__init__(d_in, ratio, values, seed, options)
         n, f = len(self.values), self.n_features
         knobs = self.kind_settings
-        self.init_affine(options.data_mean, row_norm=DECODER_INIT_NORM)
+        self.init_affine(options.data_mean, row_norm=SAELENS_DECODER_INIT_NORM)
         # log θ = speed · t with t the parameter: Adam moves t by about the learning rate per step, so the
         # thresholds learn `speed` times faster than the weights (the same as a larger lr for them alone)
         self.threshold_speed = float(knobs.jumprelu_threshold_speed)
@@ -143,6 +142,5 @@ class JumpReLUStack(SweepStack):
 
     def inference_tensors(self, i: int) -> dict[str, Tensor]:
         """Decoder row norms folded into the encoder and the threshold (exact: p > θ ⇔ n·p > n·θ for n > 0)."""
-        norms = self.W_d[i].norm(dim=-1).clamp_min(1e-12)
-        return {"W_e": self.W_e[i] * norms[:, None], "b_e": self.b_e[i] * norms, "W_d": self.W_d[i] / norms[:, None],
-                "b_d": self.b_d[i], "threshold": self.thresholds()[i] * norms}
+        folded, norms = fold_row_norms({name: getattr(self, name)[i] for name in ("W_e", "b_e", "W_d", "b_d")})
+        return {**folded, "threshold": self.thresholds()[i] * norms}

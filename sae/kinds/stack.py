@@ -136,6 +136,12 @@ class SweepStack(nn.Module):
         self.W_d = nn.Parameter(dec_t)
         self.b_d = nn.Parameter(mean.to(torch.float32).expand(n, d_in).clone())
 
+    @property
+    def free_decoder(self) -> bool:
+        """`--decoder-norm free` (kinds whose settings have it): decoder row norms learned, as SAELens trains,
+        and folded into the encoder at save (`fold_row_norms`), rather than held at 1."""
+        return getattr(self.kind_settings, "decoder_norm", "unit") == "free"
+
     def param_names(self) -> list[str]:
         return [name for name, _ in self.named_parameters()]
 
@@ -200,6 +206,18 @@ def sparse_decode(values: Tensor, index: Tensor, w_dec: Tensor, ks: list[int]) -
 def capturing_graph(t: Tensor) -> bool:
     """Whether `t`'s device is being captured into a CUDA graph right now (then nothing may read it back)."""
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+SAELENS_DECODER_INIT_NORM = 0.1  # SAELens's decoder_init_norm: where its free decoder rows start
+
+
+def fold_row_norms(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+    """A model trained with free decoder row norms, saved with unit rows: each norm n moves into the encoder
+    row and b_e (codes n·p), and the decoder row is divided by it, so x̂ is unchanged. Returns the folded
+    tensors and the norms (a threshold on p becomes n·θ)."""
+    norms = tensors["W_d"].norm(dim=-1).clamp_min(1e-12)
+    return {**tensors, "W_e": tensors["W_e"] * norms[:, None], "b_e": tensors["b_e"] * norms,
+            "W_d": tensors["W_d"] / norms[:, None]}, norms
 
 
 def auxk_fvu(pre: Tensor, since_fired: Tensor, dead_tokens: int, w_dec: Tensor, residual: Tensor,

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from sae.errors import DictionaryError
 from sae.kinds.affine import AffineDictionary, folded_bias, top_k, unit_rows
-from sae.kinds.stack import StackOptions
+from sae.kinds.stack import StackOptions, fold_row_norms
 from sae.kinds.topk import TopKStack
 
 
@@ -67,11 +67,6 @@ class BatchTopKStack(TopKStack):
         super().__init__(d_in, ratio, values, seed, options)
         self.register_buffer("theta", torch.full((len(self.values),), -1.0))  # < 0: not estimated yet
 
-    @property
-    def free_decoder(self) -> bool:
-        """Decoder row norms learned (SAELens's rescale_acts_by_decoder_norm) rather than held at 1."""
-        return self.kind_settings.decoder_norm == "free"
-
     def row_norms(self) -> Tensor:
         """‖W_d‖ per latent, [n, 1, F]: codes are pre-activation × norm, the decoder reads code / norm."""
         return self.W_d.norm(dim=-1).clamp_min(1e-12).unsqueeze(1)
@@ -84,8 +79,12 @@ class BatchTopKStack(TopKStack):
     def codes_and_reconstruction(self, pre: Tensor) -> tuple[Tensor, Tensor]:
         """Dense: a token keeps however many latents the batch-wide top k·batch gives it, so there is no fixed k
         per row for `sparse_decode`."""
-        c = self.codes(pre * self.row_norms() if self.free_decoder else pre)
-        return c, torch.baddbmm(self.b_d.unsqueeze(1), self.decoder_inputs(c), self.W_d)
+        if not self.free_decoder:
+            c = self.codes(pre)
+            return c, torch.baddbmm(self.b_d.unsqueeze(1), c, self.W_d)
+        norms = self.row_norms()
+        c = self.codes(pre * norms)
+        return c, torch.baddbmm(self.b_d.unsqueeze(1), c / norms, self.W_d)
 
     @torch.no_grad()
     def before_update(self) -> None:
@@ -117,12 +116,8 @@ class BatchTopKStack(TopKStack):
     def inference_tensors(self, i: int) -> dict[str, Tensor]:
         tensors = super().inference_tensors(i)
         tensors["threshold"] = self.theta[i].clamp_min(0).expand(self.n_features).clone()
-        if self.free_decoder:  # fold the norms: unit rows, encoder and b_e scaled, so the same codes come out
-            norms = tensors["W_d"].norm(dim=-1).clamp_min(1e-12)
-            tensors["W_e"] = tensors["W_e"] * norms.unsqueeze(1)
-            tensors["b_e"] = tensors["b_e"] * norms
-            tensors["W_d"] = tensors["W_d"] / norms.unsqueeze(1)
-        return tensors
+        # free norms: θ was learned on n·p, the folded codes, so it stays as it is
+        return fold_row_norms(tensors)[0] if self.free_decoder else tensors
 
 
 class JumpReLUSAE(ThresholdSAE):

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from sae.kinds.affine import AffineDictionary, folded_bias, unit_rows
-from sae.kinds.stack import StackOptions, SweepStack, unit_rows_with_grad, xavier
+from sae.kinds.stack import (SAELENS_DECODER_INIT_NORM, StackOptions, SweepStack, fold_row_norms, unit_rows_with_grad,
+                             xavier)
 
 
 class UntiedSAE(AffineDictionary):
@@ -22,9 +23,6 @@ class UntiedSAE(AffineDictionary):
     def _compute_effective(self):
         t = self._tensors
         return t["W_e"], folded_bias(t["W_e"], t["b_e"], t["b_d"]), unit_rows(t["W_d"]), t["b_d"]
-
-
-FREE_INIT_NORM = 0.1  # SAELens's decoder_init_norm; from 1, free rows found far fewer true features (kind_settings)
 
 
 class UntiedStack(SweepStack):
@@ -45,19 +43,15 @@ class UntiedStack(SweepStack):
         mean = options.data_mean if options.data_mean is not None else torch.zeros(d_in)
         self.register_buffer("alpha", torch.tensor(self.values, dtype=torch.float32))
         if self.free_decoder:  # SAELens's Standard SAE: rows (and the encoder, its copy) start at norm 0.1
-            dec = FREE_INIT_NORM * dec / dec.norm(dim=-1, keepdim=True)
+            dec = SAELENS_DECODER_INIT_NORM * dec / dec.norm(dim=-1, keepdim=True)
         self.W_e = nn.Parameter(dec.clone())
         self.b_e = nn.Parameter(torch.zeros(n, f))
         self.W_d = nn.Parameter(dec)
         self.b_d = nn.Parameter(mean.to(torch.float32).expand(n, d_in).clone())
 
-    @property
-    def free_decoder(self) -> bool:
-        """`--decoder-norm free`: x̂ = c·W_d with learned row norms and L1 = Σ c·‖W_d‖ (SAELens's Standard);
-        else the rows are normalised in forward and L1 = Σ c."""
-        return self.kind_settings is not None and self.kind_settings.decoder_norm == "free"
-
     def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """MSE + α·L1; with free decoder norms x̂ = c·W_d and L1 = Σ c·‖W_d‖ (SAELens's Standard SAE), else the
+        rows are normalised here and L1 = Σ c."""
         n, batch = self.alpha.shape[0], x.shape[0]
         xs = x.unsqueeze(0).expand(n, batch, self.d_in)
         dec = self.W_d if self.free_decoder else unit_rows_with_grad(self.W_d)
@@ -71,9 +65,4 @@ class UntiedStack(SweepStack):
 
     def inference_tensors(self, i: int) -> dict[str, Tensor]:
         tensors = super().inference_tensors(i)
-        if self.free_decoder:  # fold the norms into the encoder: unit rows, the same reconstruction
-            norms = tensors["W_d"].norm(dim=-1).clamp_min(1e-12)
-            tensors["W_e"] = tensors["W_e"] * norms.unsqueeze(1)
-            tensors["b_e"] = tensors["b_e"] * norms
-            tensors["W_d"] = tensors["W_d"] / norms.unsqueeze(1)
-        return tensors
+        return fold_row_norms(tensors)[0] if self.free_decoder else tensors
