@@ -134,13 +134,19 @@ def own_settings(kind: str, scale: Scale, overrides: dict | None = None):
     return replace(own, **chosen) if chosen else own
 
 
-def own_fingerprint(kind: str, scale: Scale, args) -> dict:
-    """Our kind's own settings as this run trains them, and --our-lr when given: a row measured under other ones
-    (older defaults, another recipe) is trained again, not reused."""
+def own_fingerprint(kind: str, scale: Scale, args, samples: int) -> dict:
+    """Our kind's own settings as this run trains them, and its learning rate where that is not the row's base
+    rate (--our-lr, or the default of a run longer than the row's `lr_steps`): a row measured under other ones
+    (older defaults, another recipe) is trained again, not reused. Rows trained at the base rate record no lr, as
+    every row did before the default fell with the run's length."""
     from dataclasses import asdict
 
+    from sae.registry import kind_spec
+
+    spec = kind_spec(kind)
+    lr = args.our_lr or spec.default_lr(samples // args.batch_size)
     own = own_settings(kind, scale, args.our_setting)
-    return {**(asdict(own) if own is not None else {}), **({"lr": args.our_lr} if args.our_lr else {})}
+    return {**(asdict(own) if own is not None else {}), **({"lr": lr} if lr != spec.lr else {})}
 
 
 def train_ours(kind: str, args, scale: Scale, samples: int, cache: Path | None, source, out: Path,
@@ -255,7 +261,7 @@ def main() -> None:
     eval_samples = args.eval_samples or scale.eval_samples
     kinds = [k for k in args.kinds.split(",") if k != "none"] if args.kinds else list(learned_kinds())
     saelens_kinds = [k for k in args.saelens_kinds.split(",") if k != "none"]
-    unused = set(args.our_setting) - {f for k in kinds for f in own_fingerprint(k, scale, args)}
+    unused = set(args.our_setting) - {f for k in kinds for f in own_fingerprint(k, scale, args, samples)}
     if unused:
         raise SystemExit(f"--our-setting {', '.join(sorted(unused))}: no kind of --kinds has such a setting")
     torch.set_num_threads(args.threads)
@@ -290,7 +296,7 @@ def main() -> None:
         t = time.perf_counter()
         sweep = kind_spec(kind).sweep
         wanted = sweep_values(kind, args)
-        own = own_fingerprint(kind, scale, args)
+        own = own_fingerprint(kind, scale, args, samples)
         rows += [r for r in kept if r["library"] == "dictlens" and r["kind"] == kind and r.get("own") == own
                  and r["value"] in map(float, wanted[sweep.field])]
         values = sweep_values(kind, args, {r["value"] for r in rows if r["kind"] == kind})

@@ -56,6 +56,8 @@ class KindSpec:
     objective: str | type | None = None  # "module:Class" of the `SweepStack` that trains it; None: train-sae refuses
     sweep: Sweep | None = None  # what train-sae sweeps (learned kinds)
     lr: float | None = None  # default Adam learning rate (learned kinds): each loss has its own scale
+    # runs longer than this many steps default to lr · sqrt(lr_steps / steps) (None: `lr` at every length)
+    lr_steps: int | None = None
     # "module:Class" of the dataclass of this kind's own hyperparameters (`sae.kind_settings`): its options are
     # train-sae flags, its values are recorded in each dictionary's `training` only for the kinds that use them
     settings: str | type | None = None
@@ -74,8 +76,25 @@ class KindSpec:
         """A learned row without its sweep or learning rate would fail far from here, mid-run: refuse it now."""
         if self.objective is not None and (self.sweep is None or not self.lr or self.lr <= 0):
             raise ValueError(f"kind {self.name!r} has a training objective, so it needs a sweep and a positive lr")
+        if self.lr_steps is not None and self.lr_steps < 1:
+            raise ValueError(f"kind {self.name!r}: lr_steps is a positive number of steps or None")
         if self.loss_over not in ("rows", "variance"):
             raise ValueError(f"kind {self.name!r}: loss_over is 'rows' or 'variance', not {self.loss_over!r}")
+
+    def default_lr(self, steps: int) -> float:
+        """The learning rate a run of `steps` steps trains at unless --lr says otherwise.
+
+        One rate cannot serve every length: `lr` is sized for short runs (a JumpReLU threshold moves by about
+        the rate per step, so at a fifth of it 2,000 steps leave the dictionary dense), and over 7,812 steps
+        the same rate leaves every TopK-family kind and JumpReLU 0.05-0.19 F1 below a lower one on
+        SynthSAEBench (docs/RESULTS.md). Falling as 1/sqrt(steps) keeps lr x steps, how far a weight can
+        travel, growing with the run while the step noise at the end shrinks.
+        """
+        if self.lr is None:
+            raise ValueError(f"kind {self.name!r} is not learned: it has no learning rate")
+        if self.lr_steps is None or steps <= self.lr_steps:
+            return self.lr
+        return self.lr * (self.lr_steps / steps) ** 0.5
 
     @property
     def learned(self) -> bool:
@@ -86,6 +105,12 @@ class KindSpec:
         return self.folder_prefix or self.name
 
 
+# Up to this many steps the TopK family and JumpReLU default to their row's lr; longer runs to lr * sqrt(LR_STEPS /
+# steps) (`KindSpec.default_lr`). On SynthSAEBench at 7,812 steps that is 2.5e-3: F1 +0.025 to +0.20 over 5e-3 for
+# every one of them; on SmolLM2's layer 3 at 3,906 steps (3.6e-3) held-out FVU 1.5-7 % lower and fewer dead
+# latents. The L1 SAEs keep 5e-3 at every length: their L0 at an alpha moves with the rate, and the default
+# alpha sweep (and item 3's planted-recovery results) are set at 5e-3 (docs/RESULTS.md).
+LR_STEPS = 2_000
 _AUXK = "sae.kind_settings:AuxKSettings"  # the AuxK loss against dead latents (TopK; BatchTopK adds to it)
 
 # Report order: learned dictionaries first (the papers' subject), then the baselines they are compared to.
@@ -96,16 +121,19 @@ _ROWS: tuple[KindSpec, ...] = (
              data_parallel=True, folder_prefix="tied", marker="o"),
     KindSpec("untied_sae", "sae.kinds.untied:UntiedSAE", "sae.kinds.untied:UntiedStack", L1_SWEEP, lr=5e-3,
              settings="sae.kind_settings:UntiedSettings", data_parallel=True, folder_prefix="untied", marker="s"),
-    KindSpec("topk", "sae.kinds.topk:TopKSAE", "sae.kinds.topk:TopKStack", K_SWEEP, lr=5e-3, settings=_AUXK,
+    KindSpec("topk", "sae.kinds.topk:TopKSAE", "sae.kinds.topk:TopKStack", K_SWEEP, lr=5e-3, lr_steps=LR_STEPS,
+             settings=_AUXK,
              data_parallel=True, loss_over="variance", marker="P"),
     # its top-k spans the whole batch, which no data-parallel rank holds
     KindSpec("batchtopk", "sae.kinds.threshold:BatchTopKSAE", "sae.kinds.threshold:BatchTopKStack", K_SWEEP,
-             lr=5e-3, settings="sae.kind_settings:BatchTopKSettings", marker="X"),
+             lr=5e-3, lr_steps=LR_STEPS, settings="sae.kind_settings:BatchTopKSettings", marker="X"),
     KindSpec("matryoshka_batchtopk", "sae.kinds.matryoshka:MatryoshkaSAE", "sae.kinds.matryoshka:MatryoshkaStack",
-             K_SWEEP, lr=5e-3, settings="sae.kind_settings:MatryoshkaSettings", folder_prefix="matryoshka", marker="p"),
+             K_SWEEP, lr=5e-3, lr_steps=LR_STEPS, settings="sae.kind_settings:MatryoshkaSettings",
+             folder_prefix="matryoshka", marker="p"),
     # trained here, or loaded from SAELens (Gemma Scope); its loss is a mean over rows and it has no batch state
     KindSpec("jumprelu", "sae.kinds.threshold:JumpReLUSAE", "sae.kinds.jumprelu:JumpReLUStack", L0_SWEEP,
-             lr=5e-3, settings="sae.kind_settings:JumpReLUSettings", data_parallel=True, marker="*"),
+             lr=5e-3, lr_steps=LR_STEPS, settings="sae.kind_settings:JumpReLUSettings", data_parallel=True,
+             marker="*"),
     KindSpec("neuron", "sae.kinds.neuron:NeuronBasis", fitted=True, marker="D"),
     KindSpec("signed_neuron", "sae.kinds.neuron:SignedNeuronBasis", fitted=True, marker="d"),
     KindSpec("pca", "sae.kinds.fitted:PCABasis", fitted=True, marker="^"),

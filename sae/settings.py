@@ -31,6 +31,16 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _lr_help() -> str:
+    """--lr's help: each kind's default, and for the kinds whose default falls with the run's length, the rule."""
+    learned = [s for s in specs() if s.learned]
+    falling = sorted({s.lr_steps for s in learned if s.lr_steps})
+    marks = {steps: "*" * (i + 1) for i, steps in enumerate(falling)}
+    kinds = ", ".join(f"{s.name} {s.lr:g}{marks.get(s.lr_steps, '')}" for s in learned)
+    rules = "; ".join(f"{marks[n]} up to {n:,} steps, x sqrt({n:,} / steps) beyond" for n in falling)
+    return f"Adam learning rate (default: per kind, {kinds}{'; ' + rules if rules else ''})"
+
+
 def _sweeping(sweep: Sweep) -> tuple[str, ...]:
     """The learned kinds that sweep `sweep`, in report order."""
     return tuple(s.name for s in specs() if s.learned and s.sweep == sweep)
@@ -94,8 +104,7 @@ class TrainSettings:
                                                "the squared error summed over dimensions + this x L0, on normalised "
                                                "inputs; larger is sparser")
     batch_size: int = option(256, help="activation vectors per step")
-    lr: float | None = option(None, help="Adam learning rate (default: per kind, " + ", ".join(
-        f"{s.name} {s.lr:g}" for s in specs() if s.learned) + ")")
+    lr: float | None = option(None, help=_lr_help())
     lr_warmup: float = option(0.05, help="fraction of steps over which the learning rate warms up linearly")
     lr_decay: float = option(0.2, help="final fraction of steps over which it decays linearly to 0")
     tokens: int = option(1_000_000, help="activation vectors to train on")
@@ -194,7 +203,7 @@ class TrainSettings:
 
     @property
     def learning_rate(self) -> float:
-        return float(self.lr) if self.lr is not None else kind_spec(self.kind).lr
+        return float(self.lr) if self.lr is not None else kind_spec(self.kind).default_lr(self.steps)
 
     @property
     def steps(self) -> int:

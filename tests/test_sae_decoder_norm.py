@@ -93,14 +93,27 @@ def test_only_free_training_lets_the_decoder_norms_move(kind, decoder_norm):
     assert (moved > 1e-2) if decoder_norm == "free" else (moved < 1e-5)
 
 
-def test_free_batchtopk_recovers_a_known_sparse_dictionary(tmp_path):
-    """As the default (unit) BatchTopK does in test_sae_train: the sparser member finds the 24 true directions."""
+def test_unit_batchtopk_recovers_a_known_sparse_dictionary(tmp_path):
+    """As the default (free) BatchTopK does in test_sae_train: the sparser member finds the 24 true directions."""
     x, truth = sparse_data(d=16, n_true=24, n=20_000, p=0.05, seed=0)
     settings = TrainSettings(hook="h", kind="batchtopk", ratios=[2.0], batch_size=512, tokens=1_000_000, ks=[1, 8],
-                             kind_settings=BatchTopKSettings(decoder_norm="free"))
+                             kind_settings=BatchTopKSettings(decoder_norm="unit"))
     sparse = sae.load(train_sweep(TensorSource(x), settings, tmp_path, progress=False)[0])
-    assert sparse.config["training"]["decoder_norm"] == "free"
+    assert sparse.config["training"]["decoder_norm"] == "unit"
     assert mmcs(truth, sparse.directions) >= 0.9
+
+
+@pytest.mark.parametrize("kind, default", [("batchtopk", "free"), ("matryoshka_batchtopk", "free"),
+                                           ("untied_sae", "unit")])
+def test_each_kind_records_the_decoder_norm_it_trained_with_by_default(tmp_path, kind, default):
+    """BatchTopK and Matryoshka default to SAELens's free rows, the untied L1 SAE to unit rows (its α sweep is set
+    for them); a run without --decoder-norm records which one trained."""
+    x, _ = sparse_data(d=16, n_true=24, n=4_096, p=0.05, seed=0)
+    sweep = {"l1s": [1e-2]} if kind == "untied_sae" else {"ks": [4]}
+    settings = TrainSettings(hook="h", kind=kind, ratios=[2.0], batch_size=256, tokens=256 * 40, **sweep)
+    assert settings.kind_settings is None  # nothing chosen: the kind's default
+    config = sae.load(train_sweep(TensorSource(x), settings, tmp_path, progress=False)[0]).config
+    assert config["training"]["decoder_norm"] == default
 
 
 def test_an_unknown_decoder_norm_is_refused_by_name():

@@ -45,6 +45,8 @@ def test_folding_the_input_scale_makes_raw_encode_and_decode_exact(kind):
         assert d.kind == kind
         if kind in THRESHOLD_TRAINED:  # inference is the learned threshold, not the batch-level top-k of training
             pre = (x * scale - stack.b_d[i].detach()) @ stack.W_e[i].detach().T + stack.b_e[i].detach()
+            if stack.free_decoder:  # (their default) what is ranked and thresholded is pre-activation × row norm
+                pre = pre * stack.W_d[i].detach().norm(dim=-1)
             want = torch.where(pre > 0.05, pre, torch.zeros(())) / scale
         else:
             want = out["c"][i].detach() / scale
