@@ -143,6 +143,9 @@ class TrainSettings:
                             f"e.g. {sweep.flag} {sweep.example}")
         if len(set(map(float, self.ratios))) != len(self.ratios) or len(set(map(float, values))) != len(values):
             raise UserError(f"--ratio and {sweep.flag} values must each be listed once: remove the duplicates")
+        # before the default lr, which depends on the number of steps, tokens / batch size
+        require_at_least({"--batch-size": self.batch_size,
+                          "--checkpoint-every": self.checkpoint_every}, 1, "positive")
         numbers = {"--lr": self.learning_rate, **{f"{sweep.flag} {a}": a for a in values},
                    **{f"--ratio {r}": r for r in self.ratios}}
         bad = [flag for flag, v in numbers.items() if not math.isfinite(float(v))]
@@ -150,8 +153,6 @@ class TrainSettings:
             raise UserError(f"{bad[0]} is not a finite number: pass a real value")
         if self.learning_rate <= 0:
             raise UserError(f"--lr {self.learning_rate} must be positive")
-        require_at_least({"--batch-size": self.batch_size,
-                          "--checkpoint-every": self.checkpoint_every}, 1, "positive")
         if not (0 <= self.lr_warmup <= 1 and 0 <= self.lr_decay <= 1 and self.lr_warmup + self.lr_decay <= 1):
             raise UserError("--lr-warmup and --lr-decay are fractions of the run: each in [0, 1], together at most 1")
         if not 0 <= self.eval_fraction < 1:
