@@ -142,11 +142,11 @@ def own_fingerprint(kind: str, scale: Scale, args, samples: int) -> dict:
     from dataclasses import asdict
 
     from sae.registry import kind_spec
+    from sae.settings import TrainSettings
 
-    spec = kind_spec(kind)
-    lr = args.our_lr or spec.default_lr(samples // args.batch_size)
+    lr = TrainSettings(hook=HOOK, kind=kind, tokens=samples, batch_size=args.batch_size, lr=args.our_lr).learning_rate
     own = own_settings(kind, scale, args.our_setting)
-    return {**(asdict(own) if own is not None else {}), **({"lr": lr} if lr != spec.lr else {})}
+    return {**(asdict(own) if own is not None else {}), **({"lr": lr} if lr != kind_spec(kind).lr else {})}
 
 
 def train_ours(kind: str, args, scale: Scale, samples: int, cache: Path | None, source, out: Path,

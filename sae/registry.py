@@ -86,7 +86,7 @@ class KindSpec:
 
         One rate cannot serve every length: `lr` is sized for short runs (a JumpReLU threshold moves by about
         the rate per step, so at a fifth of it 2,000 steps leave the dictionary dense), and over 7,812 steps
-        the same rate leaves every TopK-family kind and JumpReLU 0.05-0.19 F1 below a lower one on
+        the same rate leaves every TopK-family kind and JumpReLU 0.025-0.20 F1 below this rule's 2.5e-3 on
         SynthSAEBench (docs/RESULTS.md). Falling as 1/sqrt(steps) keeps lr x steps, how far a weight can
         travel, growing with the run while the step noise at the end shrinks.
         """
@@ -122,8 +122,7 @@ _ROWS: tuple[KindSpec, ...] = (
     KindSpec("untied_sae", "sae.kinds.untied:UntiedSAE", "sae.kinds.untied:UntiedStack", L1_SWEEP, lr=5e-3,
              settings="sae.kind_settings:UntiedSettings", data_parallel=True, folder_prefix="untied", marker="s"),
     KindSpec("topk", "sae.kinds.topk:TopKSAE", "sae.kinds.topk:TopKStack", K_SWEEP, lr=5e-3, lr_steps=LR_STEPS,
-             settings=_AUXK,
-             data_parallel=True, loss_over="variance", marker="P"),
+             settings=_AUXK, data_parallel=True, loss_over="variance", marker="P"),
     # its top-k spans the whole batch, which no data-parallel rank holds
     KindSpec("batchtopk", "sae.kinds.threshold:BatchTopKSAE", "sae.kinds.threshold:BatchTopKStack", K_SWEEP,
              lr=5e-3, lr_steps=LR_STEPS, settings="sae.kind_settings:BatchTopKSettings", marker="X"),
