@@ -25,17 +25,16 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "support" / "rank_threads.py"
 
 
-def _threads_after(args: list[str]) -> dict[int, list[str]]:
+def _threads_after(args: list[str], tmp_path: Path) -> dict[int, list[str]]:
     """Run `cli.py args` under torchrun with 2 ranks; each rank's thread names once the command has returned."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(SCRIPT), *args]
-    done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=180)
+    where = tmp_path / "threads"
+    where.mkdir()
+    done = subprocess.run(cmd, cwd=REPO, env={**_env(), "RANK_THREADS_DIR": str(where)}, capture_output=True,
+                          text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    found = {}
-    for line in done.stdout.splitlines():
-        if " threads after the command: " in line:
-            head, names = line.split(" threads after the command: ")
-            found[int(head.split()[-1])] = json.loads(names)
+    found = {int(p.stem.removeprefix("rank")): json.loads(p.read_text(encoding="utf-8")) for p in where.iterdir()}
     assert sorted(found) == [0, 1], done.stdout[-3000:]
     return found
 
@@ -48,7 +47,7 @@ def _gloo(names: list[str]) -> list[str]:
 @pytest.mark.parametrize("mode", ["data", "sweep"])
 def test_train_sae_leaves_no_gloo_thread_behind(tiny_cache, tmp_path, mode):
     found = _threads_after(["train-sae", "--cache", str(tiny_cache), "--out", str(tmp_path / "out"), *COMMON, *TIED,
-                            "--distribute", mode])
+                            "--distribute", mode], tmp_path)
     for rank, names in found.items():
         assert "python" in names  # the list was read: at least the main thread is in it
         assert not _gloo(names), f"rank {rank} still runs gloo threads after leaving the group: {names}"
@@ -61,6 +60,6 @@ def test_cache_leaves_no_gloo_thread_behind(tiny_model_dirs, tmp_path):
                               for i in range(40)), encoding="utf-8")
     found = _threads_after(["cache", "--model", str(tiny_model_dirs["gpt_neox"]), "--corpus", str(corpus),
                             "--hooks", HOOK, "--context-length", "16", "--max-tokens", "256", "--batch-size", "8",
-                            "--out", str(tmp_path / "cache.h5")])
+                            "--out", str(tmp_path / "cache.h5")], tmp_path)
     for rank, names in found.items():
         assert not _gloo(names), f"rank {rank} still runs gloo threads after leaving the group: {names}"

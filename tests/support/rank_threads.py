@@ -1,4 +1,4 @@
-"""A torchrun rank that runs one `cli.py` command, then prints the threads its process still has.
+"""A torchrun rank that runs one `cli.py` command, then writes the threads its process still has.
 
 Why: a gloo worker thread alive at interpreter exit can be freeing the last
 collective's tensors, which needs the GIL Python is tearing down, and the
@@ -26,5 +26,7 @@ def thread_names() -> list[str]:
 
 if __name__ == "__main__":
     code = cli.main(sys.argv[1:])
-    print(f"rank {os.environ['RANK']} threads after the command: {json.dumps(thread_names())}", flush=True)
+    # a file per rank: the ranks share one stdout, where their lines can interleave
+    out = Path(os.environ["RANK_THREADS_DIR"]) / f"rank{os.environ['RANK']}.json"
+    out.write_text(json.dumps(thread_names()), encoding="utf-8")
     sys.exit(code)
