@@ -89,9 +89,9 @@ class UntiedSettings(DecoderNormSettings):
     """The untied L1 SAE. With "free" its rows start at norm 0.1 (SAELens's decoder_init_norm): from norm 1
     the same objective found far fewer true features on SynthSAEBench (F1 0.38 at L0 9.9 against 0.58 at
     L0 10.7, 1M samples, lr 1e-3). On SmolLM2's layer 3 both land on about the same FVU-L0 curve (held-out
-    FVU 0.135 at L0 20.0 free, 0.132 at L0 19.2 unit). "unit" stays its default because the default α sweep
-    (and the planted-recovery targets it meets) is set for unit rows, and free rows move L0 at a given α
-    (docs/RESULTS.md)."""
+    FVU 0.135 at L0 20.0 free, 0.132 at L0 19.2 unit, 131k tokens). "unit" stays its default: at 1M tokens,
+    free rows with the falling rate find more true features (SynthSAEBench, planted sets) but reconstruct
+    SmolLM2's layer 3 16-32 % worse at equal L0 (docs/RESULTS.md, "Should the untied L1 SAE follow?")."""
 
     DEFAULT_DECODER_NORM: ClassVar[str] = "unit"
 
