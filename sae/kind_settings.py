@@ -90,8 +90,9 @@ class UntiedSettings(DecoderNormSettings):
     the same objective found far fewer true features on SynthSAEBench (F1 0.38 at L0 9.9 against 0.58 at
     L0 10.7, 1M samples, lr 1e-3). On SmolLM2's layer 3 both land on about the same FVU-L0 curve (held-out
     FVU 0.135 at L0 20.0 free, 0.132 at L0 19.2 unit, 131k tokens). "unit" stays its default: at 1M tokens,
-    free rows with the falling rate find more true features (SynthSAEBench, planted sets) but reconstruct
-    SmolLM2's layer 3 16-32 % worse at equal L0 (docs/RESULTS.md, "Should the untied L1 SAE follow?")."""
+    free rows with the falling rate find more true features (SynthSAEBench, planted sets) but, at L0 10-60,
+    reconstruct SmolLM2's layers 3 and 20 worse (held-out FVU +7-32 %, spliced KL up to +22 %) and its layer 10
+    and layer-10 MLP output no better (docs/RESULTS.md, "Should the untied L1 SAE follow?")."""
 
     DEFAULT_DECODER_NORM: ClassVar[str] = "unit"
 

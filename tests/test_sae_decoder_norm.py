@@ -107,7 +107,7 @@ def test_unit_batchtopk_recovers_a_known_sparse_dictionary(tmp_path):
                                            ("untied_sae", "unit")])
 def test_each_kind_records_the_decoder_norm_it_trained_with_by_default(tmp_path, kind, default):
     """BatchTopK and Matryoshka default to SAELens's free rows, the untied L1 SAE to unit rows (free ones cost it
-    16-32 % FVU on SmolLM2, docs/RESULTS.md); a run without --decoder-norm records which one trained."""
+    7-32 % FVU on two of four SmolLM2 sites, docs/RESULTS.md); a run without --decoder-norm records which trained."""
     x, _ = sparse_data(d=16, n_true=24, n=4_096, p=0.05, seed=0)
     sweep = {"l1s": [1e-2]} if kind == "untied_sae" else {"ks": [4]}
     settings = TrainSettings(hook="h", kind=kind, ratios=[2.0], batch_size=256, tokens=256 * 40, **sweep)
