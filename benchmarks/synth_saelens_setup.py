@@ -39,6 +39,7 @@ import sae.kinds.stack as stack  # noqa: E402
 import sae.train as train  # noqa: E402
 from sae.kinds.threshold import BatchTopKStack  # noqa: E402
 
+BATCHTOPK_FAMILY = ("batchtopk", "matryoshka_batchtopk")  # the stacks whose gradient `install` clips
 SAELENS_CLIP = 1.0  # SAELens's trainer: clip_grad_norm_(sae.parameters(), 1.0) on its summed squared error
 
 
@@ -76,11 +77,16 @@ def main() -> None:
     parser.add_argument("--setup-clip", type=float, default=SAELENS_CLIP / 197.1,
                         help="per-model gradient norm cap in FVU units (SAELens's 1 / the data's variance)")
     parser.add_argument("--seed", type=int, default=0, help="bench_synth's SEED: batch order and initialisation")
+    parser.add_argument("--kinds", default="matryoshka_batchtopk", help="batchtopk and/or matryoshka_batchtopk")
     ours, rest = parser.parse_known_args()
     if ours.setup_lr <= 0 or ours.setup_clip <= 0:
         raise SystemExit("--setup-lr and --setup-clip must be positive")
+    kinds = [k for k in ours.kinds.split(",") if k]
+    if not kinds or set(kinds) - set(BATCHTOPK_FAMILY):
+        raise SystemExit(f"--kinds {ours.kinds!r}: this setup is written for {', '.join(BATCHTOPK_FAMILY)} only "
+                         "(other kinds would get its start and rate but not its clip); name one or both")
     install(ours.setup_lr, ours.setup_clip, ours.seed)
-    sys.argv = [sys.argv[0], *rest, "--our-lr", str(ours.setup_lr)]
+    sys.argv = [sys.argv[0], *rest, "--kinds", ",".join(kinds), "--our-lr", str(ours.setup_lr)]
     bench_synth.main()
 
 
