@@ -14,8 +14,9 @@ or our setup?" has a measured answer. Against our defaults it changes:
   1/197 here.
 
 SAELens's per-level AuxK at weight 1 is bench_synth's own flags: `--our-setting auxk_alpha=1 --our-setting
-matryoshka_aux=true`. Every other argument goes to bench_synth. The rows' fingerprint records this setup and
-the seed, so they are never mixed with rows of the defaults in one --out.
+matryoshka_aux=true`. `--without PART ...` leaves parts at our defaults (which of them matter). Every other
+argument goes to bench_synth. The rows' fingerprint records this setup, the parts left out and the seed, so they
+are never mixed with rows of the defaults or of another setup in one --out.
 
     PYTHONPATH=. /work/bench-venv/bin/python benchmarks/synth_saelens_setup.py --scale cpu \\
         --model-dir /work/synth/cpu --out runs/synth-setup --kinds matryoshka_batchtopk \\
@@ -41,6 +42,7 @@ from sae.kinds.threshold import BatchTopKStack  # noqa: E402
 
 BATCHTOPK_FAMILY = ("batchtopk", "matryoshka_batchtopk")  # the stacks whose gradient `install` clips
 SAELENS_CLIP = 1.0  # SAELens's trainer: clip_grad_norm_(sae.parameters(), 1.0) on its summed squared error
+PARTS = ("b_d", "norm", "rate", "clip")  # what --without can leave at our defaults (AuxK: bench_synth's flags)
 
 
 def clip_per_model(module: torch.nn.Module, n_models: int, max_norm: float) -> None:
@@ -52,23 +54,28 @@ def clip_per_model(module: torch.nn.Module, n_models: int, max_norm: float) -> N
         g.mul_(factor.view(n_models, *([1] * (g.dim() - 1))))
 
 
-def install(lr: float, clip: float, seed: int) -> None:
-    """Patch the trainer so that BatchTopK-family stacks train in SAELens's setup (module docstring)."""
+def install(lr: float, clip: float, seed: int, without: frozenset[str] = frozenset()) -> None:
+    """Patch the trainer so that BatchTopK-family stacks train in SAELens's setup (module docstring), less the
+    parts named in `without` (of PARTS), which keep our defaults."""
     init_affine = stack.SweepStack.init_affine
-    stack.SweepStack.init_affine = lambda self, data_mean, row_norm=1.0: init_affine(
-        self, None, stack.SAELENS_DECODER_INIT_NORM)
-    train.lr_factor = lambda step, total, warmup, decay: 1.0
-    before_update = BatchTopKStack.before_update
+    start_mean = "b_d" in without
+    row_norm = 1.0 if "norm" in without else stack.SAELENS_DECODER_INIT_NORM
+    stack.SweepStack.init_affine = lambda self, data_mean, _=1.0: init_affine(
+        self, data_mean if start_mean else None, row_norm)
+    if "rate" not in without:
+        train.lr_factor = lambda step, total, warmup, decay: 1.0
+    if "clip" not in without:
+        before_update = BatchTopKStack.before_update
 
-    def clipped(self) -> None:
-        before_update(self)
-        clip_per_model(self, len(self.values), clip)
+        def clipped(self) -> None:
+            before_update(self)
+            clip_per_model(self, len(self.values), clip)
 
-    BatchTopKStack.before_update = clipped
+        BatchTopKStack.before_update = clipped
     bench_synth.SEED = seed
     fingerprint = bench_synth.own_fingerprint
     bench_synth.own_fingerprint = lambda *a: {**fingerprint(*a), "setup": "saelens", "setup_lr": lr,
-                                              "setup_clip": clip, "seed": seed}
+                                              "setup_clip": clip, "seed": seed, "without": sorted(without)}
 
 
 def main() -> None:
@@ -78,6 +85,9 @@ def main() -> None:
                         help="per-model gradient norm cap in FVU units (SAELens's 1 / the data's variance)")
     parser.add_argument("--seed", type=int, default=0, help="bench_synth's SEED: batch order and initialisation")
     parser.add_argument("--kinds", default="matryoshka_batchtopk", help="batchtopk and/or matryoshka_batchtopk")
+    parser.add_argument("--without", nargs="+", choices=PARTS, default=[],
+                        help="parts of the setup left at our defaults (b_d: start at the data mean; norm: rows at "
+                             "norm 1; rate: our learning-rate rule and schedule; clip: no clipping)")
     ours, rest = parser.parse_known_args()
     if ours.setup_lr <= 0 or ours.setup_clip <= 0:
         raise SystemExit("--setup-lr and --setup-clip must be positive")
@@ -85,8 +95,10 @@ def main() -> None:
     if not kinds or set(kinds) - set(BATCHTOPK_FAMILY):
         raise SystemExit(f"--kinds {ours.kinds!r}: this setup is written for {', '.join(BATCHTOPK_FAMILY)} only "
                          "(other kinds would get its start and rate but not its clip); name one or both")
-    install(ours.setup_lr, ours.setup_clip, ours.seed)
-    sys.argv = [sys.argv[0], *rest, "--kinds", ",".join(kinds), "--our-lr", str(ours.setup_lr)]
+    without = frozenset(ours.without)
+    install(ours.setup_lr, ours.setup_clip, ours.seed, without)
+    rate = [] if "rate" in without else ["--our-lr", str(ours.setup_lr)]
+    sys.argv = [sys.argv[0], *rest, "--kinds", ",".join(kinds), *rate]
     bench_synth.main()
 
 
