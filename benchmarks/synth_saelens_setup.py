@@ -59,9 +59,9 @@ def install(lr: float, clip: float, seed: int, without: frozenset[str] = frozens
     parts named in `without` (of PARTS), which keep our defaults."""
     init_affine = stack.SweepStack.init_affine
     start_mean = "b_d" in without
-    row_norm = 1.0 if "norm" in without else stack.SAELENS_DECODER_INIT_NORM
-    stack.SweepStack.init_affine = lambda self, data_mean, _=1.0: init_affine(
-        self, data_mean if start_mean else None, row_norm)
+    fixed_norm = None if "norm" in without else stack.SAELENS_DECODER_INIT_NORM  # None: the kind's own start
+    stack.SweepStack.init_affine = lambda self, data_mean, row_norm=1.0: init_affine(
+        self, data_mean if start_mean else None, row_norm if fixed_norm is None else fixed_norm)
     if "rate" not in without:
         train.lr_factor = lambda step, total, warmup, decay: 1.0
     if "clip" not in without:
@@ -87,7 +87,8 @@ def main() -> None:
     parser.add_argument("--kinds", default="matryoshka_batchtopk", help="batchtopk and/or matryoshka_batchtopk")
     parser.add_argument("--without", nargs="+", choices=PARTS, default=[],
                         help="parts of the setup left at our defaults (b_d: start at the data mean; norm: rows at "
-                             "norm 1; rate: our learning-rate rule and schedule; clip: no clipping)")
+                             "the kind's --decoder-init-norm, 1 by default; rate: our learning-rate rule and "
+                             "schedule; clip: no clipping)")
     ours, rest = parser.parse_known_args()
     if ours.setup_lr <= 0 or ours.setup_clip <= 0:
         raise SystemExit("--setup-lr and --setup-clip must be positive")

@@ -101,7 +101,9 @@ class UntiedSettings(DecoderNormSettings):
 class BatchTopKSettings(AuxKSettings, DecoderNormSettings):
     """BatchTopK and Matryoshka: AuxK, and the decoder norms, "free" by default as SAELens trains them.
 
-    The rows start at norm 1 (SAELens's 0.1 found fewer true features here). On SynthSAEBench at 1M samples
+    The rows start at norm 1 by default (`decoder_init_norm`): SAELens's 0.1 found fewer true features at our
+    learning-rate rule, and more than SAELens's Matryoshka with a constant 1e-3 and per-level AuxK (the recipe in
+    docs/RESULTS.md, "Which parts of the setup matter"). On SynthSAEBench at 1M samples
     and the default learning rate, "free" finds more true features (BatchTopK F1 0.488 / 0.545 at L0 10 / 12
     against 0.436 / 0.469 with unit rows; Matryoshka 0.517 / 0.576 against 0.481 / 0.527). On SmolLM2's
     layer 3 at the default 1M tokens it costs held-out FVU 0.5-3 % for BatchTopK (0.0865 / 0.0597 against
@@ -111,10 +113,19 @@ class BatchTopKSettings(AuxKSettings, DecoderNormSettings):
     """
 
     DEFAULT_DECODER_NORM: ClassVar[str] = "free"
+    decoder_init_norm: float = option(1.0, help="norm the free decoder rows (and the encoder, their copy) start at; "
+                                                "SAELens starts at 0.1, which on SynthSAEBench pays only with a "
+                                                "constant --lr 1e-3 (docs/RESULTS.md)")
 
     def validate(self) -> None:
         AuxKSettings.validate(self)
         DecoderNormSettings.validate(self)
+        norm = float(self.decoder_init_norm)
+        if not (math.isfinite(norm) and norm > 0):
+            raise UserError(f"--decoder-init-norm {self.decoder_init_norm} must be positive, e.g. 0.1")
+        if norm != 1.0 and self.decoder_norm != "free":
+            raise UserError(f"--decoder-init-norm {self.decoder_init_norm} needs --decoder-norm free (unit rows are "
+                            "held at norm 1); add --decoder-norm free or drop --decoder-init-norm")
 
 
 @dataclass

@@ -121,6 +121,26 @@ def test_an_unknown_decoder_norm_is_refused_by_name():
         BatchTopKSettings(decoder_norm="fixed").validate()
 
 
+@pytest.mark.parametrize("kind", sorted(FREE))
+def test_free_rows_and_the_encoder_start_at_decoder_init_norm(kind):
+    """SAELens's start (rows at 0.1, the encoder their copy) is one setting of the Matryoshka recipe that beats its
+    Matryoshka on SynthSAEBench (docs/RESULTS.md); the default start stays norm 1."""
+    base = FREE[kind]
+    default, small = _stack(kind, base), _stack(kind, type(base)(**{**vars(base), "decoder_init_norm": 0.1}))
+    assert torch.allclose(default.W_d.norm(dim=-1), torch.ones(2, 16))
+    assert torch.allclose(small.W_d.norm(dim=-1), torch.full((2, 16), 0.1))
+    assert torch.equal(small.W_e, small.W_d)
+    assert torch.allclose(small.W_d * 10, default.W_d, atol=1e-6)  # same directions: only the start's norm moved
+
+
+def test_decoder_init_norm_is_refused_with_unit_rows_or_when_not_positive():
+    with pytest.raises(UserError, match="--decoder-init-norm 0.1 needs --decoder-norm free"):
+        BatchTopKSettings(decoder_norm="unit", decoder_init_norm=0.1).validate()
+    with pytest.raises(UserError, match="--decoder-init-norm 0.0 must be positive"):
+        MatryoshkaSettings(decoder_init_norm=0.0).validate()
+    BatchTopKSettings(decoder_norm="unit").validate()  # the default start is fine with unit rows
+
+
 @pytest.mark.parametrize("decoder_norm", ["unit", "free"])
 def test_matryoshka_aux_revives_each_levels_dead_latents_toward_its_own_prefix_residual(decoder_norm):
     """SAELens's use_matryoshka_aux_loss, computed densely by hand: per level, the top d/2 dead latents of that

@@ -67,6 +67,9 @@ class BatchTopKStack(TopKStack):
         super().__init__(d_in, ratio, values, seed, options)
         self.register_buffer("theta", torch.full((len(self.values),), -1.0))  # < 0: not estimated yet
 
+    def initial_row_norm(self) -> float:
+        return float(self.kind_settings.decoder_init_norm) if self.free_decoder else 1.0
+
     def row_norms(self) -> Tensor:
         """‖W_d‖ per latent, [n, 1, F]: codes are pre-activation × norm, the decoder reads code / norm."""
         return self.W_d.norm(dim=-1).clamp_min(1e-12).unsqueeze(1)

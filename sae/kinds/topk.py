@@ -46,10 +46,14 @@ class TopKStack(SweepStack):
         n, f = len(self.values), self.n_features
         if any(k < 1 or k > f for k in self.values):
             raise ValueError(f"k values {self.values} must lie in 1..{f}")
-        self.init_affine(options.data_mean)
+        self.init_affine(options.data_mean, row_norm=self.initial_row_norm())
         self.register_buffer("k_values", torch.tensor(self.values, dtype=torch.long), persistent=False)
         # tokens since each latent last fired: the dead-latent counter AuxK reads (checkpointed as extra state)
         self.register_buffer("since_fired", torch.zeros(n, f))
+
+    def initial_row_norm(self) -> float:
+        """Where the decoder rows (and the encoder, their copy) start: 1 (free norms: `decoder_init_norm`)."""
+        return 1.0
 
     def codes(self, pre: Tensor) -> Tensor:
         return batched_top_k(pre, self.k_values, max(self.values))
