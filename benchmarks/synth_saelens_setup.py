@@ -57,11 +57,9 @@ def clip_per_model(module: torch.nn.Module, n_models: int, max_norm: float) -> N
 def install(lr: float, clip: float, seed: int, without: frozenset[str] = frozenset()) -> None:
     """Patch the trainer so that BatchTopK-family stacks train in SAELens's setup (module docstring), less the
     parts named in `without` (of PARTS), which keep our defaults."""
-    init_affine = stack.SweepStack.init_affine
-    start_mean = "b_d" in without
-    fixed_norm = None if "norm" in without else stack.SAELENS_DECODER_INIT_NORM  # None: the kind's own start
-    stack.SweepStack.init_affine = lambda self, data_mean, row_norm=1.0: init_affine(
-        self, data_mean if start_mean else None, row_norm if fixed_norm is None else fixed_norm)
+    if "b_d" not in without:
+        init_affine = stack.SweepStack.init_affine
+        stack.SweepStack.init_affine = lambda self, data_mean, row_norm=1.0: init_affine(self, None, row_norm)
     if "rate" not in without:
         train.lr_factor = lambda step, total, warmup, decay: 1.0
     if "clip" not in without:
@@ -87,8 +85,8 @@ def main() -> None:
     parser.add_argument("--kinds", default="matryoshka_batchtopk", help="batchtopk and/or matryoshka_batchtopk")
     parser.add_argument("--without", nargs="+", choices=PARTS, default=[],
                         help="parts of the setup left at our defaults (b_d: start at the data mean; norm: rows at "
-                             "the kind's --decoder-init-norm, 1 by default; rate: our learning-rate rule and "
-                             "schedule; clip: no clipping)")
+                             "the kind's decoder_init_norm, 1 unless --our-setting sets it; rate: our learning-rate "
+                             "rule and schedule; clip: no clipping)")
     ours, rest = parser.parse_known_args()
     if ours.setup_lr <= 0 or ours.setup_clip <= 0:
         raise SystemExit("--setup-lr and --setup-clip must be positive")
@@ -99,7 +97,9 @@ def main() -> None:
     without = frozenset(ours.without)
     install(ours.setup_lr, ours.setup_clip, ours.seed, without)
     rate = [] if "rate" in without else ["--our-lr", str(ours.setup_lr)]
-    sys.argv = [sys.argv[0], *rest, "--kinds", ",".join(kinds), *rate]
+    # the row start is the kinds' own setting (BatchTopKSettings.decoder_init_norm), not a patch
+    norm = [] if "norm" in without else ["--our-setting", f"decoder_init_norm={stack.SAELENS_DECODER_INIT_NORM}"]
+    sys.argv = [sys.argv[0], *norm, *rest, "--kinds", ",".join(kinds), *rate]
     bench_synth.main()
 
 
