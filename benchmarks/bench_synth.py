@@ -135,18 +135,21 @@ def own_settings(kind: str, scale: Scale, overrides: dict | None = None):
 
 
 def own_fingerprint(kind: str, scale: Scale, args, samples: int) -> dict:
-    """Our kind's own settings as this run trains them, and its learning rate where that is not the row's base
-    rate (--our-lr, or the default of a run longer than the row's `lr_steps`): a row measured under other ones
-    (older defaults, another recipe) is trained again, not reused. Rows trained at the base rate record no lr, as
-    every row did before the default fell with the run's length."""
+    """Our kind's own settings as this run trains them, its learning rate where that is not the row's base
+    rate (--our-lr, or the default of a run outside the row's `lr_steps` / `lr_rise_steps`) and its schedule where
+    that is not the usual warm-up 0.05 / decay 0.2: a row measured under other ones (older defaults, another
+    recipe) is trained again, not reused. Rows trained at the base rate and schedule record neither, as every row
+    did before the defaults followed the run's length."""
     from dataclasses import asdict
 
     from sae.registry import kind_spec
     from sae.settings import TrainSettings
 
-    lr = TrainSettings(hook=HOOK, kind=kind, tokens=samples, batch_size=args.batch_size, lr=args.our_lr).learning_rate
+    settings = TrainSettings(hook=HOOK, kind=kind, tokens=samples, batch_size=args.batch_size, lr=args.our_lr)
+    lr, schedule = settings.learning_rate, settings.schedule
     own = own_settings(kind, scale, args.our_setting)
-    return {**(asdict(own) if own is not None else {}), **({"lr": lr} if lr != kind_spec(kind).lr else {})}
+    return {**(asdict(own) if own is not None else {}), **({"lr": lr} if lr != kind_spec(kind).lr else {}),
+            **({"lr_schedule": list(schedule)} if schedule != (0.05, 0.2) else {})}
 
 
 def train_ours(kind: str, args, scale: Scale, samples: int, cache: Path | None, source, out: Path,
@@ -248,7 +251,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    from sae.registry import learned_kinds
+    from dataclasses import fields
+
+    from sae.registry import learned_kinds, settings_class
 
     scale = SCALES[args.scale]
     args.sweep = {k: v.split(",") for k, v in (s.split("=", 1) for s in args.sweep)}
@@ -261,7 +266,8 @@ def main() -> None:
     eval_samples = args.eval_samples or scale.eval_samples
     kinds = [k for k in args.kinds.split(",") if k != "none"] if args.kinds else list(learned_kinds())
     saelens_kinds = [k for k in args.saelens_kinds.split(",") if k != "none"]
-    unused = set(args.our_setting) - {f for k in kinds for f in own_fingerprint(k, scale, args, samples)}
+    unused = set(args.our_setting) - {f.name for k in kinds if settings_class(k) is not None
+                                      for f in fields(settings_class(k))}
     if unused:
         raise SystemExit(f"--our-setting {', '.join(sorted(unused))}: no kind of --kinds has such a setting")
     torch.set_num_threads(args.threads)

@@ -67,7 +67,7 @@ def ours_speed(args, cache: Path, layer: int, batch: int, steps: int) -> float:
     for step, x in enumerate(data):
         if step == SPEED_WARMUP:
             started = time.perf_counter()
-        set_lr(optimizer, settings.learning_rate * lr_factor(step, settings.steps, settings.lr_warmup, settings.lr_decay))
+        set_lr(optimizer, settings.learning_rate * lr_factor(step, settings.steps, *settings.schedule))
         stepper(x * scale)
     return time.perf_counter() - started
 

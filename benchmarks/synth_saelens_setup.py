@@ -14,7 +14,9 @@ or our setup?" has a measured answer. Against our defaults it changes:
   1/197 here.
 
 SAELens's per-level AuxK at weight 1 is bench_synth's own flags: `--our-setting auxk_alpha=1 --our-setting
-matryoshka_aux=true`. `--without PART ...` leaves parts at our defaults (which of them matter). Every other
+matryoshka_aux=true` (since Matryoshka's defaults took three parts of this setup, its defaults; `--our-setting
+auxk_alpha=0.03125 --our-setting matryoshka_aux=false` leaves it out). `--without PART ...` leaves parts at
+BatchTopK's defaults, which were Matryoshka's when this was measured (which of them matter). Every other
 argument goes to bench_synth. The rows' fingerprint records this setup, the parts left out and the seed, so they
 are never mixed with rows of the defaults or of another setup in one --out.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -39,6 +42,7 @@ import bench_synth  # noqa: E402
 import sae.kinds.stack as stack  # noqa: E402
 import sae.train as train  # noqa: E402
 from sae.kinds.threshold import BatchTopKStack  # noqa: E402
+from sae.registry import kind_spec, registered  # noqa: E402
 
 BATCHTOPK_FAMILY = ("batchtopk", "matryoshka_batchtopk")  # the stacks whose gradient `install` clips
 SAELENS_CLIP = 1.0  # SAELens's trainer: clip_grad_norm_(sae.parameters(), 1.0) on its summed squared error
@@ -84,9 +88,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="bench_synth's SEED: batch order and initialisation")
     parser.add_argument("--kinds", default="matryoshka_batchtopk", help="batchtopk and/or matryoshka_batchtopk")
     parser.add_argument("--without", nargs="+", choices=PARTS, default=[],
-                        help="parts of the setup left at our defaults (b_d: start at the data mean; norm: rows at "
-                             "the kind's decoder_init_norm, 1 unless --our-setting sets it; rate: our learning-rate "
-                             "rule and schedule; clip: no clipping)")
+                        help="parts of the setup left at BatchTopK's defaults (b_d: start at the data mean; norm: "
+                             "rows at 1; rate: BatchTopK's falling learning rate with warm-up and decay; clip: no "
+                             "clipping)")
     ours, rest = parser.parse_known_args()
     if ours.setup_lr <= 0 or ours.setup_clip <= 0:
         raise SystemExit("--setup-lr and --setup-clip must be positive")
@@ -97,10 +101,16 @@ def main() -> None:
     without = frozenset(ours.without)
     install(ours.setup_lr, ours.setup_clip, ours.seed, without)
     rate = [] if "rate" in without else ["--our-lr", str(ours.setup_lr)]
-    # the row start is the kinds' own setting (BatchTopKSettings.decoder_init_norm), not a patch
-    norm = [] if "norm" in without else ["--our-setting", f"decoder_init_norm={stack.SAELENS_DECODER_INIT_NORM}"]
-    sys.argv = [sys.argv[0], *norm, *rest, "--kinds", ",".join(kinds), *rate]
-    bench_synth.main()
+    # the row start is the kinds' own setting (BatchTopKSettings.decoder_init_norm), not a patch; pinned both
+    # ways, as Matryoshka's default is SAELens's 0.1 and BatchTopK's 1
+    start = 1.0 if "norm" in without else stack.SAELENS_DECODER_INIT_NORM
+    sys.argv = [sys.argv[0], "--our-setting", f"decoder_init_norm={start}", *rest, "--kinds", ",".join(kinds), *rate]
+    # "rate" left out: every kind trains at BatchTopK's rule and schedule (Matryoshka's own is SAELens's constant)
+    batchtopk = kind_spec("batchtopk")
+    rows = [replace(kind_spec(k), lr=batchtopk.lr, lr_steps=batchtopk.lr_steps, lr_rise_steps=None,
+                    lr_schedule=batchtopk.lr_schedule) for k in kinds] if "rate" in without else []
+    with registered(*rows):
+        bench_synth.main()
 
 
 if __name__ == "__main__":

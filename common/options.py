@@ -177,7 +177,9 @@ def _add_fields(parser: Any, cls: type, chosen: list[dataclasses.Field], suffix:
             if meta["negate"]:
                 group = parser.add_mutually_exclusive_group()
                 group.add_argument(flag, dest=f.name, action="store_true", default=shown, help=kwargs["help"])
-                group.add_argument(meta["negate"], dest=f.name, action="store_false", help=f"the opposite of {flag}")
+                # the same default: a suppressed group option must not land in the namespace unless given
+                group.add_argument(meta["negate"], dest=f.name, action="store_false", default=shown,
+                                   help=f"the opposite of {flag}")
             else:
                 parser.add_argument(flag, action="store_true", default=shown if suppress else bool(default),
                                     dest=f.name, help=kwargs["help"])

@@ -35,8 +35,16 @@ def _positive(flag: str, value: float, example: str) -> None:
 class AuxKSettings:
     """TopK, BatchTopK and Matryoshka: the AuxK loss of Gao et al. (2024) against dead latents."""
 
-    auxk_alpha: float = option(1 / 32, help="weight of the AuxK loss against dead latents")
+    # Gao et al.'s 1/32; Matryoshka's per-level AuxK takes SAELens's 1 (`MatryoshkaSettings`)
+    DEFAULT_AUXK_ALPHA: ClassVar[float] = 1 / 32
+    auxk_alpha: float | None = option(None, help="weight of the AuxK loss against dead latents (default: 1/32; "
+                                                 "matryoshka_batchtopk 1)")
     dead_tokens: int = option(100_000, help="a latent that has not fired for this many tokens is dead (AuxK)")
+
+    def __post_init__(self) -> None:
+        """Fill in the class's default weight, so every record names the one that trained."""
+        if self.auxk_alpha is None:
+            self.auxk_alpha = self.DEFAULT_AUXK_ALPHA
 
     def validate(self) -> None:
         if not (math.isfinite(float(self.auxk_alpha)) and self.auxk_alpha >= 0):
@@ -101,9 +109,8 @@ class UntiedSettings(DecoderNormSettings):
 class BatchTopKSettings(AuxKSettings, DecoderNormSettings):
     """BatchTopK and Matryoshka: AuxK, and the decoder norms, "free" by default as SAELens trains them.
 
-    The rows start at norm 1 by default (`decoder_init_norm`): SAELens's 0.1 found fewer true features at our
-    learning-rate rule, and more than SAELens's Matryoshka with a constant 1e-3 and per-level AuxK (the recipe in
-    docs/RESULTS.md, "Which parts of the setup matter"). On SynthSAEBench at 1M samples
+    BatchTopK's free rows start at norm 1 (`decoder_init_norm`): SAELens's 0.1 found fewer true features at our
+    falling learning rate. Matryoshka's start at 0.1 (`MatryoshkaSettings`). On SynthSAEBench at 1M samples
     and the default learning rate, "free" finds more true features (BatchTopK F1 0.488 / 0.545 at L0 10 / 12
     against 0.436 / 0.469 with unit rows; Matryoshka 0.517 / 0.576 against 0.481 / 0.527). On SmolLM2's
     layer 3 at the default 1M tokens it costs held-out FVU 0.5-3 % for BatchTopK (0.0865 / 0.0597 against
@@ -113,9 +120,17 @@ class BatchTopKSettings(AuxKSettings, DecoderNormSettings):
     """
 
     DEFAULT_DECODER_NORM: ClassVar[str] = "free"
-    decoder_init_norm: float = option(1.0, help="norm the free decoder rows (and the encoder, their copy) start at; "
-                                                "SAELens starts at 0.1, which on SynthSAEBench pays only with a "
-                                                "constant --lr 1e-3 (docs/RESULTS.md)")
+    DEFAULT_DECODER_INIT_NORM: ClassVar[float] = 1.0
+    decoder_init_norm: float | None = option(None, help="norm the free decoder rows (and the encoder, their copy) "
+                                                        "start at (default: batchtopk 1, matryoshka_batchtopk 0.1 "
+                                                        "as SAELens; unit rows: 1). 0.1 pays only with a low "
+                                                        "constant rate, as Matryoshka's (docs/RESULTS.md)")
+
+    def __post_init__(self) -> None:
+        AuxKSettings.__post_init__(self)
+        DecoderNormSettings.__post_init__(self)
+        if self.decoder_init_norm is None:
+            self.decoder_init_norm = self.DEFAULT_DECODER_INIT_NORM if self.decoder_norm == "free" else 1.0
 
     def validate(self) -> None:
         AuxKSettings.validate(self)
@@ -135,16 +150,27 @@ class MatryoshkaSettings(BatchTopKSettings):
     The prefixes are fractions of the width, so one setting fits every --ratio
     of a sweep; the default nests 1/16, 1/8, 1/4, 1/2 and the whole dictionary,
     the doubling groups of Bussmann et al.
+
+    Its defaults are SAELens's training setup where that was measured to matter: free rows started at norm
+    0.1, AuxK per level at weight 1, and (its registry row) a constant learning rate of 1e-3 without warm-up
+    or decay. Together they beat our BatchTopK defaults on SynthSAEBench (F1 0.557 / 0.570 at L0 10 / 12 over
+    three draws, against 0.524 / 0.578, SAELens's Matryoshka 0.543 / 0.549) and on SmolLM2 (held-out FVU,
+    spliced KL and dead latents lower at 1M tokens); any one of them alone did not (docs/RESULTS.md,
+    "Matryoshka's defaults").
     """
+
+    DEFAULT_AUXK_ALPHA: ClassVar[float] = 1.0
+    DEFAULT_DECODER_INIT_NORM: ClassVar[float] = 0.1
 
     matryoshka_prefixes: list[float] = option(
         default_factory=lambda: [0.0625, 0.125, 0.25, 0.5],
         help="widths of the inner dictionaries that must each reconstruct the input on their own, as fractions of "
              "the dictionary width, increasing (the whole dictionary is always the last level)")
 
-    matryoshka_aux: bool = option(False, help="AuxK per level: each level's dead latents reconstruct the residual "
-                                              "of its own prefix (SAELens's use_matryoshka_aux_loss), instead of "
-                                              "the whole dictionary's")
+    matryoshka_aux: bool = option(True, negate="--no-matryoshka-aux",
+                                  help="AuxK per level: each level's dead latents reconstruct the residual of its "
+                                       "own prefix (SAELens's use_matryoshka_aux_loss, as SynthSAEBench trains it), "
+                                       "instead of the whole dictionary's")
 
     def validate(self) -> None:
         super().validate()

@@ -58,6 +58,10 @@ class KindSpec:
     lr: float | None = None  # default Adam learning rate (learned kinds): each loss has its own scale
     # runs longer than this many steps default to lr · sqrt(lr_steps / steps) (None: `lr` at every length)
     lr_steps: int | None = None
+    # runs shorter than this many steps default to lr · sqrt(lr_rise_steps / steps) (None: `lr` however short)
+    lr_rise_steps: int | None = None
+    # default (warm-up, decay) of its learning-rate schedule, as fractions of the run (--lr-warmup, --lr-decay)
+    lr_schedule: tuple[float, float] = (0.05, 0.2)
     # "module:Class" of the dataclass of this kind's own hyperparameters (`sae.kind_settings`): its options are
     # train-sae flags, its values are recorded in each dictionary's `training` only for the kinds that use them
     settings: str | type | None = None
@@ -76,8 +80,12 @@ class KindSpec:
         """A learned row without its sweep or learning rate would fail far from here, mid-run: refuse it now."""
         if self.objective is not None and (self.sweep is None or not self.lr or self.lr <= 0):
             raise ValueError(f"kind {self.name!r} has a training objective, so it needs a sweep and a positive lr")
-        if self.lr_steps is not None and self.lr_steps < 1:
-            raise ValueError(f"kind {self.name!r}: lr_steps is a positive number of steps or None")
+        for name in ("lr_steps", "lr_rise_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"kind {self.name!r}: {name} is a positive number of steps or None")
+        warmup, decay = self.lr_schedule
+        if not (0 <= warmup <= 1 and 0 <= decay <= 1 and warmup + decay <= 1):
+            raise ValueError(f"kind {self.name!r}: lr_schedule is (warm-up, decay), fractions summing to at most 1")
         if self.loss_over not in ("rows", "variance"):
             raise ValueError(f"kind {self.name!r}: loss_over is 'rows' or 'variance', not {self.loss_over!r}")
 
@@ -88,10 +96,13 @@ class KindSpec:
         the rate per step, so at a fifth of it 2,000 steps leave the dictionary dense), and over 7,812 steps
         the same rate leaves every TopK-family kind and JumpReLU 0.025-0.20 F1 below this rule's 2.5e-3 on
         SynthSAEBench (docs/RESULTS.md). Falling as 1/sqrt(steps) keeps lr x steps, how far a weight can
-        travel, growing with the run while the step noise at the end shrinks.
+        travel, growing with the run while the step noise at the end shrinks. A kind whose `lr` is sized for
+        long runs (Matryoshka's 1e-3) rises by the same law below `lr_rise_steps` instead.
         """
         if self.lr is None:
             raise ValueError(f"kind {self.name!r} is not learned: it has no learning rate")
+        if self.lr_rise_steps is not None and steps < self.lr_rise_steps:
+            return self.lr * (self.lr_rise_steps / max(1, steps)) ** 0.5
         if self.lr_steps is None or steps <= self.lr_steps:
             return self.lr
         return self.lr * (self.lr_steps / steps) ** 0.5
@@ -105,7 +116,7 @@ class KindSpec:
         return self.folder_prefix or self.name
 
 
-# Up to this many steps the TopK family and JumpReLU default to their row's lr; longer runs to lr * sqrt(LR_STEPS /
+# Up to this many steps TopK, BatchTopK and JumpReLU default to their row's lr; longer runs to lr * sqrt(LR_STEPS /
 # steps) (`KindSpec.default_lr`). On SynthSAEBench at 7,812 steps that is 2.5e-3: F1 +0.025 to +0.20 over 5e-3 for
 # every one of them; on SmolLM2's layer 3 at 3,906 steps (3.6e-3) held-out FVU 1.5-7 % lower and fewer dead
 # latents. The L1 SAEs keep 5e-3 at every length: their L0 at an alpha moves with the rate, and the default
@@ -126,8 +137,13 @@ _ROWS: tuple[KindSpec, ...] = (
     # its top-k spans the whole batch, which no data-parallel rank holds
     KindSpec("batchtopk", "sae.kinds.threshold:BatchTopKSAE", "sae.kinds.threshold:BatchTopKStack", K_SWEEP,
              lr=5e-3, lr_steps=LR_STEPS, settings="sae.kind_settings:BatchTopKSettings", marker="X"),
+    # SAELens's constant 1e-3 (no warm-up or decay), with its rows started at 0.1 and per-level AuxK
+    # (`MatryoshkaSettings`): together they beat our falling rate on SynthSAEBench (F1 +0.033 at L0 10, three
+    # draws) and on SmolLM2 at 1M tokens (docs/RESULTS.md, "Matryoshka's defaults"); rows at 0.1 with the
+    # falling rate do not. Below 2,000 steps 1e-3 is too slow (held-out FVU +8 % at 512 steps), so it rises
     KindSpec("matryoshka_batchtopk", "sae.kinds.matryoshka:MatryoshkaSAE", "sae.kinds.matryoshka:MatryoshkaStack",
-             K_SWEEP, lr=5e-3, lr_steps=LR_STEPS, settings="sae.kind_settings:MatryoshkaSettings",
+             K_SWEEP, lr=1e-3, lr_rise_steps=LR_STEPS, lr_schedule=(0.0, 0.0),
+             settings="sae.kind_settings:MatryoshkaSettings",
              folder_prefix="matryoshka", marker="p"),
     # trained here, or loaded from SAELens (Gemma Scope); its loss is a mean over rows and it has no batch state
     KindSpec("jumprelu", "sae.kinds.threshold:JumpReLUSAE", "sae.kinds.jumprelu:JumpReLUStack", L0_SWEEP,

@@ -34,11 +34,26 @@ def __getattr__(name: str):
 def _lr_help() -> str:
     """--lr's help: each kind's default, and for the kinds whose default falls with the run's length, the rule."""
     learned = [s for s in specs() if s.learned]
-    falling = sorted({s.lr_steps for s in learned if s.lr_steps})
-    marks = {steps: "*" * (i + 1) for i, steps in enumerate(falling)}
-    kinds = ", ".join(f"{s.name} {s.lr:g}{marks.get(s.lr_steps, '')}" for s in learned)
-    rules = "; ".join(f"{marks[n]} up to {n:,} steps, x sqrt({n:,} / steps) beyond" for n in falling)
+    rules = sorted({("falls", s.lr_steps) for s in learned if s.lr_steps} |
+                   {("rises", s.lr_rise_steps) for s in learned if s.lr_rise_steps})
+    marks = {rule: "*" * (i + 1) for i, rule in enumerate(rules)}
+    kinds = ", ".join(f"{s.name} {s.lr:g}{marks.get(('falls', s.lr_steps), '')}"
+                      f"{marks.get(('rises', s.lr_rise_steps), '')}" for s in learned)
+    said = {"falls": "up to {n:,} steps, x sqrt({n:,} / steps) beyond",
+            "rises": "from {n:,} steps, x sqrt({n:,} / steps) below"}
+    rules = "; ".join(f"{marks[(way, n)]} {said[way].format(n=n)}" for way, n in rules)
     return f"Adam learning rate (default: per kind, {kinds}{'; ' + rules if rules else ''})"
+
+
+def _schedule_help(text: str, part: int) -> str:
+    """--lr-warmup's or --lr-decay's help: each kind's default where they differ (`KindSpec.lr_schedule`)."""
+    learned = [s for s in specs() if s.learned]
+    values: dict[float, list[str]] = {}
+    for s in learned:
+        values.setdefault(s.lr_schedule[part], []).append(s.name)
+    common = max(values, key=lambda v: len(values[v]))
+    others = "; ".join(f"{', '.join(names)} {v:g}" for v, names in values.items() if v != common)
+    return f"{text} (default: {common:g}{'; ' + others if others else ''})"
 
 
 def _sweeping(sweep: Sweep) -> tuple[str, ...]:
@@ -105,8 +120,10 @@ class TrainSettings:
                                                "inputs; larger is sparser")
     batch_size: int = option(256, help="activation vectors per step")
     lr: float | None = option(None, help=_lr_help())
-    lr_warmup: float = option(0.05, help="fraction of steps over which the learning rate warms up linearly")
-    lr_decay: float = option(0.2, help="final fraction of steps over which it decays linearly to 0")
+    lr_warmup: float | None = option(None, help=_schedule_help("fraction of steps over which the learning rate "
+                                                               "warms up linearly", 0))
+    lr_decay: float | None = option(None, help=_schedule_help("final fraction of steps over which it decays "
+                                                              "linearly to 0", 1))
     tokens: int = option(1_000_000, help="activation vectors to train on")
     normalise: bool = option(True, negate="--no-normalise",
                              help="scale inputs by one constant so that E||x|| = sqrt(d) (folded into the saved "
@@ -153,7 +170,8 @@ class TrainSettings:
             raise UserError(f"{bad[0]} is not a finite number: pass a real value")
         if self.learning_rate <= 0:
             raise UserError(f"--lr {self.learning_rate} must be positive")
-        if not (0 <= self.lr_warmup <= 1 and 0 <= self.lr_decay <= 1 and self.lr_warmup + self.lr_decay <= 1):
+        warmup, decay = self.schedule
+        if not (0 <= warmup <= 1 and 0 <= decay <= 1 and warmup + decay <= 1):
             raise UserError("--lr-warmup and --lr-decay are fractions of the run: each in [0, 1], together at most 1")
         if not 0 <= self.eval_fraction < 1:
             raise UserError(f"--eval-fraction {self.eval_fraction} must be in [0, 1)")
@@ -207,6 +225,13 @@ class TrainSettings:
         return float(self.lr) if self.lr is not None else kind_spec(self.kind).default_lr(self.steps)
 
     @property
+    def schedule(self) -> tuple[float, float]:
+        """(warm-up, decay) fractions of the run: --lr-warmup / --lr-decay, else the kind's `lr_schedule`."""
+        warmup, decay = kind_spec(self.kind).lr_schedule
+        return (float(self.lr_warmup if self.lr_warmup is not None else warmup),
+                float(self.lr_decay if self.lr_decay is not None else decay))
+
+    @property
     def steps(self) -> int:
         return self.tokens // self.batch_size
 
@@ -219,7 +244,9 @@ class TrainSettings:
         own = self.own_settings
         if own is not None:  # this kind's own knobs, flat: a TopK record keeps its auxk_alpha / dead_tokens keys
             data.update(asdict(own))
-        data.update(kind=self.kind, lr=self.learning_rate, steps=self.steps, optimizer="adam",
+        warmup, decay = self.schedule
+        data.update(kind=self.kind, lr=self.learning_rate, lr_warmup=warmup, lr_decay=decay, steps=self.steps,
+                    optimizer="adam",
                     betas=list(self.betas))
         return data
 

@@ -280,7 +280,7 @@ class _Loop:
             x = x.to(device, torch.float32, non_blocking=True)
             if self.scale != 1.0:
                 x = x * self.scale
-            set_lr(self.optimizer, s.learning_rate * lr_factor(step, s.steps, s.lr_warmup, s.lr_decay))
+            set_lr(self.optimizer, s.learning_rate * lr_factor(step, s.steps, *s.schedule))
             for g in self.groups:
                 g.at_step(step, s.steps)
             results = stepper(x)

@@ -123,10 +123,11 @@ def test_an_unknown_decoder_norm_is_refused_by_name():
 
 @pytest.mark.parametrize("kind", sorted(FREE))
 def test_free_rows_and_the_encoder_start_at_decoder_init_norm(kind):
-    """SAELens's start (rows at 0.1, the encoder their copy) is one setting of the Matryoshka recipe that beats its
-    Matryoshka on SynthSAEBench (docs/RESULTS.md); the default start stays norm 1."""
+    """SAELens's start (rows at 0.1, the encoder their copy) is one part of Matryoshka's defaults, which beat
+    SAELens's Matryoshka on SynthSAEBench (docs/RESULTS.md); BatchTopK's rows start at norm 1."""
     base = FREE[kind]
-    default, small = _stack(kind, base), _stack(kind, type(base)(**{**vars(base), "decoder_init_norm": 0.1}))
+    default = _stack(kind, type(base)(**{**vars(base), "decoder_init_norm": 1.0}))
+    small = _stack(kind, type(base)(**{**vars(base), "decoder_init_norm": 0.1}))
     assert torch.allclose(default.W_d.norm(dim=-1), torch.ones(2, 16))
     assert torch.allclose(small.W_d.norm(dim=-1), torch.full((2, 16), 0.1))
     assert torch.equal(small.W_e, small.W_d)
@@ -139,6 +140,7 @@ def test_decoder_init_norm_is_refused_with_unit_rows_or_when_not_positive():
     with pytest.raises(UserError, match="--decoder-init-norm 0.0 must be positive"):
         MatryoshkaSettings(decoder_init_norm=0.0).validate()
     BatchTopKSettings(decoder_norm="unit").validate()  # the default start is fine with unit rows
+    MatryoshkaSettings(decoder_norm="unit").validate()  # Matryoshka's default 0.1 is for free rows only
 
 
 @pytest.mark.parametrize("decoder_norm", ["unit", "free"])
@@ -173,7 +175,6 @@ def test_matryoshka_aux_revives_each_levels_dead_latents_toward_its_own_prefix_r
             want += float((e_hat - residual).pow(2).sum() / variance) * min(n_dead / k, 1.0)
             start = width
         assert float(out["aux"][i].detach()) == pytest.approx(want, rel=1e-4)
-    assert MatryoshkaSettings().matryoshka_aux is False  # SAELens's default: the whole dictionary's residual
 
 
 def test_free_untied_penalises_codes_times_norms_and_saves_them_folded():

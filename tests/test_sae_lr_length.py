@@ -48,10 +48,24 @@ def test_a_run_four_times_past_lr_steps_trains_at_half_the_rows_rate_and_lr_stil
     assert not torch.allclose(default.tensors()["W_e"], row_rate.tensors()["W_e"], atol=1e-5)
 
 
+def test_a_run_four_times_shorter_than_lr_rise_steps_trains_at_twice_the_rows_rate(tiny_cache, tmp_path):
+    """The mirror rule (Matryoshka's): a rate sized for long runs rises as 1/sqrt(steps) below `lr_rise_steps`."""
+    with registered(replace(TOY_ROW, lr_rise_steps=80)):
+        short = train(tiny_cache, tmp_path / "short", 20)
+        assert short.config["training"]["lr"] == pytest.approx(4e-3, rel=1e-12)
+        explicit = train(tiny_cache, tmp_path / "explicit", 20, "--lr", "4e-3")
+        assert train(tiny_cache, tmp_path / "long", 80).config["training"]["lr"] == 2e-3
+    for name, tensor in short.tensors().items():
+        assert torch.equal(tensor, explicit.tensors()[name]), name
+    with pytest.raises(ValueError, match="lr_rise_steps"):
+        replace(TOY_ROW, lr_rise_steps=0)
+
+
 def test_rows_without_lr_steps_keep_their_rate_at_every_length_and_a_bad_lr_steps_is_refused():
     assert TOY_ROW.default_lr(10) == TOY_ROW.default_lr(10**7) == 2e-3
     assert SHORT_ROW.default_lr(20) == 2e-3 and SHORT_ROW.default_lr(2000) == pytest.approx(2e-4)
     with pytest.raises(ValueError, match="lr_steps"):
         replace(TOY_ROW, lr_steps=0)
+    assert replace(TOY_ROW, lr_rise_steps=40).default_lr(10) == pytest.approx(4e-3)
     with pytest.raises(ValueError, match="not learned"):
         KindSpec("basis", TOY_ROW.inference).default_lr(10)

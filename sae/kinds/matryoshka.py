@@ -3,9 +3,9 @@
 The dictionary's first w_1 < w_2 < … < F latents form nested dictionaries;
 codes come from one BatchTopK over the whole dictionary, and the loss is the
 sum over levels of the FVU of the reconstruction from each prefix alone,
-plus AuxK against dead latents (SAELens's MatryoshkaBatchTopKTrainingSAE:
-by default on the full reconstruction's residual; with `--matryoshka-aux`,
-as its use_matryoshka_aux_loss, per level on that prefix's residual). A prefix must
+plus AuxK against dead latents (SAELens's MatryoshkaBatchTopKTrainingSAE: by
+default here, as its use_matryoshka_aux_loss, per level on that prefix's residual;
+with `--no-matryoshka-aux` on the full reconstruction's residual). A prefix must
 reconstruct the input without the latents after it, so a general feature
 (a parent) keeps its own early latent instead of being absorbed into the
 latents of its specific cases (its children), as plain BatchTopK does.
