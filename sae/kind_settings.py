@@ -19,11 +19,23 @@ Imports nothing heavy, so `cli.py --help` stays instant.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
 from common.errors import UserError
 from common.options import option
+
+
+class ClassDefaults:
+    """Options whose default depends on the settings class (Matryoshka's AuxK weight and row start differ from
+    BatchTopK's, untied rows from BatchTopK's): such a field defaults to None, and at construction takes the
+    class's `DEFAULT_<FIELD>`, so every record names the value that trained and one option keeps one default."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            default = getattr(type(self), f"DEFAULT_{f.name.upper()}", None)
+            if getattr(self, f.name) is None and default is not None:
+                setattr(self, f.name, default)
 
 
 def _positive(flag: str, value: float, example: str) -> None:
@@ -32,7 +44,7 @@ def _positive(flag: str, value: float, example: str) -> None:
 
 
 @dataclass
-class AuxKSettings:
+class AuxKSettings(ClassDefaults):
     """TopK, BatchTopK and Matryoshka: the AuxK loss of Gao et al. (2024) against dead latents."""
 
     # Gao et al.'s 1/32; Matryoshka's per-level AuxK takes SAELens's 1 (`MatryoshkaSettings`)
@@ -40,11 +52,6 @@ class AuxKSettings:
     auxk_alpha: float | None = option(None, help="weight of the AuxK loss against dead latents (default: 1/32; "
                                                  "matryoshka_batchtopk 1)")
     dead_tokens: int = option(100_000, help="a latent that has not fired for this many tokens is dead (AuxK)")
-
-    def __post_init__(self) -> None:
-        """Fill in the class's default weight, so every record names the one that trained."""
-        if self.auxk_alpha is None:
-            self.auxk_alpha = self.DEFAULT_AUXK_ALPHA
 
     def validate(self) -> None:
         if not (math.isfinite(float(self.auxk_alpha)) and self.auxk_alpha >= 0):
@@ -65,14 +72,15 @@ DECODER_NORMS = ("unit", "free")
 
 
 @dataclass
-class DecoderNormSettings:
+class DecoderNormSettings(ClassDefaults):
     """How the decoder's row norms are kept (untied L1, BatchTopK, Matryoshka).
 
     "unit" keeps every decoder row at norm 1, so a code is the size of its component of the reconstruction.
     "free" trains as SAELens does: the norms learn, and a code times its row's norm is what is ranked
     (BatchTopK's rescale_acts_by_decoder_norm) or penalised (Standard L1: Σ c·‖W_d‖); the norms are folded
     into the encoder when a dictionary is saved, so saved rows are unit either way. The default is the
-    class's `DEFAULT_DECODER_NORM`, filled in at construction so every record names the one that trained.
+    class's `DEFAULT_DECODER_NORM`, filled in at construction (`ClassDefaults`) so every record names the one
+    that trained.
     """
 
     DEFAULT_DECODER_NORM: ClassVar[str] = "unit"
@@ -81,10 +89,6 @@ class DecoderNormSettings:
                                            "(free: codes ranked / penalised times their row norm, the norms folded "
                                            "in at save); default: free for batchtopk and matryoshka_batchtopk, "
                                            "unit for untied_sae")
-
-    def __post_init__(self) -> None:
-        if self.decoder_norm is None:
-            self.decoder_norm = self.DEFAULT_DECODER_NORM
 
     def validate(self) -> None:
         if self.decoder_norm not in DECODER_NORMS:
@@ -127,10 +131,9 @@ class BatchTopKSettings(AuxKSettings, DecoderNormSettings):
                                                         "constant rate, as Matryoshka's (docs/RESULTS.md)")
 
     def __post_init__(self) -> None:
-        AuxKSettings.__post_init__(self)
-        DecoderNormSettings.__post_init__(self)
-        if self.decoder_init_norm is None:
-            self.decoder_init_norm = self.DEFAULT_DECODER_INIT_NORM if self.decoder_norm == "free" else 1.0
+        if self.decoder_init_norm is None and (self.decoder_norm or self.DEFAULT_DECODER_NORM) == "unit":
+            self.decoder_init_norm = 1.0  # unit rows are held at norm 1: the class's free-row start does not apply
+        super().__post_init__()
 
     def validate(self) -> None:
         AuxKSettings.validate(self)

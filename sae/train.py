@@ -276,11 +276,12 @@ class _Loop:
         started = time.perf_counter()
         step = self.start
         batches = prefetch(lambda: source.batches(s.batch_size, s.tokens, s.seed, start_batch=self.start))
+        lr, schedule = s.learning_rate, s.schedule  # resolved once: each reads the registry
         for x in batches:
             x = x.to(device, torch.float32, non_blocking=True)
             if self.scale != 1.0:
                 x = x * self.scale
-            set_lr(self.optimizer, s.learning_rate * lr_factor(step, s.steps, *s.schedule))
+            set_lr(self.optimizer, lr * lr_factor(step, s.steps, *schedule))
             for g in self.groups:
                 g.at_step(step, s.steps)
             results = stepper(x)
