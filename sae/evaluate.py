@@ -191,6 +191,7 @@ def _fmt(value, spec: str) -> str:
 def format_table(rows: list[dict]) -> str:
     cols = [("name", "name", "s"), ("kind", "kind", "s"), ("F", "n_features", "d"), ("FVU", "fvu", ".4f"),
             ("EV", "explained_variance", ".4f"), ("L0", "l0", ".1f"), ("dead%", "dead_fraction", ".1%"),
+            ("twin L0%", "twin_l0_share", ".1%"),
             ("MMCS", "mmcs", ".3f"), ("true MMCS", "truth_mmcs", ".3f"), ("F1", "truth_f1", ".3f"),
             ("MCC", "truth_mcc", ".3f"), ("KL", "kl", ".4f"), ("dCE", "ce_increase", ".4f"),
             ("CE rec", "ce_loss_recovered", ".3f"), ("KL rec", "kl_recovered", ".3f")]

@@ -1,4 +1,4 @@
-"""How good a dictionary is: reconstruction, sparsity, dead features, similarity, and effect on the model.
+"""How good a dictionary is: reconstruction, sparsity, dead and twin features, similarity, and effect on the model.
 
 FVU follows the paper: mean((x − x̂)²) / mean((x − mean x)²), both over all
 evaluated tokens and dimensions, with mean x the per-dimension mean of those
@@ -77,7 +77,40 @@ def reconstruction_metrics(dictionaries: Sequence, batches: Iterable[Tensor], de
             "eval_tokens": n,
             "firing_rates": acc.fire_counts / n,  # per feature; callers store `density_histogram` of it
         })
+    for d, m in zip(dictionaries, out):
+        directions = getattr(d, "directions", None)
+        if directions is not None:
+            m.update(twin_metrics(directions, m["firing_rates"]))
     return out
+
+
+TWIN_COSINE = 0.9  # live latents whose decoder directions are at least this close are near-duplicates ("twins")
+
+
+@torch.no_grad()
+def twin_metrics(directions: Tensor, firing_rates: Tensor, cosine: float = TWIN_COSINE, chunk: int = 1024) -> dict:
+    """The share of live latents with a twin, and the share of L0 they carry.
+
+    L1 charges a code c on one latent exactly what it charges c/2 on each of
+    two parallel ones, so an L1 dictionary can keep near-duplicates that fire
+    together: the objective is unchanged while L0 counts every copy (measured
+    on SmolLM2's layer 3, docs/RESULTS.md). Without this number a user
+    comparing dictionaries at equal L0 cannot tell fewer features from the
+    same features counted twice. Anti-parallel rows are not twins: behind a
+    ReLU they fire on opposite inputs.
+    """
+    rates = firing_rates.to(torch.float64).cpu()
+    live = rates > 0
+    u = torch.nn.functional.normalize(directions[live.to(directions.device)].to(torch.float32), dim=-1)
+    twin = torch.zeros(u.shape[0], dtype=torch.bool)
+    for start in range(0, u.shape[0], chunk):
+        sims = u[start:start + chunk] @ u.T
+        rows = torch.arange(sims.shape[0], device=sims.device)
+        sims[rows, rows + start] = -1.0  # a latent is not its own twin
+        twin[start:start + chunk] = (sims >= cosine).any(dim=1).cpu()
+    total = float(rates[live].sum())
+    return {"twin_fraction": float(twin.double().mean()) if twin.numel() else 0.0,
+            "twin_l0_share": float(rates[live][twin].sum()) / total if total > 0 else 0.0}
 
 
 def quality_warnings(metrics: dict) -> list[str]:
@@ -94,6 +127,11 @@ def quality_warnings(metrics: dict) -> list[str]:
     if dead is not None and dead > 0.5:
         out.append(f"{dead:.0%} of the features never fired on the measured tokens (if it was trained: retrain it "
                    "with a lower --lr, a lower --l1 or higher --k, or more --tokens)")
+    twins = metrics.get("twin_l0_share")
+    if twins is not None and twins > 0.5:
+        out.append(f"{twins:.0%} of its L0 comes from latents with a near-duplicate (decoder cosine >= {TWIN_COSINE}): "
+                   "L0 counts the same feature more than once, so compare it with others at equal L0 with care "
+                   "(for an L1 SAE, --decoder-norm unit at the default --lr leaves fewer)")
     return out
 
 

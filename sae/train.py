@@ -392,7 +392,8 @@ def _persist(run: _Finished, *, source: BatchSource, eval_source: BatchSource | 
     where = "held-out" if eval_source is not None else "training (no held-out split)"
     print(f"trained {len(paths)} dictionaries in {elapsed:.1f}s -> {out}; metrics on {where} tokens")
     for name, m in zip(names, metrics):
-        print(f"  {name}: FVU {m['fvu']:.4f}  L0 {m['l0']:.1f}  dead {100 * m['dead_fraction']:.1f}%")
+        twins = f"  twins {100 * m['twin_l0_share']:.1f}% of L0" if "twin_l0_share" in m else ""
+        print(f"  {name}: FVU {m['fvu']:.4f}  L0 {m['l0']:.1f}  dead {100 * m['dead_fraction']:.1f}%{twins}")
         for warning in m["warnings"]:
             print(f"  warning: {name}: {warning}")
     return paths
