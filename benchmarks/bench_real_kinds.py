@@ -10,9 +10,13 @@ residual stream by default), one run, the same training tokens for every SAE:
   the table interpolates FVU and KL at the target L0s between its points), once
   per `--jumprelu-starts` value of the threshold start (the default's 0.3 and
   others, to look into its dead latents);
+- ours, the L1 kinds (untied_sae, tied_sae) over an α sweep (`--l1s`; their
+  L0 is not set directly either);
 - SAELens's Matryoshka BatchTopK (k = each target, its auxiliary loss on the
-  prefixes, the same nested widths as ours) and JumpReLU (its quadratic penalty
-  towards a target L0, as SynthSAEBench's experiments train it), built by
+  prefixes, the same nested widths as ours), JumpReLU (its quadratic penalty
+  towards a target L0, as SynthSAEBench's experiments train it) and Standard
+  L1 SAE (over `--saelens-l1s`, its L1 coefficient on its summed squared
+  error; its default is 1 and its default rate 3e-4: pass `--saelens-lrs`), built by
   `synth_saelens.training_sae` and trained by SAELens's own `SAETrainer` on
   exactly the batches our trainer reads (same cache split, batch size, seed),
   normalised as ours are (x·√d / E‖x‖ with our estimate of E‖x‖, folded into
@@ -50,7 +54,8 @@ from frontier_tables import _fmt, hook_of, interpolate  # noqa: E402
 from synth_saelens import train_saelens, training_sae  # noqa: E402
 
 TOPK_FAMILY = ("topk", "batchtopk", "matryoshka_batchtopk")
-SAELENS = {"matryoshka": "SAELens matryoshka", "jumprelu": "SAELens jumprelu"}
+SAELENS = {"matryoshka": "SAELens matryoshka", "jumprelu": "SAELens jumprelu", "standard": "SAELens standard"}
+L1_KINDS = ("untied_sae", "tied_sae")
 
 
 def saelens_folder(args, source, scale: float, kind: str, target: int, lr: float, widths: list[int], out: Path,
@@ -68,11 +73,13 @@ def saelens_folder(args, source, scale: float, kind: str, target: int, lr: float
 
 
 def table(rows: list[dict], targets: list[int]) -> str:
-    lines = ["| library | kind | setting | lr | held-out L0 | held-out FVU | dead % | KL | ΔCE |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| library | kind | setting | lr | held-out L0 | held-out FVU | dead % | twin % of L0 | KL | ΔCE |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        twins = r.get("twin_l0_share")
         lines.append(f"| {r['library']} | {r['kind']} | {r['setting']} | {r['lr']:g} | {r['l0']:.1f} | "
-                     f"{r['fvu']:.4f} | {100 * r['dead_fraction']:.1f} | {_fmt(r.get('kl'))} | "
+                     f"{r['fvu']:.4f} | {100 * r['dead_fraction']:.1f} | "
+                     f"{'–' if twins is None else f'{100 * twins:.1f}'} | {_fmt(r.get('kl'))} | "
                      f"{_fmt(r.get('ce_increase'))} |")
     series: dict[str, list[dict]] = {}
     for r in rows:
@@ -107,7 +114,12 @@ def main() -> None:
     parser.add_argument("--jumprelu-starts", type=float, nargs="+", default=[0.3],
                         help="our JumpReLU's threshold starts (--jumprelu-init-threshold), one sweep each")
     parser.add_argument("--kinds", nargs="*", default=list(TOPK_FAMILY) + ["jumprelu"])
-    parser.add_argument("--saelens-kinds", nargs="*", default=list(SAELENS), choices=list(SAELENS))
+    parser.add_argument("--l1s", default="0.001,0.0033,0.01,0.027",
+                        help="α sweep of our L1 kinds in --kinds (train-sae's default at d = 576)")
+    parser.add_argument("--saelens-kinds", nargs="*", default=["matryoshka", "jumprelu"], choices=list(SAELENS))
+    parser.add_argument("--saelens-l1s", type=float, nargs="+", default=[1.0, 2.0, 5.0],
+                        help="L1 coefficients of SAELens's standard SAE (its default 1; on its summed squared error, "
+                             "so λ = α·d against our α)")
     parser.add_argument("--saelens-lrs", type=float, nargs="+", default=[1e-3],
                         help="SAELens's learning rates, one SAE per lr and target (1e-3, not its language-model "
                              "runner's 3e-4: a 512-step run; bench_synth's CPU scale uses 1e-3 too)")
@@ -150,8 +162,8 @@ def main() -> None:
     folders, meta, seconds = [], {}, {}
     for kind in args.kinds:
         starts = args.jumprelu_starts if kind == "jumprelu" else [None]
-        groups = [[float(v) for v in g.split(",")] for g in args.l0_coefficients] if kind == "jumprelu" \
-            else [args.targets]
+        groups = ([[float(v) for v in g.split(",")] for g in args.l0_coefficients] if kind == "jumprelu"
+                  else [[float(v) for v in args.l1s.split(",")]] if kind in L1_KINDS else [args.targets])
         for start, (i, values) in [(s, g) for s in starts for g in enumerate(groups)]:
             own = JumpReLUSettings(jumprelu_init_threshold=start) if start is not None else None
             name = kind if start is None else f"jumprelu θ0={start:g}"
@@ -161,7 +173,8 @@ def main() -> None:
             seconds[folder.name] = time.perf_counter() - t
             for p in paths:
                 c = read_config(p)
-                setting = f"λ={c['l0_coefficient']:g}" if kind == "jumprelu" else f"k={c['k']}"
+                setting = (f"λ={c['l0_coefficient']:g}" if kind == "jumprelu" else f"α={c['l1']:g}"
+                           if kind in L1_KINDS else f"k={c['k']}")
                 folders.append(str(p))
                 meta[str(p)] = {"library": "dictlens", "kind": kind, "series": name, "setting": setting,
                                 "lr": c["training"]["lr"]}
@@ -170,12 +183,14 @@ def main() -> None:
     for kind in args.saelens_kinds:
         for lr in args.saelens_lrs:
             t = time.perf_counter()
-            for target in args.targets:
+            for target in (args.saelens_l1s if kind == "standard" else args.targets):
+                label = "l1" if kind == "standard" else "l0"
                 folder = saelens_folder(args, source, stats.scale, kind, target, lr, widths,
-                                        out / "saelens" / f"{kind}_l0_{target}_lr{lr:g}", model_id)
+                                        out / "saelens" / f"{kind}_{label}_{target:g}_lr{lr:g}", model_id)
                 folders.append(str(folder))
                 meta[str(folder)] = {"library": "SAELens", "kind": kind, "setting": f"target L0 {target}"
-                                     if kind == "jumprelu" else f"k={target}", "lr": lr,
+                                     if kind == "jumprelu" else f"λ={target:g}" if kind == "standard"
+                                     else f"k={target}", "lr": lr,
                                      "series": SAELENS[kind] + (f" lr {lr:g}" if len(args.saelens_lrs) > 1 else "")}
             seconds[f"SAELens {kind} lr {lr:g}"] = time.perf_counter() - t
             print(f"SAELens {kind} lr {lr:g}: {seconds[f'SAELens {kind} lr {lr:g}']:.0f} s", flush=True)
@@ -186,7 +201,8 @@ def main() -> None:
     measured = evaluate_dictionaries(cache, folders, tokens=held.n_tokens, ce_contexts=args.ce_contexts,
                                      eval_fraction=args.eval_fraction, sink_factor=args.sink_factor, progress=False)
     seconds["evaluate"] = time.perf_counter() - t
-    rows = [{**meta[f], **{k: m.get(k) for k in ("fvu", "l0", "dead_fraction", "kl", "ce_increase", "eval_tokens",
+    rows = [{**meta[f], **{k: m.get(k) for k in ("fvu", "l0", "dead_fraction", "twin_l0_share", "twin_fraction",
+                                                 "kl", "ce_increase", "eval_tokens",
                                                  "ce_contexts", "kl_recovered", "ce_loss_recovered")}, "folder": f}
             for f, m in zip(folders, measured)]
     text = table(rows, args.targets)
