@@ -262,12 +262,12 @@ def _dictionaries_section(contents: RunContents, out: Path) -> str:
         m = r["metrics"]
         body.append([esc(r["name"]), esc(r.get("kind")), esc(r.get("hook")), fmt(r.get("n_features"), "d"),
                      fmt(r.get("ratio"), "g"), fmt(r.get("l1"), "g"), fmt(m.get("fvu"), ".4f"),
-                     fmt(m.get("l0"), ".1f"), fmt(m.get("dead_fraction"), ".1%"), fmt(m.get("twin_l0_share"), ".1%"),
-                     fmt(m.get("kl"), ".4f"),
+                     fmt(m.get("l0"), ".1f"), fmt(m.get("dead_fraction"), ".1%"),
+                     fmt(m.get("twin_l0_share"), ".1%"), fmt(m.get("kl"), ".4f"),
                      fmt(m.get("ce_increase"), ".4f"), fmt(m.get("mmcs"), ".3f")]
                     + [fmt(m.get(key), ".3f") for _, key in truth])
-    html_table = table(["name", "kind", "hook", "features", "R", "α", "FVU", "L0", "dead", "twin L0", "KL", "ΔCE", "MMCS"]
-                       + [label for label, _ in truth], body, "dicts")
+    html_table = table(["name", "kind", "hook", "features", "R", "α", "FVU", "L0", "dead", "twin L0", "KL", "ΔCE",
+                        "MMCS"] + [label for label, _ in truth], body, "dicts")
     plotted = [{"name": r["name"], "kind": r.get("kind"), "hook": r.get("hook"), "ratio": r.get("ratio"),
                 "fvu": r["metrics"]["fvu"], "l0": r["metrics"]["l0"]} for r in rows
                if isinstance(r["metrics"].get("fvu"), (int, float)) and isinstance(r["metrics"].get("l0"), (int, float))]

@@ -114,7 +114,8 @@ def twin_metrics(directions: Tensor, firing_rates: Tensor, cosine: float = TWIN_
 
 
 def quality_warnings(metrics: dict) -> list[str]:
-    """What makes a dictionary's numbers not worth using: worse than predicting the mean, or mostly dead.
+    """What makes a dictionary's numbers not worth using (worse than predicting the mean, mostly dead) or its
+    L0 misleading (mostly twins, which count one feature several times).
 
     A diverged run (e.g. --lr far too high) still ends and saves; without
     this the user would only find out from a table they may never read.
