@@ -101,13 +101,8 @@ def twin_metrics(directions: Tensor, firing_rates: Tensor, cosine: float = TWIN_
     """
     rates = firing_rates.to(torch.float64).cpu()
     live = rates > 0
-    u = torch.nn.functional.normalize(directions[live.to(directions.device)].to(torch.float32), dim=-1)
-    twin = torch.zeros(u.shape[0], dtype=torch.bool)
-    for start in range(0, u.shape[0], chunk):
-        sims = u[start:start + chunk] @ u.T
-        rows = torch.arange(sims.shape[0], device=sims.device)
-        sims[rows, rows + start] = -1.0  # a latent is not its own twin
-        twin[start:start + chunk] = (sims >= cosine).any(dim=1).cpu()
+    rows = directions[live.to(directions.device)]
+    twin = (max_cosines(rows, rows, chunk, skip_self=True) >= cosine).cpu()
     total = float(rates[live].sum())
     return {"twin_fraction": float(twin.double().mean()) if twin.numel() else 0.0,
             "twin_l0_share": float(rates[live][twin].sum()) / total if total > 0 else 0.0}
@@ -150,14 +145,26 @@ def density_histogram(rates: Tensor) -> dict:
 
 
 @torch.no_grad()
-def mmcs(a: Tensor, b: Tensor, chunk: int = 4096) -> float:
-    """Mean over a's directions of the max cosine similarity with any of b's directions."""
+def max_cosines(a: Tensor, b: Tensor, chunk: int = 4096, skip_self: bool = False) -> Tensor:
+    """For each of a's rows, its highest cosine similarity with any of b's rows, in chunks of a so that a wide
+    dictionary never holds the whole a x b matrix. `skip_self`: a is b, and a row is not compared with itself."""
     a = a.to(torch.float32)
     b = b.to(torch.float32)
     a = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     b = b / b.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    best = [(a[i:i + chunk] @ b.T).max(dim=1).values for i in range(0, a.shape[0], chunk)]
-    return float(torch.cat(best).mean())
+    best = []
+    for i in range(0, a.shape[0], chunk):
+        sims = a[i:i + chunk] @ b.T
+        if skip_self:
+            rows = torch.arange(sims.shape[0], device=sims.device)
+            sims[rows, rows + i] = -1.0
+        best.append(sims.max(dim=1).values if sims.shape[1] else torch.full((sims.shape[0],), -1.0))
+    return torch.cat(best) if best else torch.zeros(0)
+
+
+def mmcs(a: Tensor, b: Tensor, chunk: int = 4096) -> float:
+    """Mean over a's directions of the max cosine similarity with any of b's directions."""
+    return float(max_cosines(a, b, chunk).mean())
 
 
 @torch.no_grad()

@@ -47,6 +47,11 @@ L0_SWEEP = Sweep("l0_coefficient", "l0_coefficients", "--l0-coefficient", intege
                  rule="non-negative numbers", example="0.3 1 3")
 
 
+def schedule_is_valid(warmup: float, decay: float) -> bool:
+    """(warm-up, decay) are fractions of the run that fit in it together (a registry row's or the flags')."""
+    return 0 <= warmup <= 1 and 0 <= decay <= 1 and warmup + decay <= 1
+
+
 @dataclass(frozen=True)
 class KindSpec:
     """Everything the code decides per kind; `name` is the `kind` in config.json."""
@@ -83,8 +88,7 @@ class KindSpec:
         for name in ("lr_steps", "lr_rise_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"kind {self.name!r}: {name} is a positive number of steps or None")
-        warmup, decay = self.lr_schedule
-        if not (0 <= warmup <= 1 and 0 <= decay <= 1 and warmup + decay <= 1):
+        if not schedule_is_valid(*self.lr_schedule):
             raise ValueError(f"kind {self.name!r}: lr_schedule is (warm-up, decay), fractions summing to at most 1")
         if self.loss_over not in ("rows", "variance"):
             raise ValueError(f"kind {self.name!r}: loss_over is 'rows' or 'variance', not {self.loss_over!r}")

@@ -15,7 +15,7 @@ from common.errors import UserError, require_at_least
 from common.options import option, option_group
 from activations.provenance import ALLOW_HELP
 from sae.registry import (K_SWEEP, L1_SWEEP, Sweep, default_settings, fitted_kinds, kind_spec, learned_kinds,
-                          settings_class, specs)
+                          schedule_is_valid, settings_class, specs)
 
 EXPORT_FORMATS = ("saelens",)
 _EXPORT_HELP = "also write <dictionary folder>/saelens/ (cfg.json + sae_weights.safetensors)"
@@ -170,8 +170,7 @@ class TrainSettings:
             raise UserError(f"{bad[0]} is not a finite number: pass a real value")
         if self.learning_rate <= 0:
             raise UserError(f"--lr {self.learning_rate} must be positive")
-        warmup, decay = self.schedule
-        if not (0 <= warmup <= 1 and 0 <= decay <= 1 and warmup + decay <= 1):
+        if not schedule_is_valid(*self.schedule):
             raise UserError("--lr-warmup and --lr-decay are fractions of the run: each in [0, 1], together at most 1")
         if not 0 <= self.eval_fraction < 1:
             raise UserError(f"--eval-fraction {self.eval_fraction} must be in [0, 1)")
